@@ -1,0 +1,91 @@
+"""Checks that a function and its arguments can cross a process boundary."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._exceptions import NotPicklableError
+
+__all__ = ["check_process_function", "describe", "dumps_args", "is_picklable"]
+
+_FIX = "define it at module level, or pass offload='thread'"
+
+
+def is_picklable(obj: object) -> bool:
+    """Return whether ``obj`` survives ``pickle.dumps``, as a process pool needs."""
+    try:
+        pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    return True
+
+
+def describe(obj: object) -> str:
+    """Describe ``obj`` in a few words for an error message."""
+    name = getattr(obj, "__qualname__", None)
+    if callable(obj) and isinstance(name, str):
+        return f"{name} ({type(obj).__name__} from {getattr(obj, '__module__', '?')})"
+    text = repr(obj)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (a {type(obj).__module__}.{type(obj).__qualname__})"
+
+
+def check_process_function(fn: Callable[..., Any]) -> None:
+    """Raise :class:`NotPicklableError` or TypeError unless ``fn`` can run in a worker process.
+
+    Checked before any work starts, with a message that names the problem and the fix.
+    """
+    target = inspect.unwrap(fn) if not isinstance(fn, type) else fn
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"fn {describe(fn)} is an async function: it runs on the event loop and cannot "
+            f"be sent to a process; pass a plain function, or leave offload unset to run "
+            f"it on the event loop"
+        )
+    qualname = getattr(target, "__qualname__", "")
+    if getattr(target, "__name__", None) == "<lambda>":
+        raise NotPicklableError(
+            f"fn {describe(fn)} is a lambda: processes can only run importable functions; {_FIX}"
+        )
+    if "<locals>" in qualname:
+        raise NotPicklableError(
+            f"fn {describe(fn)} is defined inside another function (a closure): processes "
+            f"can only run importable functions; {_FIX}"
+        )
+    module = getattr(target, "__module__", None)
+    if module == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
+        raise NotPicklableError(
+            f"fn {describe(fn)} is defined in an interactive session (__main__ has no "
+            f"file), so worker processes cannot import it; move it into a module, or pass "
+            f"offload='thread'"
+        )
+    try:
+        pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise NotPicklableError(
+            f"fn {describe(fn)} cannot be pickled to send it to a worker process ({exc}); {_FIX}"
+        ) from exc
+
+
+def dumps_args(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Raise :class:`NotPicklableError` naming the first argument that cannot be pickled."""
+    for position, value in enumerate(args):
+        _check_value(fn, f"argument {position}", value)
+    for key, value in kwargs.items():
+        _check_value(fn, f"keyword argument {key!r}", value)
+
+
+def _check_value(fn: Callable[..., Any], where: str, value: object) -> None:
+    try:
+        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise NotPicklableError(
+            f"{where} of {getattr(fn, '__qualname__', fn)!s}, {describe(value)}, cannot be "
+            f"pickled to send it to a worker process ({exc}); pass offload='thread' to run "
+            f"it in a thread, or pass something picklable"
+        ) from exc
