@@ -19,12 +19,7 @@ import _common
 import anyio
 import anyio.lowlevel
 
-try:  # TEMP until corral exists
-    import corral
-
-    HAVE_CORRAL = True
-except ImportError:
-    HAVE_CORRAL = False
+import corral
 
 try:
     import aiometer
@@ -108,8 +103,6 @@ async def run_backend(args, backend):
     print(f"\n{backend}: {items:,} trivial coroutines at limit {limit}, median of {args.repeat}")
     rows = []
     for name, fn, want in rows_spec:
-        if not HAVE_CORRAL and "corral" in name:  # TEMP
-            continue
         out = {}
 
         async def call(fn=fn, out=out):

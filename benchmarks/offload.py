@@ -28,15 +28,7 @@ import anyio
 import anyio.to_process
 import anyio.to_thread
 
-try:  # TEMP until corral exists
-    import corral
-
-    HAVE_CORRAL = True
-except ImportError:
-    import types
-
-    corral = types.SimpleNamespace(map=print)
-    HAVE_CORRAL = False
+import corral
 
 SLEEP = 0.005  # seconds per I/O call
 TARGET = 100e-6  # seconds per CPU call
@@ -133,8 +125,6 @@ async def gather_to_thread(items, fn, limit, executor=None):
 
 
 async def measure(rows, name, afn, items, expected, repeat, note=""):
-    if not HAVE_CORRAL and "corral" in name:  # TEMP
-        return
     out = {}
 
     async def call():
@@ -297,8 +287,9 @@ async def main(args):
         f"I/O-bound, {io['items']:,} x sleep(5 ms), limit {io['limit']}, backend {backend}",
         io["rows"], io["reference"],
     )
-    _common.write_results("offload", {"backend": backend, "quick": args.quick, "cpu": cpu, "io": io})
-    png = _common.RESULTS / "offload.png"
+    name = "offload" if backend == "asyncio" else f"offload-{backend}"
+    _common.write_results(name, {"backend": backend, "quick": args.quick, "cpu": cpu, "io": io})
+    png = _common.RESULTS / f"{name}.png"
     chart(cpu, io, png)
     print(f"wrote {png}")
 

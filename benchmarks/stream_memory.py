@@ -25,12 +25,7 @@ import time
 import _common
 import anyio
 
-try:  # TEMP until corral exists
-    import corral
-
-    HAVE_CORRAL = True
-except ImportError:
-    HAVE_CORRAL = False
+import corral
 
 try:
     import aiometer
@@ -140,7 +135,6 @@ def main():
     if args.quick:
         args.n1, args.n2 = 20_000, 80_000
     modes = [m for m in MODES if m != "aiometer" or aiometer is not None]
-    modes = [m for m in modes if HAVE_CORRAL or m != "corral"]  # TEMP
     print(f"peak RSS of {ITEM}-byte items at N = {args.n1:,} and {args.n2:,}, limit {LIMIT}")
     rows = []
     for mode in modes:
@@ -153,7 +147,7 @@ def main():
             "growth_mib": (b["maxrss_kib"] - a["maxrss_kib"]) / 1024,
             "seconds_n2": b["seconds"],
         })
-        print(f"  {MODES[mode][0]:<42} done", flush=True)
+        print(f"  {MODES[mode][0]:<46} done", flush=True)
 
     base = rows[0]["growth_mib"]
     headers = ["mode", f"RSS MiB @{args.n1:,}", f"RSS MiB @{args.n2:,}", "growth MiB",
@@ -169,7 +163,7 @@ def main():
         print("  ".join([cells[0].ljust(widths[0])] + [
             c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)
         ]))
-    corral_row = next((r for r in rows if r["mode"] == "corral"), rows[0])  # TEMP
+    corral_row = next(r for r in rows if r["mode"] == "corral")
     growth = corral_row["growth_mib"] - base
     verdict = "within" if growth <= TARGET_MIB else "OVER"
     print(f"\ncorral.imap growth over the floor: {growth:.1f} MiB ({verdict} the {TARGET_MIB:.0f} MiB target)")

@@ -1,0 +1,211 @@
+"""A blocking facade over corral's engine, for synchronous callers.
+
+The names are those that synchronous code already uses::
+
+    from corral.blocking import Task, execute_tasks_in_parallel
+
+    tasks = [Task(fetch, (url,)) for url in urls]
+    pages = execute_tasks_in_parallel(tasks, max_workers=16)
+
+Each call starts an event loop (this module is the one place in corral that does),
+runs the tasks with :func:`corral.map` or :func:`corral.imap`, and returns when every
+task has finished: nothing is left running. Calling these from inside a running event
+loop is an error; ``await corral.map(...)`` there instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import anyio.from_thread
+from anyio.lowlevel import current_token
+
+from ._map import imap, map
+from ._pickling import check_process_function, is_picklable
+
+__all__ = [
+    "Task",
+    "execute_tasks_in_parallel",
+    "execute_tasks_in_parallel_streaming",
+    "execute_tasks_in_parallel_unordered",
+    "is_picklable",
+    "should_use_processes",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One call to run: ``callback_function(*arguments)``.
+
+    ``arguments`` is a tuple (or list) of positional arguments, or a mapping of keyword
+    arguments. A single argument is written ``(x,)``.
+    """
+
+    callback_function: Callable[..., Any]
+    """The plain (not async) function to call."""
+    arguments: tuple[Any, ...] | list[Any] | Mapping[str, Any] = ()
+    """Positional arguments as a tuple or list, or keyword arguments as a mapping."""
+
+    def __post_init__(self) -> None:
+        if not callable(self.callback_function):
+            raise TypeError(
+                f"Task.callback_function must be callable, got {self.callback_function!r}"
+            )
+        if inspect.iscoroutinefunction(self.callback_function):
+            raise TypeError(
+                f"Task.callback_function {self.callback_function.__qualname__} is async; "
+                f"the blocking facade runs plain functions. Await corral.map(...) for "
+                f"coroutines"
+            )
+        if not isinstance(self.arguments, tuple | list | Mapping):
+            raise TypeError(
+                f"Task.arguments must be a tuple of positional arguments or a dict of "
+                f"keyword arguments, got {type(self.arguments).__name__} "
+                f"{self.arguments!r:.60}; write a single argument as ({self.arguments!r:.40},)"
+            )
+
+    def __call__(self) -> Any:
+        """Run the task in the calling thread and return its result."""
+        if isinstance(self.arguments, Mapping):
+            return self.callback_function(**self.arguments)
+        return self.callback_function(*self.arguments)
+
+
+def _run_task(task: Task) -> Any:
+    return task()
+
+
+def should_use_processes(kind: Literal["cpu", "io"]) -> bool:
+    """Return whether work of this kind belongs in processes: ``"cpu"`` yes, ``"io"`` no.
+
+    CPU-bound Python holds the GIL, so only processes run it in parallel; I/O-bound
+    work waits with the GIL released, so threads are cheaper and enough.
+    """
+    if kind == "cpu":
+        return True
+    if kind == "io":
+        return False
+    raise ValueError(f"kind must be 'cpu' or 'io', got {kind!r}")
+
+
+def _check_no_running_loop(name: str) -> None:
+    try:
+        current_token()
+    except anyio.NoEventLoopError:
+        return
+    raise RuntimeError(
+        f"{name}() was called from inside a running event loop, which it would block; "
+        f"await corral.map(...) or use corral.imap(...) there instead"
+    )
+
+
+def _prepare(
+    name: str, tasks: Iterable[Task], use_processes: bool, max_workers: int | None
+) -> dict[str, Any]:
+    _check_no_running_loop(name)
+    if isinstance(tasks, Task) or not isinstance(tasks, Iterable):
+        raise TypeError(f"tasks must be an iterable of Task, got {type(tasks).__name__}")
+    if not isinstance(use_processes, bool):
+        raise TypeError(f"use_processes must be True or False, got {use_processes!r}")
+    if isinstance(tasks, Sequence):  # check every task before any work starts
+        for _ in _checked(tasks, use_processes):
+            pass
+    return {"limit": max_workers, "offload": "process" if use_processes else "thread"}
+
+
+def _checked(tasks: Iterable[Task], use_processes: bool) -> Generator[Task, None, None]:
+    for index, task in enumerate(tasks):
+        if not isinstance(task, Task):
+            raise TypeError(f"tasks[{index}] is a {type(task).__name__}, not a corral Task")
+        if use_processes:
+            check_process_function(task.callback_function)
+        yield task
+
+
+def execute_tasks_in_parallel(
+    tasks: Iterable[Task],
+    max_workers: int | None = None,
+    use_processes: bool = False,
+    return_exceptions: bool = False,
+) -> list[Any]:
+    """Run every task, at most ``max_workers`` at once; return results in input order.
+
+    Threads by default; ``use_processes=True`` runs them in corral's persistent process
+    pool (functions must be importable, arguments picklable). With
+    ``return_exceptions=False`` the first exception cancels the rest and is raised;
+    with ``True`` exceptions stand in place of results.
+    """
+    options = _prepare("execute_tasks_in_parallel", tasks, use_processes, max_workers)
+
+    async def run() -> list[Any]:
+        return await map(
+            _run_task,
+            _checked(tasks, use_processes),
+            return_exceptions=return_exceptions,
+            **options,
+        )
+
+    return anyio.run(run)
+
+
+def execute_tasks_in_parallel_unordered(
+    tasks: Iterable[Task],
+    max_workers: int | None = None,
+    use_processes: bool = False,
+    return_exceptions: bool = False,
+) -> list[Any]:
+    """Like :func:`execute_tasks_in_parallel`, with results in completion order."""
+    options = _prepare("execute_tasks_in_parallel_unordered", tasks, use_processes, max_workers)
+
+    async def run() -> list[Any]:
+        return await map(
+            _run_task,
+            _checked(tasks, use_processes),
+            ordered=False,
+            return_exceptions=return_exceptions,
+            **options,
+        )
+
+    return anyio.run(run)
+
+
+def execute_tasks_in_parallel_streaming(
+    tasks: Iterable[Task],
+    max_workers: int | None = None,
+    use_processes: bool = False,
+    return_exceptions: bool = False,
+    ordered: bool = True,
+) -> Generator[tuple[int, Any], None, None]:
+    """Yield ``(index, result)`` as tasks complete, pulling ``tasks`` lazily.
+
+    Memory stays bounded by ``max_workers`` whatever the number of tasks. The event
+    loop runs in a helper thread for as long as the generator is iterated; closing the
+    generator early (``break``) cancels the tasks in flight and stops that thread.
+    """
+    options = _prepare("execute_tasks_in_parallel_streaming", tasks, use_processes, max_workers)
+    stream = imap(
+        _run_task,
+        _checked(tasks, use_processes),
+        ordered=ordered,
+        return_exceptions=return_exceptions,
+        **options,
+    )
+    return _stream(stream)
+
+
+def _stream(stream: Any) -> Generator[tuple[int, Any], None, None]:
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(stream) as results,
+    ):
+        while True:
+            try:
+                pair: tuple[int, Any] = portal.call(results.__anext__)
+            except StopAsyncIteration:
+                return
+            yield pair
+
