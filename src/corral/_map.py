@@ -64,7 +64,7 @@ _CHUNK_SECONDS = 0.02
 _MAX_CHUNK = 1024
 #: A worker running coroutines yields to the event loop at least every this many items,
 #: even if the coroutines themselves never do.
-_CHECKPOINT_EVERY = 16
+_CHECKPOINT_EVERY = 128
 
 
 class ProgressSink(Protocol):
@@ -185,6 +185,7 @@ class _Engine:
         self.spawned = 0
         self.exhausted = False
         self.stopping = False
+        self.halted = False  # exhausted or stopping: one flag for the fast path to test
         self.finished = False
         self.error: BaseException | None = None
         self.error_raised = False
@@ -194,6 +195,7 @@ class _Engine:
         self.consumer_event: anyio.Event | None = None
         self.window_event: anyio.Event | None = None
         self.input_lock: anyio.Lock | None = None
+        self.enumerated: Iterator[tuple[int, Any]] = enumerate(())
         self.thread_limiter: anyio.CapacityLimiter | None = None
         self.task_group: anyio.abc.TaskGroup | None = None
 
@@ -205,8 +207,14 @@ class _Engine:
             self.input_lock = anyio.Lock()
         if self.mode == "thread":
             self.thread_limiter = anyio.CapacityLimiter(self.limit)
+        fast = (
+            self.collect and self.iterator is not None and self.cluster is None and not self.timeout
+        )
+        if fast:
+            assert self.iterator is not None
+            self.enumerated = enumerate(self.iterator)
         worker = {
-            "loop": self._loop_worker,
+            "loop": self._fast_loop_worker if fast else self._loop_worker,
             "thread": self._thread_worker,
             "process": self._process_worker,
         }[self.mode]
@@ -221,7 +229,7 @@ class _Engine:
 
     def stop(self) -> None:
         """Cancel every call in flight and stop pulling input."""
-        self.stopping = True
+        self.stopping = self.halted = True
         if self.task_group is not None:
             self.task_group.cancel_scope.cancel()
 
@@ -242,7 +250,7 @@ class _Engine:
     # -- input -----------------------------------------------------------------------
 
     def _input_failed(self, exc: Exception) -> None:
-        self.exhausted = True
+        self.exhausted = self.halted = True
         self._fail(exc, f"corral: raised by the input iterable after {self.taken} items")
 
     async def _wait_for_window(self) -> None:
@@ -272,7 +280,7 @@ class _Engine:
                     assert self.iterator is not None
                     item = next(self.iterator)
             except (StopIteration, StopAsyncIteration):
-                self.exhausted = True
+                self.exhausted = self.halted = True
                 break
             except Exception as exc:
                 self._input_failed(exc)
@@ -353,32 +361,49 @@ class _Engine:
 
     # -- workers ---------------------------------------------------------------------
 
+    async def _fast_loop_worker(self) -> None:
+        # map() of a coroutine function over a plain iterator, with no cluster and no
+        # timeout: the common case, kept to the fewest operations per item. No stop flag
+        # is tested: stop() cancels this task at its next checkpoint, and an exhausted
+        # iterator keeps raising StopIteration to every worker.
+        fn = self.fn
+        results = self.results
+        progress = self.progress
+        checkpoint = anyio.lowlevel.checkpoint
+        spawning = True
+        done = 0
+        try:
+            for index, item in self.enumerated:
+                self.taken = index + 1
+                if spawning:
+                    self._spawn_more(self._fast_loop_worker)
+                    spawning = self.spawned < self.limit
+                try:
+                    results[index] = await fn(item)
+                except Exception as exc:
+                    if not self._failed_item(index, exc):
+                        return
+                if progress is not None and not self._report(1):
+                    return
+                done += 1
+                if not done % _CHECKPOINT_EVERY:
+                    await checkpoint()
+        except Exception as exc:  # only the input iterator can raise here
+            self._input_failed(exc)
+            return
+        self.exhausted = self.halted = True
+
     async def _loop_worker(self) -> None:
         fn = self.fn
-        fast = self.iterator is not None and self.window == math.inf
         timeout = self.timeout
         cluster = self.cluster
         progress = self.progress
         done = 0
         while not self.stopping:
-            if fast:
-                if self.exhausted:
-                    return
-                try:
-                    item = next(self.iterator)  # type: ignore[arg-type]
-                except StopIteration:
-                    self.exhausted = True
-                    return
-                except Exception as exc:
-                    self._input_failed(exc)
-                    return
-                index = self.taken
-                self.taken = index + 1
-            else:
-                chunk = await self._take(1)
-                if not chunk:
-                    return
-                [(index, item)] = chunk
+            chunk = await self._take(1)
+            if not chunk:
+                return
+            [(index, item)] = chunk
             self._spawn_more(self._loop_worker)
             try:
                 if cluster is not None:
@@ -613,6 +638,20 @@ async def map(
     cluster: Cluster | None = ...,
     progress: ProgressSink | None = ...,
 ) -> list[R | Exception]: ...
+@overload
+async def map(
+    fn: Callable[[T], Any],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    limit: int | None = ...,
+    offload: Offload | ProcessPool | None = ...,
+    ordered: bool = ...,
+    return_exceptions: bool,
+    chunksize: int | None = ...,
+    timeout: float | None = ...,
+    cluster: Cluster | None = ...,
+    progress: ProgressSink | None = ...,
+) -> list[Any]: ...
 async def map(
     fn: Callable[[Any], Any],
     items: Iterable[Any] | AsyncIterable[Any],
@@ -734,6 +773,20 @@ def imap(
     cluster: Cluster | None = ...,
     progress: ProgressSink | None = ...,
 ) -> IMap[R | Exception]: ...
+@overload
+def imap(
+    fn: Callable[[T], Any],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    limit: int | None = ...,
+    offload: Offload | ProcessPool | None = ...,
+    ordered: bool = ...,
+    return_exceptions: bool,
+    chunksize: int | None = ...,
+    timeout: float | None = ...,
+    cluster: Cluster | None = ...,
+    progress: ProgressSink | None = ...,
+) -> IMap[Any]: ...
 def imap(
     fn: Callable[[Any], Any],
     items: Iterable[Any] | AsyncIterable[Any],

@@ -103,9 +103,7 @@ def _check_no_running_loop(name: str) -> None:
     )
 
 
-def _prepare(
-    name: str, tasks: Iterable[Task], use_processes: bool, max_workers: int | None
-) -> dict[str, Any]:
+def _prepare(name: str, tasks: Iterable[Task], use_processes: bool) -> Literal["thread", "process"]:
     _check_no_running_loop(name)
     if isinstance(tasks, Task) or not isinstance(tasks, Iterable):
         raise TypeError(f"tasks must be an iterable of Task, got {type(tasks).__name__}")
@@ -114,7 +112,7 @@ def _prepare(
     if isinstance(tasks, Sequence):  # check every task before any work starts
         for _ in _checked(tasks, use_processes):
             pass
-    return {"limit": max_workers, "offload": "process" if use_processes else "thread"}
+    return "process" if use_processes else "thread"
 
 
 def _checked(tasks: Iterable[Task], use_processes: bool) -> Generator[Task, None, None]:
@@ -139,14 +137,15 @@ def execute_tasks_in_parallel(
     ``return_exceptions=False`` the first exception cancels the rest and is raised;
     with ``True`` exceptions stand in place of results.
     """
-    options = _prepare("execute_tasks_in_parallel", tasks, use_processes, max_workers)
+    offload = _prepare("execute_tasks_in_parallel", tasks, use_processes)
 
     async def run() -> list[Any]:
         return await map(
             _run_task,
             _checked(tasks, use_processes),
+            limit=max_workers,
+            offload=offload,
             return_exceptions=return_exceptions,
-            **options,
         )
 
     return anyio.run(run)
@@ -159,15 +158,16 @@ def execute_tasks_in_parallel_unordered(
     return_exceptions: bool = False,
 ) -> list[Any]:
     """Like :func:`execute_tasks_in_parallel`, with results in completion order."""
-    options = _prepare("execute_tasks_in_parallel_unordered", tasks, use_processes, max_workers)
+    offload = _prepare("execute_tasks_in_parallel_unordered", tasks, use_processes)
 
     async def run() -> list[Any]:
         return await map(
             _run_task,
             _checked(tasks, use_processes),
+            limit=max_workers,
+            offload=offload,
             ordered=False,
             return_exceptions=return_exceptions,
-            **options,
         )
 
     return anyio.run(run)
@@ -186,13 +186,14 @@ def execute_tasks_in_parallel_streaming(
     loop runs in a helper thread for as long as the generator is iterated; closing the
     generator early (``break``) cancels the tasks in flight and stops that thread.
     """
-    options = _prepare("execute_tasks_in_parallel_streaming", tasks, use_processes, max_workers)
+    offload = _prepare("execute_tasks_in_parallel_streaming", tasks, use_processes)
     stream = imap(
         _run_task,
         _checked(tasks, use_processes),
+        limit=max_workers,
+        offload=offload,
         ordered=ordered,
         return_exceptions=return_exceptions,
-        **options,
     )
     return _stream(stream)
 
@@ -208,4 +209,3 @@ def _stream(stream: Any) -> Generator[tuple[int, Any], None, None]:
             except StopAsyncIteration:
                 return
             yield pair
-
