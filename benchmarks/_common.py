@@ -82,6 +82,17 @@ def print_table(title, rows, reference, extra=()):
         print(fmt_line(cells))
 
 
+def warn_if_busy():
+    """Print a warning when the machine is already busy: ratios then mean less."""
+    import os
+
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: 1-minute load average is {load:.2f} before starting; other work on "
+              f"this machine will skew the numbers")
+    return load
+
+
 def environment():
     """A few facts about where the numbers came from."""
     import os
@@ -91,6 +102,7 @@ def environment():
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),
     }
 
 

@@ -135,6 +135,7 @@ def main():
     if args.quick:
         args.items, args.repeat = 10_000, 1
     backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
+    _common.warn_if_busy()
     results = {b: anyio.run(run_backend, args, b, backend=b) for b in backends}
     _common.write_results("dispatch", {"quick": args.quick, "backends": results})
 

@@ -1,6 +1,6 @@
 """Tutorial 7: the blocking facade, for synchronous code.
 
-    python examples/tutorial_blocking.py
+Run it: python examples/tutorial_blocking.py
 
 No ``async`` anywhere: each call starts an event loop, runs the tasks on corral's
 engine and returns when all of them have finished.

@@ -1,6 +1,6 @@
 """Tutorial 6: a ``Cluster`` bounds how much runs in one place, across maps and threads.
 
-python examples/tutorial_clusters.py
+Run it: python examples/tutorial_clusters.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tutorial 1: map a coroutine function over many items, at most ``limit`` at once.
 
-    python examples/tutorial_coroutines.py
+Run it: python examples/tutorial_coroutines.py
 
 Runs the same ``main`` on asyncio and, if trio is installed, on trio.
 """

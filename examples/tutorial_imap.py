@@ -1,6 +1,6 @@
 """Tutorial 4: stream results with ``corral.imap``, in bounded memory.
 
-    python examples/tutorial_imap.py
+Run it: python examples/tutorial_imap.py
 
 ``imap`` is an async context manager: the workers run for as long as the ``async with``
 block, and leaving it (at the end, on ``break``, on an exception) cancels whatever is

@@ -1,6 +1,6 @@
 """Tutorial 3: CPU-bound functions run in a persistent pool of worker processes.
 
-    python examples/tutorial_processes.py
+Run it: python examples/tutorial_processes.py
 
 Worker processes import the function by name, so it must live at module level, and
 the script's own work must sit under ``if __name__ == "__main__":`` (workers import

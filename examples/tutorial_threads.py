@@ -1,6 +1,6 @@
 """Tutorial 2: plain (blocking) functions run in worker threads.
 
-python examples/tutorial_threads.py
+Run it: python examples/tutorial_threads.py
 """
 
 from __future__ import annotations

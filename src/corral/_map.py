@@ -74,7 +74,8 @@ class ProgressSink(Protocol):
         """Record that ``n`` more items completed."""
 
 
-def _is_async_callable(fn: Callable[..., Any]) -> bool:
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """Return whether calling ``fn`` gives a coroutine (partials and async __call__ too)."""
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - an object with async __call__
@@ -127,7 +128,7 @@ class _Engine:
             check_positive_int("limit", limit)
 
         self.pool: ProcessPool | None = None
-        is_async = _is_async_callable(fn)
+        is_async = is_async_callable(fn)
         if offload is not None and not isinstance(offload, ProcessPool):
             check_offload(offload)
         if is_async:
@@ -496,11 +497,15 @@ class _Engine:
                 return
             self._spawn_more(self._process_worker)
             calls = [((item,), None) for _, item in chunk]
-            if cluster is not None:
-                async with cluster.slot():
+            try:
+                if cluster is not None:
+                    async with cluster.slot():
+                        outcomes, seconds = await pool.run_calls_timed(fn, calls, timeout=timeout)
+                else:
                     outcomes, seconds = await pool.run_calls_timed(fn, calls, timeout=timeout)
-            else:
-                outcomes, seconds = await pool.run_calls_timed(fn, calls, timeout=timeout)
+            except Exception as exc:  # the pool itself failed: closed, broken initializer
+                self._fail(exc, f"corral: raised by the process pool on items {chunk[0][0]}+")
+                return
             if seconds > 0:
                 per_item = seconds / len(chunk)
                 previous = self.seconds_per_item

@@ -15,6 +15,7 @@ results had not come back are run again one at a time, so only the culprit fails
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import multiprocessing
 import multiprocessing.util
@@ -343,6 +344,11 @@ class ProcessPool:
                     )
                     return [(False, timed_out)] * count, 0.0
             except _WorkerDied:
+                if self._closed:
+                    worker.kill()
+                    raise PoolClosedError(
+                        "the ProcessPool was closed while this call was running in it"
+                    ) from None
                 with anyio.CancelScope(shield=True):
                     how, code = await anyio.to_thread.run_sync(worker.describe_death)
                 self._discard(worker, crashed=True)
@@ -451,8 +457,12 @@ class ProcessPool:
         for worker in workers:
             if worker in idle:
                 worker.sock.close()  # the worker sees EOF and returns
-            else:
-                worker.kill()
+            elif worker.process.pid is not None:
+                # Busy: kill the process but leave the socket to the task that waits on
+                # it (closing an fd under a waiter would leave the waiter hanging); it
+                # sees EOF and fails its call with PoolClosedError.
+                with contextlib.suppress(OSError, ValueError):
+                    worker.process.kill()
         for worker in workers:
             if worker.process.pid is None:
                 continue

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+import anyio.lowlevel
 import anyio.to_thread
 
 __all__ = ["to_thread"]
@@ -23,5 +24,8 @@ async def to_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) ->
     cancellation; nothing keeps running behind it.
     """
     if kwargs:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-    return await anyio.to_thread.run_sync(fn, *args)
+        value = await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    else:
+        value = await anyio.to_thread.run_sync(fn, *args)
+    await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled meanwhile: raise it now
+    return value

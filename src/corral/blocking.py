@@ -15,7 +15,6 @@ loop is an error; ``await corral.map(...)`` there instead.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,8 +23,8 @@ import anyio
 import anyio.from_thread
 from anyio.lowlevel import current_token
 
-from ._map import imap, map
-from ._pickling import check_process_function, is_picklable
+from ._map import imap, is_async_callable, map
+from ._pickling import check_process_function, describe, is_picklable
 
 __all__ = [
     "Task",
@@ -55,9 +54,9 @@ class Task:
             raise TypeError(
                 f"Task.callback_function must be callable, got {self.callback_function!r}"
             )
-        if inspect.iscoroutinefunction(self.callback_function):
+        if is_async_callable(self.callback_function):
             raise TypeError(
-                f"Task.callback_function {self.callback_function.__qualname__} is async; "
+                f"Task.callback_function {describe(self.callback_function)} is async; "
                 f"the blocking facade runs plain functions. Await corral.map(...) for "
                 f"coroutines"
             )
