@@ -88,8 +88,10 @@ def warn_if_busy():
 
     load = os.getloadavg()[0]
     if load > 0.5:
-        print(f"warning: 1-minute load average is {load:.2f} before starting; other work on "
-              f"this machine will skew the numbers")
+        print(
+            f"warning: 1-minute load average is {load:.2f} before starting; other work on "
+            f"this machine will skew the numbers"
+        )
     return load
 
 

@@ -119,7 +119,9 @@ async def run_backend(args, backend):
         r["throughput"] = rows[0]["seconds"] / r["seconds"]
     _common.print_table(
         f"Dispatch, {items:,} trivial coroutines, limit {limit}, backend {backend}",
-        rows, reference, extra=[("throughput vs floor", "throughput", "{:.2f}")],
+        rows,
+        reference,
+        extra=[("throughput vs floor", "throughput", "{:.2f}")],
     )
     return {"items": items, "limit": limit, "reference": reference, "rows": rows}
 

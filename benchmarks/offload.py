@@ -163,44 +163,84 @@ async def cpu_bound(args, backend):
 
     await measure(rows, "serial (plain loop)", serial, count, expected, 1)
     await measure(
-        rows, "floor: bare processes, no per-call IPC", sync(run_floor, items), count, None, 1,
+        rows,
+        "floor: bare processes, no per-call IPC",
+        sync(run_floor, items),
+        count,
+        None,
+        1,
         note=f"{CPUS} {START_METHOD} processes, start included",
     )
     await measure(
-        rows, "corral.map offload=thread",
-        partial(corral.map, burn, items, offload="thread"), count, expected, 1,
+        rows,
+        "corral.map offload=thread",
+        partial(corral.map, burn, items, offload="thread"),
+        count,
+        expected,
+        1,
     )
     await measure(
-        rows, "corral.map offload=process (cold)",
-        partial(corral.map, burn, items, offload="process"), count, expected, 1,
+        rows,
+        "corral.map offload=process (cold)",
+        partial(corral.map, burn, items, offload="process"),
+        count,
+        expected,
+        1,
         note="pool started inside the timing",
     )
     await measure(
-        rows, "corral.map offload=process (warm)",
-        partial(corral.map, burn, items, offload="process"), count, expected, 1,
+        rows,
+        "corral.map offload=process (warm)",
+        partial(corral.map, burn, items, offload="process"),
+        count,
+        expected,
+        1,
         note="second call, pool already running",
     )
     await measure(
-        rows, "corral.map offload=process chunksize=1 (warm)",
-        partial(corral.map, burn, items, offload="process", chunksize=1), count, expected, 1,
+        rows,
+        "corral.map offload=process chunksize=1 (warm)",
+        partial(corral.map, burn, items, offload="process", chunksize=1),
+        count,
+        expected,
+        1,
         note="one IPC round trip per item",
     )
     await measure(
-        rows, "anyio.to_process.run_sync per item",
-        partial(anyio_per_item, items, burn, anyio.to_process.run_sync, CPUS), count, expected, 1,
+        rows,
+        "anyio.to_process.run_sync per item",
+        partial(anyio_per_item, items, burn, anyio.to_process.run_sync, CPUS),
+        count,
+        expected,
+        1,
         note=f"task per item, CapacityLimiter({CPUS}), workers started inside",
     )
     await measure(
-        rows, "ProcessPoolExecutor.map chunksize=1", sync(run_ppe, items, 1), count, expected, 1,
+        rows,
+        "ProcessPoolExecutor.map chunksize=1",
+        sync(run_ppe, items, 1),
+        count,
+        expected,
+        1,
         note="pool start included",
     )
     tuned = max(1, count // (4 * CPUS))
     await measure(
-        rows, f"ProcessPoolExecutor.map chunksize={tuned}", sync(run_ppe, items, tuned), count,
-        expected, 1, note="N // (4*cpus), pool start included",
+        rows,
+        f"ProcessPoolExecutor.map chunksize={tuned}",
+        sync(run_ppe, items, tuned),
+        count,
+        expected,
+        1,
+        note="N // (4*cpus), pool start included",
     )
     await measure(
-        rows, "ThreadPoolExecutor.map", sync(run_tpe, burn, items), count, expected, 1,
+        rows,
+        "ThreadPoolExecutor.map",
+        sync(run_tpe, burn, items),
+        count,
+        expected,
+        1,
         note="default max_workers",
     )
     # The floor once more at the end, keeping the faster of the two: a neighbour's burst of
@@ -210,43 +250,72 @@ async def cpu_bound(args, backend):
     floor_row = rows[1]
     floor_row["seconds"] = min(floor_row["seconds"], again[0]["seconds"])
     floor_row["note"] += ", best of start and end of run"
-    return {"n": n, "items": count, "reference": "floor: bare processes, no per-call IPC", "rows": rows}
+    return {
+        "n": n,
+        "items": count,
+        "reference": "floor: bare processes, no per-call IPC",
+        "rows": rows,
+    }
 
 
 async def io_bound(args, backend):
     count, limit, repeat = args.io_items, args.limit, args.repeat
     items = list(range(count))
-    print(f"\nI/O-bound: {count:,} calls of time.sleep({SLEEP}) at limit {limit}, median of {repeat}")
+    print(
+        f"\nI/O-bound: {count:,} calls of time.sleep({SLEEP}) at limit {limit}, median of {repeat}"
+    )
     ideal = count * SLEEP / limit
     rows = [
         _common.row("ideal: N * 5 ms / limit", ideal, count, measured=False),
         _common.row("serial (plain loop)", count * SLEEP, count, measured=False, note="N * 5 ms"),
     ]
     await measure(
-        rows, f"corral.map limit={limit}", partial(corral.map, blocking_sleep, items, limit=limit),
-        count, items, repeat, note="plain function: threads by default",
+        rows,
+        f"corral.map limit={limit}",
+        partial(corral.map, blocking_sleep, items, limit=limit),
+        count,
+        items,
+        repeat,
+        note="plain function: threads by default",
     )
     await measure(
-        rows, f"anyio.to_thread.run_sync per item, limit={limit}",
+        rows,
+        f"anyio.to_thread.run_sync per item, limit={limit}",
         partial(anyio_per_item, items, blocking_sleep, anyio.to_thread.run_sync, limit),
-        count, items, repeat, note=f"task per item, CapacityLimiter({limit})",
+        count,
+        items,
+        repeat,
+        note=f"task per item, CapacityLimiter({limit})",
     )
     if backend == "asyncio":
         default_workers = min(32, CPUS + 4)
         await measure(
-            rows, f"asyncio.gather+Semaphore({limit})+to_thread",
-            partial(gather_to_thread, items, blocking_sleep, limit), count, items, repeat,
+            rows,
+            f"asyncio.gather+Semaphore({limit})+to_thread",
+            partial(gather_to_thread, items, blocking_sleep, limit),
+            count,
+            items,
+            repeat,
             note=f"default executor: {default_workers} threads cap it",
         )
         with cf.ThreadPoolExecutor(max_workers=limit) as executor:
             await measure(
-                rows, f"asyncio.gather+Semaphore({limit})+executor({limit})",
+                rows,
+                f"asyncio.gather+Semaphore({limit})+executor({limit})",
                 partial(gather_to_thread, items, blocking_sleep, limit, executor),
-                count, items, repeat, note=f"run_in_executor on a {limit}-thread pool",
+                count,
+                items,
+                repeat,
+                note=f"run_in_executor on a {limit}-thread pool",
             )
     await measure(
-        rows, f"ThreadPoolExecutor({limit}).map", sync(run_tpe, blocking_sleep, items, limit),
-        count, items, repeat, note="pool start included",
+        rows,
+        f"ThreadPoolExecutor({limit}).map",
+        sync(run_tpe, blocking_sleep, items, limit),
+        count,
+        items,
+        repeat,
+        note="pool start included",
     )
     return {"items": count, "limit": limit, "reference": "ideal: N * 5 ms / limit", "rows": rows}
 
@@ -290,12 +359,14 @@ async def main(args):
     cpu = await cpu_bound(args, backend)
     io = await io_bound(args, backend)
     _common.print_table(
-        f"CPU-bound, {cpu['items']:,} x burn({cpu['n']}), backend {backend}", cpu["rows"],
+        f"CPU-bound, {cpu['items']:,} x burn({cpu['n']}), backend {backend}",
+        cpu["rows"],
         cpu["reference"],
     )
     _common.print_table(
         f"I/O-bound, {io['items']:,} x sleep(5 ms), limit {io['limit']}, backend {backend}",
-        io["rows"], io["reference"],
+        io["rows"],
+        io["reference"],
     )
     name = "offload" if backend == "asyncio" else f"offload-{backend}"
     _common.write_results(name, {"backend": backend, "quick": args.quick, "cpu": cpu, "io": io})

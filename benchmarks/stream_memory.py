@@ -115,7 +115,9 @@ def child(mode, n):
 def measure(mode, n):
     proc = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(n)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"child {mode} {n} failed:\n{proc.stderr}")
@@ -139,38 +141,64 @@ def main():
     rows = []
     for mode in modes:
         a, b = measure(mode, args.n1), measure(mode, args.n2)
-        rows.append({
-            "mode": mode,
-            "name": MODES[mode][0],
-            "rss_n1_mib": a["maxrss_kib"] / 1024,
-            "rss_n2_mib": b["maxrss_kib"] / 1024,
-            "growth_mib": (b["maxrss_kib"] - a["maxrss_kib"]) / 1024,
-            "seconds_n2": b["seconds"],
-        })
+        rows.append(
+            {
+                "mode": mode,
+                "name": MODES[mode][0],
+                "rss_n1_mib": a["maxrss_kib"] / 1024,
+                "rss_n2_mib": b["maxrss_kib"] / 1024,
+                "growth_mib": (b["maxrss_kib"] - a["maxrss_kib"]) / 1024,
+                "seconds_n2": b["seconds"],
+            }
+        )
         print(f"  {MODES[mode][0]:<46} done", flush=True)
 
     base = rows[0]["growth_mib"]
-    headers = ["mode", f"RSS MiB @{args.n1:,}", f"RSS MiB @{args.n2:,}", "growth MiB",
-               "growth - floor", f"s @{args.n2:,}"]
+    headers = [
+        "mode",
+        f"RSS MiB @{args.n1:,}",
+        f"RSS MiB @{args.n2:,}",
+        "growth MiB",
+        "growth - floor",
+        f"s @{args.n2:,}",
+    ]
     table = [
-        [r["name"], f"{r['rss_n1_mib']:.1f}", f"{r['rss_n2_mib']:.1f}", f"{r['growth_mib']:.1f}",
-         f"{r['growth_mib'] - base:.1f}", f"{r['seconds_n2']:.2f}"]
+        [
+            r["name"],
+            f"{r['rss_n1_mib']:.1f}",
+            f"{r['rss_n2_mib']:.1f}",
+            f"{r['growth_mib']:.1f}",
+            f"{r['growth_mib'] - base:.1f}",
+            f"{r['seconds_n2']:.2f}",
+        ]
         for r in rows
     ]
     widths = [max(len(c) for c in col) for col in zip(headers, *table, strict=True)]
     print()
     for cells in [headers, ["-" * w for w in widths], *table]:
-        print("  ".join([cells[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)
-        ]))
+        print(
+            "  ".join(
+                [cells[0].ljust(widths[0])]
+                + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+            )
+        )
     corral_row = next(r for r in rows if r["mode"] == "corral")
     growth = corral_row["growth_mib"] - base
     verdict = "within" if growth <= TARGET_MIB else "OVER"
-    print(f"\ncorral.imap growth over the floor: {growth:.1f} MiB ({verdict} the {TARGET_MIB:.0f} MiB target)")
-    _common.write_results("stream_memory", {
-        "item_bytes": ITEM, "limit": LIMIT, "n1": args.n1, "n2": args.n2,
-        "target_growth_mib": TARGET_MIB, "rows": rows,
-    })
+    print(
+        f"\ncorral.imap growth over the floor: {growth:.1f} MiB ({verdict} the {TARGET_MIB:.0f} MiB target)"
+    )
+    _common.write_results(
+        "stream_memory",
+        {
+            "item_bytes": ITEM,
+            "limit": LIMIT,
+            "n1": args.n1,
+            "n2": args.n2,
+            "target_growth_mib": TARGET_MIB,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -369,63 +369,81 @@ def test_streaming_pulls_an_endless_generator_lazily(ordered: bool) -> None:
         assert len({index for index, _ in taken}) == 30
 
 
-def blocks_until_cancelled(counter: Concurrency, i: int, quick: int) -> int:
-    """Return at once for the first ``quick`` items; block the others until cancelled."""
-    if i < quick:
-        return i
-    counter.enter()
-    try:
-        anyio.from_thread.run(anyio.sleep_forever)  # raises once the call is cancelled
-    finally:
-        counter.leave()
-    raise AssertionError("unreachable")
+class Blocker:
+    """Calls that return at once for the first ``quick`` items and block the others.
+
+    A blocked call waits inside the event loop (``from_thread.run``) for its host task to
+    be cancelled. ``entered`` is released only once that wait is a task in the host's
+    cancel scope: a cancellation before that point would never reach it.
+    """
+
+    def __init__(self, quick: int) -> None:
+        self.quick = quick
+        self.counter = Concurrency()
+        self.entered = threading.Semaphore(0)
+
+    def __call__(self, i: int) -> int:
+        if i < self.quick:
+            return i
+        self.counter.enter()
+        try:
+            anyio.from_thread.run(self._wait_for_cancellation)  # raises when cancelled
+        finally:
+            self.counter.leave()
+        raise AssertionError("unreachable")
+
+    async def _wait_for_cancellation(self) -> None:
+        self.entered.release()
+        await anyio.sleep_forever()
+
+    def wait_until_blocked(self, calls: int) -> None:
+        for _ in range(calls):
+            assert self.entered.acquire(timeout=DEADLOCK), "the blocking calls did not start"
 
 
 @pytest.mark.parametrize("ordered", [True, False])
 def test_closing_the_stream_early_stops_every_call(ordered: bool) -> None:
-    counter = Concurrency()
     max_workers = 2
-    quick = 5
+    blocker = Blocker(quick=5)
     pulled = [0]
 
     def tasks() -> Iterator[Task]:
         for i in range(1000):
             pulled[0] += 1
-            yield Task(blocks_until_cancelled, (counter, i, quick))
+            yield Task(blocker, (i,))
 
     stream = execute_tasks_in_parallel_streaming(tasks(), max_workers=max_workers, ordered=ordered)
-    taken = [next(stream) for _ in range(quick)]
-    assert sorted(taken) == [(i, i) for i in range(quick)]
+    taken = [next(stream) for _ in range(5)]
+    assert sorted(taken) == [(i, i) for i in range(5)]
+    blocker.wait_until_blocked(max_workers)  # both workers now run a call that never returns
     stream.close()
     # The calls in flight were cancelled, and close() waited for their threads.
-    assert counter.running == 0
-    assert counter.started == counter.ended
-    assert counter.started <= max_workers
-    assert pulled[0] <= quick + 2 * max_workers + 1
+    assert blocker.counter.running == 0
+    assert blocker.counter.started == blocker.counter.ended == max_workers
+    assert pulled[0] <= 5 + 2 * max_workers + 1
     with pytest.raises(StopIteration):
         next(stream)
 
 
 def test_breaking_out_of_the_stream_stops_every_call() -> None:
-    counter = Concurrency()
-    tasks = (Task(blocks_until_cancelled, (counter, i, 3)) for i in range(1000))
+    blocker = Blocker(quick=3)
+    tasks = (Task(blocker, (i,)) for i in range(1000))
     seen = []
     for index, value in execute_tasks_in_parallel_streaming(tasks, max_workers=3):
         seen.append((index, value))
         if index == 2:
+            blocker.wait_until_blocked(3)
             break  # the generator is closed here, as its last reference goes
     assert seen == [(0, 0), (1, 1), (2, 2)]
-    assert counter.running == 0
-    assert counter.started == counter.ended
+    assert blocker.counter.running == 0
+    assert blocker.counter.started == blocker.counter.ended == 3
 
 
 def test_a_stream_that_is_never_iterated_runs_nothing() -> None:
-    counter = Concurrency()
-    stream = execute_tasks_in_parallel_streaming(
-        [Task(blocks_until_cancelled, (counter, i, 0)) for i in range(3)]
-    )
+    blocker = Blocker(quick=0)
+    stream = execute_tasks_in_parallel_streaming([Task(blocker, (i,)) for i in range(3)])
     stream.close()
-    assert counter.started == 0
+    assert blocker.counter.started == 0
 
 
 # -- helpers -------------------------------------------------------------------------------

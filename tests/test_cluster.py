@@ -3,10 +3,10 @@ from __future__ import annotations
 import threading
 
 import anyio
-import helpers
 import pytest
 
 import corral
+import helpers
 
 
 def test_cluster_attributes_and_statistics() -> None:

@@ -517,7 +517,7 @@ async def test_default_pool_is_reused_across_calls() -> None:
 
 # -- scripts -------------------------------------------------------------------------------
 
-SCRIPT = """
+SCRIPT = r"""
 import json
 import os
 import sys
@@ -537,7 +537,8 @@ def worker_pid(_):
 
 
 def block(_):
-    print(json.dumps({"blocking": os.getpid()}), flush=True)
+    # One write, so that the two workers' lines cannot interleave.
+    os.write(1, (json.dumps({"blocking": os.getpid()}) + "\n").encode())
     threading.Event().wait()
 
 
@@ -601,12 +602,14 @@ script = subprocess.Popen(
     stdout=subprocess.PIPE,
     text=True,
 )
-assert json.loads(script.stdout.readline())["pids"]
-# Both workers of the second pool are busy in block() when the parent dies: they cannot
-# leave through the end of their connection, only by watching for their parent.
-busy = [json.loads(script.stdout.readline())["blocking"] for _ in range(2)]
-script.kill()
-script.wait()
+try:
+    assert json.loads(script.stdout.readline())["pids"]
+    # Both workers of the second pool are busy in block() when the parent dies: they
+    # cannot leave through the end of their connection, only by watching for their parent.
+    busy = [json.loads(script.stdout.readline())["blocking"] for _ in range(2)]
+finally:
+    script.kill()
+    script.wait()
 # Reap every orphan as it exits, until none is left: a worker that never exits would hang
 # here (until the test's timeout). Workers that exit while their forkserver still lives
 # are reaped by the forkserver instead.

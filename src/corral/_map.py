@@ -500,9 +500,9 @@ class _Engine:
             try:
                 if cluster is not None:
                     async with cluster.slot():
-                        outcomes, seconds = await pool.run_calls_timed(fn, calls, timeout=timeout)
+                        outcomes, seconds = await pool._run_calls_timed(fn, calls, timeout=timeout)
                 else:
-                    outcomes, seconds = await pool.run_calls_timed(fn, calls, timeout=timeout)
+                    outcomes, seconds = await pool._run_calls_timed(fn, calls, timeout=timeout)
             except Exception as exc:  # the pool itself failed: closed, broken initializer
                 self._fail(exc, f"corral: raised by the process pool on items {chunk[0][0]}+")
                 return
@@ -531,7 +531,7 @@ class MapResults(Generic[R]):
     """The async iterator of ``(index, result)`` pairs that ``imap`` hands out.
 
     ``index`` is the item's position in the input. Iterate it inside the ``async with``
-    block; leaving the block, however, cancels whatever is still in flight.
+    block; leaving the block cancels whatever is still in flight.
     """
 
     __slots__ = ("_engine",)

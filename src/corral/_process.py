@@ -263,24 +263,19 @@ class ProcessPool:
         """
         check_process_function(fn)
         call: Call = (args, kwargs or None)
-        [(ok, value)] = await self.run_calls(fn, [call])
+        [(ok, value)], _ = await self._run_calls_timed(fn, [call])
         if ok:
             return value  # type: ignore[no-any-return]
         raise value
 
-    async def run_calls(self, fn: Callable[..., Any], calls: Sequence[Call]) -> list[Outcome]:
-        """Run a chunk of calls of ``fn`` in one worker round trip; one outcome per call.
-
-        ``fn`` must already have passed :func:`check_process_function`. Exceptions stand
-        in place of results. An argument that cannot be pickled fails its own call only.
-        """
-        outcomes, _ = await self.run_calls_timed(fn, calls)
-        return outcomes
-
-    async def run_calls_timed(
+    async def _run_calls_timed(
         self, fn: Callable[..., Any], calls: Sequence[Call], *, timeout: float | None = None
     ) -> tuple[list[Outcome], float]:
-        """Like :meth:`run_calls`, also returning the seconds the worker computed.
+        """Run a chunk of calls in one worker round trip; one outcome per call.
+
+        Also return the seconds the worker computed. ``fn`` must already have passed
+        :func:`check_process_function`. Exceptions stand in place of results; an
+        argument that cannot be pickled fails its own call only.
 
         With ``timeout``, a round trip that runs longer (once a worker is free) kills
         its worker and fails each of its calls with ``TimeoutError``.
@@ -297,7 +292,7 @@ class ProcessPool:
         outcomes: list[Outcome] = []
         seconds = 0.0
         for call in calls:
-            part, spent = await self.run_calls_timed(fn, [call], timeout=timeout)
+            part, spent = await self._run_calls_timed(fn, [call], timeout=timeout)
             outcomes += part
             seconds += spent
         return outcomes, seconds
@@ -316,7 +311,7 @@ class ProcessPool:
                 sendable.append(index)
         seconds = 0.0
         if sendable:
-            part, seconds = await self.run_calls_timed(
+            part, seconds = await self._run_calls_timed(
                 fn, [calls[i] for i in sendable], timeout=timeout
             )
             for index, outcome in zip(sendable, part, strict=True):
