@@ -385,13 +385,14 @@ class ProcessPool:
             else:
                 self._idle.append(worker)
 
-    def _discard(self, worker: _Worker, *, crashed: bool) -> None:
+    def _discard(self, worker: _Worker, *, crashed: bool | None) -> None:
+        """Kill and forget ``worker``; count it as crashed, killed, or (None) neither."""
         worker.kill()
         with self._lock:
             self._workers.discard(worker)
             if crashed:
                 self._crashed += 1
-            else:
+            elif crashed is not None:
                 self._killed += 1
 
     async def _start_worker(self) -> _Worker:
@@ -426,7 +427,7 @@ class ProcessPool:
             self._discard(worker, crashed=False)
             raise
         if kind == "init-error":
-            self._discard(worker, crashed=False)
+            self._discard(worker, crashed=None)  # it exits by itself; nothing was killed
             exc, text = detail
             exc.__cause__ = _RemoteTraceback(text)
             name = getattr(self._initializer, "__qualname__", repr(self._initializer))
