@@ -8,6 +8,7 @@ I/O-bound: N blocking time.sleep(0.005) calls at a concurrency limit of 64. The 
 ideal N * 5 ms / limit, computed, not measured.
 
     python benchmarks/offload.py            # full run (about a minute on 2 cores)
+    python benchmarks/offload.py --cpu-repeat 3   # steadier: median of 3 per CPU row
     python benchmarks/offload.py --quick    # shrunk N, well under 20 s
     python benchmarks/offload.py --backend trio
 """
@@ -20,6 +21,7 @@ import concurrent.futures as cf
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import statistics
 import time
 from functools import partial
 
@@ -155,107 +157,100 @@ async def cpu_bound(args, backend):
     by_arg = {x: burn(x) for x in set(items)}
     expected = [by_arg[x] for x in items]
     count = len(items)
-    print(f"\nCPU-bound: {count:,} calls of burn({n}) (~{TARGET * 1e6:.0f} us each), {CPUS} CPUs")
-    rows = []
+    tuned = max(1, count // (4 * CPUS))
+    print(
+        f"\nCPU-bound: {count:,} calls of burn({n}) (~{TARGET * 1e6:.0f} us each), {CPUS} CPUs, "
+        f"median of {args.cpu_repeat} (cold rows: once)"
+    )
 
     async def serial():
         return [burn(x) for x in items]
 
-    await measure(rows, "serial (plain loop)", serial, count, expected, 1)
-    await measure(
-        rows,
-        "floor: bare processes, no per-call IPC",
-        sync(run_floor, items),
-        count,
-        None,
-        1,
-        note=f"{CPUS} {START_METHOD} processes, start included",
-    )
-    await measure(
-        rows,
-        "corral.map offload=thread",
-        partial(corral.map, burn, items, offload="thread"),
-        count,
-        expected,
-        1,
-    )
-    await measure(
-        rows,
-        "corral.map offload=process (cold)",
-        partial(corral.map, burn, items, offload="process"),
-        count,
-        expected,
-        1,
-        note="pool started inside the timing",
-    )
-    await measure(
-        rows,
-        "corral.map offload=process (warm)",
-        partial(corral.map, burn, items, offload="process"),
-        count,
-        expected,
-        1,
-        note="second call, pool already running",
-    )
-    await measure(
-        rows,
-        "corral.map offload=process chunksize=1 (warm)",
-        partial(corral.map, burn, items, offload="process", chunksize=1),
-        count,
-        expected,
-        1,
-        note="one IPC round trip per item",
-    )
-    await measure(
-        rows,
-        "anyio.to_process.run_sync per item",
-        partial(anyio_per_item, items, burn, anyio.to_process.run_sync, CPUS),
-        count,
-        expected,
-        1,
-        note=f"task per item, CapacityLimiter({CPUS}), workers started inside",
-    )
-    await measure(
-        rows,
-        "ProcessPoolExecutor.map chunksize=1",
-        sync(run_ppe, items, 1),
-        count,
-        expected,
-        1,
-        note="pool start included",
-    )
-    tuned = max(1, count // (4 * CPUS))
-    await measure(
-        rows,
-        f"ProcessPoolExecutor.map chunksize={tuned}",
-        sync(run_ppe, items, tuned),
-        count,
-        expected,
-        1,
-        note="N // (4*cpus), pool start included",
-    )
-    await measure(
-        rows,
-        "ThreadPoolExecutor.map",
-        sync(run_tpe, burn, items),
-        count,
-        expected,
-        1,
-        note="default max_workers",
-    )
-    # The floor once more at the end, keeping the faster of the two: a neighbour's burst of
-    # work during the first floor run would otherwise flatter every ratio.
-    again = []
-    await measure(again, "floor again (end of run)", sync(run_floor, items), count, None, 1)
-    floor_row = rows[1]
-    floor_row["seconds"] = min(floor_row["seconds"], again[0]["seconds"])
-    floor_row["note"] += ", best of start and end of run"
-    return {
-        "n": n,
-        "items": count,
-        "reference": "floor: bare processes, no per-call IPC",
-        "rows": rows,
-    }
+    # (name, call, check results?, repeatable?, note). A cold row can only be cold once.
+    specs = [
+        ("serial (plain loop)", serial, True, True, ""),
+        (
+            "floor: bare processes, no per-call IPC",
+            sync(run_floor, items),
+            False,
+            True,
+            f"{CPUS} {START_METHOD} processes, start included",
+        ),
+        (
+            "corral.map offload=thread",
+            partial(corral.map, burn, items, offload="thread"),
+            True,
+            True,
+            "",
+        ),
+        (
+            "corral.map offload=process (cold)",
+            partial(corral.map, burn, items, offload="process"),
+            True,
+            False,
+            "pool started inside the timing",
+        ),
+        (
+            "corral.map offload=process (warm)",
+            partial(corral.map, burn, items, offload="process"),
+            True,
+            True,
+            "pool already running",
+        ),
+        (
+            "corral.map offload=process chunksize=1 (warm)",
+            partial(corral.map, burn, items, offload="process", chunksize=1),
+            True,
+            True,
+            "one IPC round trip per item",
+        ),
+        (
+            "anyio.to_process.run_sync per item",
+            partial(anyio_per_item, items, burn, anyio.to_process.run_sync, CPUS),
+            True,
+            False,
+            f"task per item, CapacityLimiter({CPUS}), workers started inside",
+        ),
+        (
+            "ProcessPoolExecutor.map chunksize=1",
+            sync(run_ppe, items, 1),
+            True,
+            True,
+            "pool start included",
+        ),
+        (
+            f"ProcessPoolExecutor.map chunksize={tuned}",
+            sync(run_ppe, items, tuned),
+            True,
+            True,
+            "N // (4*cpus), pool start included",
+        ),
+        (
+            "ThreadPoolExecutor.map",
+            sync(run_tpe, burn, items),
+            True,
+            True,
+            "default max_workers",
+        ),
+    ]
+    # Round robin rather than k runs in a row, so that a slow spell on a shared machine
+    # lands on several rows instead of all the repeats of one.
+    times = {name: [] for name, *_ in specs}
+    for round_ in range(args.cpu_repeat):
+        for name, afn, check, repeatable, _note in specs:
+            if round_ and not repeatable:
+                continue
+            start = time.perf_counter()
+            result = await afn()
+            times[name].append(time.perf_counter() - start)
+            if check and result != expected:
+                raise AssertionError(f"{name}: wrong results")
+            print(f"  {name:<48} {times[name][-1]:8.3f} s", flush=True)
+    rows = [
+        _common.row(name, statistics.median(times[name]), count, note=note)
+        for name, _, _, _, note in specs
+    ]
+    return {"n": n, "items": count, "reference": specs[1][0], "rows": rows}
 
 
 async def io_bound(args, backend):
@@ -381,11 +376,14 @@ def parse_args():
     parser.add_argument("--io-items", type=int, default=2_000)
     parser.add_argument("--limit", type=int, default=64, help="I/O concurrency limit")
     parser.add_argument("--repeat", type=int, default=3, help="repeats per I/O row (median)")
+    parser.add_argument(
+        "--cpu-repeat", type=int, default=1, help="repeats per CPU row (median; 3 is steadier)"
+    )
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--quick", action="store_true", help="small N: the whole run in < 20 s")
     args = parser.parse_args()
     if args.quick:
-        args.cpu_items, args.io_items, args.repeat = 2_000, 256, 1
+        args.cpu_items, args.io_items, args.repeat, args.cpu_repeat = 2_000, 256, 1, 1
     return args
 
 
