@@ -108,6 +108,11 @@ def environment():
     }
 
 
+def result_name(name, quick):
+    """``name``, or ``name-quick`` so that smoke runs never overwrite real results."""
+    return f"{name}-quick" if quick else name
+
+
 def write_results(name, payload):
     """Write ``payload`` (plus environment facts) to benchmarks/results/<name>.json."""
     RESULTS.mkdir(parents=True, exist_ok=True)

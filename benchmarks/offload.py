@@ -363,7 +363,9 @@ async def main(args):
         io["rows"],
         io["reference"],
     )
-    name = "offload" if backend == "asyncio" else f"offload-{backend}"
+    name = _common.result_name(
+        "offload" if backend == "asyncio" else f"offload-{backend}", args.quick
+    )
     _common.write_results(name, {"backend": backend, "quick": args.quick, "cpu": cpu, "io": io})
     png = _common.RESULTS / f"{name}.png"
     chart(cpu, io, png)

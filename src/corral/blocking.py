@@ -136,18 +136,9 @@ def execute_tasks_in_parallel(
     ``return_exceptions=False`` the first exception cancels the rest and is raised;
     with ``True`` exceptions stand in place of results.
     """
-    offload = _prepare("execute_tasks_in_parallel", tasks, use_processes)
-
-    async def run() -> list[Any]:
-        return await map(
-            _run_task,
-            _checked(tasks, use_processes),
-            limit=max_workers,
-            offload=offload,
-            return_exceptions=return_exceptions,
-        )
-
-    return anyio.run(run)
+    return _run_all(
+        "execute_tasks_in_parallel", tasks, max_workers, use_processes, return_exceptions, True
+    )
 
 
 def execute_tasks_in_parallel_unordered(
@@ -157,7 +148,25 @@ def execute_tasks_in_parallel_unordered(
     return_exceptions: bool = False,
 ) -> list[Any]:
     """Like :func:`execute_tasks_in_parallel`, with results in completion order."""
-    offload = _prepare("execute_tasks_in_parallel_unordered", tasks, use_processes)
+    return _run_all(
+        "execute_tasks_in_parallel_unordered",
+        tasks,
+        max_workers,
+        use_processes,
+        return_exceptions,
+        False,
+    )
+
+
+def _run_all(
+    name: str,
+    tasks: Iterable[Task],
+    max_workers: int | None,
+    use_processes: bool,
+    return_exceptions: bool,
+    ordered: bool,
+) -> list[Any]:
+    offload = _prepare(name, tasks, use_processes)
 
     async def run() -> list[Any]:
         return await map(
@@ -165,7 +174,7 @@ def execute_tasks_in_parallel_unordered(
             _checked(tasks, use_processes),
             limit=max_workers,
             offload=offload,
-            ordered=False,
+            ordered=ordered,
             return_exceptions=return_exceptions,
         )
 
