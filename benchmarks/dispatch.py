@@ -139,7 +139,9 @@ def main():
     backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
     _common.warn_if_busy()
     results = {b: anyio.run(run_backend, args, b, backend=b) for b in backends}
-    _common.write_results(_common.result_name("dispatch", args.quick), {"quick": args.quick, "backends": results})
+    _common.write_results(
+        _common.result_name("dispatch", args.quick), {"quick": args.quick, "backends": results}
+    )
 
 
 if __name__ == "__main__":

@@ -331,7 +331,11 @@ def chart(cpu, io, path):
         names = [r["name"] for r in rows][::-1]
         ratios = [r["ratio"] for r in rows][::-1]
         colors = [
-            "tab:green" if "corral" in name else "tab:gray" if not r["measured"] else "tab:blue"
+            "tab:green"
+            if "corral" in name
+            else "tab:gray"
+            if not r["measured"] or name == part["reference"]
+            else "tab:blue"
             for name, r in zip(names, rows[::-1], strict=True)
         ]
         bars = ax.barh(names, ratios, color=colors)

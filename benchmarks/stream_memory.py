@@ -189,7 +189,7 @@ def main():
         f"\ncorral.imap growth over the floor: {growth:.1f} MiB ({verdict} the {TARGET_MIB:.0f} MiB target)"
     )
     _common.write_results(
-        "stream_memory",
+        _common.result_name("stream_memory", args.quick),
         {
             "item_bytes": ITEM,
             "limit": LIMIT,
