@@ -186,7 +186,6 @@ class _Engine:
         self.spawned = 0
         self.exhausted = False
         self.stopping = False
-        self.halted = False  # exhausted or stopping: one flag for the fast path to test
         self.finished = False
         self.error: BaseException | None = None
         self.error_raised = False
@@ -230,7 +229,7 @@ class _Engine:
 
     def stop(self) -> None:
         """Cancel every call in flight and stop pulling input."""
-        self.stopping = self.halted = True
+        self.stopping = True
         if self.task_group is not None:
             self.task_group.cancel_scope.cancel()
 
@@ -251,7 +250,7 @@ class _Engine:
     # -- input -----------------------------------------------------------------------
 
     def _input_failed(self, exc: Exception) -> None:
-        self.exhausted = self.halted = True
+        self.exhausted = True
         self._fail(exc, f"corral: raised by the input iterable after {self.taken} items")
 
     async def _wait_for_window(self) -> None:
@@ -281,7 +280,7 @@ class _Engine:
                     assert self.iterator is not None
                     item = next(self.iterator)
             except (StopIteration, StopAsyncIteration):
-                self.exhausted = self.halted = True
+                self.exhausted = True
                 break
             except Exception as exc:
                 self._input_failed(exc)
@@ -392,7 +391,7 @@ class _Engine:
         except Exception as exc:  # only the input iterator can raise here
             self._input_failed(exc)
             return
-        self.exhausted = self.halted = True
+        self.exhausted = True
 
     async def _loop_worker(self) -> None:
         fn = self.fn
