@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextvars
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
+import anyio.from_thread
+import anyio.to_thread
 import pytest
 
 import corral
@@ -191,6 +194,121 @@ async def test_thread_limit_is_not_capped_by_anyio_default() -> None:
     assert await corral.map(meet, range(50), limit=50) == list(range(50))
 
 
+def _wait_until(cond: threading.Condition, predicate: Callable[[], bool]) -> None:
+    with cond:
+        assert cond.wait_for(predicate, timeout=30)
+
+
+async def test_threads_never_exceed_limit_and_queue_a_bounded_number() -> None:
+    cond = threading.Condition()
+    release = threading.Event()
+    running = 0
+    peak = 0
+
+    def held(x: int) -> int:
+        nonlocal running, peak
+        with cond:
+            running += 1
+            peak = max(peak, running)
+            cond.notify_all()
+        release.wait()
+        with cond:
+            running -= 1
+        return x
+
+    source = Counting(1000)
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            assert await corral.map(held, source, limit=4) == list(range(1000))
+
+        tg.start_soon(run)
+        await anyio.to_thread.run_sync(_wait_until, cond, lambda: running == 4)
+        await anyio.wait_all_tasks_blocked()
+        assert source.pulled <= 2 * 4  # 4 running, at most 4 more queued for them
+        release.set()
+    assert peak == 4
+    assert source.pulled == 1000
+
+
+async def test_a_mapped_thread_can_call_back_into_the_event_loop() -> None:
+    async def on_loop(x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return x * 10
+
+    def calls_back(x: int) -> int:
+        anyio.from_thread.check_cancelled()
+        return anyio.from_thread.run(on_loop, x)
+
+    assert await corral.map(calls_back, range(20), limit=3) == [x * 10 for x in range(20)]
+
+
+async def test_mapped_threads_see_the_callers_context_variables() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var")
+    var.set("caller")
+    assert await corral.map(lambda _: var.get(), range(10)) == ["caller"] * 10
+
+
+async def test_cancelling_a_thread_map_midway_leaves_nothing_running() -> None:
+    lock = threading.Lock()
+    started: set[int] = set()
+    finished: set[int] = set()
+
+    def work(x: int) -> int:
+        with lock:
+            started.add(x)
+        with lock:
+            finished.add(x)
+        return x
+
+    with anyio.CancelScope() as scope:
+
+        class CancelAfter:
+            done = 0
+
+            def increment(self, n: int = 1) -> None:
+                self.done += n
+                if self.done >= 500:
+                    scope.cancel()
+
+        await corral.map(work, range(100_000), limit=8, progress=CancelAfter())
+    assert scope.cancelled_caught
+    assert 500 <= len(started) < 100_000
+    assert started == finished  # every call that started had finished when map returned
+
+
+async def test_a_failing_thread_stops_the_queued_calls() -> None:
+    lock = threading.Lock()
+    started: set[int] = set()
+    finished: set[int] = set()
+
+    def fails_on_3(x: int) -> int:
+        with lock:
+            started.add(x)
+        try:
+            if x == 3:
+                raise ValueError("bad item 3")
+            return x
+        finally:
+            with lock:
+                finished.add(x)
+
+    with pytest.raises(ValueError, match="bad item 3"):
+        await corral.map(fails_on_3, range(100_000), limit=4)
+    assert len(started) < 100_000
+    assert started == finished
+
+
+async def test_a_base_exception_in_a_thread_is_raised_itself() -> None:
+    def exits(x: int) -> int:
+        if x == 2:
+            raise SystemExit(3)
+        return x
+
+    with pytest.raises(SystemExit):
+        await corral.map(exits, range(10), return_exceptions=True)
+
+
 # -- failures ------------------------------------------------------------------------
 
 
@@ -368,10 +486,15 @@ async def test_outer_cancellation_stops_imap() -> None:
 
 
 async def test_outer_cancellation_of_map_with_threads_waits_for_them() -> None:
+    cond = threading.Condition()
     release = threading.Event()
+    started: list[int] = []
     finished: list[int] = []
 
     def blocked(x: int) -> int:
+        with cond:
+            started.append(x)
+            cond.notify_all()
         release.wait()
         finished.append(x)
         return x
@@ -379,10 +502,13 @@ async def test_outer_cancellation_of_map_with_threads_waits_for_them() -> None:
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(corral.map, blocked, range(3))
-            await anyio.wait_all_tasks_blocked()
+            await anyio.to_thread.run_sync(_wait_until, cond, lambda: len(started) > 0)
             scope.cancel()
             release.set()
-    assert sorted(finished) == [0, 1, 2]  # nothing was left running behind the caller
+    # Every call that started has finished: nothing was left running behind the caller
+    # (a queued call that no thread had picked up yet is dropped, never started).
+    assert started
+    assert sorted(finished) == sorted(started)
 
 
 # -- processes -----------------------------------------------------------------------

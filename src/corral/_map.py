@@ -38,6 +38,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._cluster import Cluster, Offload
+from ._crew import ThreadCrew
 from ._pickling import check_process_function
 from ._process import ProcessPool, cpu_count, default_pool
 from ._validate import check_offload, check_positive_int, check_timeout
@@ -197,6 +198,10 @@ class _Engine:
         self.input_lock: anyio.Lock | None = None
         self.enumerated: Iterator[tuple[int, Any]] = enumerate(())
         self.thread_limiter: anyio.CapacityLimiter | None = None
+        self.crew: ThreadCrew | None = None
+        self.in_flight = 0
+        self.feeding = True
+        self.room_event: anyio.Event | None = None
         self.task_group: anyio.abc.TaskGroup | None = None
 
     # -- running ---------------------------------------------------------------------
@@ -222,7 +227,12 @@ class _Engine:
             async with anyio.create_task_group() as tg:
                 self.task_group = tg
                 self.spawned = 1
-                tg.start_soon(worker)
+                if self.mode == "thread" and self.cluster is None:
+                    self.crew = ThreadCrew(self.fn)
+                    tg.start_soon(self._crew_feeder)
+                    tg.start_soon(self._crew_collector)
+                else:
+                    tg.start_soon(worker)
         finally:
             self.finished = True
             self._wake_consumer()
@@ -230,6 +240,8 @@ class _Engine:
     def stop(self) -> None:
         """Cancel every call in flight and stop pulling input."""
         self.stopping = True
+        if self.crew is not None:
+            self.crew.stop()
         if self.task_group is not None:
             self.task_group.cancel_scope.cancel()
 
@@ -470,6 +482,75 @@ class _Engine:
                 self._deliver(index, value)
             if progress is not None and not self._report(1):
                 return
+
+    # A thread crew (no cluster): a feeder task queues items for up to ``limit`` threads,
+    # a collector task takes their outcomes back in batches.
+
+    async def _crew_feeder(self) -> None:
+        crew = self.crew
+        assert crew is not None and self.task_group is not None
+        # Up to ``limit`` calls run; as many again wait in the queue, so that a thread
+        # that finishes a call starts the next without waiting for the event loop.
+        cap = 2 * self.limit
+        finished = False
+        try:
+            while not self.stopping:
+                while self.in_flight >= cap:
+                    self.room_event = anyio.Event()
+                    await self.room_event.wait()
+                chunk = await self._take(cap - self.in_flight)
+                if not chunk:
+                    break
+                for index, item in chunk:
+                    crew.submit(index, item)
+                self.in_flight += len(chunk)
+                while crew.started < self.limit and crew.started < self.in_flight:
+                    crew.started += 1
+                    self.task_group.start_soon(self._crew_thread)
+            finished = True
+        finally:
+            self.feeding = False
+            if finished:
+                crew.finish()
+            else:
+                crew.stop()
+            crew.wake()
+
+    async def _crew_thread(self) -> None:
+        assert self.crew is not None
+        await anyio.to_thread.run_sync(
+            self.crew.work, self.timeout is not None, limiter=self.thread_limiter
+        )
+
+    async def _crew_collector(self) -> None:
+        crew = self.crew
+        assert crew is not None
+        timeout = self.timeout
+        progress = self.progress
+        try:
+            while self.feeding or self.in_flight:
+                batch = await crew.outcomes()
+                if not batch:
+                    continue
+                for index, ok, value, seconds in batch:
+                    if ok and timeout is not None and seconds > timeout:
+                        ok, value = False, TimeoutError(self._timeout_message(index))
+                    if ok:
+                        self._deliver(index, value)
+                    elif not isinstance(value, Exception):
+                        self._fail(value, None)  # KeyboardInterrupt, SystemExit: as is
+                        return
+                    elif not self._failed_item(index, value):
+                        return
+                self.in_flight -= len(batch)
+                if self.room_event is not None:
+                    self.room_event.set()
+                    self.room_event = None
+                if progress is not None and not self._report(len(batch)):
+                    return
+                await anyio.lowlevel.checkpoint()  # let the feeder refill the queue
+        finally:
+            crew.stop()  # normally a no-op; on cancellation, no queued call starts
 
     def _next_chunksize(self) -> int:
         if self.chunksize is not None:
