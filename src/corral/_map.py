@@ -488,7 +488,8 @@ class _Engine:
 
     async def _crew_feeder(self) -> None:
         crew = self.crew
-        assert crew is not None and self.task_group is not None
+        assert crew is not None
+        assert self.task_group is not None
         # Up to ``limit`` calls run; as many again wait in the queue, so that a thread
         # that finishes a call starts the next without waiting for the event loop.
         cap = 2 * self.limit
