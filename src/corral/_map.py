@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
 import operator
 import time
@@ -66,6 +67,9 @@ _MAX_CHUNK = 1024
 #: A worker running coroutines yields to the event loop at least every this many items,
 #: even if the coroutines themselves never do.
 _CHECKPOINT_EVERY = 128
+#: The fast path of ``map`` over coroutines yields at every item whose index is a
+#: multiple of this (shared by all its workers, so the cost is per 1024 items in all).
+_FAST_CHECKPOINT_EVERY = 1024
 
 
 class ProgressSink(Protocol):
@@ -196,7 +200,8 @@ class _Engine:
         self.consumer_event: anyio.Event | None = None
         self.window_event: anyio.Event | None = None
         self.input_lock: anyio.Lock | None = None
-        self.enumerated: Iterator[tuple[int, Any]] = enumerate(())
+        self.counter = itertools.count()
+        self.enumerated: Iterator[tuple[int, Any]] = iter(())
         self.thread_limiter: anyio.CapacityLimiter | None = None
         self.crew: ThreadCrew | None = None
         self.in_flight = 0
@@ -217,7 +222,7 @@ class _Engine:
         )
         if fast:
             assert self.iterator is not None
-            self.enumerated = enumerate(self.iterator)
+            self.enumerated = zip(self.counter, self.iterator, strict=False)
         worker = {
             "loop": self._fast_loop_worker if fast else self._loop_worker,
             "thread": self._thread_worker,
@@ -377,16 +382,16 @@ class _Engine:
         # map() of a coroutine function over a plain iterator, with no cluster and no
         # timeout: the common case, kept to the fewest operations per item. No stop flag
         # is tested: stop() cancels this task at its next checkpoint, and an exhausted
-        # iterator keeps raising StopIteration to every worker.
+        # iterator keeps raising StopIteration to every worker. ``self.taken`` is kept
+        # up to date only when a worker ends (the largest index any worker took, plus 1).
         fn = self.fn
         results = self.results
         progress = self.progress
         checkpoint = anyio.lowlevel.checkpoint
         spawning = True
-        done = 0
+        index = -1
         try:
             for index, item in self.enumerated:
-                self.taken = index + 1
                 if spawning:
                     self._spawn_more(self._fast_loop_worker)
                     spawning = self.spawned < self.limit
@@ -397,12 +402,16 @@ class _Engine:
                         return
                 if progress is not None and not self._report(1):
                     return
-                done += 1
-                if not done % _CHECKPOINT_EVERY:
+                if not index % _FAST_CHECKPOINT_EVERY:
                     await checkpoint()
         except Exception as exc:  # only the input iterator can raise here
+            # zip() drew the failed item's index from the counter before the input
+            # raised: the next number it gives is one past that index.
+            self.taken = next(self.counter) - 1
             self._input_failed(exc)
             return
+        finally:
+            self.taken = max(self.taken, index + 1)
         self.exhausted = True
 
     async def _loop_worker(self) -> None:
