@@ -15,6 +15,7 @@ An exception from the input iterable is always raised.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import inspect
 import itertools
@@ -348,7 +349,7 @@ class _Engine:
         """Return a finished map's results, in input order (or completion order)."""
         if self.ordered:
             results = self.results
-            return [results[i] for i in range(self.taken)]
+            return list(builtins.map(results.__getitem__, range(self.taken)))
         return list(self.results.values())
 
     async def next_result(self) -> tuple[int, Any]:
