@@ -8,17 +8,30 @@ import corral.blocking
 EXPECTED = {
     "Cluster",
     "ClusterStatistics",
+    "ColumnTypeError",
+    "ConnectError",
     "CorralError",
+    "Database",
+    "DatabaseClosedError",
+    "DatabaseStatistics",
     "IMap",
+    "IdentifierError",
     "MapResults",
+    "MissingDriverError",
+    "MissingKeyError",
     "NotPicklableError",
     "Offload",
     "PoolClosedError",
     "ProcessPool",
     "ProcessPoolStatistics",
     "ProgressSink",
+    "SchemaError",
+    "Table",
+    "UnknownColumnError",
     "WorkerCrashed",
     "WorkerInitializerError",
+    "WriteError",
+    "connect",
     "cpu_count",
     "imap",
     "is_picklable",
@@ -61,9 +74,35 @@ def test_errors_are_corral_errors() -> None:
         corral.WorkerCrashed,
         corral.WorkerInitializerError,
         corral.PoolClosedError,
+        corral.WriteError,
+        corral.SchemaError,
+        corral.UnknownColumnError,
+        corral.MissingKeyError,
+        corral.ColumnTypeError,
+        corral.IdentifierError,
+        corral.DatabaseClosedError,
+        corral.MissingDriverError,
+        corral.ConnectError,
     ):
         assert issubclass(error, corral.CorralError)
     assert issubclass(corral.NotPicklableError, TypeError)
+    for error in (corral.UnknownColumnError, corral.MissingKeyError, corral.ColumnTypeError):
+        assert issubclass(error, corral.SchemaError)
+    assert issubclass(corral.SchemaError, ValueError)
+    assert issubclass(corral.IdentifierError, ValueError)
+    assert issubclass(corral.ColumnTypeError, TypeError)
+    assert issubclass(corral.MissingDriverError, ImportError)
+    assert issubclass(corral.ConnectError, ConnectionError)
+
+
+def test_database_statistics_fields_are_documented() -> None:
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(corral.DatabaseStatistics)]
+    assert fields == ["accepted", "committed", "batches", "pending", "failed"]
+    source = inspect.getsource(corral.DatabaseStatistics)
+    for name in fields:
+        assert f'{name}: int\n    """' in source, f"DatabaseStatistics.{name} has no docstring"
 
 
 def test_py_typed_is_shipped() -> None:

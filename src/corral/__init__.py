@@ -3,17 +3,31 @@
 A bounded worker pool maps a function over lazy input (:func:`map`, :func:`imap`);
 plain functions run in threads or in a persistent process pool (:func:`to_thread`,
 :func:`to_process`, :class:`ProcessPool`); a :class:`Cluster` bounds how much runs in
-one place. :mod:`corral.blocking` offers the same engine to synchronous code.
+one place. :func:`connect` opens a database whose one writer coroutine batches every
+write. :mod:`corral.blocking` offers the same engine to synchronous code.
 """
 
 from ._cluster import Cluster as Cluster
 from ._cluster import ClusterStatistics as ClusterStatistics
 from ._cluster import Offload as Offload
+from ._database import Database as Database
+from ._database import DatabaseStatistics as DatabaseStatistics
+from ._database import Table as Table
+from ._database import connect as connect
+from ._exceptions import ColumnTypeError as ColumnTypeError
+from ._exceptions import ConnectError as ConnectError
 from ._exceptions import CorralError as CorralError
+from ._exceptions import DatabaseClosedError as DatabaseClosedError
+from ._exceptions import IdentifierError as IdentifierError
+from ._exceptions import MissingDriverError as MissingDriverError
+from ._exceptions import MissingKeyError as MissingKeyError
 from ._exceptions import NotPicklableError as NotPicklableError
 from ._exceptions import PoolClosedError as PoolClosedError
+from ._exceptions import SchemaError as SchemaError
+from ._exceptions import UnknownColumnError as UnknownColumnError
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._exceptions import WorkerInitializerError as WorkerInitializerError
+from ._exceptions import WriteError as WriteError
 from ._map import IMap as IMap
 from ._map import MapResults as MapResults
 from ._map import ProgressSink as ProgressSink
@@ -31,17 +45,30 @@ __version__ = "0.1.0"
 __all__ = (
     "Cluster",
     "ClusterStatistics",
+    "ColumnTypeError",
+    "ConnectError",
     "CorralError",
+    "Database",
+    "DatabaseClosedError",
+    "DatabaseStatistics",
     "IMap",
+    "IdentifierError",
     "MapResults",
+    "MissingDriverError",
+    "MissingKeyError",
     "NotPicklableError",
     "Offload",
     "PoolClosedError",
     "ProcessPool",
     "ProcessPoolStatistics",
     "ProgressSink",
+    "SchemaError",
+    "Table",
+    "UnknownColumnError",
     "WorkerCrashed",
     "WorkerInitializerError",
+    "WriteError",
+    "connect",
     "cpu_count",
     "imap",
     "is_picklable",

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 __all__ = [
+    "ColumnTypeError",
+    "ConnectError",
     "CorralError",
+    "DatabaseClosedError",
+    "IdentifierError",
+    "MissingDriverError",
+    "MissingKeyError",
     "NotPicklableError",
     "PoolClosedError",
+    "SchemaError",
+    "UnknownColumnError",
     "WorkerCrashed",
     "WorkerInitializerError",
+    "WriteError",
 ]
 
 
@@ -55,3 +64,79 @@ class WorkerInitializerError(CorralError):
 
 class PoolClosedError(CorralError):
     """A call was made on a :class:`~corral.ProcessPool` that was already closed."""
+
+
+# -- databases ---------------------------------------------------------------------------
+
+
+class MissingDriverError(CorralError, ImportError):
+    """The database driver for a URL's scheme is not installed.
+
+    The message names the fix, such as ``pip install 'corral[postgres]'``.
+    """
+
+
+class ConnectError(CorralError, ConnectionError):
+    """:func:`corral.connect` could not open the database.
+
+    The driver's error is chained as ``__cause__``; the message names the URL (without
+    its password).
+    """
+
+
+class IdentifierError(CorralError, ValueError):
+    """A table or column name is not a plain identifier.
+
+    Names must match ``[A-Za-z_][A-Za-z0-9_]*`` (at most 63 characters), so that no
+    name can carry SQL; corral also quotes every name it writes into a statement.
+    """
+
+
+class SchemaError(CorralError, ValueError):
+    """A row or a key does not fit the table it is written to.
+
+    The base class of :class:`UnknownColumnError`, :class:`MissingKeyError` and
+    :class:`ColumnTypeError`; raised itself when a table's schema cannot serve as asked
+    (a key that is not the table's primary key or a unique index, or a type that cannot
+    be inferred from ``None``). Raised by ``put()`` before the row is accepted.
+    """
+
+
+class UnknownColumnError(SchemaError):
+    """A row names a column that the table does not have."""
+
+
+class MissingKeyError(SchemaError):
+    """A row lacks a value (or has ``None``) for one of the table's key columns."""
+
+
+class ColumnTypeError(SchemaError, TypeError):
+    """A row's value has a Python type that the column's SQL type does not take."""
+
+
+class DatabaseClosedError(CorralError):
+    """A write or a flush was asked of a database whose ``connect`` block has ended.
+
+    Also raised after the writer stopped on a fatal error; that error is chained as
+    ``__cause__``.
+    """
+
+
+class WriteError(CorralError):
+    """Committing a row to the database failed.
+
+    ``table`` and ``row`` name the row that failed; the driver's error is chained as
+    ``__cause__``. Every other row of its batch was committed. Raised by the next
+    ``put()`` or ``flush()`` after the failure, or when the ``connect`` block exits.
+    When a whole batch could not be committed (the connection broke, ``COMMIT``
+    failed), ``row`` is ``None`` and the writer stops.
+    """
+
+    def __init__(
+        self, message: str, *, table: str | None = None, row: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        #: The name of the table the row was written to (``None`` for a whole batch).
+        self.table = table
+        #: The row that failed, as a dict of column to value (``None`` for a whole batch).
+        self.row = row

@@ -1,0 +1,275 @@
+"""Storage backends: each owns one driver connection and speaks one SQL dialect.
+
+Only this package imports a database driver, and only when a URL asks for it:
+:mod:`sqlite3` (the standard library, driven from one worker thread) for
+``sqlite:///...`` and ``asyncpg`` for ``postgresql://...``. The writer
+(:mod:`corral._writer`) is the one caller: it alone touches a backend, in order.
+
+Every table and column name is checked against :data:`IDENTIFIER` before it is
+used, and quoted whenever it is written into a statement, so no name can carry SQL.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .._exceptions import IdentifierError, MissingDriverError, SchemaError
+
+__all__ = [
+    "Backend",
+    "Column",
+    "Connection",
+    "Failure",
+    "Run",
+    "TableSchema",
+    "check_identifier",
+    "check_key",
+    "open_backend",
+    "parse_url",
+    "quote",
+    "redact",
+    "upsert_sql",
+]
+
+#: What a table or column name must match: a plain SQL identifier.
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: PostgreSQL truncates longer names; SQLite would take them, but one rule serves both.
+MAX_IDENTIFIER = 63
+_SCHEMES = "sqlite:///path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname"
+
+
+def check_identifier(kind: str, name: object) -> str:
+    """Return ``name`` if it is a plain identifier, else raise :class:`IdentifierError`."""
+    if not isinstance(name, str):
+        raise IdentifierError(f"{kind} name must be a str, got {type(name).__name__} {name!r}")
+    if not IDENTIFIER.match(name) or len(name) > MAX_IDENTIFIER:
+        raise IdentifierError(
+            f"{kind} name {name!r} is not a plain identifier: use letters, digits and "
+            f"underscores, not starting with a digit, at most {MAX_IDENTIFIER} characters"
+        )
+    return name
+
+
+def quote(name: str) -> str:
+    """Quote an identifier already checked by :func:`check_identifier`."""
+    return f'"{name}"'
+
+
+class Connection(Protocol):
+    """The writer's connection, as given to hooks (``Database._run``, sources).
+
+    Every call runs on the writer's one connection, inside the current batch
+    transaction, so it sees every row accepted before it. SQL uses ``?`` placeholders
+    on both databases (the PostgreSQL wrapper numbers them ``$1, $2, ...``); write
+    names through :func:`quote` after :func:`check_identifier`.
+    """
+
+    #: ``"sqlite"`` or ``"postgresql"``.
+    dialect: str
+
+    async def execute(self, sql: str, *args: object) -> None:
+        """Run one statement."""
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[object]]) -> None:
+        """Run one statement once for each sequence of arguments."""
+
+    async def fetch(self, sql: str, *args: object) -> list[dict[str, object]]:
+        """Run a query and return its rows as dicts of column name to value."""
+
+    async def fetchval(self, sql: str, *args: object) -> object:
+        """Run a query and return the first column of its first row (``None`` if none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a table, with the Python types a value for it may have."""
+
+    name: str
+    sql_type: str
+    #: Accepted Python types; ``None`` accepts anything (the driver decides).
+    types: tuple[type, ...] | None = None
+    #: Subclasses of ``types`` that are refused all the same (``bool`` for ``int``).
+    exclude: tuple[type, ...] = ()
+    #: Turns an accepted value into what the driver binds (SQLite: dates to text).
+    convert: Callable[[object], object] | None = None
+
+    def describe_types(self) -> str:
+        """Name the accepted types for an error message."""
+        if self.types is None:
+            return "anything"
+        return " or ".join(t.__name__ for t in self.types)
+
+
+@dataclass(slots=True, eq=False)
+class TableSchema:
+    """A table as the writer knows it: its name, key and columns in order."""
+
+    name: str
+    key: tuple[str, ...]
+    columns: dict[str, Column]
+    #: Backend-private cache: statements per column tuple, a staging table name.
+    cache: dict[object, object] = field(default_factory=dict)
+    #: The writer's bookkeeping: the newest run of this table still in its queue.
+    tail: Run | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Run:
+    """Consecutive rows for one table with the same columns: one bulk statement."""
+
+    table: TableSchema
+    columns: tuple[str, ...]
+    rows: list[tuple[object, ...]]
+    #: The writer's bookkeeping: rows may still be added (the run is in its queue) ...
+    open: bool = True
+    #: ... if no operation was queued since the run was (operations order the rows).
+    epoch: int = 0
+
+
+#: A row that failed: (index of its run, index of the row in that run, the driver error).
+Failure = tuple[int, int, Exception]
+
+
+class Backend(Protocol):
+    """What the writer needs from a database; implemented once per dialect."""
+
+    dialect: str
+
+    @property
+    def connection(self) -> Connection:
+        """The wrapper handed to hooks; it runs on the backend's one connection."""
+
+    async def resolve(
+        self, name: str, key: tuple[str, ...], row: Mapping[str, object]
+    ) -> TableSchema:
+        """Describe table ``name``, creating it from ``row`` when it does not exist."""
+
+    async def write(self, runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
+        """Upsert every run, each in a savepoint; return the rows that failed.
+
+        A run whose bulk statement fails is rolled back to its savepoint and written
+        again row by row, each row in its own savepoint, so that only failing rows are
+        left out. ``begin`` opens the batch transaction first; ``commit`` commits it at
+        the end. An error outside a row (the connection, the commit) is raised.
+        """
+
+    async def begin(self) -> None:
+        """Open the batch transaction."""
+
+    async def commit(self) -> None:
+        """Commit the batch transaction."""
+
+    async def rollback(self) -> None:
+        """Roll the batch transaction back (after a fatal error); never raises."""
+
+    async def savepoint(self, name: str) -> None:
+        """Set a savepoint inside the batch transaction."""
+
+    async def release(self, name: str) -> None:
+        """Release a savepoint (keep its work)."""
+
+    async def rollback_to(self, name: str) -> None:
+        """Undo the work since a savepoint, and release it."""
+
+    async def close(self) -> None:
+        """Close the connection (and any thread the backend runs)."""
+
+
+def upsert_sql(table: TableSchema, columns: tuple[str, ...], source: str) -> str:
+    """``INSERT INTO table (columns) <source> ON CONFLICT (key) DO UPDATE SET ...``.
+
+    ``source`` is ``VALUES (...)`` or a ``SELECT``; the columns outside the key are
+    replaced by the new row's (``DO NOTHING`` when every column is in the key).
+    """
+    names = ", ".join(quote(c) for c in columns)
+    key = ", ".join(quote(k) for k in table.key)
+    updates = [f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in table.key]
+    action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+    return f"INSERT INTO {quote(table.name)} ({names}) {source} ON CONFLICT ({key}) {action}"
+
+
+def check_key(
+    name: str, key: tuple[str, ...], columns: Mapping[str, object], unique: list[set[str]]
+) -> None:
+    """Raise :class:`SchemaError` unless ``key`` is the primary key or a unique index."""
+    missing = [k for k in key if k not in columns]
+    if missing:
+        raise SchemaError(
+            f"table {name!r} has no column {missing[0]!r} named in key={key!r}; its columns "
+            f"are {', '.join(columns)}"
+        )
+    if set(key) not in unique:
+        raise SchemaError(
+            f"key={key!r} is neither the primary key nor a unique index of table {name!r}, "
+            f"so rows cannot be upserted on it: pass the table's primary key, or add a "
+            f"unique index on those columns"
+        )
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with its password, if any, replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def parse_url(url: object) -> tuple[str, str]:
+    """Return ``(dialect, target)``: an SQLite path or a PostgreSQL DSN.
+
+    ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``;
+    ``postgresql://user@host:port/dbname`` (``postgres://`` too, query parameters go to
+    asyncpg). Anything else raises ``ValueError`` naming what is supported.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"database URL must be a str, got {type(url).__name__} {url!r}")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ValueError(f"{url!r} is not a database URL; corral supports {_SCHEMES}")
+    if scheme == "sqlite":
+        if not rest.startswith("/"):
+            raise ValueError(
+                f"{url!r}: an SQLite URL has no host and three slashes before the path: "
+                f"sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        path = urllib.parse.unquote(rest[1:].split("?", 1)[0])
+        if not path:
+            raise ValueError(f"{url!r} names no file: write sqlite:///path.db")
+        return "sqlite", path
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql", url
+    raise ValueError(
+        f"unsupported database URL scheme {scheme!r} in {redact(url)!r}; corral supports {_SCHEMES}"
+    )
+
+
+async def open_backend(url: str) -> Backend:
+    """Open the database at ``url``, importing its driver only now."""
+    dialect, target = parse_url(url)
+    if dialect == "sqlite":
+        try:
+            from . import _sqlite
+        except ImportError as exc:  # pragma: no cover - a Python built without sqlite3
+            raise MissingDriverError(
+                "SQLite needs Python's sqlite3 module, and this Python was built without "
+                "it: install your platform's SQLite development package and rebuild "
+                "Python, or use a postgresql:// URL"
+            ) from exc
+        return await _sqlite.SqliteBackend.open(target)
+    try:
+        from . import _postgres
+    except ImportError as exc:
+        if not (exc.name or "").startswith("asyncpg"):
+            raise
+        raise MissingDriverError(
+            f"{redact(url)!r} needs the asyncpg driver, which is not installed: "
+            f"pip install 'corral[postgres]'"
+        ) from exc
+    return await _postgres.PostgresBackend.open(target)

@@ -1,0 +1,460 @@
+"""PostgreSQL through asyncpg, on asyncio natively and on trio through a loop thread.
+
+asyncpg runs on asyncio only. Under asyncio the writer awaits it directly; under trio
+the connection lives on an asyncio event loop in one dedicated thread, started when the
+database opens and joined when it closes, and each call (a whole batch is one call) is
+handed to that loop and awaited from trio without blocking it.
+
+The bulk path: each run of rows is copied (``COPY``, binary, through
+``copy_records_to_table``) into a temporary staging table, then moved into the table
+with one ``INSERT ... SELECT``: a plain one first, which is about twice as fast when the
+keys are new, and ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE`` when that meets
+a key that exists already (or straight away, for a while, after such a conflict). Rows
+with the same key in one run are collapsed to the last one first (``ON CONFLICT`` may
+touch a row only once per statement), which is what writing them in order would leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import decimal
+import functools
+import itertools
+import operator
+import re
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import asyncpg  # type: ignore[import-untyped]
+
+from .._exceptions import ConnectError, SchemaError
+from . import (
+    Column,
+    Failure,
+    Run,
+    TableSchema,
+    check_identifier,
+    check_key,
+    quote,
+    redact,
+    upsert_sql,
+)
+
+__all__ = ["PostgresBackend", "column_for", "infer_type", "numbered"]
+
+T = TypeVar("T")
+
+_BYTES = (bytes, bytearray, memoryview)
+_INFERRED: list[tuple[type, str]] = [
+    (bool, "BOOLEAN"),
+    (int, "BIGINT"),
+    (float, "DOUBLE PRECISION"),
+    (str, "TEXT"),
+    (bytes, "BYTEA"),
+    (bytearray, "BYTEA"),
+    (memoryview, "BYTEA"),
+    (datetime.datetime, "TIMESTAMP"),
+    (datetime.date, "DATE"),
+    (datetime.time, "TIME"),
+    (datetime.timedelta, "INTERVAL"),
+    (decimal.Decimal, "NUMERIC"),
+    (uuid.UUID, "UUID"),
+]
+
+
+def infer_type(column: str, value: object) -> str:
+    """Return the SQL type to create ``column`` with, from its first value."""
+    if value is None:
+        raise SchemaError(
+            f"column {column!r} is None in the row that creates the table, so its type "
+            f"cannot be inferred: give it a value in the first row, or create the table "
+            f"yourself before writing to it"
+        )
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        return "TIMESTAMPTZ"
+    for python_type, sql_type in _INFERRED:
+        if isinstance(value, python_type):
+            return sql_type
+    raise SchemaError(
+        f"column {column!r}: cannot infer a PostgreSQL type for a {type(value).__name__}; "
+        f"use bool, int, float, str, bytes, datetime, date, time, timedelta, Decimal or "
+        f"UUID, or create the table yourself"
+    )
+
+
+def column_for(name: str, sql_type: str) -> Column:
+    """Return the column with the Python types asyncpg takes for ``sql_type``.
+
+    ``sql_type`` is what ``format_type`` prints. Types not listed here (arrays, JSON,
+    your own) take any value, and the driver decides when the batch is written.
+    """
+    t = sql_type.lower()
+    if t in ("smallint", "integer", "bigint"):
+        return Column(name, sql_type, (int,), exclude=(bool,))
+    if t in ("real", "double precision"):
+        return Column(name, sql_type, (float, int), exclude=(bool,))
+    if t.startswith("numeric"):
+        return Column(name, sql_type, (decimal.Decimal, int, float), exclude=(bool,))
+    if t == "text" or t.startswith(("character", "varchar", "citext")):
+        return Column(name, sql_type, (str,))
+    if t == "boolean":
+        return Column(name, sql_type, (bool,))
+    if t == "bytea":
+        return Column(name, sql_type, _BYTES)
+    if t.startswith("timestamp"):
+        return Column(name, sql_type, (datetime.datetime,))
+    if t == "date":
+        return Column(name, sql_type, (datetime.date,), exclude=(datetime.datetime,))
+    if t.startswith("time"):
+        return Column(name, sql_type, (datetime.time,))
+    if t.startswith("interval"):
+        return Column(name, sql_type, (datetime.timedelta,))
+    if t == "uuid":
+        return Column(name, sql_type, (uuid.UUID, str))
+    return Column(name, sql_type, None)
+
+
+#: After conflicts in a row, the bulk path upserts straight away for up to this many
+#: runs of a table before it tries a plain INSERT again.
+_MAX_BACKOFF = 64
+
+_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
+
+
+@functools.lru_cache(maxsize=256)
+def numbered(sql: str) -> str:
+    """Rewrite ``?`` placeholders as ``$1, $2, ...`` (quoted text is left alone)."""
+    counter = itertools.count(1)
+
+    def replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        return f"${next(counter)}" if text == "?" else text
+
+    return _PLACEHOLDER.sub(replace, sql)
+
+
+# -- running asyncpg from any event loop -------------------------------------------------
+
+
+class _Direct:
+    """On asyncio: await asyncpg where we are."""
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return await fn(*args)
+
+    async def close(self) -> None:
+        pass
+
+
+class _LoopThread:
+    """On trio: an asyncio event loop in one thread; calls are awaited from trio."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name="corral-asyncpg", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        async def run() -> T:
+            return await fn(*args)
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        return await _wait(future)
+
+    async def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await anyio.to_thread.run_sync(self._thread.join)
+
+
+async def _wait(future: concurrent.futures.Future[T]) -> T:
+    """Await a future completed in another thread, without blocking this event loop."""
+    event = anyio.Event()
+    native = anyio.lowlevel.current_token().native_token
+    here = threading.get_ident()
+
+    def done(_: object) -> None:
+        if threading.get_ident() == here:
+            event.set()
+            return
+        schedule = getattr(native, "call_soon_threadsafe", None)  # an asyncio loop
+        if schedule is None:
+            schedule = native.run_sync_soon  # type: ignore[attr-defined]  # a trio token
+        schedule(event.set)
+
+    future.add_done_callback(done)
+    try:
+        await event.wait()
+    except BaseException:
+        future.cancel()
+        with anyio.CancelScope(shield=True):
+            await event.wait()
+        raise
+    return future.result()
+
+
+# -- the backend -------------------------------------------------------------------------
+
+
+class PostgresConnection:
+    """The :class:`~corral._backends.Connection` on an asyncpg connection."""
+
+    dialect = "postgresql"
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self._backend = backend
+
+    async def execute(self, sql: str, *args: object) -> None:
+        """Run one statement (``?`` placeholders)."""
+        await self._backend.call(self._backend.conn.execute, numbered(sql), *args)
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[object]]) -> None:
+        """Run one statement once for each sequence of arguments."""
+        rows = [tuple(a) for a in args]
+        await self._backend.call(self._backend.conn.executemany, numbered(sql), rows)
+
+    async def fetch(self, sql: str, *args: object) -> list[dict[str, object]]:
+        """Run a query and return its rows as dicts."""
+        records = await self._backend.call(self._backend.conn.fetch, numbered(sql), *args)
+        return [dict(record.items()) for record in records]
+
+    async def fetchval(self, sql: str, *args: object) -> object:
+        """Run a query and return the first column of its first row."""
+        return await self._backend.call(self._backend.conn.fetchval, numbered(sql), *args)
+
+
+_DESCRIBE = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+_UNIQUE = """
+SELECT ARRAY(
+    SELECT a.attname FROM unnest(i.indkey) AS k(attnum)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+)
+FROM pg_index i
+WHERE i.indrelid = to_regclass($1) AND i.indisunique
+    AND i.indpred IS NULL AND i.indexprs IS NULL
+"""
+
+
+class PostgresBackend:
+    """One asyncpg connection, owned by the writer."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conn: asyncpg.Connection, runner: _Direct | _LoopThread) -> None:
+        self.conn = conn
+        self._runner = runner
+        self._stages = itertools.count()
+        self.connection = PostgresConnection(self)
+
+    @classmethod
+    async def open(cls, dsn: str) -> PostgresBackend:
+        """Connect to the server at ``dsn``."""
+        native = anyio.lowlevel.current_token().native_token
+        runner: _Direct | _LoopThread
+        runner = _Direct() if isinstance(native, asyncio.AbstractEventLoop) else _LoopThread()
+        try:
+            conn = await runner.call(asyncpg.connect, dsn)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await runner.close()
+            if isinstance(exc, Exception):
+                raise ConnectError(
+                    f"could not connect to PostgreSQL at {redact(dsn)!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            raise
+        return cls(conn, runner)
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Await ``fn(*args)`` on the event loop that owns the connection."""
+        return await self._runner.call(fn, *args)
+
+    # -- schema ----------------------------------------------------------------------------
+
+    async def resolve(
+        self, name: str, key: tuple[str, ...], row: Mapping[str, object]
+    ) -> TableSchema:
+        """Describe table ``name``, creating it from ``row`` when it does not exist."""
+        return await self.call(self._resolve, name, key, row)
+
+    async def _resolve(
+        self, name: str, key: tuple[str, ...], row: Mapping[str, object]
+    ) -> TableSchema:
+        conn = self.conn
+        described = await conn.fetch(_DESCRIBE, quote(name))
+        if not described:
+            columns = []
+            for column, value in row.items():
+                check_identifier("column", column)
+                columns.append(f"{quote(column)} {infer_type(column, value)}")
+            keys = ", ".join(quote(k) for k in key)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {quote(name)} "
+                f"({', '.join(columns)}, PRIMARY KEY ({keys}))"
+            )
+            described = await conn.fetch(_DESCRIBE, quote(name))
+        columns_by_name = {r[0]: column_for(r[0], r[1]) for r in described}
+        unique = [set(r[0]) for r in await conn.fetch(_UNIQUE, quote(name))]
+        check_key(name, key, columns_by_name, unique)
+        stage = f"_corral_stage_{next(self._stages)}"
+        await conn.execute(
+            f"CREATE TEMPORARY TABLE {quote(stage)} ON COMMIT DELETE ROWS "
+            f"AS SELECT * FROM {quote(name)} WITH NO DATA"
+        )
+        schema = TableSchema(name, key, columns_by_name)
+        schema.cache["stage"] = stage
+        return schema
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def write(self, runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
+        """Upsert every run; see :class:`~corral._backends.Backend`."""
+        return await self.call(self._write, runs, begin, commit)
+
+    async def _write(self, runs: Sequence[Run], begin: bool, commit: bool) -> list[Failure]:
+        conn = self.conn
+        failures: list[Failure] = []
+        staged: set[str] = set()
+        if begin and not runs:
+            await conn.execute("BEGIN")
+        for number, run in enumerate(runs):
+            first = "BEGIN; " if begin and number == 0 else ""
+            await conn.execute(f"{first}SAVEPOINT corral_run")
+            try:
+                await self._bulk(run, staged)
+            except Exception:
+                await conn.execute("ROLLBACK TO SAVEPOINT corral_run")
+                await self._one_by_one(number, run, failures)
+                await conn.execute("RELEASE SAVEPOINT corral_run")
+        if commit:
+            await conn.execute("COMMIT")
+        return failures
+
+    async def _bulk(self, run: Run, staged: set[str]) -> None:
+        table = run.table
+        stage = table.cache["stage"]
+        assert isinstance(stage, str)
+        rows = run.rows
+        if len(rows) > 1:
+            where = [run.columns.index(k) for k in table.key]
+            latest = dict(zip(map(operator.itemgetter(*where), rows), rows, strict=True))
+            if len(latest) < len(rows):
+                rows = list(latest.values())
+        if stage in staged:
+            await self.conn.execute(f"DELETE FROM {quote(stage)}")
+        await self.conn.copy_records_to_table(stage, records=rows, columns=run.columns)
+        staged.add(stage)
+        statements = table.cache.get(("bulk", run.columns))
+        if statements is None:
+            names = ", ".join(quote(c) for c in run.columns)
+            select = f"SELECT {names} FROM {quote(stage)}"
+            statements = (
+                f"SAVEPOINT corral_insert; INSERT INTO {quote(table.name)} ({names}) {select}; "
+                f"RELEASE SAVEPOINT corral_insert; RELEASE SAVEPOINT corral_run",
+                f"{upsert_sql(table, run.columns, select)}; RELEASE SAVEPOINT corral_run",
+            )
+            table.cache["bulk", run.columns] = statements
+        assert isinstance(statements, tuple)
+        insert, upsert = statements
+        # A plain INSERT is twice as fast as INSERT ... ON CONFLICT when the keys are
+        # new, the usual case in bulk loads: try it first, and upsert if a key exists
+        # already. After a conflict, upsert straight away for a while (longer after
+        # each conflict in a row) before trying again.
+        skip = table.cache.get("skip", 0)
+        assert isinstance(skip, int)
+        if skip:
+            table.cache["skip"] = skip - 1
+        else:
+            try:
+                await self.conn.execute(insert)
+            except asyncpg.UniqueViolationError:
+                await self.conn.execute(
+                    "ROLLBACK TO SAVEPOINT corral_insert; RELEASE SAVEPOINT corral_insert"
+                )
+                backoff = table.cache.get("backoff", 1)
+                assert isinstance(backoff, int)
+                table.cache["skip"] = backoff
+                table.cache["backoff"] = min(2 * backoff, _MAX_BACKOFF)
+            else:
+                table.cache["backoff"] = 1
+                return
+        await self.conn.execute(upsert)
+
+    async def _one_by_one(self, number: int, run: Run, failures: list[Failure]) -> None:
+        conn = self.conn
+        sql = run.table.cache.get(("row", run.columns))
+        if sql is None:
+            values = ", ".join(f"${i}" for i in range(1, len(run.columns) + 1))
+            sql = upsert_sql(run.table, run.columns, f"VALUES ({values})")
+            run.table.cache["row", run.columns] = sql
+        assert isinstance(sql, str)
+        for index, row in enumerate(run.rows):
+            await conn.execute("SAVEPOINT corral_row")
+            try:
+                await conn.execute(sql, *row)
+            except Exception as exc:
+                await conn.execute("ROLLBACK TO SAVEPOINT corral_row")
+                failures.append((number, index, exc))
+            await conn.execute("RELEASE SAVEPOINT corral_row")
+
+    async def begin(self) -> None:
+        """Open the batch transaction."""
+        await self.call(self.conn.execute, "BEGIN")
+
+    async def commit(self) -> None:
+        """Commit the batch transaction."""
+        await self.call(self.conn.execute, "COMMIT")
+
+    async def rollback(self) -> None:
+        """Roll the batch transaction back, if one is open; never raises."""
+
+        async def rollback() -> None:
+            if self.conn.is_closed() or not self.conn.is_in_transaction():
+                return
+            try:
+                await self.conn.execute("ROLLBACK")
+            except Exception:
+                self.conn.terminate()
+
+        await self.call(rollback)
+
+    async def savepoint(self, name: str) -> None:
+        """Set a savepoint."""
+        await self.call(self.conn.execute, f"SAVEPOINT {quote(name)}")
+
+    async def release(self, name: str) -> None:
+        """Release a savepoint."""
+        await self.call(self.conn.execute, f"RELEASE SAVEPOINT {quote(name)}")
+
+    async def rollback_to(self, name: str) -> None:
+        """Undo the work since a savepoint, and release it."""
+        sql = f"ROLLBACK TO SAVEPOINT {quote(name)}; RELEASE SAVEPOINT {quote(name)}"
+        await self.call(self.conn.execute, sql)
+
+    async def close(self) -> None:
+        """Close the connection, then the loop thread if there is one."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.call(self.conn.close)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._runner.close()

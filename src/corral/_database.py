@@ -1,0 +1,512 @@
+"""Databases: ``connect`` opens one, and its writer funnels every write through one place.
+
+.. code-block:: python
+
+    async with corral.connect("sqlite:///corral.db") as db:
+        prices = db.table("prices", key=("ticker", "day"))
+        await prices.put({"ticker": "ACME", "day": "2026-11-20", "close": 10.5})
+        await db.flush()
+
+The policy (what is guaranteed, and what is raised where) is in :func:`connect`'s
+docstring; the batching is described in :mod:`corral._writer`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+
+from ._backends import (
+    Backend,
+    Column,
+    Connection,
+    TableSchema,
+    check_identifier,
+    open_backend,
+    parse_url,
+    redact,
+)
+from ._exceptions import (
+    ColumnTypeError,
+    MissingKeyError,
+    UnknownColumnError,
+)
+from ._validate import check_positive_int
+from ._writer import Source, Writer
+
+__all__ = ["Database", "DatabaseStatistics", "Table", "connect", "default_url"]
+
+T = TypeVar("T")
+
+#: The URL :func:`connect` opens when given none and ``CORRAL_DB`` is not set.
+DEFAULT_URL = "sqlite:///corral.db"
+#: A table remembers the checks for at most this many different column orders (and
+#: each of those, this many tuples of value types).
+_MAX_PLANS = 64
+#: A producer whose rows always find room yields to the event loop this often.
+_CHECKPOINT_EVERY = 128
+
+
+def default_url() -> str:
+    """Return the database URL to use when none is given.
+
+    The environment variable ``CORRAL_DB`` when it is set and not empty, else
+    ``sqlite:///corral.db``: an embedded SQLite file in the current directory.
+    """
+    return os.environ.get("CORRAL_DB") or DEFAULT_URL
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStatistics:
+    """A snapshot of one database's writer."""
+
+    accepted: int
+    """Rows accepted by ``put`` (and its variants) since the database opened."""
+    committed: int
+    """Accepted rows that are committed to the database."""
+    batches: int
+    """Transactions the writer has committed."""
+    pending: int
+    """Accepted rows neither committed nor failed yet: queued or being written."""
+    failed: int
+    """Accepted rows that could not be written (each raised as a ``WriteError``)."""
+
+
+class _Plan:
+    """The checks for rows of one table with one column order, worked out once."""
+
+    __slots__ = ("checks", "columns", "converts", "key_index", "signatures")
+
+    def __init__(self, table: Table, schema: TableSchema, columns: tuple[str, ...]) -> None:
+        for name in columns:
+            if name not in schema.columns:
+                raise UnknownColumnError(
+                    f"table {table.name!r} has no column {name!r}; its columns are "
+                    f"{', '.join(schema.columns)}. Drop {name!r} from the row, or add the "
+                    f"column to the table (ALTER TABLE) before writing"
+                )
+        for name in table.key:
+            if name not in columns:
+                raise MissingKeyError(
+                    f"a row for table {table.name!r} has no value for its key column "
+                    f"{name!r}; every row needs the whole key {table.key!r}"
+                )
+        self.columns = columns
+        self.key_index = tuple(columns.index(name) for name in table.key)
+        described = [schema.columns[name] for name in columns]
+        self.checks: list[tuple[int, Column, tuple[type, ...]]] = [
+            (i, col, col.types) for i, col in enumerate(described) if col.types is not None
+        ]
+        self.converts: list[tuple[int, Callable[[object], object]]] = [
+            (i, col.convert) for i, col in enumerate(described) if col.convert is not None
+        ]
+        #: Tuples of the values' types that passed the checks: they pass again.
+        self.signatures: set[tuple[type, ...]] = set()
+
+    def check(self, table: Table, values: tuple[object, ...]) -> None:
+        """Raise unless ``values`` fit: no NULL key, every value of an accepted type."""
+        for i in self.key_index:
+            if values[i] is None:
+                raise MissingKeyError(
+                    f"a row for table {table.name!r} has None for its key column "
+                    f"{self.columns[i]!r}; key values cannot be NULL"
+                )
+        for i, col, types in self.checks:
+            value = values[i]
+            if value is not None and (
+                not isinstance(value, types) or isinstance(value, col.exclude)
+            ):
+                raise ColumnTypeError(
+                    f"column {col.name!r} of table {table.name!r} is {col.sql_type}, which "
+                    f"takes {col.describe_types()}; got {type(value).__name__} {value!r:.60}"
+                )
+
+
+class Table:
+    """A table of a :class:`Database`, written to by upserting rows on its key.
+
+    Made by :meth:`Database.table`. A row is a mapping of column name to value; it
+    replaces the stored row with the same key in the columns it names (columns it
+    leaves out keep their stored values, or are NULL for a new key). Rows are checked
+    when they are put, before they are accepted: against the table's columns, which the
+    first ``put`` reads from the database, or creates the table from, through the
+    writer.
+    """
+
+    def __init__(self, db: Database, name: str, key: tuple[str, ...]) -> None:
+        #: The table's name.
+        self.name = name
+        #: The key columns rows are upserted on.
+        self.key = key
+        self._db = db
+        self._schema: TableSchema | None = None
+        self._resolving: anyio.Event | None = None
+        self._plans: dict[tuple[str, ...], _Plan] = {}
+        self._puts = 0
+
+    def __repr__(self) -> str:
+        return f"<corral.Table {self.name!r} key={self.key!r}>"
+
+    @property
+    def columns(self) -> dict[str, str] | None:
+        """Column name to SQL type, once the first ``put`` has read them; else ``None``."""
+        if self._schema is None:
+            return None
+        return {name: col.sql_type for name, col in self._schema.columns.items()}
+
+    # -- checking ----------------------------------------------------------------------------
+
+    def _check_mapping(self, row: object) -> Mapping[str, object]:
+        if not isinstance(row, Mapping):
+            raise TypeError(
+                f"a row must be a mapping of column name to value (a dict), got "
+                f"{type(row).__name__} {row!r:.80}"
+            )
+        return row
+
+    def _prepare(
+        self, schema: TableSchema, row: Mapping[str, object]
+    ) -> tuple[tuple[str, ...], tuple[object, ...]]:
+        """Check ``row`` against the table; return its columns and its values."""
+        if type(row) is not dict:
+            self._check_mapping(row)
+        plan = self._plans.get(tuple(row))
+        if plan is None:
+            columns = tuple(row)
+            plan = _Plan(self, schema, columns)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[columns] = plan
+        values = tuple(row.values())
+        if len(values) != len(plan.columns):  # pragma: no cover - a Mapping at odds with itself
+            values = tuple(row[name] for name in plan.columns)
+        signature = tuple(map(type, values))
+        if signature not in plan.signatures:
+            plan.check(self, values)
+            if len(plan.signatures) < _MAX_PLANS:
+                plan.signatures.add(signature)
+        if plan.converts:
+            converted = list(values)
+            for i, convert in plan.converts:
+                if converted[i] is not None:
+                    converted[i] = convert(converted[i])
+            values = tuple(converted)
+        return plan.columns, values
+
+    async def _schema_for(self, row: object) -> TableSchema:
+        """Return the table's schema, reading it (or creating the table) on first use."""
+        while self._schema is None:
+            if self._resolving is not None:
+                await self._resolving.wait()
+                continue
+            mapping = self._check_mapping(row)
+            for name in self.key:
+                if mapping.get(name) is None:
+                    raise MissingKeyError(
+                        f"a row for table {self.name!r} has no value for its key column "
+                        f"{name!r}; every row needs the whole key {self.key!r}"
+                    )
+            event = self._resolving = anyio.Event()
+            try:
+                self._schema = await self._db._run(self._resolver(dict(mapping)))
+            finally:
+                self._resolving = None
+                event.set()
+        return self._schema
+
+    def _resolver(self, row: dict[str, object]) -> Callable[[Connection], Awaitable[TableSchema]]:
+        backend = self._db._backend
+        return lambda _: backend.resolve(self.name, self.key, row)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def put(self, row: Mapping[str, object]) -> None:
+        """Accept ``row`` for writing, waiting for room while the writer's queue is full.
+
+        Returns once the row is accepted (queued), not committed: ``await db.flush()``
+        waits for that. Raises, before accepting the row, ``TypeError`` if it is not a
+        mapping, :class:`~corral.UnknownColumnError`, :class:`~corral.MissingKeyError`
+        or :class:`~corral.ColumnTypeError` if it does not fit the table,
+        :class:`~corral.WriteError` for an earlier row that failed to commit, and
+        :class:`~corral.DatabaseClosedError` once the database is closed. If ``put`` is
+        cancelled while it waits for room, the row was not accepted.
+        """
+        schema = self._schema
+        if schema is None:
+            schema = await self._schema_for(row)
+        columns, values = self._prepare(schema, row)
+        writer = self._db._writer
+        if writer.put_nowait(schema, columns, values):
+            # A row that finds room is accepted without a trip through the event loop;
+            # yield now and then all the same, so that a producer cannot starve it.
+            self._puts += 1
+            if self._puts % _CHECKPOINT_EVERY == 0:
+                await anyio.lowlevel.checkpoint()
+            return
+        await writer.put(schema, columns, values)
+
+    async def put_many(self, rows: Iterable[Mapping[str, object]]) -> int:
+        """Put every row of ``rows`` in order, as :meth:`put` does; return how many.
+
+        Rows are accepted one by one (the iterable is read lazily); if one is refused,
+        the rows before it stay accepted and the error has a note with its index.
+        """
+        count = 0
+        for row in rows:
+            try:
+                await self.put(row)
+            except Exception as exc:
+                exc.add_note(f"corral: raised for row {count} of put_many()")
+                raise
+            count += 1
+        await anyio.lowlevel.checkpoint()
+        return count
+
+    def put_from_thread(self, row: Mapping[str, object]) -> None:
+        """Like :meth:`put`, from a thread: block the calling thread until accepted.
+
+        Works from any thread other than the event loop's own (an anyio worker thread, a
+        ``corral.to_thread`` or ``corral.map`` thread, a thread you started), as long as
+        the ``connect`` block is open; the row goes through the event loop that
+        connected, with the same checks and backpressure.
+        """
+        self._from_thread(self.put, row)
+
+    def put_many_from_thread(self, rows: Iterable[Mapping[str, object]]) -> int:
+        """Like :meth:`put_many`, from a thread: one hop to the event loop for them all."""
+        return self._from_thread(self.put_many, list(rows))
+
+    def _from_thread(self, fn: Callable[[Any], Coroutine[Any, Any, T]], arg: Any) -> T:
+        db = self._db
+        if threading.get_ident() == db._thread:
+            raise RuntimeError(
+                f"{fn.__name__}_from_thread() was called on the event loop's own thread, "
+                f"where it would block the loop: use `await table.{fn.__name__}(...)`"
+            )
+        if db._writer.closed:
+            db._writer._raise_closed()
+        try:
+            return anyio.from_thread.run(fn, arg, token=db._token)
+        except RuntimeError:
+            if db._writer.closed:  # the event loop has finished
+                db._writer._raise_closed()
+            raise
+
+
+class Database:
+    """An open database: its writer, its tables, and the hooks corral's domains use.
+
+    Made by :func:`connect`, valid inside its ``async with`` block. All writes go
+    through one writer coroutine, which owns the connection and commits in batches.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        backend: Backend,
+        writer: Writer,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        max_pending: int,
+    ) -> None:
+        #: The URL the database was opened with.
+        self.url = url
+        #: ``"sqlite"`` or ``"postgresql"``.
+        self.dialect = backend.dialect
+        #: Rows per batch transaction, at most.
+        self.batch_size = batch_size
+        #: Seconds a row (or a pending source) waits, at most, before its batch commits.
+        self.flush_interval = flush_interval
+        #: Rows the writer's queue holds before ``put`` waits for room.
+        self.max_pending = max_pending
+        self._backend = backend
+        self._writer = writer
+        self._tables: dict[str, Table] = {}
+        self._token = anyio.lowlevel.current_token()
+        self._thread = threading.get_ident()
+
+    def __repr__(self) -> str:
+        return f"<corral.Database {redact(self.url)!r}>"
+
+    def table(self, name: str, *, key: str | Iterable[str]) -> Table:
+        """Return the table ``name``, whose rows are upserted on ``key``.
+
+        ``key`` is a column name or a sequence of them: the table's primary key (or the
+        columns of a unique index). If the table does not exist, the first ``put``
+        creates it from its row: one column per key of the row, with a type inferred
+        from the value (``int`` → INTEGER/BIGINT, ``float`` → REAL/DOUBLE PRECISION,
+        ``str`` → TEXT, ``bytes``, ``bool``, ``datetime``, ``date``, ``Decimal`` ...) and
+        ``key`` as the primary key. Names must be plain identifiers.
+        """
+        check_identifier("table", name)
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        if not keys:
+            raise ValueError(
+                f"key of table {name!r} is empty: name the column(s) rows are upserted on"
+            )
+        for column in keys:
+            check_identifier("key column", column)
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"key of table {name!r} names a column twice: {keys!r}")
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = Table(self, name, keys)
+        elif table.key != keys:
+            raise ValueError(f"table {name!r} is already used with key={table.key!r}, not {keys!r}")
+        return table
+
+    async def flush(self) -> None:
+        """Wait until every write accepted before this call is committed.
+
+        Includes the pending writes of registered sources. Raises the oldest
+        :class:`~corral.WriteError` not raised yet, if any row failed.
+        """
+        await self._writer.flush()
+
+    def statistics(self) -> DatabaseStatistics:
+        """Return a frozen snapshot: rows accepted, committed, pending, failed; batches."""
+        w = self._writer
+        return DatabaseStatistics(
+            accepted=w.accepted,
+            committed=w.committed,
+            batches=w.batches,
+            pending=w.accepted - w.committed - w.failed,
+            failed=w.failed,
+        )
+
+    # -- hooks for corral's domains (progress, jobs) -------------------------------------------
+
+    async def _run(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``fn(connection)`` in the writer, in order with the rows accepted before.
+
+        ``fn`` runs inside a batch transaction, in a savepoint, on the writer's
+        connection (so it sees every row accepted before the call: reads go through here
+        too). Returns ``fn``'s result once that transaction is committed. If ``fn``
+        raises, only its own statements are rolled back and its exception is raised
+        here. Cancelling the caller cancels ``fn`` (and rolls it back) if it is running,
+        and skips it if it has not started; once ``fn`` has returned, its work is
+        committed with its batch even if the caller is cancelled meanwhile.
+        """
+        result: T = await self._writer.run_op(fn)
+        return result
+
+    def _register_source(self, source: Source) -> None:
+        """Have the writer call ``source.write(connection)`` whenever it has something.
+
+        ``source.pending()`` is polled at every batch, at least every flush interval
+        when nothing else arrives, and once more while the writer drains at exit;
+        ``flush()`` includes it.
+        """
+        self._writer.register(source)
+
+
+def _check_interval(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"flush_interval must be seconds as a number, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"flush_interval must be a finite number of seconds > 0, got {value}")
+    return float(value)
+
+
+@asynccontextmanager
+async def connect(
+    url: str | None = None,
+    *,
+    batch_size: int = 50_000,
+    flush_interval: float = 0.05,
+    max_pending: int = 100_000,
+) -> AsyncIterator[Database]:
+    """Open a database and run its writer for the body of an ``async with`` block.
+
+    Args:
+        url: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+            ``sqlite:///:memory:``, or ``postgresql://user@host:port/dbname``
+            (``postgres://`` too; query parameters such as ``?search_path=...`` go to
+            the server). ``None``: :func:`default_url`, the ``CORRAL_DB`` environment
+            variable or ``sqlite:///corral.db``.
+        batch_size: The most rows in one transaction.
+        flush_interval: The most seconds a row waits for its batch to fill before it is
+            committed anyway; also how often registered sources are polled.
+        max_pending: The most rows queued for the writer; ``put`` waits for room beyond
+            it (backpressure), so memory stays bounded however fast producers are.
+
+    Guarantees: every row accepted by ``put`` is committed before ``connect`` returns,
+    whether the body ends normally, raises or is cancelled (the drain is shielded from
+    cancellation), unless it fails. A row that fails to commit (a constraint, a value
+    the driver refuses) is left out of its batch, whose other rows are committed, and
+    is raised as a :class:`~corral.WriteError` naming the table and the row, with the
+    driver's error as ``__cause__``: by the next ``put`` or ``flush``, or else when the
+    block exits. If the body itself raised, that exception propagates with a note
+    naming the write errors. A failure outside a row (the connection breaks, ``COMMIT``
+    fails) stops the writer: the body is cancelled and ``connect`` raises it as a
+    ``WriteError``; rows not yet committed are counted as failed.
+
+    SQLite runs through the standard library's ``sqlite3`` in a worker thread, in WAL
+    mode; PostgreSQL through asyncpg (``pip install 'corral[postgres]'``), copying
+    each batch into a staging table before one upsert.
+
+    """
+    url = default_url() if url is None else url
+    parse_url(url)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("max_pending", max_pending)
+    interval = _check_interval(flush_interval)
+    backend = await open_backend(url)
+    body_error: BaseException | None = None
+    writer: Writer | None = None
+    try:
+        try:
+            async with anyio.create_task_group() as tg:
+                writer = Writer(
+                    backend,
+                    batch_size=batch_size,
+                    flush_interval=interval,
+                    max_pending=max_pending,
+                    cancel_body=tg.cancel_scope.cancel,
+                )
+                db = Database(
+                    url,
+                    backend,
+                    writer,
+                    batch_size=batch_size,
+                    flush_interval=interval,
+                    max_pending=max_pending,
+                )
+                tg.start_soon(writer.run)
+                try:
+                    yield db
+                except BaseException as exc:  # raised again below, once the writer is done
+                    body_error = exc
+                with anyio.CancelScope(shield=True):
+                    await writer.close()
+        except BaseException as exc:  # the task group's exit: an outer cancellation
+            if body_error is None:
+                body_error = exc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await backend.close()
+    assert writer is not None
+    errors: list[BaseException] = [*([writer.fatal] if writer.fatal else []), *writer.take_errors()]
+    errors = [error for error in errors if error is not body_error]
+    cancelled = isinstance(body_error, anyio.get_cancelled_exc_class())
+    if body_error is not None and not cancelled:
+        for error in errors:
+            body_error.add_note(f"corral: also, a write failed: {type(error).__name__}: {error}")
+        raise body_error
+    if errors:
+        first = errors[0]
+        for error in errors[1:]:
+            first.add_note(f"corral: also, a write failed: {type(error).__name__}: {error}")
+        raise first
+    if body_error is not None:
+        raise body_error

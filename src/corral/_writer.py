@@ -1,0 +1,497 @@
+"""The writer: one coroutine per database owns its connection and commits in batches.
+
+Producers (tasks, and threads through their event loop) append to one bounded queue;
+only the writer takes from it and only the writer touches the backend. A batch closes
+when it holds ``batch_size`` rows, when ``flush_interval`` seconds have passed since its
+first item, when a flush or an operation (``Database._run``) asks for a commit, or when
+the database closes. Each batch is one transaction:
+
+1. rows, grouped into runs (same table, same columns, in order) and upserted in bulk,
+   each run in a savepoint; a run that fails is written again row by row, each row in
+   its own savepoint, so that only the failing rows are left out;
+2. operations, in queue order among the rows, each in its own savepoint;
+3. the registered sources that have something pending, each in its own savepoint;
+4. ``COMMIT``.
+
+A row that fails becomes a :class:`~corral.WriteError`, raised by the next ``put`` or
+``flush`` or when ``connect`` exits. A failure outside a row (the connection, the
+commit) is fatal: the batch and everything queued behind it are counted as failed, the
+``connect`` body is cancelled, and ``connect`` raises the error.
+
+Everything here runs on the event loop's thread; the writer's own loop is shielded
+from cancellation and ends only when the database closes, after the queue is drained.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import anyio.lowlevel
+
+from ._backends import Backend, Connection, Run, TableSchema
+from ._exceptions import DatabaseClosedError, WriteError
+
+__all__ = ["Source", "Writer"]
+
+
+#: A row shown in an error message is cut to this many characters.
+_ROW_REPR = 300
+
+
+class Source(Protocol):
+    """Something that accumulates writes in memory and hands them to the writer.
+
+    The writer calls :meth:`write` inside every batch transaction for which
+    :meth:`pending` is true, polls :meth:`pending` at least every flush interval when
+    nothing else arrives, and once more while it drains at exit.
+    """
+
+    def pending(self) -> bool:
+        """Return whether there is something to write; cheap and thread-safe."""
+
+    async def write(self, conn: Connection) -> None:
+        """Write what is pending, on the writer's connection, inside its transaction.
+
+        Runs in a savepoint: if it raises, its own statements are rolled back, the rest
+        of the batch is committed, and the error is raised as a ``WriteError`` by the
+        next ``put``/``flush`` or at exit. The writer does not call it again for the
+        same data, so a source that wants a retry must keep what it could not write.
+        """
+
+
+class _Op:
+    """A queued call of ``fn(connection)``, answered once its batch is committed."""
+
+    __slots__ = ("abandoned", "error", "event", "fn", "result", "scope")
+
+    def __init__(self, fn: Callable[[Connection], Awaitable[Any]]) -> None:
+        self.fn = fn
+        self.event = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        #: The caller was cancelled: skip the call, or cancel it if it is running.
+        self.abandoned = False
+        self.scope: anyio.CancelScope | None = None
+
+
+class _Flush:
+    """A barrier: set once everything queued before it is committed."""
+
+    __slots__ = ("error", "event")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class _SpaceWaiter:
+    """A producer waiting for room in the queue; ``granted`` reserves its slot."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.granted = False
+
+
+#: What the queue holds: runs of rows (a row joins its table's newest run when it has
+#: the same columns), operations and flush barriers, in order.
+_Item = Run | _Op | _Flush
+
+
+def _row_repr(columns: tuple[str, ...], values: tuple[object, ...]) -> str:
+    text = repr(dict(zip(columns, values, strict=True)))
+    return text if len(text) <= _ROW_REPR else text[: _ROW_REPR - 5] + " ...}"
+
+
+class Writer:
+    """The queue and the batching loop of one database; see the module docstring."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        max_pending: int,
+        cancel_body: Callable[[], None],
+    ) -> None:
+        self._backend = backend
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_pending = max_pending
+        self._cancel_body = cancel_body
+        #: Rows accepted, committed and failed; batches committed.
+        self.accepted = 0
+        self.committed = 0
+        self.failed = 0
+        self.batches = 0
+        self._queue: deque[_Item] = deque()
+        #: Bumped by every operation queued: later rows start new runs, after it.
+        self._epoch = 0
+        #: Queue slots in use: rows queued, plus slots granted to waiting producers.
+        self._used = 0
+        self._space_waiters: deque[_SpaceWaiter] = deque()
+        self._wakeup: anyio.Event | None = None
+        self._closing = False
+        self._final_sources = False
+        #: No more puts: the database closed or the writer stopped.
+        self.closed = False
+        #: The error that stopped the writer, if one did.
+        self.fatal: BaseException | None = None
+        self._errors: deque[WriteError] = deque()
+        self._sources: list[Source] = []
+        self._inflight: list[_Item] = []
+        self._done = anyio.Event()
+
+    # -- producers -------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        """Raise the oldest unreported write error, or if the database is closed."""
+        if self._errors:
+            raise self._errors.popleft()
+        if self.closed:
+            self._raise_closed()
+
+    def _raise_closed(self) -> None:
+        if self.fatal is not None:
+            raise DatabaseClosedError(
+                "the database's writer stopped on an error (chained below); nothing more "
+                "can be written through it"
+            ) from self.fatal
+        raise DatabaseClosedError(
+            "the database is closed: its `async with corral.connect(...)` block has ended"
+        )
+
+    def _append(
+        self, table: TableSchema, columns: tuple[str, ...], values: tuple[object, ...]
+    ) -> None:
+        run = table.tail
+        if run is not None and run.open and run.columns is columns and run.epoch == self._epoch:
+            run.rows.append(values)
+        else:
+            run = table.tail = Run(table, columns, [values], epoch=self._epoch)
+            self._queue.append(run)
+        self.accepted += 1
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def put_nowait(
+        self, table: TableSchema, columns: tuple[str, ...], values: tuple[object, ...]
+    ) -> bool:
+        """Queue a row if there is room and nobody waits; return whether it was queued.
+
+        Raises as :meth:`check_open` does. ``columns`` must be the same tuple object for
+        rows with the same columns (the table's canonical one), and ``values`` in that
+        order, checked and converted.
+        """
+        if self._used >= self._max_pending or self._space_waiters or self._errors or self.closed:
+            self.check_open()
+            return False
+        self._used += 1
+        run = table.tail
+        if run is not None and run.open and run.columns is columns and run.epoch == self._epoch:
+            run.rows.append(values)  # the common case, inlined
+            self.accepted += 1
+            if self._wakeup is not None:
+                self._wakeup.set()
+                self._wakeup = None
+        else:
+            self._append(table, columns, values)
+        return True
+
+    async def put(
+        self, table: TableSchema, columns: tuple[str, ...], values: tuple[object, ...]
+    ) -> None:
+        """Queue a row, waiting (first come, first served) while the queue is full."""
+        if self.put_nowait(table, columns, values):
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = _SpaceWaiter()
+        self._space_waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if not waiter.granted:
+                if waiter in self._space_waiters:  # else: refused at close meanwhile
+                    self._space_waiters.remove(waiter)
+            elif self.fatal is None:  # pass the slot on: this row was not accepted
+                self._used -= 1
+                self._grant()
+                self._wake()
+            raise
+        if not waiter.granted or self.fatal is not None:
+            self._raise_closed()
+        self._append(table, columns, values)
+
+    async def flush(self) -> None:
+        """Wait until everything accepted before this call is committed."""
+        self.check_open()
+        marker = _Flush()
+        self._queue.append(marker)
+        self._wake()
+        await marker.event.wait()
+        if marker.error is not None:
+            raise marker.error
+        if self._errors:
+            raise self._errors.popleft()
+
+    async def run_op(self, fn: Callable[[Connection], Awaitable[Any]]) -> Any:
+        """Queue ``fn``; return its result once its batch is committed."""
+        if self.closed:
+            self._raise_closed()
+        op = _Op(fn)
+        self._queue.append(op)
+        self._epoch += 1
+        self._wake()
+        try:
+            await op.event.wait()
+        except BaseException:
+            op.abandoned = True
+            if op.scope is not None:
+                op.scope.cancel()
+            raise
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def register(self, source: Source) -> None:
+        """Call ``source.write`` in every batch while ``source.pending()``."""
+        self._sources.append(source)
+
+    def take_errors(self) -> list[WriteError]:
+        """Return (and forget) every write error not raised yet."""
+        errors = list(self._errors)
+        self._errors.clear()
+        return errors
+
+    async def close(self) -> None:
+        """Stop accepting rows, drain and commit the queue, and wait for the writer."""
+        self.closed = True
+        self._closing = True
+        self._refuse_waiters()
+        self._wake()
+        await self._done.wait()
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def _grant(self) -> None:
+        while self._space_waiters and self._used < self._max_pending and not self.closed:
+            waiter = self._space_waiters.popleft()
+            waiter.granted = True
+            self._used += 1
+            waiter.event.set()
+
+    def _refuse_waiters(self) -> None:
+        while self._space_waiters:
+            self._space_waiters.popleft().event.set()
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait for an item, a close or ``timeout`` seconds; return whether time ran out."""
+        event = self._wakeup = anyio.Event()
+        if timeout is None:
+            await event.wait()
+            return False
+        with anyio.move_on_after(timeout) as scope:
+            await event.wait()
+        self._wakeup = None
+        return scope.cancelled_caught
+
+    def _sources_pending(self) -> bool:
+        return any(source.pending() for source in self._sources)
+
+    async def run(self) -> None:
+        """Collect a batch and commit it, over and over, until closed and drained."""
+        with anyio.CancelScope(shield=True):
+            try:
+                while True:
+                    items = await self._collect()
+                    if items is None:
+                        break
+                    await self._commit(items)
+            except BaseException as exc:
+                self._stop(exc)
+            finally:
+                self._done.set()
+
+    async def _collect(self) -> list[_Item] | None:
+        """Return the next batch ([] for sources only), or None when closed and drained."""
+        while not self._queue:
+            if self._closing:
+                if self._used:  # producers granted a slot have yet to queue their row
+                    await self._wait(None)
+                    continue
+                if self._final_sources or not self._sources_pending():
+                    return None
+                self._final_sources = True  # one last batch for the sources, then stop
+                return []
+            if await self._wait(self._flush_interval) and self._sources_pending():
+                return []
+        deadline = anyio.current_time() + self._flush_interval
+        items: list[_Item] = []
+        rows = 0
+        urgent = timed_out = False
+        queue = self._queue
+        while True:
+            taken = 0
+            room = self._batch_size - rows
+            while queue and taken < room:
+                item = queue[0]
+                if type(item) is Run:
+                    size = len(item.rows)
+                    if size <= room - taken:
+                        queue.popleft()
+                        item.open = False
+                        items.append(item)
+                        taken += size
+                    else:  # split: the rest stays at the head of the queue, still open
+                        part = room - taken
+                        items.append(Run(item.table, item.columns, item.rows[:part]))
+                        item.rows = item.rows[part:]
+                        taken += part
+                else:
+                    queue.popleft()
+                    items.append(item)
+                    urgent = True
+            if taken:
+                rows += taken
+                self._used -= taken
+                self._grant()
+            if rows >= self._batch_size or urgent or self._closing or timed_out:
+                return items
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                return items
+            timed_out = await self._wait(remaining)
+
+    async def _commit(self, items: list[_Item]) -> None:
+        """Write one batch in one transaction; see the module docstring."""
+        self._inflight = items
+        backend = self._backend
+        segments: list[list[Run] | _Op] = []
+        rows: list[Run] = []
+        flushes: list[_Flush] = []
+        ops: list[_Op] = []
+        for item in items:
+            if type(item) is Run:
+                rows.append(item)
+            elif isinstance(item, _Op):
+                if rows:
+                    segments.append(rows)
+                    rows = []
+                segments.append(item)
+                ops.append(item)
+            else:
+                assert isinstance(item, _Flush)
+                flushes.append(item)
+        if rows:
+            segments.append(rows)
+        sources = [source for source in self._sources if source.pending()]
+        failures: list[tuple[Run, int, Exception]] = []
+        total = 0
+        try:
+            if not ops and not sources:
+                if segments:
+                    assert isinstance(segments[0], list)
+                    runs = segments[0]
+                    total = sum(len(run.rows) for run in runs)
+                    failed = await backend.write(runs, begin=True, commit=True)
+                    failures.extend((runs[n], i, exc) for n, i, exc in failed)
+            else:
+                await backend.begin()
+                for segment in segments:
+                    if isinstance(segment, list):
+                        runs = segment
+                        total += sum(len(run.rows) for run in runs)
+                        failed = await backend.write(runs, begin=False, commit=False)
+                        failures.extend((runs[n], i, exc) for n, i, exc in failed)
+                    else:
+                        await self._run_op(segment)
+                for source in sources:
+                    await self._write_source(source)
+                await backend.commit()
+        except BaseException:
+            await backend.rollback()
+            raise
+        self._inflight = []
+        if segments or sources:
+            self.batches += 1
+        self.committed += total - len(failures)
+        self.failed += len(failures)
+        for run, index, exc in failures:
+            values = run.rows[index]
+            row = dict(zip(run.columns, values, strict=True))
+            error = WriteError(
+                f"could not write row {_row_repr(run.columns, values)} to table "
+                f"{run.table.name!r}: {type(exc).__name__}: {exc}",
+                table=run.table.name,
+                row=row,
+            )
+            error.__cause__ = exc
+            self._errors.append(error)
+        for op in ops:
+            op.event.set()
+        for marker in flushes:
+            marker.event.set()
+
+    async def _run_op(self, op: _Op) -> None:
+        if op.abandoned:
+            return
+        backend = self._backend
+        await backend.savepoint("corral_op")
+        with anyio.CancelScope() as op.scope:  # cancelled if the caller is
+            try:
+                op.result = await op.fn(backend.connection)
+            except Exception as exc:
+                op.error = exc
+        op.scope = None
+        if op.error is not None or op.abandoned:
+            await backend.rollback_to("corral_op")
+        else:
+            await backend.release("corral_op")
+
+    async def _write_source(self, source: Source) -> None:
+        backend = self._backend
+        await backend.savepoint("corral_source")
+        try:
+            await source.write(backend.connection)
+        except Exception as exc:
+            await backend.rollback_to("corral_source")
+            error = WriteError(f"{source!r}.write() failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._errors.append(error)
+        else:
+            await backend.release("corral_source")
+
+    def _stop(self, exc: BaseException) -> None:
+        """Stop for good: fail everything queued, and cancel the body of ``connect``."""
+        lost = [*self._inflight, *self._queue]
+        self._inflight = []
+        self._queue.clear()
+        rows = sum(len(item.rows) for item in lost if isinstance(item, Run))
+        fatal: BaseException = exc
+        if isinstance(exc, Exception):
+            fatal = WriteError(
+                f"the database writer stopped: {type(exc).__name__}: {exc}; the "
+                f"{rows} rows of its current batch and queue were not written"
+            )
+            fatal.__cause__ = exc
+        self.fatal = fatal
+        self.closed = True
+        self.failed += rows
+        self._used = 0
+        for item in lost:
+            if isinstance(item, _Op | _Flush):
+                item.error = fatal
+                item.event.set()
+        self._refuse_waiters()
+        self._cancel_body()

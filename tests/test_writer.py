@@ -1,0 +1,550 @@
+"""The writer's guarantees: exact counts from many producers, batching, backpressure,
+draining on every exit, hooks (operations and sources), fatal errors."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+import corral
+from corral._backends import Connection, Failure, Run
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def fetch(db: corral.Database, sql: str, *args: object) -> list[dict[str, object]]:
+    async def read(conn: Connection) -> list[dict[str, object]]:
+        return await conn.fetch(sql, *args)
+
+    return await db._run(read)
+
+
+async def count(url: str, table: str) -> int:
+    """Open the database afresh and count what was committed."""
+    async with corral.connect(url) as db:
+        value = await db._run(lambda conn: conn.fetchval(f'SELECT COUNT(*) FROM "{table}"'))
+    assert isinstance(value, int)
+    return value
+
+
+class Gate:
+    """An operation that holds the writer until released: nothing commits meanwhile."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def __call__(self, conn: Connection) -> str:
+        self.entered.set()
+        await self.release.wait()
+        return "released"
+
+
+# -- exact counts -----------------------------------------------------------------------------
+
+
+async def test_tasks_threads_and_maps_at_once_lose_nothing(db_url: str) -> None:
+    async with corral.connect(db_url, batch_size=97, max_pending=50) as db:
+        t = db.table("events", key=("source", "n"))
+        await t.put({"source": "setup", "n": 0, "v": 0})
+
+        async def task(i: int) -> None:
+            for n in range(200):
+                await t.put({"source": f"task{i}", "n": n, "v": n})
+
+        def thread(i: int) -> None:
+            for n in range(150):
+                t.put_from_thread({"source": f"thread{i}", "n": n, "v": n})
+
+        async def mapped(n: int) -> None:
+            await t.put({"source": "map", "n": n, "v": n})
+
+        def mapped_in_thread(n: int) -> None:
+            t.put_from_thread({"source": "map-thread", "n": n, "v": n})
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(task, i)
+            for i in range(4):
+                tg.start_soon(anyio.to_thread.run_sync, thread, i)
+            tg.start_soon(corral.map, mapped, range(500))
+            tg.start_soon(lambda: corral.map(mapped_in_thread, range(300), limit=8))
+        await db.flush()
+        expected = 1 + 20 * 200 + 4 * 150 + 500 + 300
+        stats = db.statistics()
+        assert (stats.accepted, stats.committed, stats.pending, stats.failed) == (
+            expected,
+            expected,
+            0,
+            0,
+        )
+        rows = await fetch(db, 'SELECT COUNT(*) AS n, SUM("v") AS total FROM "events"')
+    total = 20 * sum(range(200)) + 4 * sum(range(150)) + sum(range(500)) + sum(range(300))
+    assert rows == [{"n": expected, "total": total}]
+
+
+async def test_batches_hold_at_most_batch_size_rows(db_url: str) -> None:
+    async with corral.connect(db_url, batch_size=10, flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1})
+        await db.flush()
+        before = db.statistics().batches
+        for k in range(95):  # no checkpoint in between: all queued before the writer runs
+            await t.put({"k": k})
+        await db.flush()
+        assert db.statistics().batches - before == math.ceil(95 / 10)
+        assert db.statistics().committed == 96
+
+
+async def test_a_lone_row_is_committed_within_the_flush_interval(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=0.05) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 0})
+        await db.flush()
+        committed = anyio.Event()
+        backend = db._backend
+        write = backend.write
+
+        async def spy(runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
+            failures = await write(runs, begin=begin, commit=commit)
+            if commit:
+                committed.set()
+            return failures
+
+        backend.write = spy  # type: ignore[method-assign]
+        await t.put({"k": 1})
+        with anyio.fail_after(30):  # no flush: the time limit commits it
+            await committed.wait()
+        assert db.statistics().committed == 2
+
+
+# -- nothing accepted is lost ---------------------------------------------------------------------
+
+
+async def test_normal_exit_drains_the_queue(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=3600, batch_size=1000) as db:
+        t = db.table("t", key="k")
+        for k in range(2500):
+            await t.put({"k": k})
+        assert db.statistics().committed < 2500
+    assert db.statistics().committed == 2500
+    assert await count(db_url, "t") == 2500
+
+
+async def test_an_exception_in_the_body_loses_nothing(db_url: str) -> None:
+    stats: list[corral.DatabaseStatistics] = []
+
+    async def body() -> None:
+        async with corral.connect(db_url, flush_interval=3600) as db:
+            t = db.table("t", key="k")
+            for k in range(1000):
+                await t.put({"k": k})
+            stats.append(db.statistics())
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        await body()
+    assert stats[0].committed < 1000
+    assert await count(db_url, "t") == 1000
+
+
+async def test_cancelling_the_body_mid_stream_loses_nothing(db_url: str) -> None:
+    accepted_at_exit = -1
+    with anyio.CancelScope() as scope:
+        async with corral.connect(db_url, batch_size=50, max_pending=20) as db:
+            t = db.table("t", key=("p", "n"))
+            await t.put({"p": -1, "n": 0})
+
+            async def producer(p: int) -> None:
+                n = 0
+                while True:
+                    await t.put({"p": p, "n": n})
+                    n += 1
+                    if p == 0 and n == 300:
+                        scope.cancel()  # mid-stream, the others still putting
+
+            async with anyio.create_task_group() as tg:
+                for p in range(10):
+                    tg.start_soon(producer, p)
+    assert scope.cancelled_caught
+    stats = db.statistics()
+    accepted_at_exit = stats.accepted
+    assert accepted_at_exit > 300
+    assert stats.committed == accepted_at_exit
+    assert stats.pending == stats.failed == 0
+    assert await count(db_url, "t") == accepted_at_exit
+
+
+async def test_an_outer_deadline_during_a_slow_body_loses_nothing(db_url: str) -> None:
+    with anyio.move_on_after(0.2) as scope:
+        async with corral.connect(db_url, flush_interval=3600) as db:
+            t = db.table("t", key="k")
+            for k in range(100):
+                await t.put({"k": k})
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert await count(db_url, "t") == 100
+
+
+# -- backpressure ----------------------------------------------------------------------------
+
+
+async def test_a_full_queue_blocks_producers_until_the_writer_takes_rows(db_url: str) -> None:
+    async with corral.connect(db_url, max_pending=5) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1})
+        await db.flush()
+        gate = Gate()
+        progress: list[int] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(db._run, gate)
+            await gate.entered.wait()  # the writer is held: nothing leaves the queue
+
+            async def producer() -> None:
+                for k in range(20):
+                    await t.put({"k": k})
+                    progress.append(k)
+
+            tg.start_soon(producer)
+            await anyio.wait_all_tasks_blocked()
+            assert progress == [0, 1, 2, 3, 4]  # five accepted; the sixth waits for room
+            assert db.statistics().accepted == 1 + 5
+            assert db.statistics().pending == 5
+            gate.release.set()
+        await db.flush()
+        assert progress == list(range(20))
+        assert db.statistics().committed == 21
+
+
+async def test_a_thread_blocks_on_a_full_queue_too(db_url: str) -> None:
+    async with corral.connect(db_url, max_pending=3) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1})
+        gate = Gate()
+        done = threading.Event()
+
+        def producer() -> None:
+            for k in range(10):
+                t.put_from_thread({"k": k})
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(db._run, gate)
+            await gate.entered.wait()
+            tg.start_soon(anyio.to_thread.run_sync, producer)
+            while db.statistics().accepted < 1 + 3:  # the thread fills the queue
+                await anyio.wait_all_tasks_blocked()
+                await anyio.lowlevel.checkpoint()
+            await anyio.wait_all_tasks_blocked()
+            assert not done.is_set()
+            assert db.statistics().accepted == 1 + 3
+            gate.release.set()
+        assert done.is_set()
+        await db.flush()
+        assert db.statistics().committed == 11
+
+
+async def test_a_put_cancelled_while_waiting_was_not_accepted(db_url: str) -> None:
+    async with corral.connect(db_url, max_pending=1) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1})
+        gate = Gate()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(db._run, gate)
+            await gate.entered.wait()
+            await t.put({"k": 0})  # fills the queue
+            with anyio.CancelScope() as scope:
+
+                async def cancel() -> None:
+                    scope.cancel()
+
+                tg.start_soon(cancel)
+                await t.put({"k": 1})  # waits, then is cancelled
+            assert scope.cancelled_caught
+            waiter_scope = anyio.CancelScope()
+
+            async def waiting_put() -> None:
+                with waiter_scope:
+                    await t.put({"k": 2})
+
+            tg.start_soon(waiting_put)
+            tg.start_soon(t.put, {"k": 3})
+            await anyio.wait_all_tasks_blocked()
+            waiter_scope.cancel()  # k=2 gives up its place; k=3 still gets in
+            await anyio.wait_all_tasks_blocked()
+            gate.release.set()
+        await db.flush()
+        rows = await fetch(db, 'SELECT "k" FROM "t" ORDER BY "k"')
+    assert [r["k"] for r in rows] == [-1, 0, 3]
+    assert db.statistics().accepted == 3
+
+
+# -- operations (Database._run) --------------------------------------------------------------------
+
+
+async def test_an_operation_sees_the_rows_accepted_before_it(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        for k in range(10):
+            await t.put({"k": k})
+        seen = await db._run(lambda conn: conn.fetchval('SELECT COUNT(*) FROM "t"'))
+        assert seen == 10
+        assert db.statistics().committed == 10  # committed when _run returned
+
+
+async def test_an_operation_is_committed_when_run_returns(db_url: str) -> None:
+    async with corral.connect(db_url) as db, corral.connect(db_url) as other:
+        t = db.table("t", key="k")
+        await t.put({"k": 1})
+        await db.flush()
+
+        async def insert(conn: Connection) -> int:
+            await conn.execute('INSERT INTO "t" ("k") VALUES (?)', 2)
+            await conn.executemany('INSERT INTO "t" ("k") VALUES (?)', [(3,), (4,)])
+            return 42
+
+        assert await db._run(insert) == 42
+        assert await fetch(other, 'SELECT "k" FROM "t" ORDER BY "k"') == [
+            {"k": 1},
+            {"k": 2},
+            {"k": 3},
+            {"k": 4},
+        ]
+        assert await fetch(
+            other, "SELECT CAST(? AS INTEGER) AS a, CAST(? AS TEXT) AS b", 5, "x"
+        ) == [{"a": 5, "b": "x"}]
+
+
+async def test_a_failing_operation_rolls_back_only_itself(db_url: str) -> None:
+    class Boom(Exception):
+        pass
+
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 1})
+
+        async def half_done(conn: Connection) -> None:
+            await conn.execute('INSERT INTO "t" ("k") VALUES (?)', 100)
+            raise Boom("after an insert")
+
+        async def bad_sql(conn: Connection) -> None:
+            await conn.execute('SELECT * FROM "no_such_table"')
+
+        with pytest.raises(Boom, match="after an insert"):
+            await db._run(half_done)
+        await t.put({"k": 2})
+        with pytest.raises(Exception, match="no_such_table"):
+            await db._run(bad_sql)
+        await t.put({"k": 3})
+        await db.flush()  # the operations' errors are theirs alone
+        rows = await fetch(db, 'SELECT "k" FROM "t" ORDER BY "k"')
+    assert [r["k"] for r in rows] == [1, 2, 3]
+
+
+async def test_operations_run_in_order_with_rows(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 0, "v": "first"})
+        await db.flush()
+        async with anyio.create_task_group() as tg:
+            await t.put({"k": 1, "v": "before"})
+            tg.start_soon(
+                db._run, lambda conn: conn.execute('UPDATE "t" SET "v" = ? WHERE "k" = 1', "op")
+            )
+            await anyio.wait_all_tasks_blocked()
+            await t.put({"k": 2, "v": "after"})
+        await db.flush()
+        rows = await fetch(db, 'SELECT "k", "v" FROM "t" ORDER BY "k"')
+    assert rows == [{"k": 0, "v": "first"}, {"k": 1, "v": "op"}, {"k": 2, "v": "after"}]
+
+
+# -- sources (Database._register_source) ---------------------------------------------------------
+
+
+class Counter:
+    """A source in the shape of the progress tracker's: counts added from anywhere."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self._lock = threading.Lock()
+        self._count = 0
+        self.writes = 0
+        self.written = anyio.Event()
+        self.fail = False
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self._count += n
+
+    def pending(self) -> bool:
+        return self._count > 0
+
+    async def write(self, conn: Connection) -> None:
+        with self._lock:
+            n, self._count = self._count, 0
+        if self.fail:
+            raise RuntimeError("the source is broken")
+        await conn.execute(f'UPDATE "{self.table}" SET "n" = "n" + ? WHERE "id" = 1', n)
+        self.writes += 1
+        self.written.set()
+
+
+async def _counter_table(db: corral.Database) -> Counter:
+    await db._run(
+        lambda conn: conn.execute('CREATE TABLE "counts" ("id" INTEGER PRIMARY KEY, "n" INTEGER)')
+    )
+    await db._run(lambda conn: conn.execute('INSERT INTO "counts" VALUES (1, 0)'))
+    counter = Counter("counts")
+    db._register_source(counter)
+    return counter
+
+
+async def _counted(db: corral.Database) -> object:
+    return await db._run(lambda conn: conn.fetchval('SELECT "n" FROM "counts" WHERE "id" = 1'))
+
+
+async def test_a_count_from_a_thread_is_committed_without_other_traffic(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=0.02) as db:
+        counter = await _counter_table(db)
+        await anyio.to_thread.run_sync(counter.add, 5)
+        with anyio.fail_after(30):  # polled every flush interval: no flush needed
+            await counter.written.wait()
+        assert await _counted(db) == 5
+
+
+async def test_flush_includes_sources(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        counter = await _counter_table(db)
+        for _ in range(1000):
+            counter.add()
+        await db.flush()
+        assert counter.writes == 1
+        assert await _counted(db) == 1000
+
+
+async def test_sources_are_drained_at_exit(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        counter = await _counter_table(db)
+        t = db.table("t", key="k")
+        await t.put({"k": 1})
+        counter.add(7)
+    async with corral.connect(db_url) as db:
+        assert await _counted(db) == 7
+
+
+async def test_a_failing_source_is_a_write_error_and_spares_the_rows(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        counter = await _counter_table(db)
+        t = db.table("t", key="k")
+        await t.put({"k": 1})
+        counter.add(3)
+        counter.fail = True
+        with pytest.raises(corral.WriteError, match="the source is broken") as caught:
+            await db.flush()
+        assert isinstance(caught.value.__cause__, RuntimeError)
+        assert caught.value.table is None
+        assert await fetch(db, 'SELECT "k" FROM "t"') == [{"k": 1}]
+
+
+# -- fatal errors ------------------------------------------------------------------------------
+
+
+async def test_a_failed_commit_stops_the_writer_and_is_raised(db_url: str) -> None:
+    databases: list[corral.Database] = []
+
+    async def broken(runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
+        raise OSError("disk on fire")
+
+    async def body() -> None:
+        async with corral.connect(db_url, flush_interval=3600) as db:
+            databases.append(db)
+            t = db.table("t", key="k")
+            await t.put({"k": 0})
+            await db.flush()
+            db._backend.write = broken  # type: ignore[method-assign]
+            for k in range(1, 11):
+                await t.put({"k": k})
+            try:
+                await db.flush()
+            finally:
+                with pytest.raises(corral.DatabaseClosedError) as closed:
+                    await t.put({"k": 99})
+                assert closed.value.__cause__ is db._writer.fatal
+            pytest.fail("the body went on after the writer stopped")
+
+    with pytest.raises(corral.WriteError, match="writer stopped: OSError: disk on fire") as caught:
+        await body()
+    assert isinstance(caught.value.__cause__, OSError)
+    stats = databases[0].statistics()
+    assert (stats.accepted, stats.committed, stats.failed, stats.pending) == (11, 1, 10, 0)
+    assert await count(db_url, "t") == 1
+
+
+async def test_a_lost_postgresql_connection_is_raised(postgres_url: str) -> None:
+    async def body() -> None:
+        async with corral.connect(postgres_url, flush_interval=3600) as db:
+            t = db.table("t", key="k")
+            await t.put({"k": 0})
+            await db.flush()
+            pid = await db._run(lambda conn: conn.fetchval("SELECT pg_backend_pid()"))
+            async with corral.connect(postgres_url) as admin:
+                terminate = "SELECT pg_terminate_backend(CAST(? AS INTEGER))"
+                await admin._run(lambda conn: conn.execute(terminate, pid))
+            await t.put({"k": 1})
+            await db.flush()
+            await anyio.sleep_forever()  # cancelled when the writer stops
+
+    with pytest.raises(corral.WriteError, match="writer stopped") as caught:
+        await body()
+    assert caught.value.__cause__ is not None
+    assert await count(postgres_url, "t") == 1
+
+
+# -- the hooks' connection -------------------------------------------------------------------
+
+
+async def test_the_hook_connection(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+
+        async def use(conn: Connection) -> tuple[str, Any, Any, Any]:
+            await conn.execute('CREATE TABLE "h" ("a" INTEGER PRIMARY KEY, "b" TEXT)')
+            await conn.executemany('INSERT INTO "h" VALUES (?, ?)', iter([(1, "x"), (2, "?")]))
+            rows = await conn.fetch('SELECT * FROM "h" WHERE "b" <> \'?\' ORDER BY "a"')
+            one = await conn.fetchval('SELECT "b" FROM "h" WHERE "a" = ?', 2)
+            none = await conn.fetchval('SELECT "b" FROM "h" WHERE "a" = ?', 3)
+            return conn.dialect, rows, one, none
+
+        dialect, rows, one, none = await db._run(use)
+        assert dialect == db.dialect
+        assert rows == [{"a": 1, "b": "x"}]
+        assert one == "?"
+        assert none is None
+        assert db.flush_interval == 0.05
+        assert db.url == db_url
+
+
+async def test_run_accepts_any_awaitable_returning_function(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+
+        def make(value: int) -> Callable[[Connection], Awaitable[int]]:
+            async def fn(conn: Connection) -> int:
+                got = await conn.fetchval("SELECT CAST(? AS INTEGER)", value)
+                assert isinstance(got, int)
+                return got
+
+            return fn
+
+        results = []
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+
+                async def one(i: int = i) -> None:
+                    results.append(await db._run(make(i)))
+
+                tg.start_soon(one)
+        assert sorted(results) == list(range(20))
