@@ -101,6 +101,22 @@ async def test_batches_hold_at_most_batch_size_rows(db_url: str) -> None:
         assert db.statistics().committed == 96
 
 
+async def test_new_and_existing_keys_over_many_batches(db_url: str) -> None:
+    # On PostgreSQL a batch tries a plain INSERT first and upserts after a conflict, then
+    # upserts straight away for a while: every mix must end with the last value per key.
+    async with corral.connect(db_url, batch_size=25, flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        expected: dict[int, int] = {}
+        for round_ in range(12):
+            keys = range(round_ * 10, round_ * 10 + 25) if round_ % 3 else range(25)
+            for k in keys:
+                await t.put({"k": k, "v": round_})
+                expected[k] = round_
+            await db.flush()
+        rows = await fetch(db, 'SELECT "k", "v" FROM "t" ORDER BY "k"')
+    assert rows == [{"k": k, "v": v} for k, v in sorted(expected.items())]
+
+
 async def test_a_lone_row_is_committed_within_the_flush_interval(db_url: str) -> None:
     async with corral.connect(db_url, flush_interval=0.05) as db:
         t = db.table("t", key="k")

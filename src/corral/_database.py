@@ -142,7 +142,7 @@ class Table:
     writer.
     """
 
-    def __init__(self, db: Database, name: str, key: tuple[str, ...]) -> None:
+    def __init__(self, db: _Database, name: str, key: tuple[str, ...]) -> None:
         #: The table's name.
         self.name = name
         #: The key columns rows are upserted on.
@@ -312,8 +312,8 @@ class Database:
     def __init__(
         self,
         url: str,
-        backend: Backend,
-        writer: Writer,
+        backend: _Backend,
+        writer: _Writer,
         *,
         batch_size: int,
         flush_interval: float,
@@ -408,6 +408,13 @@ class Database:
         ``flush()`` includes it.
         """
         self._writer.register(source)
+
+
+#: The names the constructors are annotated with: private, as the classes are not made
+#: directly (``connect`` and ``Database.table`` make them).
+_Database = Database
+_Backend = Backend
+_Writer = Writer
 
 
 def _check_interval(value: object) -> float:

@@ -353,16 +353,6 @@ class PostgresBackend:
         table = run.table
         stage = table.cache["stage"]
         assert isinstance(stage, str)
-        rows = run.rows
-        if len(rows) > 1:
-            where = [run.columns.index(k) for k in table.key]
-            latest = dict(zip(map(operator.itemgetter(*where), rows), rows, strict=True))
-            if len(latest) < len(rows):
-                rows = list(latest.values())
-        if stage in staged:
-            await self.conn.execute(f"DELETE FROM {quote(stage)}")
-        await self.conn.copy_records_to_table(stage, records=rows, columns=run.columns)
-        staged.add(stage)
         statements = table.cache.get(("bulk", run.columns))
         if statements is None:
             names = ", ".join(quote(c) for c in run.columns)
@@ -377,13 +367,14 @@ class PostgresBackend:
         insert, upsert = statements
         # A plain INSERT is twice as fast as INSERT ... ON CONFLICT when the keys are
         # new, the usual case in bulk loads: try it first, and upsert if a key exists
-        # already. After a conflict, upsert straight away for a while (longer after
-        # each conflict in a row) before trying again.
+        # already (or repeats in the run). After a conflict, upsert straight away for a
+        # while (longer after each conflict in a row) before trying again.
         skip = table.cache.get("skip", 0)
         assert isinstance(skip, int)
         if skip:
             table.cache["skip"] = skip - 1
         else:
+            await self._stage(stage, run.rows, run.columns, staged)
             try:
                 await self.conn.execute(insert)
             except asyncpg.UniqueViolationError:
@@ -397,7 +388,23 @@ class PostgresBackend:
             else:
                 table.cache["backoff"] = 1
                 return
+        rows = run.rows
+        if len(rows) > 1:  # ON CONFLICT may touch a row once: keep each key's last row
+            where = [run.columns.index(k) for k in table.key]
+            latest = dict(zip(map(operator.itemgetter(*where), rows), rows, strict=True))
+            if len(latest) < len(rows):
+                rows = list(latest.values())
+        await self._stage(stage, rows, run.columns, staged)
         await self.conn.execute(upsert)
+
+    async def _stage(
+        self, stage: str, rows: list[tuple[object, ...]], columns: tuple[str, ...], staged: set[str]
+    ) -> None:
+        """Copy ``rows`` into the (emptied) staging table."""
+        if stage in staged:
+            await self.conn.execute(f"DELETE FROM {quote(stage)}")
+        await self.conn.copy_records_to_table(stage, records=rows, columns=columns)
+        staged.add(stage)
 
     async def _one_by_one(self, number: int, run: Run, failures: list[Failure]) -> None:
         conn = self.conn

@@ -1,0 +1,431 @@
+"""Rows per second through one writer, against one INSERT per row and the floor.
+
+Every row is a dict {"ticker", "day", "close", "volume"} bound for a table whose primary
+key is (ticker, day), the same table definition for every row of the report, created
+empty before each measurement. On SQLite (a file, WAL mode, synchronous=NORMAL, as corral
+sets it) and on PostgreSQL:
+
+- floor: the fastest plain way to land those rows: all of them in one transaction, with
+  one executemany on SQLite (named placeholders, straight from the dicts) and one COPY on
+  PostgreSQL (records built from the dicts inside the timing). It only appends.
+- corral: `--producers` tasks put the rows through `db.table("prices").put(row)`, timed
+  until `db.flush()` returns, i.e. until every row is committed. It upserts.
+- one INSERT per row: the usual hand-written way, `INSERT ... ON CONFLICT DO UPDATE`
+  committed row by row (aiosqlite where installed, else sqlite3 in a thread; asyncpg),
+  timed on the first `--per-row` rows and scaled to all (a computed row).
+
+    python benchmarks/writer.py                 # 200,000 rows, median of 3
+    python benchmarks/writer.py --quick         # 20,000 rows, one run: a smoke test
+    python benchmarks/writer.py --postgres postgresql://user@host/db
+
+PostgreSQL is CORRAL_TEST_POSTGRES_URL or postgresql://postgres@127.0.0.1:5432/test; the
+benchmark works in a schema of its own and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import _common
+import anyio
+import anyio.to_thread
+
+import corral
+
+try:
+    import aiosqlite
+except ImportError:  # optional peer
+    aiosqlite = None
+
+COLUMNS = ("ticker", "day", "close", "volume")
+SQLITE_DDL = (
+    'CREATE TABLE "prices" ("ticker" TEXT, "day" TEXT, "close" REAL, "volume" INTEGER, '
+    'PRIMARY KEY ("ticker", "day"))'
+)
+POSTGRES_DDL = (
+    'CREATE TABLE "prices" ("ticker" TEXT, "day" TEXT, "close" DOUBLE PRECISION, '
+    '"volume" BIGINT, PRIMARY KEY ("ticker", "day"))'
+)
+UPSERT = (
+    'INSERT INTO "prices" ("ticker", "day", "close", "volume") VALUES ({}) '
+    'ON CONFLICT ("ticker", "day") DO UPDATE SET "close" = excluded."close", '
+    '"volume" = excluded."volume"'
+)
+
+
+def make_rows(count):
+    return [
+        {"ticker": f"T{i % 500:03d}", "day": f"2026-{i // 500:05d}", "close": 1.5 * i, "volume": i}
+        for i in range(count)
+    ]
+
+
+# -- SQLite -----------------------------------------------------------------------------------
+
+
+def sqlite_fresh(path):
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(SQLITE_DDL)
+    return conn
+
+
+def sqlite_count(path):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute('SELECT COUNT(*) FROM "prices"').fetchone()[0]
+    finally:
+        conn.close()
+
+
+def sqlite_floor_dicts(path, rows):
+    conn = sqlite_fresh(path)
+    start = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany(
+        'INSERT INTO "prices" VALUES (:ticker, :day, :close, :volume)',
+        rows,
+    )
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return seconds
+
+
+def sqlite_floor_tuples(path, rows):
+    records = [tuple(row.values()) for row in rows]  # built before the timing
+    conn = sqlite_fresh(path)
+    start = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany('INSERT INTO "prices" VALUES (?, ?, ?, ?)', records)
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return seconds
+
+
+async def sqlite_per_row(path, rows):
+    sqlite_fresh(path).close()
+    sql = UPSERT.format("?, ?, ?, ?")
+    start = time.perf_counter()
+    if aiosqlite is not None:
+        async with aiosqlite.connect(path) as conn:
+            for row in rows:
+                await conn.execute(sql, tuple(row.values()))
+                await conn.commit()
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        try:
+            for row in rows:
+                await anyio.to_thread.run_sync(conn.execute, sql, tuple(row.values()))
+                await anyio.to_thread.run_sync(conn.commit)
+        finally:
+            conn.close()
+    return time.perf_counter() - start
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+async def postgres_fresh(url):
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    await conn.execute('DROP TABLE IF EXISTS "prices"')
+    await conn.execute(POSTGRES_DDL)
+    return conn
+
+
+async def postgres_count(url):
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval('SELECT COUNT(*) FROM "prices"')
+    finally:
+        await conn.close()
+
+
+async def postgres_floor(url, rows, prebuilt):
+    conn = await postgres_fresh(url)
+    records = [tuple(row.values()) for row in rows] if prebuilt else None
+    try:
+        start = time.perf_counter()
+        async with conn.transaction():
+            if records is None:
+                await conn.copy_records_to_table(
+                    "prices", records=[tuple(row.values()) for row in rows], columns=COLUMNS
+                )
+            else:
+                await conn.copy_records_to_table("prices", records=records, columns=COLUMNS)
+        return time.perf_counter() - start
+    finally:
+        await conn.close()
+
+
+async def postgres_per_row(url, rows):
+    conn = await postgres_fresh(url)
+    sql = UPSERT.format("$1, $2, $3, $4")
+    try:
+        start = time.perf_counter()
+        for row in rows:
+            await conn.execute(sql, *row.values())  # autocommit: one transaction per row
+        return time.perf_counter() - start
+    finally:
+        await conn.close()
+
+
+# -- corral -----------------------------------------------------------------------------------
+
+
+async def corral_writer(url, rows, producers):
+    async with corral.connect(url) as db:
+        prices = db.table("prices", key=("ticker", "day"))
+        shares = [rows[i::producers] for i in range(producers)]
+
+        async def produce(share):
+            put = prices.put
+            for row in share:
+                await put(row)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for share in shares:
+                tg.start_soon(produce, share)
+        await db.flush()
+        seconds = time.perf_counter() - start
+        stats = db.statistics()
+    assert stats.committed == len(rows), stats
+    return seconds, stats.batches
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def measure(name, fn, repeat, items, check=None, note=""):
+    seconds = []
+    for _ in range(repeat):
+        seconds.append(fn())
+        if check is not None:
+            check()
+    value = median(seconds)
+    print(f"  {name:<52} {value:8.3f} s", flush=True)
+    return _common.row(name, value, items, note=note)
+
+
+def report(title, rows, reference, per_row_count, per_row_seconds, items):
+    scaled = per_row_seconds * items / per_row_count
+    rows.append(
+        _common.row(
+            "one INSERT ... ON CONFLICT per row, committed each",
+            scaled,
+            items,
+            measured=False,
+            note=f"timed on {per_row_count:,} rows, scaled",
+        )
+    )
+    floor_seconds = next(r for r in rows if r["name"] == reference)["seconds"]
+    for r in rows:
+        r["throughput"] = floor_seconds / r["seconds"]
+    _common.print_table(
+        title, rows, reference, extra=[("throughput vs floor", "throughput", "{:.2f}")]
+    )
+    return {"items": items, "reference": reference, "rows": rows}
+
+
+def run_sqlite(args, rows, workdir):
+    path = str(workdir / "bench.db")
+    items = len(rows)
+    url = f"sqlite:///{path}"
+
+    def check():
+        assert sqlite_count(path) == items
+
+    def prepare():
+        sqlite_fresh(path).close()
+
+    print(f"\nSQLite: {items:,} rows, median of {args.repeat}")
+    out = [
+        measure(
+            "floor: one executemany of the dicts, one transaction",
+            lambda: sqlite_floor_dicts(path, rows),
+            args.repeat,
+            items,
+            check,
+        ),
+        measure(
+            "  (the same of pre-built tuples, for reference)",
+            lambda: sqlite_floor_tuples(path, rows),
+            args.repeat,
+            items,
+            check,
+        ),
+    ]
+    batches = {}
+    for backend in ("asyncio", "trio"):
+
+        def run(backend=backend):
+            prepare()
+            seconds, batches[backend] = anyio.run(
+                corral_writer, url, rows, args.producers, backend=backend
+            )
+            return seconds
+
+        out.append(
+            measure(
+                f"corral: {args.producers} tasks put, then flush ({backend})",
+                run,
+                args.repeat,
+                items,
+                check,
+            )
+        )
+        out[-1]["note"] = f"{batches[backend]} transactions"
+    per_row = rows[: args.per_row]
+    seconds = anyio.run(sqlite_per_row, path, per_row)
+    peer = "aiosqlite" if aiosqlite is not None else "sqlite3 in a thread"
+    print(f"  per row ({peer}): {len(per_row):,} rows in {seconds:.3f} s")
+    return report(
+        f"SQLite: {items:,} rows into an empty table (primary key ticker, day)",
+        out,
+        out[0]["name"],
+        len(per_row),
+        seconds,
+        items,
+    )
+
+
+def run_postgres(args, rows):
+    import asyncpg
+
+    base = args.postgres
+    schema = f"corral_bench_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql):
+        conn = await asyncpg.connect(base, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # a benchmark, not a test: say so and go on
+        print(f"\nPostgreSQL at {base} is not reachable ({exc}); skipping it")
+        return None
+    url = f"{base}{'&' if '?' in base else '?'}search_path={schema}"
+    items = len(rows)
+    try:
+
+        def check():
+            assert asyncio.run(postgres_count(url)) == items
+
+        async def fresh():
+            conn = await postgres_fresh(url)
+            await conn.close()
+
+        def prepare():
+            asyncio.run(fresh())
+
+        print(f"\nPostgreSQL: {items:,} rows, median of {args.repeat}")
+        out = [
+            measure(
+                "floor: one COPY of the rows, one transaction",
+                lambda: asyncio.run(postgres_floor(url, rows, prebuilt=False)),
+                args.repeat,
+                items,
+                check,
+            ),
+            measure(
+                "  (the same of pre-built tuples, for reference)",
+                lambda: asyncio.run(postgres_floor(url, rows, prebuilt=True)),
+                args.repeat,
+                items,
+                check,
+            ),
+        ]
+        batches = {}
+        for backend in ("asyncio", "trio"):
+
+            def run(backend=backend):
+                prepare()
+                seconds, batches[backend] = anyio.run(
+                    corral_writer, url, rows, args.producers, backend=backend
+                )
+                return seconds
+
+            out.append(
+                measure(
+                    f"corral: {args.producers} tasks put, then flush ({backend})",
+                    run,
+                    args.repeat,
+                    items,
+                    check,
+                )
+            )
+            out[-1]["note"] = f"{batches[backend]} transactions"
+        per_row = rows[: args.per_row]
+        seconds = asyncio.run(postgres_per_row(url, per_row))
+        print(f"  per row (asyncpg): {len(per_row):,} rows in {seconds:.3f} s")
+        return report(
+            f"PostgreSQL: {items:,} rows into an empty table (primary key ticker, day)",
+            out,
+            out[0]["name"],
+            len(per_row),
+            seconds,
+            items,
+        )
+    finally:
+        asyncio.run(admin(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--producers", type=int, default=100)
+    parser.add_argument("--per-row", type=int, default=2_000, help="rows timed one by one")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats per row (median)")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "CORRAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--quick", action="store_true", help="20,000 rows, one run")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.repeat, args.per_row = 20_000, 1, 300
+    args.per_row = min(args.per_row, args.rows)
+    databases = args.databases.split(",")
+    _common.warn_if_busy()
+    rows = make_rows(args.rows)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "sqlite" in databases:
+            results["sqlite"] = run_sqlite(args, rows, Path(tmp))
+    if "postgresql" in databases:
+        results["postgresql"] = run_postgres(args, rows)
+    _common.write_results(
+        _common.result_name("writer", args.quick),
+        {"quick": args.quick, "producers": args.producers, "databases": results},
+    )
+
+
+if __name__ == "__main__":
+    main()
