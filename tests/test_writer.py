@@ -564,3 +564,45 @@ async def test_run_accepts_any_awaitable_returning_function(db_url: str) -> None
 
                 tg.start_soon(one)
         assert sorted(results) == list(range(20))
+
+
+async def test_waiting_on_the_writer_from_inside_it_is_refused(db_url: str) -> None:
+    async with corral.connect(db_url, max_pending=1) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 0})
+        await db.flush()
+
+        async def flushes(conn: Connection) -> None:
+            await db.flush()
+
+        async def runs(conn: Connection) -> None:
+            await db._run(flushes)
+
+        async def puts(conn: Connection) -> None:
+            await t.put({"k": 1})  # finds room: accepted, no wait
+            await t.put({"k": 2})  # the queue is full: would wait for the writer
+
+        for fn, what in [(flushes, "flush"), (runs, "_run"), (puts, "put")]:
+            with pytest.raises(RuntimeError, match=f"{what}.*from inside the writer"):
+                await db._run(fn)
+        await db.flush()
+        assert await fetch(db, 'SELECT "k" FROM "t" ORDER BY "k"') == [{"k": 0}, {"k": 1}]
+
+
+async def test_a_body_cancelled_before_the_writer_ran_loses_nothing(db_url: str) -> None:
+    with anyio.CancelScope() as scope:
+        async with corral.connect(db_url) as db:
+            scope.cancel()
+            t = db.table("t", key="k")
+            await t.put({"k": 1})  # cancelled: the table is not resolved yet
+    assert scope.cancelled_caught
+    assert db.statistics().accepted == 0
+    with anyio.CancelScope() as scope:
+        async with corral.connect(db_url) as db:
+            t = db.table("t", key="k")
+            await t.put({"k": 1})
+            scope.cancel()
+            await t.put({"k": 2})  # accepted without waiting: no checkpoint
+            await anyio.sleep(1)
+    assert db.statistics().committed == 2
+    assert await count(db_url, "t") == 2

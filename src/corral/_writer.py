@@ -146,6 +146,7 @@ class Writer:
         self._sources: list[Source] = []
         self._inflight: list[_Item] = []
         self._done = anyio.Event()
+        self._task_id: int | None = None
 
     # -- producers -------------------------------------------------------------------------
 
@@ -155,6 +156,14 @@ class Writer:
             raise self._errors.popleft()
         if self.closed:
             self._raise_closed()
+
+    def _check_not_writer(self, what: str) -> None:
+        if self._task_id is not None and anyio.get_current_task().id == self._task_id:
+            raise RuntimeError(
+                f"{what} was called from inside the writer (a Database._run function or a "
+                f"source's write), where it would wait for the writer itself: write through "
+                f"the connection it was given instead"
+            )
 
     def _raise_closed(self) -> None:
         if self.fatal is not None:
@@ -211,6 +220,7 @@ class Writer:
         if self.put_nowait(table, columns, values):
             await anyio.lowlevel.checkpoint()
             return
+        self._check_not_writer("put() on a full queue")
         waiter = _SpaceWaiter()
         self._space_waiters.append(waiter)
         try:
@@ -230,6 +240,7 @@ class Writer:
 
     async def flush(self) -> None:
         """Wait until everything accepted before this call is committed."""
+        self._check_not_writer("flush()")
         self.check_open()
         marker = _Flush()
         self._queue.append(marker)
@@ -242,6 +253,7 @@ class Writer:
 
     async def run_op(self, fn: Callable[[Connection], Awaitable[Any]]) -> Any:
         """Queue ``fn``; return its result once its batch is committed."""
+        self._check_not_writer("Database._run()")
         if self.closed:
             self._raise_closed()
         op = _Op(fn)
@@ -311,6 +323,7 @@ class Writer:
 
     async def run(self) -> None:
         """Collect a batch and commit it, over and over, until closed and drained."""
+        self._task_id = anyio.get_current_task().id
         with anyio.CancelScope(shield=True):
             try:
                 while True:
@@ -351,6 +364,8 @@ class Writer:
                     if size <= room - taken:
                         queue.popleft()
                         item.open = False
+                        if item.table.tail is item:  # let its rows go once written
+                            item.table.tail = None
                         items.append(item)
                         taken += size
                     else:  # split: the rest stays at the head of the queue, still open
