@@ -49,13 +49,16 @@ def with_search_path(url: str, schema: str) -> str:
 def postgres_url() -> Iterator[str]:
     """A URL of the test PostgreSQL server whose search_path is a fresh, empty schema."""
     schema = f"corral_test_{uuid.uuid4().hex[:12]}"
+    unreachable = None
     try:
         postgres_admin(f'CREATE SCHEMA "{schema}"')
     except Exception as exc:
+        unreachable = f"{type(exc).__name__}: {exc}"
+    if unreachable is not None:  # fail, never skip: these tests need a real server
         pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_URL} ({type(exc).__name__}: {exc}). "
-            f"The database tests need a server: start one, or point CORRAL_TEST_POSTGRES_URL "
-            f"at one (postgresql://user@host:port/dbname).",
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({unreachable}). The database "
+            f"tests need a server: start one, or point CORRAL_TEST_POSTGRES_URL at one "
+            f"(postgresql://user@host:port/dbname).",
             pytrace=False,
         )
     try:

@@ -395,7 +395,9 @@ class Database:
         raises, only its own statements are rolled back and its exception is raised
         here. Cancelling the caller cancels ``fn`` (and rolls it back) if it is running,
         and skips it if it has not started; once ``fn`` has returned, its work is
-        committed with its batch even if the caller is cancelled meanwhile.
+        committed with its batch even if the caller is cancelled meanwhile. ``fn`` runs
+        in the writer's task, so it must not wait on the database itself (``flush``,
+        ``_run``, ``put`` on a full queue): that raises ``RuntimeError``.
         """
         result: T = await self._writer.run_op(fn)
         return result

@@ -59,6 +59,8 @@ class Source(Protocol):
         of the batch is committed, and the error is raised as a ``WriteError`` by the
         next ``put``/``flush`` or at exit. The writer does not call it again for the
         same data, so a source that wants a retry must keep what it could not write.
+        It runs in the writer's task: it must not wait on the database (``flush``,
+        ``Database._run``, ``put`` on a full queue), which raises ``RuntimeError``.
         """
 
 
