@@ -239,6 +239,10 @@ class Table:
         :class:`~corral.WriteError` for an earlier row that failed to commit, and
         :class:`~corral.DatabaseClosedError` once the database is closed. If ``put`` is
         cancelled while it waits for room, the row was not accepted.
+
+        For speed, a row that finds room is accepted without yielding to the event loop
+        (every 128th such ``put`` on a table yields all the same), so ``put`` is a
+        cancellation point only when it waits.
         """
         schema = self._schema
         if schema is None:
