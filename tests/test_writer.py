@@ -204,7 +204,9 @@ async def test_an_outer_deadline_during_a_slow_body_loses_nothing(db_url: str) -
                 await t.put({"k": k})
             await anyio.sleep_forever()
     assert scope.cancelled_caught
-    assert await count(db_url, "t") == 100
+    stats = db.statistics()  # (all 100, unless the deadline came first on a slow machine)
+    assert stats.committed == stats.accepted
+    assert await count(db_url, "t") == stats.accepted
 
 
 # -- backpressure ----------------------------------------------------------------------------
