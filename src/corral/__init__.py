@@ -4,7 +4,8 @@ A bounded worker pool maps a function over lazy input (:func:`map`, :func:`imap`
 plain functions run in threads or in a persistent process pool (:func:`to_thread`,
 :func:`to_process`, :class:`ProcessPool`); a :class:`Cluster` bounds how much runs in
 one place. :func:`connect` opens a database whose one writer coroutine batches every
-write. :mod:`corral.blocking` offers the same engine to synchronous code.
+write; ``db.progress`` tracks runs and subtasks in it, with exact counts.
+:mod:`corral.blocking` offers the same engine to synchronous code.
 """
 
 from ._cluster import Cluster as Cluster
@@ -14,6 +15,7 @@ from ._database import Database as Database
 from ._database import DatabaseStatistics as DatabaseStatistics
 from ._database import Table as Table
 from ._database import connect as connect
+from ._display import show_progress as show_progress
 from ._exceptions import ColumnTypeError as ColumnTypeError
 from ._exceptions import ConnectError as ConnectError
 from ._exceptions import CorralError as CorralError
@@ -23,6 +25,7 @@ from ._exceptions import MissingDriverError as MissingDriverError
 from ._exceptions import MissingKeyError as MissingKeyError
 from ._exceptions import NotPicklableError as NotPicklableError
 from ._exceptions import PoolClosedError as PoolClosedError
+from ._exceptions import ProgressNotFoundError as ProgressNotFoundError
 from ._exceptions import SchemaError as SchemaError
 from ._exceptions import UnknownColumnError as UnknownColumnError
 from ._exceptions import WorkerCrashed as WorkerCrashed
@@ -38,6 +41,12 @@ from ._process import ProcessPool as ProcessPool
 from ._process import ProcessPoolStatistics as ProcessPoolStatistics
 from ._process import cpu_count as cpu_count
 from ._process import to_process as to_process
+from ._progress import ProgressTracker as ProgressTracker
+from ._progress import Run as Run
+from ._progress import RunProgress as RunProgress
+from ._progress import Status as Status
+from ._progress import Subtask as Subtask
+from ._progress import SubtaskProgress as SubtaskProgress
 from ._thread import to_thread as to_thread
 
 __version__ = "0.1.0"
@@ -61,8 +70,15 @@ __all__ = (
     "PoolClosedError",
     "ProcessPool",
     "ProcessPoolStatistics",
+    "ProgressNotFoundError",
     "ProgressSink",
+    "ProgressTracker",
+    "Run",
+    "RunProgress",
     "SchemaError",
+    "Status",
+    "Subtask",
+    "SubtaskProgress",
     "Table",
     "UnknownColumnError",
     "WorkerCrashed",
@@ -73,6 +89,7 @@ __all__ = (
     "imap",
     "is_picklable",
     "map",
+    "show_progress",
     "to_process",
     "to_thread",
 )

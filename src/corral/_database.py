@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -42,6 +42,9 @@ from ._exceptions import (
 )
 from ._validate import check_positive_int
 from ._writer import Source, Writer
+
+if TYPE_CHECKING:
+    from ._progress import ProgressTracker
 
 __all__ = ["Database", "DatabaseStatistics", "Table", "connect", "default_url"]
 
@@ -325,6 +328,7 @@ class Database:
     ) -> None:
         #: The URL the database was opened with.
         self.url = url
+        self._progress: ProgressTracker | None = None
         #: ``"sqlite"`` or ``"postgresql"``.
         self.dialect = backend.dialect
         #: Rows per batch transaction, at most.
@@ -387,6 +391,16 @@ class Database:
             pending=w.accepted - w.committed - w.failed,
             failed=w.failed,
         )
+
+    @property
+    def progress(self) -> ProgressTracker:
+        """Progress tracking of runs and subtasks in this database (made on first use)."""
+        tracker = self._progress
+        if tracker is None:
+            from ._progress import ProgressTracker
+
+            tracker = self._progress = ProgressTracker(self)
+        return tracker
 
     # -- hooks for corral's domains (progress, jobs) -------------------------------------------
 

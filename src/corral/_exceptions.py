@@ -12,6 +12,7 @@ __all__ = [
     "MissingKeyError",
     "NotPicklableError",
     "PoolClosedError",
+    "ProgressNotFoundError",
     "SchemaError",
     "UnknownColumnError",
     "WorkerCrashed",
@@ -140,3 +141,11 @@ class WriteError(CorralError):
         self.table = table
         #: The row that failed, as a dict of column to value (``None`` for a whole batch).
         self.row = row
+
+
+class ProgressNotFoundError(CorralError, LookupError):
+    """The run or subtask asked for is not in the database.
+
+    Start it first (``db.progress.start_run`` / ``run.start_subtask``), or check the
+    id and the database URL.
+    """

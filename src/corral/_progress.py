@@ -1,0 +1,574 @@
+"""Progress tracking of runs and numbered subtasks, stored in the database.
+
+The concepts are those of the task trackers people already use: a *run* (a type such
+as ``"STATIC"`` and a name) holds numbered *subtasks*, each with ``items_total``,
+``items_complete``, ``percent``, a ``status`` (RUNNING, COMPLETED, FAILED, SKIPPED), a
+message, and start and end times.
+
+Counting is exact and cheap: :meth:`Subtask.increment` adds to an in-memory tally under
+a lock (it never blocks and is safe from any task or thread), and the database's writer
+coroutine turns each tally into one atomic database-side addition
+(``items_complete = items_complete + n``) per subtask per batch, at least once every
+flush interval. Several processes or hosts sharing one database therefore never lose a
+count, and a million increments cost a handful of statements.
+
+Two tables hold the state, created on first use: ``corral_runs`` and
+``corral_subtasks``. Their columns are plain types so that other tools can read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import ProgressNotFoundError
+
+if TYPE_CHECKING:
+    from ._backends import Connection
+    from ._database import Database
+
+__all__ = [
+    "ProgressTracker",
+    "Run",
+    "RunProgress",
+    "Status",
+    "Subtask",
+    "SubtaskProgress",
+]
+
+RUNS = "corral_runs"
+SUBTASKS = "corral_subtasks"
+
+
+class Status(enum.StrEnum):
+    """The state of a run or a subtask, stored as its name."""
+
+    #: Started and not finished.
+    RUNNING = "RUNNING"
+    #: Finished successfully.
+    COMPLETED = "COMPLETED"
+    #: Finished with an error.
+    FAILED = "FAILED"
+    #: Not done, on purpose.
+    SKIPPED = "SKIPPED"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubtaskProgress:
+    """One subtask as read from the database (a snapshot)."""
+
+    #: The run it belongs to.
+    run_id: int
+    #: Its number within the run (chosen by the caller).
+    number: int
+    #: What it does, for people.
+    name: str
+    #: RUNNING, COMPLETED, FAILED or SKIPPED.
+    status: Status
+    #: How many items it has in all, if known.
+    items_total: int | None
+    #: How many items have been counted complete (exact, committed).
+    items_complete: int
+    #: Percent done: set by ``update(percent=...)``, else from the counts when
+    #: ``items_total`` is known; ``None`` when neither is.
+    percent: float | None
+    #: The latest message, if any.
+    message: str | None
+    #: When it was started (UTC).
+    started_at: datetime
+    #: When it completed, failed or was skipped (UTC); ``None`` while running.
+    ended_at: datetime | None
+    #: When it was last written (UTC).
+    updated_at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunProgress:
+    """One run as read from the database (a snapshot)."""
+
+    #: Its id, unique in the database.
+    id: int
+    #: Its type, such as ``"STATIC"``.
+    type: str
+    #: Its name, for people.
+    name: str
+    #: RUNNING, COMPLETED, FAILED or SKIPPED.
+    status: Status
+    #: The latest message, if any.
+    message: str | None
+    #: When it was started (UTC).
+    started_at: datetime
+    #: When it ended (UTC); ``None`` while running.
+    ended_at: datetime | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(conn: Connection, value: datetime) -> object:
+    # asyncpg takes datetimes; SQLite stores ISO-8601 text (sqlite3's own datetime
+    # adapter is deprecated).
+    return value if conn.dialect == "postgresql" else value.isoformat()
+
+
+def _read_time(value: object) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    raise TypeError(f"unexpected timestamp {value!r}")
+
+
+def _check_text(what: str, value: object, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _check_count(what: str, value: object, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{what} must be an int >= 0, got {value!r}")
+    return value
+
+
+async def _ensure_schema(conn: Connection) -> None:
+    if conn.dialect == "postgresql":
+        # Two processes creating the same tables at once would collide in the catalog.
+        await conn.execute("SELECT pg_advisory_xact_lock(7262017)")
+        ident, stamp = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "TIMESTAMPTZ"
+    else:
+        ident, stamp = "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT"
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {RUNS} ("
+        f"id {ident}, type TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, "
+        f"message TEXT, started_at {stamp} NOT NULL, ended_at {stamp})"
+    )
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {SUBTASKS} ("
+        f"run_id BIGINT NOT NULL REFERENCES {RUNS}(id) ON DELETE CASCADE, "
+        f"number BIGINT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, "
+        f"items_total BIGINT, items_complete BIGINT NOT NULL DEFAULT 0, "
+        f"percent DOUBLE PRECISION, message TEXT, started_at {stamp} NOT NULL, "
+        f"ended_at {stamp}, updated_at {stamp} NOT NULL, PRIMARY KEY (run_id, number))"
+    )
+
+
+def _subtask_from_row(row: Mapping[str, Any]) -> SubtaskProgress:
+    total = row["items_total"]
+    complete = int(row["items_complete"])
+    percent = row["percent"]
+    if percent is None and total:
+        percent = min(100.0, 100.0 * complete / total)
+    return SubtaskProgress(
+        run_id=int(row["run_id"]),
+        number=int(row["number"]),
+        name=row["name"],
+        status=Status(row["status"]),
+        items_total=None if total is None else int(total),
+        items_complete=complete,
+        percent=None if percent is None else float(percent),
+        message=row["message"],
+        started_at=_read_time(row["started_at"]),
+        ended_at=None if row["ended_at"] is None else _read_time(row["ended_at"]),
+        updated_at=_read_time(row["updated_at"]),
+    )
+
+
+def _run_from_row(row: Mapping[str, Any]) -> RunProgress:
+    return RunProgress(
+        id=int(row["id"]),
+        type=row["type"],
+        name=row["name"],
+        status=Status(row["status"]),
+        message=row["message"],
+        started_at=_read_time(row["started_at"]),
+        ended_at=None if row["ended_at"] is None else _read_time(row["ended_at"]),
+    )
+
+
+class ProgressTracker:
+    """Runs and subtasks in one database: ``db.progress``.
+
+    Every write goes through the database's writer; increments are coalesced in memory
+    and written as atomic additions (see the module documentation).
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self._tally: dict[tuple[int, int], int] = {}
+        # Increments of 1, the common case, are counted without a lock: next() on an
+        # itertools.count is atomic. Per subtask: [its counter, the value already
+        # moved into the tally]. The writer reads a counter with next() too and skips
+        # the one it drew itself.
+        self._counters: dict[tuple[int, int], list[Any]] = {}
+        self._schema_ready = False
+        db._register_source(self)
+
+    def __repr__(self) -> str:
+        return f"<ProgressTracker of {self._db!r}>"
+
+    def _counter(self, key: tuple[int, int]) -> itertools.count[int]:
+        with self._lock:
+            entry = self._counters.get(key)
+            if entry is None:
+                entry = self._counters[key] = [itertools.count(), 0]
+            counter: itertools.count[int] = entry[0]
+            return counter
+
+    def _collect(self) -> None:
+        """Move what the counters counted into the tally (on the writer's side)."""
+        with self._lock:
+            tally = self._tally
+            for key, entry in self._counters.items():
+                value = next(entry[0])  # also counts this read: skipped next time
+                counted = value - entry[1]
+                if counted:
+                    tally[key] = tally.get(key, 0) + counted
+                entry[1] = value + 1
+
+    # -- the writer's source protocol ------------------------------------------------
+
+    def pending(self) -> bool:
+        """Return whether increments wait to be written (for the writer)."""
+        self._collect()
+        return bool(self._tally)
+
+    async def write(self, conn: Connection) -> None:
+        """Write the pending increments as atomic additions (called by the writer)."""
+        self._collect()
+        with self._lock:
+            tally, self._tally = self._tally, {}
+        if not tally:
+            return
+        stamp = _stamp(conn, _now())
+        try:
+            await conn.executemany(
+                f"UPDATE {SUBTASKS} SET items_complete = items_complete + ?, updated_at = ? "
+                f"WHERE run_id = ? AND number = ?",
+                [(n, stamp, run_id, number) for (run_id, number), n in tally.items()],
+            )
+        except BaseException:
+            self._add_back(tally)  # keep the counts: the next batch tries again
+            raise
+
+    def _add_back(self, tally: dict[tuple[int, int], int]) -> None:
+        with self._lock:
+            for key, n in tally.items():
+                self._tally[key] = self._tally.get(key, 0) + n
+
+    # -- public ----------------------------------------------------------------------
+
+    async def _ensure(self, conn: Connection) -> None:
+        if not self._schema_ready:
+            await _ensure_schema(conn)
+
+    async def start_run(self, type: str, name: str) -> Run:
+        """Record a new run, RUNNING from now, and return a handle to it."""
+        _check_text("type", type)
+        _check_text("name", name)
+        started = _now()
+
+        async def insert(conn: Connection) -> object:
+            await self._ensure(conn)
+            return await conn.fetchval(
+                f"INSERT INTO {RUNS} (type, name, status, started_at) VALUES (?, ?, ?, ?) "
+                f"RETURNING id",
+                type,
+                name,
+                Status.RUNNING.value,
+                _stamp(conn, started),
+            )
+
+        run_id = await self._db._run(insert)
+        self._schema_ready = True
+        assert isinstance(run_id, int)
+        return Run(self, run_id, type, name)
+
+    async def run(self, run_id: int) -> Run:
+        """Return a handle to an existing run (from this or any other process or host).
+
+        Raises :class:`~corral.ProgressNotFoundError` if there is no such run.
+        """
+        snapshot = await self.run_progress(run_id)
+        return Run(self, snapshot.id, snapshot.type, snapshot.name)
+
+    async def run_progress(self, run_id: int) -> RunProgress:
+        """Return a snapshot of one run."""
+        _check_count("run_id", run_id)
+
+        async def read(conn: Connection) -> list[dict[str, object]]:
+            await self._ensure(conn)
+            return await conn.fetch(f"SELECT * FROM {RUNS} WHERE id = ?", run_id)
+
+        rows = await self._db._run(read)
+        self._schema_ready = True
+        if not rows:
+            raise ProgressNotFoundError(f"no run with id {run_id} in {self._db.url}")
+        return _run_from_row(rows[0])
+
+    async def runs(self, *, limit: int = 20) -> list[RunProgress]:
+        """Return the latest ``limit`` runs, newest first."""
+        _check_count("limit", limit)
+
+        async def read(conn: Connection) -> list[dict[str, object]]:
+            await self._ensure(conn)
+            return await conn.fetch(f"SELECT * FROM {RUNS} ORDER BY id DESC LIMIT ?", limit)
+
+        rows = await self._db._run(read)
+        self._schema_ready = True
+        return [_run_from_row(row) for row in rows]
+
+    async def get(self, run_id: int) -> list[SubtaskProgress]:
+        """Return a snapshot of every subtask of a run, by number.
+
+        Increments accepted before the call are committed first, so the counts include
+        every increment this process made. An unknown run gives an empty list.
+        """
+        _check_count("run_id", run_id)
+        await self._db.flush()
+
+        async def read(conn: Connection) -> list[dict[str, object]]:
+            await self._ensure(conn)
+            return await conn.fetch(
+                f"SELECT * FROM {SUBTASKS} WHERE run_id = ? ORDER BY number", run_id
+            )
+
+        rows = await self._db._run(read)
+        self._schema_ready = True
+        return [_subtask_from_row(row) for row in rows]
+
+    async def subtask(self, run_id: int, number: int) -> Subtask:
+        """Return a handle to an existing subtask, from this or any other process or host.
+
+        Its increments add to the same database row as every other handle's. Raises
+        :class:`~corral.ProgressNotFoundError` if there is no such subtask.
+        """
+        _check_count("run_id", run_id)
+        _check_count("number", number)
+
+        async def read(conn: Connection) -> list[dict[str, object]]:
+            await self._ensure(conn)
+            return await conn.fetch(
+                f"SELECT name FROM {SUBTASKS} WHERE run_id = ? AND number = ?", run_id, number
+            )
+
+        rows = await self._db._run(read)
+        self._schema_ready = True
+        if not rows:
+            raise ProgressNotFoundError(
+                f"no subtask {number} in run {run_id} in {self._db.url}; "
+                f"start it first with run.start_subtask({number}, ...)"
+            )
+        return Subtask(self, run_id, number, str(rows[0]["name"]))
+
+
+class Run:
+    """A handle to one run; made by :meth:`ProgressTracker.start_run`."""
+
+    __slots__ = ("_tracker", "id", "name", "type")
+
+    def __init__(self, tracker: ProgressTracker, run_id: int, type: str, name: str) -> None:
+        self._tracker = tracker
+        #: The run's id in the database.
+        self.id = run_id
+        #: Its type, such as ``"STATIC"``.
+        self.type = type
+        #: Its name.
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} {self.type} {self.name!r}>"
+
+    async def start_subtask(
+        self, number: int, name: str, *, items_total: int | None = None
+    ) -> Subtask:
+        """Record subtask ``number`` of this run, RUNNING from now, and return its handle.
+
+        Starting a number that exists again restarts it: status RUNNING, its count
+        kept (so that a resumed run goes on counting where it was).
+        """
+        _check_count("number", number)
+        _check_text("name", name)
+        _check_count("items_total", items_total, optional=True)
+        now = _now()
+
+        async def insert(conn: Connection) -> None:
+            stamp = _stamp(conn, now)
+            await conn.execute(
+                f"INSERT INTO {SUBTASKS} (run_id, number, name, status, items_total, "
+                f"started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                f"ON CONFLICT (run_id, number) DO UPDATE SET name = excluded.name, "
+                f"status = excluded.status, items_total = excluded.items_total, "
+                f"ended_at = NULL, updated_at = excluded.updated_at",
+                self.id,
+                number,
+                name,
+                Status.RUNNING.value,
+                items_total,
+                stamp,
+                stamp,
+            )
+
+        await self._tracker._db._run(insert)
+        return Subtask(self._tracker, self.id, number, name)
+
+    async def subtasks(self) -> list[SubtaskProgress]:
+        """Return a snapshot of this run's subtasks (see :meth:`ProgressTracker.get`)."""
+        return await self._tracker.get(self.id)
+
+    async def complete(self, *, message: str | None = None) -> None:
+        """Mark the run COMPLETED now."""
+        await self._finish(Status.COMPLETED, message)
+
+    async def fail(self, *, message: str | None = None) -> None:
+        """Mark the run FAILED now."""
+        await self._finish(Status.FAILED, message)
+
+    async def _finish(self, status: Status, message: str | None) -> None:
+        _check_text("message", message, optional=True)
+        now = _now()
+
+        async def update(conn: Connection) -> None:
+            await conn.execute(
+                f"UPDATE {RUNS} SET status = ?, message = COALESCE(?, message), ended_at = ? "
+                f"WHERE id = ?",
+                status.value,
+                message,
+                _stamp(conn, now),
+                self.id,
+            )
+
+        await self._tracker._db._run(update)
+
+
+class Subtask:
+    """A handle to one subtask; a progress sink for :func:`corral.map`.
+
+    Made by :meth:`Run.start_subtask` or :meth:`ProgressTracker.subtask`.
+    ``corral.map(..., progress=subtask)`` counts every completed item.
+    """
+
+    __slots__ = ("_count", "_key", "_tracker", "name", "number", "run_id")
+
+    def __init__(self, tracker: ProgressTracker, run_id: int, number: int, name: str) -> None:
+        self._tracker = tracker
+        self._key = (run_id, number)
+        self._count = tracker._counter(self._key)
+        #: The run it belongs to.
+        self.run_id = run_id
+        #: Its number within the run.
+        self.number = number
+        #: Its name.
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Subtask {self.number} of run {self.run_id} {self.name!r}>"
+
+    def increment(self, n: int = 1, /) -> None:
+        """Count ``n`` more items complete.
+
+        A plain call that never blocks and is safe from any task or thread. The count is
+        added in memory and written by the database's writer as one atomic addition,
+        within one flush interval; it is never lost while the database is open, and
+        the writer writes what is left when ``connect`` exits.
+        """
+        if n == 1 and n.__class__ is int:
+            next(self._count)  # atomic: no lock needed
+            return
+        if n.__class__ is not int:  # exact int: bool and floats are refused
+            raise TypeError(f"increment takes an int, got {n!r}")
+        if n <= 0:
+            if n == 0:
+                return
+            raise ValueError(f"increment takes a count >= 0, got {n}")
+        tracker = self._tracker
+        key = self._key
+        with tracker._lock:
+            tally = tracker._tally
+            tally[key] = tally.get(key, 0) + n
+
+    async def update(
+        self,
+        *,
+        status: Status | str | None = None,
+        percent: float | None = None,
+        message: str | None = None,
+        items_total: int | None = None,
+    ) -> None:
+        """Set any of status, percent, message and items_total; the rest stay as they are."""
+        fields: dict[str, object] = {}
+        if status is not None:
+            fields["status"] = _check_status(status).value
+        if percent is not None:
+            if isinstance(percent, bool) or not isinstance(percent, int | float):
+                raise TypeError(f"percent must be a number, got {percent!r}")
+            if not 0 <= percent <= 100:
+                raise ValueError(f"percent must be between 0 and 100, got {percent}")
+            fields["percent"] = float(percent)
+        if message is not None:
+            fields["message"] = _check_text("message", message)
+        if items_total is not None:
+            fields["items_total"] = _check_count("items_total", items_total)
+        if not fields:
+            raise TypeError("update() needs at least one of status, percent, message, items_total")
+        ended = status is not None and fields["status"] != Status.RUNNING.value
+        await self._write(fields, ended=ended)
+
+    async def complete(self, *, message: str | None = None) -> None:
+        """Mark the subtask COMPLETED (percent 100) now."""
+        fields: dict[str, object] = {"status": Status.COMPLETED.value, "percent": 100.0}
+        if message is not None:
+            fields["message"] = _check_text("message", message)
+        await self._write(fields, ended=True)
+
+    async def fail(self, *, message: str | None = None) -> None:
+        """Mark the subtask FAILED now."""
+        fields: dict[str, object] = {"status": Status.FAILED.value}
+        if message is not None:
+            fields["message"] = _check_text("message", message)
+        await self._write(fields, ended=True)
+
+    async def skip(self, *, message: str | None = None) -> None:
+        """Mark the subtask SKIPPED now."""
+        fields: dict[str, object] = {"status": Status.SKIPPED.value}
+        if message is not None:
+            fields["message"] = _check_text("message", message)
+        await self._write(fields, ended=True)
+
+    async def _write(self, fields: dict[str, object], *, ended: bool) -> None:
+        now = _now()
+        run_id, number = self._key
+
+        async def update(conn: Connection) -> None:
+            stamp = _stamp(conn, now)
+            values = {**fields, "updated_at": stamp}
+            if ended:
+                values["ended_at"] = stamp
+            assignments = ", ".join(f"{column} = ?" for column in values)
+            await conn.execute(
+                f"UPDATE {SUBTASKS} SET {assignments} WHERE run_id = ? AND number = ?",
+                *values.values(),
+                run_id,
+                number,
+            )
+
+        await self._tracker._db._run(update)
+
+
+def _check_status(status: object) -> Status:
+    try:
+        return Status(str(status))
+    except ValueError:
+        names = ", ".join(s.value for s in Status)
+        raise ValueError(f"status must be one of {names}, got {status!r}") from None

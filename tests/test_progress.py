@@ -1,0 +1,348 @@
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from rich.console import Console
+
+import corral
+import helpers
+from corral._backends import Connection
+
+HERE = Path(__file__).parent
+
+
+async def test_a_run_and_its_subtasks_from_start_to_end(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "Process Counties")
+        sub = await run.start_subtask(1, "Process all counties", items_total=3143)
+        other = await run.start_subtask(2, "Summaries")
+        sub.increment()
+        sub.increment(10)
+        await sub.update(status="RUNNING", percent=50, message="halfway")
+        [first, second] = await db.progress.get(run.id)
+        assert (first.number, first.name, first.items_complete) == (1, "Process all counties", 11)
+        assert (first.items_total, first.percent, first.message) == (3143, 50.0, "halfway")
+        assert first.status is corral.Status.RUNNING
+        assert first.ended_at is None
+        assert second.items_total is None
+        assert second.percent is None
+        await sub.complete(message="All counties processed")
+        await other.fail(message="no data")
+        await run.complete()
+        [first, second] = await run.subtasks()
+        assert first.status is corral.Status.COMPLETED
+        assert first.percent == 100.0
+        assert first.message == "All counties processed"
+        assert first.ended_at is not None
+        assert first.ended_at >= first.started_at
+        assert (second.status, second.message) == (corral.Status.FAILED, "no data")
+        state = await db.progress.run_progress(run.id)
+        assert state.status is corral.Status.COMPLETED
+        assert state.ended_at is not None
+        assert (await db.progress.runs())[0].id == run.id
+
+
+async def test_percent_follows_the_counts_when_not_set(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "percent")
+        sub = await run.start_subtask(1, "quarter", items_total=200)
+        sub.increment(50)
+        [row] = await db.progress.get(run.id)
+        assert row.percent == 25.0
+        skipped = await run.start_subtask(2, "skipped")
+        await skipped.skip(message="nothing to do")
+        assert (await db.progress.get(run.id))[1].status is corral.Status.SKIPPED
+
+
+async def test_counts_are_exact_from_a_thousand_tasks_and_threads(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "exact")
+        sub = await run.start_subtask(1, "count", items_total=1_000_000)
+
+        def in_thread() -> None:
+            for _ in range(1000):
+                sub.increment()
+
+        async def on_loop() -> None:
+            for i in range(1000):
+                sub.increment()
+                if i % 100 == 0:
+                    await anyio.lowlevel.checkpoint()  # interleave with the writer
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1000):
+                if i % 2:
+                    tg.start_soon(anyio.to_thread.run_sync, in_thread)
+                else:
+                    tg.start_soon(on_loop)
+        [row] = await db.progress.get(run.id)
+        assert row.items_complete == 1_000_000
+        assert row.percent == 100.0
+
+
+async def test_map_counts_every_completed_item(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "map")
+        threads = await run.start_subtask(1, "threads", items_total=300)
+        processes = await run.start_subtask(2, "processes", items_total=300)
+        coroutines = await run.start_subtask(3, "coroutines", items_total=300)
+
+        async def double(x: int) -> int:
+            await anyio.lowlevel.checkpoint()
+            return 2 * x
+
+        assert await corral.map(helpers.square, range(300), progress=threads)
+        assert await corral.map(helpers.square, range(300), offload="process", progress=processes)
+        assert await corral.map(double, range(300), progress=coroutines)
+        counts = [row.items_complete for row in await db.progress.get(run.id)]
+        assert counts == [300, 300, 300]
+
+
+async def test_a_count_reaches_the_database_within_a_flush_interval(db_url: str) -> None:
+    async with corral.connect(db_url, flush_interval=0.02) as db:
+        run = await db.progress.start_run("STATIC", "visible")
+        sub = await run.start_subtask(1, "count")
+        tracker = db.progress
+        written = anyio.Event()
+        write = tracker.write
+
+        async def spy(conn: Connection) -> None:
+            await write(conn)
+            written.set()
+
+        tracker.write = spy  # type: ignore[method-assign]
+        await anyio.to_thread.run_sync(sub.increment, 7)  # from a thread, no other traffic
+        with anyio.fail_after(30):  # no flush: the writer polls every flush interval
+            await written.wait()
+
+        async def nothing(conn: Connection) -> None:
+            pass
+
+        await db._run(nothing)  # queued behind the batch that wrote the count: committed
+        async with corral.connect(db_url) as other:  # another connection sees it
+            [row] = await other.progress.get(run.id)
+        assert row.items_complete == 7
+
+
+@pytest.mark.parametrize("ending", ["normal", "exception", "cancelled"])
+async def test_increments_pending_at_exit_are_committed(db_url: str, ending: str) -> None:
+    run_id = 0
+    with anyio.CancelScope() as scope:
+        try:
+            async with corral.connect(db_url, flush_interval=3600) as db:
+                run = await db.progress.start_run("STATIC", "exit")
+                run_id = run.id
+                sub = await run.start_subtask(1, "count")
+                for _ in range(777):
+                    sub.increment()
+                if ending == "exception":
+                    raise KeyError("body failed")
+                if ending == "cancelled":
+                    scope.cancel()
+                    await anyio.sleep_forever()
+        except KeyError:
+            assert ending == "exception"
+    async with corral.connect(db_url) as db:
+        [row] = await db.progress.get(run_id)
+        assert row.items_complete == 777
+
+
+async def test_a_handle_from_another_connection_adds_to_the_same_count(db_url: str) -> None:
+    async with corral.connect(db_url) as first, corral.connect(db_url) as second:
+        run = await first.progress.start_run("STATIC", "shared")
+        mine = await run.start_subtask(1, "shared")
+        theirs = await second.progress.subtask(run.id, 1)
+        assert theirs.name == "shared"
+        for _ in range(1000):
+            mine.increment()
+            theirs.increment(2)
+        await second.flush()
+        [row] = await first.progress.get(run.id)
+        assert row.items_complete == 3000
+        with pytest.raises(corral.ProgressNotFoundError, match="no subtask 9 in run"):
+            await second.progress.subtask(run.id, 9)
+        with pytest.raises(corral.ProgressNotFoundError, match="no run with id"):
+            await second.progress.run(10**9)
+
+
+def _count_in_processes(url: str, run_id: int, processes: int, each: int) -> None:
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "progress_worker.py"), url, str(run_id), str(each)]
+        )
+        for _ in range(processes)
+    ]
+    for child in children:
+        assert child.wait(timeout=120) == 0
+
+
+async def test_counts_are_exact_across_processes(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "processes")
+        sub = await run.start_subtask(1, "shared")
+
+        async def here() -> None:
+            for i in range(20_000):
+                sub.increment()
+                if i % 500 == 0:
+                    await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(here)
+            tg.start_soon(anyio.to_thread.run_sync, _count_in_processes, db_url, run.id, 3, 20_000)
+        [row] = await db.progress.get(run.id)
+        assert row.items_complete == 4 * 20_000
+
+
+async def test_restarting_a_subtask_keeps_its_count(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "resume")
+        sub = await run.start_subtask(1, "first try", items_total=10)
+        sub.increment(4)
+        await sub.fail(message="crashed")
+        again = await run.start_subtask(1, "second try", items_total=10)
+        again.increment(6)
+        [row] = await db.progress.get(run.id)
+        assert (row.name, row.status, row.items_complete) == ("second try", "RUNNING", 10)
+        assert row.ended_at is None
+
+
+async def test_bad_input_is_refused_and_loses_nothing(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "bad input")
+        sub = await run.start_subtask(1, "count")
+        sub.increment(5)
+        with pytest.raises(TypeError, match="increment takes an int"):
+            sub.increment(1.5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="increment takes an int"):
+            sub.increment(True)
+        with pytest.raises(ValueError, match=">= 0"):
+            sub.increment(-1)
+        sub.increment(0)
+        with pytest.raises(ValueError, match="status must be one of"):
+            await sub.update(status="DONE")
+        with pytest.raises(ValueError, match="between 0 and 100"):
+            await sub.update(percent=101)
+        with pytest.raises(TypeError, match="at least one of"):
+            await sub.update()
+        with pytest.raises(TypeError, match="name must be a non-empty string"):
+            await run.start_subtask(2, "")
+        with pytest.raises(TypeError, match="items_total must be an int"):
+            await run.start_subtask(2, "x", items_total=-3)
+        with pytest.raises(TypeError, match="type must be a non-empty string"):
+            await db.progress.start_run(None, "x")  # type: ignore[arg-type]
+        [row] = await db.progress.get(run.id)
+        assert row.items_complete == 5
+
+
+async def test_show_progress_draws_every_subtask(db_url: str) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=160, force_terminal=False)
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "display")
+        sub = await run.start_subtask(1, "Process all counties", items_total=100)
+        async with corral.show_progress(run, refresh=0.01, console=console):
+            await corral.map(helpers.square, range(100), progress=sub)
+            await sub.complete(message="all done")
+    text = out.getvalue()
+    assert f"run {run.id}: STATIC display" in text
+    assert "Process all counties" in text
+    assert "100/100" in text
+    assert "all done" in text
+
+
+async def test_show_progress_lets_the_body_exception_through(db_url: str) -> None:
+    console = Console(file=io.StringIO(), force_terminal=False)
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "display")
+        with pytest.raises(KeyError, match="mine"):
+            async with corral.show_progress(run, console=console):
+                raise KeyError("mine")
+        with pytest.raises(TypeError, match="takes a Run"):
+            corral.show_progress(run.id)  # type: ignore[arg-type]
+
+
+# -- the command line: real processes reading the database ---------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "corral", "progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def _start(url: str) -> int:
+    async def main() -> int:
+        async with corral.connect(url) as db:
+            run = await db.progress.start_run("STATIC", "Process Counties")
+            sub = await run.start_subtask(1, "Process all counties", items_total=3143)
+            sub.increment(1234)
+            return run.id
+
+    return anyio.run(main)
+
+
+def _complete(url: str, run_id: int) -> None:
+    async def main() -> None:
+        async with corral.connect(url) as db:
+            sub = await db.progress.subtask(run_id, 1)
+            sub.increment(3143 - 1234)
+            await sub.complete(message="done")
+            await (await db.progress.run(run_id)).complete()
+
+    anyio.run(main)
+
+
+def test_cli_lists_runs_and_shows_one(db_url: str) -> None:
+    run_id = _start(db_url)
+    listing = _cli("--db", db_url)
+    assert listing.returncode == 0, listing.stderr
+    assert "Process Counties" in listing.stdout
+    assert "RUNNING" in listing.stdout
+    one = _cli("--db", db_url, str(run_id))
+    assert one.returncode == 0, one.stderr
+    assert "Process all counties" in one.stdout
+    assert "1,234" in one.stdout
+    assert "3,143" in one.stdout
+
+
+def test_cli_watch_follows_a_run_until_it_ends(db_url: str) -> None:
+    run_id = _start(db_url)
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "corral", "progress", "--db", db_url, "--watch", str(run_id)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _complete(db_url, run_id)
+        out, err = watcher.communicate(timeout=120)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, err
+    assert f"run {run_id} COMPLETED" in out
+
+
+def test_cli_errors_name_the_fix(tmp_path: Path) -> None:
+    missing = _cli("--db", f"sqlite:///{tmp_path / 'nothing.db'}")
+    assert missing.returncode != 0
+    assert "no database at" in missing.stderr
+    assert "--db" in missing.stderr
+    bad = _cli("--db", "mysql://x/y")
+    assert bad.returncode != 0
+    assert "postgresql" in bad.stderr
