@@ -1,4 +1,4 @@
-"""Write rows from many tasks and a thread through one writer, then read them back.
+"""Tutorial 8: write rows from many tasks and a thread through one writer, read them back.
 
 Run it: python examples/tutorial_database.py
 """
