@@ -193,6 +193,9 @@ def test_first_exception_is_raised_itself() -> None:
         execute_tasks_in_parallel([Task(fail, (i,)) for i in range(5)], max_workers=2)
     assert type(info.value) is KeyError  # not an ExceptionGroup
     assert raised == [info.value]
+    notes = info.value.__notes__
+    assert any("raised by the task's callback_function" in n and "fail" in n for n in notes)
+    assert "corral: raised by a Task on item 2 of the input" in notes
 
 
 def test_first_exception_from_a_process_is_raised_itself(close_default_pool: None) -> None:
@@ -201,6 +204,9 @@ def test_first_exception_from_a_process_is_raised_itself(close_default_pool: Non
         execute_tasks_in_parallel(tasks, use_processes=True)
     assert type(info.value) is ValueError
     assert "in fail_on" in str(info.value.__cause__)
+    assert "corral.blocking: raised by the task's callback_function fail_on" in (
+        info.value.__notes__
+    )
     results = execute_tasks_in_parallel(tasks, use_processes=True, return_exceptions=True)
     assert isinstance(results[3], ValueError)
     assert results[4] == 4

@@ -325,8 +325,7 @@ class _Engine:
         if self.return_exceptions:
             self._deliver(index, exc)
             return True
-        name = getattr(self.fn, "__qualname__", repr(self.fn))
-        self._fail(exc, f"corral: raised by {name} on item {index} of the input")
+        self._fail(exc, f"corral: raised by {self._fn_name()} on item {index} of the input")
         return False
 
     def _report(self, count: int) -> bool:
@@ -457,8 +456,13 @@ class _Engine:
             raise TimeoutError(self._timeout_message(index))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _fn_name(self) -> str:
+        # A wrapper may name what it runs (the blocking facade: "a Task").
+        name = getattr(self.fn, "_corral_name", None) or getattr(self.fn, "__qualname__", None)
+        return str(name) if name else repr(self.fn)
+
     def _timeout_message(self, index: int) -> str:
-        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        name = self._fn_name()
         return f"{name} ran over the timeout of {self.timeout:g} s on item {index}"
 
     async def _thread_worker(self) -> None:

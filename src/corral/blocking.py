@@ -75,7 +75,17 @@ class Task:
 
 
 def _run_task(task: Task) -> Any:
-    return task()
+    try:
+        return task()
+    except Exception as exc:
+        fn = task.callback_function
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        exc.add_note(f"corral.blocking: raised by the task's callback_function {name}")
+        raise
+
+
+# The engine's failure note names the function it mapped: "raised by a Task on item 3".
+_run_task._corral_name = "a Task"  # type: ignore[attr-defined]
 
 
 def should_use_processes(kind: Literal["cpu", "io"]) -> bool:
