@@ -71,9 +71,11 @@ class PoolClosedError(CorralError):
 
 
 class MissingDriverError(CorralError, ImportError):
-    """The database driver for a URL's scheme is not installed.
+    """An optional dependency is not installed.
 
-    The message names the fix, such as ``pip install 'corral[postgres]'``.
+    The database driver for a URL's scheme (``pip install 'corral[postgres]'``), or rich
+    for the live progress display (``pip install 'corral[cli]'``); the message names the
+    fix.
     """
 
 
