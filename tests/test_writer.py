@@ -364,6 +364,34 @@ async def test_a_failing_operation_rolls_back_only_itself(db_url: str) -> None:
     assert [r["k"] for r in rows] == [1, 2, 3]
 
 
+async def test_cancelling_the_caller_of_a_running_operation_rolls_it_back(db_url: str) -> None:
+    # On PostgreSQL the operation is cancelled inside a query, which the driver must have
+    # finished cancelling before the writer rolls back (under trio, on its loop thread).
+    async with corral.connect(db_url) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 1})
+        await db.flush()
+        entered = anyio.Event()
+
+        async def slow(conn: Connection) -> None:
+            await conn.execute('INSERT INTO "t" ("k") VALUES (?)', 100)
+            entered.set()
+            if conn.dialect == "postgresql":
+                await conn.execute("SELECT pg_sleep(60)")
+            await anyio.sleep_forever()
+
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(db._run, slow)
+                await entered.wait()
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+        await t.put({"k": 2})
+        await db.flush()
+        rows = await fetch(db, 'SELECT "k" FROM "t" ORDER BY "k"')
+    assert [r["k"] for r in rows] == [1, 2]
+
+
 async def test_operations_run_in_order_with_rows(db_url: str) -> None:
     async with corral.connect(db_url, flush_interval=3600) as db:
         t = db.table("t", key="k")

@@ -170,19 +170,46 @@ class _LoopThread:
             self._loop.close()
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        # Not asyncio.run_coroutine_threadsafe: cancelling its future completes the future
+        # at once, while the task goes on; here the future completes when the task has.
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        tasks: list[asyncio.Task[T]] = []
+
         async def run() -> T:
             return await fn(*args)
 
-        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
-        return await _wait(future)
+        def start() -> None:
+            task = self._loop.create_task(run())
+            task.add_done_callback(functools.partial(_settle, future))
+            tasks.append(task)
+
+        def cancel() -> None:  # runs after start: call_soon_threadsafe keeps the order
+            tasks[0].cancel()
+
+        self._loop.call_soon_threadsafe(start)
+        return await _wait(future, lambda: self._loop.call_soon_threadsafe(cancel))
 
     async def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         await anyio.to_thread.run_sync(self._thread.join)
 
 
-async def _wait(future: concurrent.futures.Future[T]) -> T:
-    """Await a future completed in another thread, without blocking this event loop."""
+def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    """Complete ``future`` (made in another thread) as ``task`` completed."""
+    if task.cancelled():
+        future.cancel()
+    elif (exc := task.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())
+
+
+async def _wait(future: concurrent.futures.Future[T], cancel: Callable[[], object]) -> T:
+    """Await a future completed in another thread, without blocking this event loop.
+
+    If the caller is cancelled, ``cancel()`` asks the other thread to stop, and the
+    wait goes on (shielded) until the future is complete.
+    """
     event = anyio.Event()
     native = anyio.lowlevel.current_token().native_token
     here = threading.get_ident()
@@ -200,7 +227,7 @@ async def _wait(future: concurrent.futures.Future[T]) -> T:
     try:
         await event.wait()
     except BaseException:
-        future.cancel()
+        cancel()
         with anyio.CancelScope(shield=True):
             await event.wait()
         raise
