@@ -275,6 +275,19 @@ async def test_names_cannot_carry_sql(db_url: str, name: str) -> None:
         assert await fetch(db, 'SELECT COUNT(*) AS n FROM "victim"') == [{"n": 1}]
 
 
+async def test_an_existing_column_with_a_quote_in_its_name_is_quoted(db_url: str) -> None:
+    # Column names read from an existing table are not plain identifiers necessarily:
+    # they must be quoted (an embedded " doubled), never pasted into the SQL as they are.
+    name = 'say "hi", "id'
+    async with corral.connect(db_url) as db:
+        await execute(db, 'CREATE TABLE "odd" ("id" INTEGER PRIMARY KEY, "say ""hi"", ""id" TEXT)')
+        odd = db.table("odd", key="id")
+        await odd.put({"id": 1, name: "one"})
+        await odd.put({"id": 1, name: "two"})
+        await db.flush()
+        assert await fetch(db, 'SELECT * FROM "odd"') == [{"id": 1, name: "two"}]
+
+
 async def test_table_arguments_are_checked(db_url: str) -> None:
     async with corral.connect(db_url) as db:
         with pytest.raises(ValueError, match="key of table 't' is empty"):

@@ -5,8 +5,9 @@ Only this package imports a database driver, and only when a URL asks for it:
 ``sqlite:///...`` and ``asyncpg`` for ``postgresql://...``. The writer
 (:mod:`corral._writer`) is the one caller: it alone touches a backend, in order.
 
-Every table and column name is checked against :data:`IDENTIFIER` before it is
-used, and quoted whenever it is written into a statement, so no name can carry SQL.
+Every table and column name given by the caller is checked against :data:`IDENTIFIER`
+before it is used, and every name is quoted (see :func:`quote`) whenever it is written
+into a statement, so no name can carry SQL.
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ def check_identifier(kind: str, name: object) -> str:
 
 
 def quote(name: str) -> str:
-    """Quote an identifier already checked by :func:`check_identifier`."""
-    return f'"{name}"'
+    """Quote an identifier, doubling any ``"`` in it.
+
+    A name is either checked by :func:`check_identifier` first, or read from the
+    database (a column of an existing table), where it may be anything.
+    """
+    return '"' + name.replace('"', '""') + '"'
 
 
 class Connection(Protocol):
