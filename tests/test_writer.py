@@ -619,6 +619,33 @@ async def test_waiting_on_the_writer_from_inside_it_is_refused(db_url: str) -> N
         assert await fetch(db, 'SELECT "k" FROM "t" ORDER BY "k"') == [{"k": 0}, {"k": 1}]
 
 
+async def test_a_put_from_inside_the_writer_on_a_table_being_resolved_is_refused(
+    db_url: str,
+) -> None:
+    async with corral.connect(db_url) as db:
+        t = db.table("t", key="k")
+        entered = anyio.Event()
+        go = anyio.Event()
+
+        async def puts(conn: Connection) -> None:
+            entered.set()
+            await go.wait()
+            await t.put({"k": 1})  # another task resolves t: its resolution waits behind us
+
+        async def run_puts() -> None:
+            with pytest.raises(RuntimeError, match=r"put.*from inside the writer"):
+                await db._run(puts)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_puts)
+            await entered.wait()
+            tg.start_soon(t.put, {"k": 0})
+            await anyio.wait_all_tasks_blocked()
+            go.set()
+        await db.flush()
+        assert await fetch(db, 'SELECT "k" FROM "t" ORDER BY "k"') == [{"k": 0}]
+
+
 async def test_a_body_cancelled_before_the_writer_ran_loses_nothing(db_url: str) -> None:
     with anyio.CancelScope() as scope:
         async with corral.connect(db_url) as db:

@@ -209,6 +209,8 @@ class Table:
         """Return the table's schema, reading it (or creating the table) on first use."""
         while self._schema is None:
             if self._resolving is not None:
+                # Its resolution is queued for the writer: the writer cannot wait for it.
+                self._db._writer._check_not_writer("put() on a table not resolved yet")
                 await self._resolving.wait()
                 continue
             mapping = self._check_mapping(row)
