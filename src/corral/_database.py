@@ -245,9 +245,10 @@ class Table:
         :class:`~corral.DatabaseClosedError` once the database is closed. If ``put`` is
         cancelled while it waits for room, the row was not accepted.
 
-        For speed, a row that finds room is accepted without yielding to the event loop
-        (every 128th such ``put`` on a table yields all the same), so ``put`` is a
-        cancellation point only when it waits.
+        For speed, a row that finds room is accepted without yielding to the event loop,
+        so ``put`` is a cancellation point only when it waits, and on every 128th such
+        ``put`` on a table, which yields all the same: cancelled there, it has accepted
+        its row (which is committed like any other).
         """
         schema = self._schema
         if schema is None:
