@@ -265,10 +265,17 @@ def document(qualified: str, obj: Any) -> list[str]:
         return [f"### `{qualified}`\n", _code(f"{name} = {value}"), _alias_doc(name) + "\n"]
     if isinstance(obj, type):
         return document_class(qualified, obj)
-    prefix = "async def " if inspect.iscoroutinefunction(obj) else "def "
+    signature = inspect.signature(obj)
+    if inspect.isasyncgenfunction(inspect.unwrap(obj)):  # an @asynccontextmanager
+        returned = typing.get_args(typing.get_type_hints(inspect.unwrap(obj))["return"])
+        target = f" as value:  # {returned[0].__name__}" if returned else ""
+        shown = format_signature("async with ", name, signature, returns=False) + target
+    else:
+        prefix = "async def " if inspect.iscoroutinefunction(obj) else "def "
+        shown = format_signature(prefix, name, signature)
     out = [
         f"### `{qualified}`\n",
-        _code(format_signature(prefix, name, inspect.signature(obj))),
+        _code(shown),
         first_paragraph(obj) + "\n",
     ]
     overloads = typing.get_overloads(obj)
