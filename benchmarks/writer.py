@@ -31,6 +31,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import _common
@@ -217,15 +218,23 @@ def median(values):
     return values[len(values) // 2]
 
 
-def measure(name, fn, repeat, items, check=None, note=""):
-    seconds = []
+def measure_rounds(specs, repeat, items):
+    """Time every (name, fn, check) once per round, for ``repeat`` rounds; median per row.
+
+    Interleaving the rows, rather than repeating one row before the next, lets a slow drift
+    of the shared machine's speed hit every row alike, so the ratios stay fair.
+    """
+    seconds = {name: [] for name, _, _ in specs}
     for _ in range(repeat):
-        seconds.append(fn())
-        if check is not None:
+        for name, fn, check in specs:
+            seconds[name].append(fn())
             check()
-    value = median(seconds)
-    print(f"  {name:<52} {value:8.3f} s", flush=True)
-    return _common.row(name, value, items, note=note)
+    out = []
+    for name, _, _ in specs:
+        value = median(seconds[name])
+        print(f"  {name:<52} {value:8.3f} s", flush=True)
+        out.append(_common.row(name, value, items))
+    return out
 
 
 def report(title, rows, reference, per_row_count, per_row_seconds, items):
@@ -259,43 +268,39 @@ def run_sqlite(args, rows, workdir):
     def prepare():
         sqlite_fresh(path).close()
 
-    print(f"\nSQLite: {items:,} rows, median of {args.repeat}")
-    out = [
-        measure(
+    print(f"\nSQLite: {items:,} rows, median of {args.repeat} interleaved rounds")
+    batches = {}
+
+    def corral_run(backend):
+        prepare()
+        seconds, batches[backend] = anyio.run(
+            corral_writer, url, rows, args.producers, backend=backend
+        )
+        return seconds
+
+    specs = [
+        (
             "floor: one executemany of the dicts, one transaction",
             lambda: sqlite_floor_dicts(path, rows),
-            args.repeat,
-            items,
             check,
         ),
-        measure(
+        (
             "  (the same of pre-built tuples, for reference)",
             lambda: sqlite_floor_tuples(path, rows),
-            args.repeat,
-            items,
             check,
         ),
     ]
-    batches = {}
-    for backend in ("asyncio", "trio"):
-
-        def run(backend=backend):
-            prepare()
-            seconds, batches[backend] = anyio.run(
-                corral_writer, url, rows, args.producers, backend=backend
-            )
-            return seconds
-
-        out.append(
-            measure(
-                f"corral: {args.producers} tasks put, then flush ({backend})",
-                run,
-                args.repeat,
-                items,
-                check,
-            )
+    specs += [
+        (
+            f"corral: {args.producers} tasks put, then flush ({backend})",
+            partial(corral_run, backend),
+            check,
         )
-        out[-1]["note"] = f"{batches[backend]} transactions"
+        for backend in ("asyncio", "trio")
+    ]
+    out = measure_rounds(specs, args.repeat, items)
+    for row, backend in zip(out[2:], ("asyncio", "trio"), strict=True):
+        row["note"] = f"{batches[backend]} transactions"
     per_row = rows[: args.per_row]
     seconds = anyio.run(sqlite_per_row, path, per_row)
     peer = "aiosqlite" if aiosqlite is not None else "sqlite3 in a thread"
@@ -342,43 +347,39 @@ def run_postgres(args, rows):
         def prepare():
             asyncio.run(fresh())
 
-        print(f"\nPostgreSQL: {items:,} rows, median of {args.repeat}")
-        out = [
-            measure(
+        print(f"\nPostgreSQL: {items:,} rows, median of {args.repeat} interleaved rounds")
+        batches = {}
+
+        def corral_run(backend):
+            prepare()
+            seconds, batches[backend] = anyio.run(
+                corral_writer, url, rows, args.producers, backend=backend
+            )
+            return seconds
+
+        specs = [
+            (
                 "floor: one COPY of the rows, one transaction",
                 lambda: asyncio.run(postgres_floor(url, rows, prebuilt=False)),
-                args.repeat,
-                items,
                 check,
             ),
-            measure(
+            (
                 "  (the same of pre-built tuples, for reference)",
                 lambda: asyncio.run(postgres_floor(url, rows, prebuilt=True)),
-                args.repeat,
-                items,
                 check,
             ),
         ]
-        batches = {}
-        for backend in ("asyncio", "trio"):
-
-            def run(backend=backend):
-                prepare()
-                seconds, batches[backend] = anyio.run(
-                    corral_writer, url, rows, args.producers, backend=backend
-                )
-                return seconds
-
-            out.append(
-                measure(
-                    f"corral: {args.producers} tasks put, then flush ({backend})",
-                    run,
-                    args.repeat,
-                    items,
-                    check,
-                )
+        specs += [
+            (
+                f"corral: {args.producers} tasks put, then flush ({backend})",
+                partial(corral_run, backend),
+                check,
             )
-            out[-1]["note"] = f"{batches[backend]} transactions"
+            for backend in ("asyncio", "trio")
+        ]
+        out = measure_rounds(specs, args.repeat, items)
+        for row, backend in zip(out[2:], ("asyncio", "trio"), strict=True):
+            row["note"] = f"{batches[backend]} transactions"
         per_row = rows[: args.per_row]
         seconds = asyncio.run(postgres_per_row(url, per_row))
         print(f"  per row (asyncpg): {len(per_row):,} rows in {seconds:.3f} s")
