@@ -22,5 +22,23 @@ async def main(url: str, run_id: int, count: int) -> None:
                 await anyio.lowlevel.checkpoint()
 
 
+async def flush_then_hang(url: str, run_id: int, count: int) -> None:
+    """Count ``count`` and commit it, count as much again without committing, then hang.
+
+    The test kills this process with SIGKILL after "ready": only the committed counts may
+    be in the database.
+    """
+    async with corral.connect(url, flush_interval=3600) as db:
+        sub = await db.progress.subtask(run_id, 1)
+        for _ in range(count):
+            sub.increment()
+        await db.flush()
+        for _ in range(count):
+            sub.increment()
+        print("ready", flush=True)
+        await anyio.sleep_forever()
+
+
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    work = flush_then_hang if sys.argv[4:] == ["--hang"] else main
+    anyio.run(work, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,31 @@ async def test_counts_are_exact_across_processes(db_url: str) -> None:
             tg.start_soon(anyio.to_thread.run_sync, _count_in_processes, db_url, run.id, 3, 20_000)
         [row] = await db.progress.get(run.id)
         assert row.items_complete == 4 * 20_000
+
+
+def _kill_after_ready(url: str, run_id: int, count: int) -> None:
+    command = [sys.executable, str(HERE / "progress_worker.py"), url, str(run_id), str(count)]
+    with subprocess.Popen([*command, "--hang"], stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+        finally:
+            child.kill()  # SIGKILL: no cleanup, no last flush
+            child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+
+
+async def test_a_killed_process_loses_only_what_it_had_not_written(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "killed")
+        sub = await run.start_subtask(1, "shared")
+        sub.increment(5)
+        await anyio.to_thread.run_sync(_kill_after_ready, db_url, run.id, 1000)
+        sub.increment(5)
+        [row] = await db.progress.get(run.id)
+        # The child's committed 1,000 are there exactly once; its unwritten 1,000 died
+        # with it; the parent's own counts are unaffected.
+        assert row.items_complete == 1000 + 10
 
 
 async def test_restarting_a_subtask_keeps_its_count(db_url: str) -> None:
