@@ -231,6 +231,23 @@ async def test_threads_never_exceed_limit_and_queue_a_bounded_number() -> None:
     assert source.pulled == 1000
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_thread_imap_stops_pulling_when_the_consumer_is_slow(ordered: bool) -> None:
+    source = Counting(10**9)  # far too large to buffer
+    async with corral.imap(blocking_double, source, limit=4, ordered=ordered) as results:
+        seen = 0
+        async for index, value in results:
+            assert value == 2 * index
+            if ordered:
+                assert index == seen
+            seen += 1
+            if seen == 100:
+                break
+            await anyio.lowlevel.checkpoint()
+    # At most 2 * limit items taken and not yet handed out (the window).
+    assert source.pulled <= 100 + 2 * 4
+
+
 async def test_a_mapped_thread_can_call_back_into_the_event_loop() -> None:
     async def on_loop(x: int) -> int:
         await anyio.lowlevel.checkpoint()
