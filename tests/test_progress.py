@@ -364,11 +364,17 @@ def test_cli_watch_follows_a_run_until_it_ends(db_url: str) -> None:
     assert f"run {run_id} COMPLETED" in out
 
 
-def test_cli_errors_name_the_fix(tmp_path: Path) -> None:
+def test_cli_errors_name_the_fix(tmp_path: Path, db_url: str) -> None:
     missing = _cli("--db", f"sqlite:///{tmp_path / 'nothing.db'}")
     assert missing.returncode != 0
     assert "no database at" in missing.stderr
     assert "--db" in missing.stderr
     bad = _cli("--db", "mysql://x/y")
     assert bad.returncode != 0
-    assert "postgresql" in bad.stderr
+    assert "unsupported database URL scheme 'mysql'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    _start(db_url)  # the database exists, the run does not
+    unknown = _cli("--db", db_url, "999999")
+    assert unknown.returncode != 0
+    assert "no run with id 999999" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

@@ -39,7 +39,7 @@ def _open(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
 
     try:
         return anyio.run(main)
-    except CorralError as exc:
+    except (CorralError, ValueError) as exc:  # a bad URL is a ValueError
         raise click.ClickException(str(exc)) from exc
 
 
