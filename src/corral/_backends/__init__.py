@@ -21,6 +21,7 @@ from typing import Protocol
 from .._exceptions import IdentifierError, MissingDriverError, SchemaError
 
 __all__ = [
+    "BYTES_TYPES",
     "Backend",
     "Column",
     "Connection",
@@ -29,6 +30,8 @@ __all__ = [
     "TableSchema",
     "check_identifier",
     "check_key",
+    "create_table_sql",
+    "infer_column_type",
     "open_backend",
     "parse_url",
     "quote",
@@ -182,6 +185,45 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Close the connection (and any thread the backend runs)."""
+
+
+#: The bytes-like types a BLOB / BYTEA column takes.
+BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+def infer_column_type(
+    column: str, value: object, inferred: Sequence[tuple[type, str]]
+) -> str | None:
+    """Return the SQL type of the first ``(python_type, sql_type)`` that ``value`` is.
+
+    ``None`` when no entry matches (the backend names what it takes); a ``None`` value
+    is a :class:`~corral.SchemaError`, since no type can be inferred from it.
+    """
+    if value is None:
+        raise SchemaError(
+            f"column {column!r} is None in the row that creates the table, so its type "
+            f"cannot be inferred: give it a value in the first row, or create the table "
+            f"yourself before writing to it"
+        )
+    for python_type, sql_type in inferred:
+        if isinstance(value, python_type):
+            return sql_type
+    return None
+
+
+def create_table_sql(
+    name: str,
+    key: tuple[str, ...],
+    row: Mapping[str, object],
+    infer: Callable[[str, object], str],
+) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` with ``row``'s columns, typed by ``infer``, keyed."""
+    columns = []
+    for column, value in row.items():
+        check_identifier("column", column)
+        columns.append(f"{quote(column)} {infer(column, value)}")
+    keys = ", ".join(quote(k) for k in key)
+    return f"CREATE TABLE IF NOT EXISTS {quote(name)} ({', '.join(columns)}, PRIMARY KEY ({keys}))"
 
 
 def upsert_sql(table: TableSchema, columns: tuple[str, ...], source: str) -> str:

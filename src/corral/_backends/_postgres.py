@@ -36,12 +36,14 @@ import asyncpg  # type: ignore[import-untyped]
 
 from .._exceptions import ConnectError, SchemaError
 from . import (
+    BYTES_TYPES,
     Column,
     Failure,
     Run,
     TableSchema,
-    check_identifier,
     check_key,
+    create_table_sql,
+    infer_column_type,
     quote,
     redact,
     upsert_sql,
@@ -51,7 +53,6 @@ __all__ = ["PostgresBackend", "column_for", "infer_type", "numbered"]
 
 T = TypeVar("T")
 
-_BYTES = (bytes, bytearray, memoryview)
 _INFERRED: list[tuple[type, str]] = [
     (bool, "BOOLEAN"),
     (int, "BIGINT"),
@@ -71,22 +72,16 @@ _INFERRED: list[tuple[type, str]] = [
 
 def infer_type(column: str, value: object) -> str:
     """Return the SQL type to create ``column`` with, from its first value."""
-    if value is None:
-        raise SchemaError(
-            f"column {column!r} is None in the row that creates the table, so its type "
-            f"cannot be inferred: give it a value in the first row, or create the table "
-            f"yourself before writing to it"
-        )
     if isinstance(value, datetime.datetime) and value.tzinfo is not None:
         return "TIMESTAMPTZ"
-    for python_type, sql_type in _INFERRED:
-        if isinstance(value, python_type):
-            return sql_type
-    raise SchemaError(
-        f"column {column!r}: cannot infer a PostgreSQL type for a {type(value).__name__}; "
-        f"use bool, int, float, str, bytes, datetime, date, time, timedelta, Decimal or "
-        f"UUID, or create the table yourself"
-    )
+    sql_type = infer_column_type(column, value, _INFERRED)
+    if sql_type is None:
+        raise SchemaError(
+            f"column {column!r}: cannot infer a PostgreSQL type for a {type(value).__name__}; "
+            f"use bool, int, float, str, bytes, datetime, date, time, timedelta, Decimal or "
+            f"UUID, or create the table yourself"
+        )
+    return sql_type
 
 
 def column_for(name: str, sql_type: str) -> Column:
@@ -107,7 +102,7 @@ def column_for(name: str, sql_type: str) -> Column:
     if t == "boolean":
         return Column(name, sql_type, (bool,))
     if t == "bytea":
-        return Column(name, sql_type, _BYTES)
+        return Column(name, sql_type, BYTES_TYPES)
     if t.startswith("timestamp"):
         return Column(name, sql_type, (datetime.datetime,))
     if t == "date":
@@ -329,15 +324,7 @@ class PostgresBackend:
         conn = self.conn
         described = await conn.fetch(_DESCRIBE, quote(name))
         if not described:
-            columns = []
-            for column, value in row.items():
-                check_identifier("column", column)
-                columns.append(f"{quote(column)} {infer_type(column, value)}")
-            keys = ", ".join(quote(k) for k in key)
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {quote(name)} "
-                f"({', '.join(columns)}, PRIMARY KEY ({keys}))"
-            )
+            await conn.execute(create_table_sql(name, key, row, infer_type))
             described = await conn.fetch(_DESCRIBE, quote(name))
         columns_by_name = {r[0]: column_for(r[0], r[1]) for r in described}
         unique = [set(r[0]) for r in await conn.fetch(_UNIQUE, quote(name))]

@@ -22,7 +22,18 @@ import anyio
 import anyio.to_thread
 
 from .._exceptions import ConnectError, SchemaError
-from . import Column, Failure, Run, TableSchema, check_identifier, check_key, quote, upsert_sql
+from . import (
+    BYTES_TYPES,
+    Column,
+    Failure,
+    Run,
+    TableSchema,
+    check_key,
+    create_table_sql,
+    infer_column_type,
+    quote,
+    upsert_sql,
+)
 
 __all__ = ["SqliteBackend", "column_for", "infer_type"]
 
@@ -43,7 +54,6 @@ def _to_text(value: object) -> object:
     return value
 
 
-_BYTES = (bytes, bytearray, memoryview)
 _INFERRED: list[tuple[type, str]] = [
     (bool, "BOOLEAN"),
     (int, "INTEGER"),
@@ -61,19 +71,13 @@ _INFERRED: list[tuple[type, str]] = [
 
 def infer_type(column: str, value: object) -> str:
     """Return the SQL type to create ``column`` with, from its first value."""
-    if value is None:
+    sql_type = infer_column_type(column, value, _INFERRED)
+    if sql_type is None:
         raise SchemaError(
-            f"column {column!r} is None in the row that creates the table, so its type "
-            f"cannot be inferred: give it a value in the first row, or create the table "
-            f"yourself before writing to it"
+            f"column {column!r}: cannot store a {type(value).__name__} in SQLite; use bool, "
+            f"int, float, str, bytes, datetime, date, time or Decimal"
         )
-    for python_type, sql_type in _INFERRED:
-        if isinstance(value, python_type):
-            return sql_type
-    raise SchemaError(
-        f"column {column!r}: cannot store a {type(value).__name__} in SQLite; use bool, "
-        f"int, float, str, bytes, datetime, date, time or Decimal"
-    )
+    return sql_type
 
 
 def column_for(name: str, declared: str) -> Column:
@@ -87,7 +91,7 @@ def column_for(name: str, declared: str) -> Column:
     if "CHAR" in d or "CLOB" in d or "TEXT" in d:
         return Column(name, declared, (str,))
     if "BLOB" in d:
-        return Column(name, declared, _BYTES)
+        return Column(name, declared, BYTES_TYPES)
     if not d:
         return Column(name, declared, None, convert=_to_text)
     if "REAL" in d or "FLOA" in d or "DOUB" in d:
@@ -206,15 +210,7 @@ class SqliteBackend:
         info = self.conn.execute("SELECT name, type, pk FROM pragma_table_info(?)", (name,))
         described = info.fetchall()
         if not described:
-            columns = []
-            for column, value in row.items():
-                check_identifier("column", column)
-                columns.append(f"{quote(column)} {infer_type(column, value)}")
-            keys = ", ".join(quote(k) for k in key)
-            self.conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {quote(name)} "
-                f"({', '.join(columns)}, PRIMARY KEY ({keys}))"
-            )
+            self.conn.execute(create_table_sql(name, key, row, infer_type))
             described = self.conn.execute(
                 "SELECT name, type, pk FROM pragma_table_info(?)", (name,)
             ).fetchall()
