@@ -237,6 +237,33 @@ def measure_rounds(specs, repeat, items):
     return out
 
 
+def measure_against_floors(args, url, rows, floors, prepare, check):
+    """Time the floors and corral on asyncio and trio in interleaved rounds; return rows."""
+    batches = {}
+
+    def corral_run(backend):
+        prepare()
+        seconds, batches[backend] = anyio.run(
+            corral_writer, url, rows, args.producers, backend=backend
+        )
+        return seconds
+
+    backends = ("asyncio", "trio")
+    specs = [(name, fn, check) for name, fn in floors]
+    specs += [
+        (
+            f"corral: {args.producers} tasks put, then flush ({backend})",
+            partial(corral_run, backend),
+            check,
+        )
+        for backend in backends
+    ]
+    out = measure_rounds(specs, args.repeat, len(rows))
+    for row, backend in zip(out[len(floors) :], backends, strict=True):
+        row["note"] = f"{batches[backend]} transactions"
+    return out
+
+
 def report(title, rows, reference, per_row_count, per_row_seconds, items):
     scaled = per_row_seconds * items / per_row_count
     rows.append(
@@ -269,38 +296,17 @@ def run_sqlite(args, rows, workdir):
         sqlite_fresh(path).close()
 
     print(f"\nSQLite: {items:,} rows, median of {args.repeat} interleaved rounds")
-    batches = {}
-
-    def corral_run(backend):
-        prepare()
-        seconds, batches[backend] = anyio.run(
-            corral_writer, url, rows, args.producers, backend=backend
-        )
-        return seconds
-
-    specs = [
+    floors = [
         (
             "floor: one executemany of the dicts, one transaction",
             lambda: sqlite_floor_dicts(path, rows),
-            check,
         ),
         (
             "  (the same of pre-built tuples, for reference)",
             lambda: sqlite_floor_tuples(path, rows),
-            check,
         ),
     ]
-    specs += [
-        (
-            f"corral: {args.producers} tasks put, then flush ({backend})",
-            partial(corral_run, backend),
-            check,
-        )
-        for backend in ("asyncio", "trio")
-    ]
-    out = measure_rounds(specs, args.repeat, items)
-    for row, backend in zip(out[2:], ("asyncio", "trio"), strict=True):
-        row["note"] = f"{batches[backend]} transactions"
+    out = measure_against_floors(args, url, rows, floors, prepare, check)
     per_row = rows[: args.per_row]
     seconds = anyio.run(sqlite_per_row, path, per_row)
     peer = "aiosqlite" if aiosqlite is not None else "sqlite3 in a thread"
@@ -348,38 +354,17 @@ def run_postgres(args, rows):
             asyncio.run(fresh())
 
         print(f"\nPostgreSQL: {items:,} rows, median of {args.repeat} interleaved rounds")
-        batches = {}
-
-        def corral_run(backend):
-            prepare()
-            seconds, batches[backend] = anyio.run(
-                corral_writer, url, rows, args.producers, backend=backend
-            )
-            return seconds
-
-        specs = [
+        floors = [
             (
                 "floor: one COPY of the rows, one transaction",
                 lambda: asyncio.run(postgres_floor(url, rows, prebuilt=False)),
-                check,
             ),
             (
                 "  (the same of pre-built tuples, for reference)",
                 lambda: asyncio.run(postgres_floor(url, rows, prebuilt=True)),
-                check,
             ),
         ]
-        specs += [
-            (
-                f"corral: {args.producers} tasks put, then flush ({backend})",
-                partial(corral_run, backend),
-                check,
-            )
-            for backend in ("asyncio", "trio")
-        ]
-        out = measure_rounds(specs, args.repeat, items)
-        for row, backend in zip(out[2:], ("asyncio", "trio"), strict=True):
-            row["note"] = f"{batches[backend]} transactions"
+        out = measure_against_floors(args, url, rows, floors, prepare, check)
         per_row = rows[: args.per_row]
         seconds = asyncio.run(postgres_per_row(url, per_row))
         print(f"  per row (asyncpg): {len(per_row):,} rows in {seconds:.3f} s")
