@@ -58,6 +58,26 @@ async def tracker_rate(url, per_task):
     return seconds, total
 
 
+async def time_updates(execute, total):
+    """Run ``total`` one-row UPDATEs from TASKS concurrent tasks; return the seconds."""
+
+    async def task(count):
+        for _ in range(count):
+            await execute("UPDATE naive SET n = n + 1 WHERE id = 1")
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(TASKS):
+            tg.start_soon(task, total // TASKS + (i < total % TASKS))
+    return time.perf_counter() - started
+
+
+def checked(seconds, n, total):
+    if n != total:
+        raise AssertionError(f"UPDATE per increment counted {n:,}, expected {total:,}")
+    return seconds, total
+
+
 async def update_per_increment_sqlite(path, total, *, wal):
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         if wal:  # the settings corral's writer uses
@@ -69,20 +89,10 @@ async def update_per_increment_sqlite(path, total, *, wal):
         await conn.execute("CREATE TABLE naive (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
         await conn.execute("INSERT INTO naive VALUES (1, 0)")
 
-        async def task(count):
-            for _ in range(count):
-                await conn.execute("UPDATE naive SET n = n + 1 WHERE id = 1")
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for i in range(TASKS):
-                tg.start_soon(task, total // TASKS + (i < total % TASKS))
-        seconds = time.perf_counter() - started
+        seconds = await time_updates(conn.execute, total)
         async with conn.execute("SELECT n FROM naive") as cursor:
             [(n,)] = await cursor.fetchall()
-    if n != total:
-        raise AssertionError(f"UPDATE per increment counted {n:,}, expected {total:,}")
-    return seconds, total
+    return checked(seconds, n, total)
 
 
 async def update_per_increment_postgres(url, total):
@@ -92,21 +102,11 @@ async def update_per_increment_postgres(url, total):
         await pool.execute("CREATE TABLE naive (id INTEGER PRIMARY KEY, n BIGINT NOT NULL)")
         await pool.execute("INSERT INTO naive VALUES (1, 0)")
 
-        async def task(count):
-            for _ in range(count):
-                await pool.execute("UPDATE naive SET n = n + 1 WHERE id = 1")
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for i in range(TASKS):
-                tg.start_soon(task, total // TASKS + (i < total % TASKS))
-        seconds = time.perf_counter() - started
+        seconds = await time_updates(pool.execute, total)
         n = await pool.fetchval("SELECT n FROM naive")
     finally:
         await pool.close()
-    if n != total:
-        raise AssertionError(f"UPDATE per increment counted {n:,}, expected {total:,}")
-    return seconds, total
+    return checked(seconds, n, total)
 
 
 async def bench_database(label, url, naives, per_task, baseline, repeat):
