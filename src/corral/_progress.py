@@ -22,9 +22,9 @@ import dataclasses
 import enum
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import ProgressNotFoundError
 
@@ -40,6 +40,8 @@ __all__ = [
     "Subtask",
     "SubtaskProgress",
 ]
+
+T = TypeVar("T")
 
 RUNS = "corral_runs"
 SUBTASKS = "corral_subtasks"
@@ -269,9 +271,17 @@ class ProgressTracker:
 
     # -- public ----------------------------------------------------------------------
 
-    async def _ensure(self, conn: Connection) -> None:
-        if not self._schema_ready:
-            await _ensure_schema(conn)
+    async def _call(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``fn(connection)`` in the writer, creating the tables first if need be."""
+
+        async def op(conn: Connection) -> T:
+            if not self._schema_ready:
+                await _ensure_schema(conn)
+            return await fn(conn)
+
+        result = await self._db._run(op)
+        self._schema_ready = True  # committed: the tables exist from now on
+        return result
 
     async def start_run(self, type: str, name: str) -> Run:
         """Record a new run, RUNNING from now, and return a handle to it."""
@@ -280,7 +290,6 @@ class ProgressTracker:
         started = _now()
 
         async def insert(conn: Connection) -> object:
-            await self._ensure(conn)
             return await conn.fetchval(
                 f"INSERT INTO {RUNS} (type, name, status, started_at) VALUES (?, ?, ?, ?) "
                 f"RETURNING id",
@@ -290,8 +299,7 @@ class ProgressTracker:
                 _stamp(conn, started),
             )
 
-        run_id = await self._db._run(insert)
-        self._schema_ready = True
+        run_id = await self._call(insert)
         assert isinstance(run_id, int)
         return Run(self, run_id, type, name)
 
@@ -308,11 +316,9 @@ class ProgressTracker:
         _check_count("run_id", run_id)
 
         async def read(conn: Connection) -> list[dict[str, object]]:
-            await self._ensure(conn)
             return await conn.fetch(f"SELECT * FROM {RUNS} WHERE id = ?", run_id)
 
-        rows = await self._db._run(read)
-        self._schema_ready = True
+        rows = await self._call(read)
         if not rows:
             raise ProgressNotFoundError(f"no run with id {run_id} in {self._db.url}")
         return _run_from_row(rows[0])
@@ -322,11 +328,9 @@ class ProgressTracker:
         _check_count("limit", limit)
 
         async def read(conn: Connection) -> list[dict[str, object]]:
-            await self._ensure(conn)
             return await conn.fetch(f"SELECT * FROM {RUNS} ORDER BY id DESC LIMIT ?", limit)
 
-        rows = await self._db._run(read)
-        self._schema_ready = True
+        rows = await self._call(read)
         return [_run_from_row(row) for row in rows]
 
     async def get(self, run_id: int) -> list[SubtaskProgress]:
@@ -339,13 +343,11 @@ class ProgressTracker:
         await self._db.flush()
 
         async def read(conn: Connection) -> list[dict[str, object]]:
-            await self._ensure(conn)
             return await conn.fetch(
                 f"SELECT * FROM {SUBTASKS} WHERE run_id = ? ORDER BY number", run_id
             )
 
-        rows = await self._db._run(read)
-        self._schema_ready = True
+        rows = await self._call(read)
         return [_subtask_from_row(row) for row in rows]
 
     async def subtask(self, run_id: int, number: int) -> Subtask:
@@ -358,13 +360,11 @@ class ProgressTracker:
         _check_count("number", number)
 
         async def read(conn: Connection) -> list[dict[str, object]]:
-            await self._ensure(conn)
             return await conn.fetch(
                 f"SELECT name FROM {SUBTASKS} WHERE run_id = ? AND number = ?", run_id, number
             )
 
-        rows = await self._db._run(read)
-        self._schema_ready = True
+        rows = await self._call(read)
         if not rows:
             raise ProgressNotFoundError(
                 f"no subtask {number} in run {run_id} in {self._db.url}; "
@@ -420,7 +420,7 @@ class Run:
                 stamp,
             )
 
-        await self._tracker._db._run(insert)
+        await self._tracker._call(insert)
         return Subtask(self._tracker, self.id, number, name)
 
     async def subtasks(self) -> list[SubtaskProgress]:
@@ -449,7 +449,7 @@ class Run:
                 self.id,
             )
 
-        await self._tracker._db._run(update)
+        await self._tracker._call(update)
 
 
 class Subtask:
@@ -527,21 +527,18 @@ class Subtask:
 
     async def complete(self, *, message: str | None = None) -> None:
         """Mark the subtask COMPLETED (percent 100) now."""
-        fields: dict[str, object] = {"status": Status.COMPLETED.value, "percent": 100.0}
-        if message is not None:
-            fields["message"] = _check_text("message", message)
-        await self._write(fields, ended=True)
+        await self._end(Status.COMPLETED, message, percent=100.0)
 
     async def fail(self, *, message: str | None = None) -> None:
         """Mark the subtask FAILED now."""
-        fields: dict[str, object] = {"status": Status.FAILED.value}
-        if message is not None:
-            fields["message"] = _check_text("message", message)
-        await self._write(fields, ended=True)
+        await self._end(Status.FAILED, message)
 
     async def skip(self, *, message: str | None = None) -> None:
         """Mark the subtask SKIPPED now."""
-        fields: dict[str, object] = {"status": Status.SKIPPED.value}
+        await self._end(Status.SKIPPED, message)
+
+    async def _end(self, status: Status, message: str | None, **extra: object) -> None:
+        fields: dict[str, object] = {"status": status.value, **extra}
         if message is not None:
             fields["message"] = _check_text("message", message)
         await self._write(fields, ended=True)
@@ -563,7 +560,7 @@ class Subtask:
                 number,
             )
 
-        await self._tracker._db._run(update)
+        await self._tracker._call(update)
 
 
 def _check_status(status: object) -> Status:
