@@ -102,6 +102,10 @@ class ProgressBars:
         progress.refresh()
 
 
+def _title(run: Run | RunProgress) -> str:
+    return f"run {run.id}: {run.type} {run.name}"
+
+
 async def _poll(tracker: ProgressTracker, run_id: int, bars: ProgressBars, refresh: float) -> None:
     while True:
         bars.update(await tracker.get(run_id))
@@ -124,7 +128,7 @@ class show_progress:
             raise ValueError(f"refresh must be a number of seconds > 0, got {refresh!r}")
         self._run = run
         self._refresh = refresh
-        self._bars = ProgressBars(f"run {run.id}: {run.type} {run.name}", console=console)
+        self._bars = ProgressBars(_title(run), console=console)
         self._task_group: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> None:
@@ -166,7 +170,7 @@ async def watch(
 ) -> RunProgress:
     """Display ``run_id`` live until the run is no longer RUNNING; return its last state."""
     run = await tracker.run_progress(run_id)
-    bars = ProgressBars(f"run {run.id}: {run.type} {run.name}", console=console)
+    bars = ProgressBars(_title(run), console=console)
     bars.start()
     try:
         while True:
