@@ -214,7 +214,7 @@ def subtasks_table(run: RunProgress, subtasks: Sequence[SubtaskProgress]) -> Tab
     _rich()
     from rich.table import Table
 
-    table = Table(title=f"run {run.id}: {run.type} {run.name} ({run.status.value})")
+    table = Table(title=f"{_title(run)} ({run.status.value})")
     for column in ("#", "name", "status", "complete", "total", "percent", "message", "ended"):
         table.add_column(column, justify="right" if column in "# complete total" else "left")
     for sub in subtasks:
