@@ -75,10 +75,7 @@ class ThreadCrew:
 
         May return an empty list after a :meth:`wake` with nothing new.
         """
-        with self._lock:
-            batch = self._outcomes
-            self._outcomes = []
-            self._wake_pending = False
+        batch = self._take()
         if batch:
             return batch
         self._event = event = anyio.Event()
@@ -86,6 +83,9 @@ class ThreadCrew:
             await event.wait()
         finally:
             self._event = None
+        return self._take()
+
+    def _take(self) -> list[Outcome]:
         with self._lock:
             batch = self._outcomes
             self._outcomes = []
