@@ -3,9 +3,9 @@
     python docs/gen_api.py           # rewrite docs/api.md
     python docs/gen_api.py --check   # exit 1 if docs/api.md is out of date
 
-Every name in ``corral.__all__`` and ``corral.blocking.__all__`` is listed with its
-signature and the first paragraph of its docstring; classes also list their public
-methods, properties and documented attributes. ``tests/test_examples.py`` checks that
+Every name in the ``__all__`` of ``corral``, ``corral.blocking`` and ``corral.jobs`` is
+listed with its signature and the first paragraph of its docstring; classes also list
+their public methods, properties and documented attributes. ``tests/test_examples.py`` checks that
 the file is up to date.
 """
 
@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 API_PATH = Path(__file__).resolve().parent / "api.md"
-MODULES = ("corral", "corral.blocking")
+MODULES = ("corral", "corral.blocking", "corral.jobs")
 WIDTH = 88
 
 HEADER = """\

@@ -44,6 +44,7 @@ from ._validate import check_positive_int
 from ._writer import Source, Writer
 
 if TYPE_CHECKING:
+    from ._jobs._store import JobQueue
     from ._progress import ProgressTracker
 
 __all__ = ["Database", "DatabaseStatistics", "Table", "connect", "default_url"]
@@ -332,6 +333,7 @@ class Database:
         #: The URL the database was opened with.
         self.url = url
         self._progress: ProgressTracker | None = None
+        self._jobs: JobQueue | None = None
         #: ``"sqlite"`` or ``"postgresql"``.
         self.dialect = backend.dialect
         #: Rows per batch transaction, at most.
@@ -404,6 +406,16 @@ class Database:
 
             tracker = self._progress = ProgressTracker(self)
         return tracker
+
+    @property
+    def jobs(self) -> JobQueue:
+        """The durable job queue in this database (see :mod:`corral.jobs`)."""
+        queue = self._jobs
+        if queue is None:
+            from ._jobs._store import JobQueue
+
+            queue = self._jobs = JobQueue(self)
+        return queue
 
     # -- hooks for corral's domains (progress, jobs) -------------------------------------------
 

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 __all__ = [
     "ColumnTypeError",
+    "ConfigurationError",
     "ConnectError",
     "CorralError",
+    "DataError",
     "DatabaseClosedError",
+    "DuplicateJobError",
     "IdentifierError",
+    "JobError",
+    "JobNotFoundError",
+    "JobStateError",
+    "LeaseLostError",
     "MissingDriverError",
     "MissingKeyError",
     "NotPicklableError",
+    "PermanentError",
     "PoolClosedError",
     "ProgressNotFoundError",
+    "ResourceError",
     "SchemaError",
+    "TransientError",
     "UnknownColumnError",
     "WorkerCrashed",
     "WorkerInitializerError",
@@ -150,4 +160,68 @@ class ProgressNotFoundError(CorralError, LookupError):
 
     Start it first (``db.progress.start_run`` / ``run.start_subtask``), or check the
     id and the database URL.
+    """
+
+
+# -- the job processor -------------------------------------------------------------------
+
+
+class JobError(CorralError):
+    """Base class of the errors a job handler raises to say how its failure is classified.
+
+    ``category`` is one of ``"TRANSIENT"``, ``"RESOURCE"`` (retried with backoff),
+    ``"CONFIGURATION"``, ``"DATA"``, ``"PERMANENT"`` (not retried). Raise a subclass;
+    any other exception is classified by the processor's ``classify`` function.
+    """
+
+    category: str = "PERMANENT"
+
+
+class TransientError(JobError):
+    """A failure that may pass by itself (a timeout, a dropped connection): retried."""
+
+    category = "TRANSIENT"
+
+
+class ResourceError(JobError):
+    """Not enough of something right now (memory, quota, a busy cluster): retried."""
+
+    category = "RESOURCE"
+
+
+class ConfigurationError(JobError):
+    """The job or its environment is set up wrongly: failed at once, never retried."""
+
+    category = "CONFIGURATION"
+
+
+class DataError(JobError):
+    """The job's input is bad: failed at once, never retried."""
+
+    category = "DATA"
+
+
+class PermanentError(JobError):
+    """Any other failure that a retry cannot fix: failed at once, never retried."""
+
+    category = "PERMANENT"
+
+
+class JobNotFoundError(CorralError, LookupError):
+    """No job with this id is stored in the database."""
+
+
+class DuplicateJobError(CorralError, ValueError):
+    """A job with this id is already stored: ids are unique (an idempotency key)."""
+
+
+class JobStateError(CorralError, ValueError):
+    """The job is not in a state that allows the operation (say, requeueing a running job)."""
+
+
+class LeaseLostError(CorralError):
+    """A worker's lease on its job was taken over: its writes for the job are refused.
+
+    Raised inside a handler (by ``ctx.step``) when the lease expired and another worker
+    reclaimed the job; the processor then drops this attempt without recording it.
     """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
 import decimal
 import functools
@@ -35,6 +36,7 @@ import anyio.to_thread
 import asyncpg  # type: ignore[import-untyped]
 
 from .._exceptions import ConnectError, SchemaError
+from .._sync import loop_scheduler
 from . import (
     BYTES_TYPES,
     Column,
@@ -258,6 +260,31 @@ class PostgresConnection:
         """Run a query and return the first column of its first row."""
         return await self._backend.call(self._backend.conn.fetchval, numbered(sql), *args)
 
+    async def listen(self, channel: str, callback: Callable[[], object]) -> None:
+        """``LISTEN`` on ``channel`` once the transaction commits.
+
+        Each notification calls ``callback()`` on the calling task's event loop, from
+        whatever thread the driver runs on; once that loop has closed, they are dropped.
+        """
+        schedule = loop_scheduler(anyio.lowlevel.current_token())
+        here = threading.get_ident()
+
+        def on_notify(*_: object) -> None:
+            if threading.get_ident() == here:
+                callback()
+                return
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                schedule(callback)
+
+        self._backend.listeners[(channel, callback)] = on_notify
+        await self._backend.call(self._backend.conn.add_listener, channel, on_notify)
+
+    async def unlisten(self, channel: str, callback: Callable[[], object]) -> None:
+        """Stop calling ``callback`` for ``channel`` (see :meth:`listen`)."""
+        on_notify = self._backend.listeners.pop((channel, callback), None)
+        if on_notify is not None:
+            await self._backend.call(self._backend.conn.remove_listener, channel, on_notify)
+
 
 _DESCRIBE = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod)
@@ -286,6 +313,8 @@ class PostgresBackend:
         self._runner = runner
         self._stages = itertools.count()
         self.connection = PostgresConnection(self)
+        #: LISTEN callbacks by (channel, callback): see PostgresConnection.listen.
+        self.listeners: dict[tuple[str, Callable[[], object]], Callable[..., None]] = {}
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresBackend:

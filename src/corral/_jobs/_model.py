@@ -1,0 +1,363 @@
+"""What the job processor stores and reports: jobs, their states, records and settings."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .._exceptions import JobError
+
+__all__ = [
+    "ErrorCategory",
+    "Job",
+    "JobRecord",
+    "LastError",
+    "Priority",
+    "ProcessorConfig",
+    "QueueDepth",
+    "RetryPolicy",
+    "State",
+    "classify",
+]
+
+
+class Priority(enum.StrEnum):
+    """How soon a job runs: higher priorities first, then the oldest job first."""
+
+    URGENT = "urgent"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for urgent to 3 for low: the order jobs are claimed in."""
+        return _RANKS[self]
+
+
+_RANKS = {Priority.URGENT: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
+PRIORITY_BY_RANK = {rank: priority for priority, rank in _RANKS.items()}
+
+
+class State(enum.StrEnum):
+    """Where a job is in its life, stored as its value."""
+
+    READY = "ready"
+    """Waiting for a worker."""
+    IN_PROGRESS = "in_progress"
+    """Claimed by a worker, which holds its lease."""
+    RETRYING = "retrying"
+    """Failed with a retryable error; waiting out its backoff before it is ready again."""
+    COMPLETED = "completed"
+    """Done: the handler returned."""
+    FAILED = "failed"
+    """Failed with an error that is not retried (configuration, data, permanent)."""
+    DEAD = "dead"
+    """Retries exhausted: in the dead letter queue until requeued."""
+
+
+class ErrorCategory(enum.StrEnum):
+    """Why a job failed; TRANSIENT and RESOURCE are retried, the others are not."""
+
+    TRANSIENT = "TRANSIENT"
+    RESOURCE = "RESOURCE"
+    CONFIGURATION = "CONFIGURATION"
+    DATA = "DATA"
+    PERMANENT = "PERMANENT"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a job failing with this category is tried again."""
+        return self in (ErrorCategory.TRANSIENT, ErrorCategory.RESOURCE)
+
+
+def classify(exc: BaseException) -> ErrorCategory:
+    """Classify a handler's exception: the processor's default ``classify``.
+
+    A :class:`~corral.jobs.JobError` (``TransientError``, ``DataError`` ...) gives its
+    own category; ``TimeoutError`` and ``ConnectionError`` are TRANSIENT;
+    ``MemoryError`` is RESOURCE; any other exception is TRANSIENT, so it is retried
+    up to ``max_retries`` times and then kept in the dead letter queue, never lost.
+    """
+    if isinstance(exc, JobError):
+        return ErrorCategory(exc.category)
+    if isinstance(exc, MemoryError):
+        return ErrorCategory.RESOURCE
+    return ErrorCategory.TRANSIENT
+
+
+def _check_name(what: str, value: object, *, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise TypeError(
+            f"Job {what} must be a non-empty str of at most 200 characters, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A unit of work to enqueue: an id, a JSON payload, and how to schedule it.
+
+    Args:
+        id: Unique in the database; enqueueing an id that exists raises
+            :class:`~corral.jobs.DuplicateJobError` (so an id is an idempotency key).
+        payload: Anything ``json.dumps`` takes (dicts, lists, str, numbers, bools, None).
+        priority: ``"urgent"``, ``"high"``, ``"normal"`` (the default) or ``"low"``.
+        customer: Whose job it is; ``ProcessorConfig.per_customer`` bounds how many of
+            one customer's jobs run at once.
+        affinity: The name of the cluster the job must run on; ``None`` lets the
+            scheduler choose.
+        region: Where the job's data lives: the scheduler prefers a cluster in it.
+        requires: Labels the chosen cluster must have (such as ``{"gpu"}``).
+        max_retries: How many times a retryable failure is tried again (so at most
+            ``max_retries + 1`` attempts) before the job goes to the dead letter queue.
+
+    """
+
+    id: str
+    payload: Any = None
+    priority: Priority | str = Priority.NORMAL
+    customer: str | None = None
+    affinity: str | None = None
+    region: str | None = None
+    requires: frozenset[str] | Iterable[str] = frozenset()
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        _check_name("id", self.id, optional=False)
+        try:
+            priority = Priority(self.priority)
+        except ValueError:
+            raise ValueError(
+                f"Job priority must be one of {', '.join(p.value for p in Priority)}, "
+                f"got {self.priority!r}"
+            ) from None
+        object.__setattr__(self, "priority", priority)
+        _check_name("customer", self.customer)
+        _check_name("affinity", self.affinity)
+        _check_name("region", self.region)
+        if isinstance(self.requires, str):
+            raise TypeError(
+                f"Job requires must be a collection of labels, got the str "
+                f"{self.requires!r}; write requires={{{self.requires!r}}}"
+            )
+        labels = frozenset(self.requires)
+        for label in labels:
+            if not isinstance(label, str) or not label:
+                raise TypeError(f"Job requires labels must be non-empty str, got {label!r}")
+        object.__setattr__(self, "requires", labels)
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
+        ):
+            raise TypeError(f"Job max_retries must be an int >= 0, got {self.max_retries!r}")
+        try:
+            json.dumps(self.payload)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"Job {self.id!r}: payload must be JSON-serializable (dicts, lists, str, "
+                f"numbers, bools, None): {exc}; convert it, or store a reference (a path, a "
+                f"key) in the payload instead"
+            ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    """The most recent failure of a job."""
+
+    category: ErrorCategory
+    """How the failure was classified."""
+    step: str | None
+    """The step (``ctx.step(name)``) that was running when it failed, if any."""
+    message: str
+    """The exception's type and message."""
+    attempt: int
+    """The attempt (1 for the first) that failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A snapshot of one stored job (from ``db.jobs.get``, ``list`` or ``dead``)."""
+
+    id: str
+    """The job's id."""
+    payload: Any
+    """The job's payload, decoded from JSON."""
+    priority: Priority
+    """Its priority."""
+    customer: str | None
+    """Whose job it is."""
+    affinity: str | None
+    """The cluster it is pinned to, if any."""
+    region: str | None
+    """Where its data lives, if given."""
+    requires: frozenset[str]
+    """Labels the cluster it runs on must have."""
+    max_retries: int
+    """Retries allowed after the first attempt."""
+    state: State
+    """Where it is in its life."""
+    attempts: int
+    """Attempts started so far (reset by ``requeue``)."""
+    cluster: str | None
+    """The cluster of its latest attempt."""
+    route_reason: str | None
+    """Why the scheduler chose that cluster."""
+    steps_done: tuple[str, ...]
+    """Steps that finished; a retry does not run them again."""
+    progress: int
+    """The sum of the job's ``ctx.progress.increment()`` calls."""
+    last_error: LastError | None
+    """Its latest failure, if any (kept after a later success)."""
+    lease_owner: str | None
+    """The worker holding its lease while it is in progress."""
+    lease_expires_at: datetime | None
+    """When that lease runs out unless renewed."""
+    created_at: datetime
+    """When it was enqueued."""
+    started_at: datetime | None
+    """When its first attempt started."""
+    run_at: datetime
+    """When it may next be claimed (the end of its backoff while retrying)."""
+    updated_at: datetime
+    """When it last changed."""
+    finished_at: datetime | None
+    """When it completed, failed or went dead."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """How many jobs are in each state (of the whole queue, or one cluster)."""
+
+    ready: int = 0
+    """Waiting for a worker."""
+    in_progress: int = 0
+    """Running now (leased)."""
+    retrying: int = 0
+    """Waiting out a backoff."""
+    failed: int = 0
+    """Failed without retry."""
+    dead: int = 0
+    """In the dead letter queue."""
+    completed: int = 0
+    """Done."""
+
+    @property
+    def total(self) -> int:
+        """All jobs counted."""
+        return (
+            self.ready + self.in_progress + self.retrying + self.failed + self.dead + self.completed
+        )
+
+    @property
+    def pending(self) -> int:
+        """Jobs not finished yet: ready, in progress or retrying."""
+        return self.ready + self.in_progress + self.retrying
+
+
+def _check_seconds(what: str, value: object, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ValueError(f"{what} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff for retryable failures: ``base * 2**(attempt - 1)``, capped.
+
+    With the defaults, the first retry waits about 2 s, the next 4 s, then 8 s ... never
+    more than an hour. ``jitter`` spreads each wait at random over
+    ``[delay * (1 - jitter), delay]`` so that jobs failing together do not return
+    together.
+    """
+
+    base: float = 2.0
+    """Seconds before the first retry."""
+    cap: float = 3600.0
+    """The longest wait, in seconds."""
+    jitter: float = 0.5
+    """The fraction of each wait that is random (0 for none, at most 1)."""
+
+    def __post_init__(self) -> None:
+        _check_seconds("RetryPolicy base", self.base, zero=True)
+        _check_seconds("RetryPolicy cap", self.cap, zero=True)
+        if self.cap < self.base:
+            raise ValueError(f"RetryPolicy cap ({self.cap}) is less than base ({self.base})")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float):
+            raise TypeError(f"RetryPolicy jitter must be a number in [0, 1], got {self.jitter!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"RetryPolicy jitter must be in [0, 1], got {self.jitter!r}")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1 for the first)."""
+        exponent = min(max(attempt - 1, 0), 64)
+        delay = min(self.cap, self.base * 2.0**exponent)
+        if self.jitter:
+            delay -= delay * self.jitter * (rng or random).random()
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    """Limits and timings of a :class:`~corral.jobs.Processor`.
+
+    The limits are counted over every processor sharing the database (any number of
+    processes and hosts on PostgreSQL), from the jobs in progress, and are never
+    exceeded. Every processor of one queue should use the same values.
+    """
+
+    max_concurrent: int = 10
+    """Jobs in progress at once, in all."""
+    per_customer: int | None = None
+    """Jobs of one customer in progress at once; ``None`` for no limit."""
+    lease_seconds: float = 60.0
+    """How long a claim holds without renewal; the worker renews it every third of it.
+    A job whose worker died is reclaimed by another worker after this long."""
+    poll_interval: float = 1.0
+    """Seconds an idle worker waits before looking for work again, at most (PostgreSQL
+    also wakes it at once by LISTEN/NOTIFY when a job is enqueued or finishes)."""
+    batch_size: int = 100
+    """Jobs claimed in one transaction, at most."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """Backoff between retries."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TypeError(f"ProcessorConfig {name} must be an int >= 1, got {value!r}")
+        per = self.per_customer
+        if per is not None and (isinstance(per, bool) or not isinstance(per, int) or per < 1):
+            raise TypeError(
+                f"ProcessorConfig per_customer must be an int >= 1 or None, got {per!r}"
+            )
+        _check_seconds("ProcessorConfig lease_seconds", self.lease_seconds)
+        _check_seconds("ProcessorConfig poll_interval", self.poll_interval)
+        if not isinstance(self.retry, RetryPolicy):
+            raise TypeError(f"ProcessorConfig retry must be a RetryPolicy, got {self.retry!r}")
+
+
+def timestamp(value: float | None) -> datetime | None:
+    """Turn stored epoch seconds into an aware UTC datetime."""
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def dump_payload(payload: object) -> str:
+    """Encode a payload as stored."""
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def load_json(text: object, default: object = None) -> Any:
+    """Decode a stored JSON column."""
+    return default if text is None else json.loads(str(text))

@@ -1,0 +1,90 @@
+"""Notifications: what the processor tells a :class:`Notifier` about jobs."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from ._model import ErrorCategory
+
+__all__ = ["JobEvent", "LoggingNotifier", "Notifier"]
+
+
+class EventKind(enum.StrEnum):
+    """What happened to a job."""
+
+    COMPLETED = "completed"
+    """The handler returned; the job is completed."""
+    FAILED = "failed"
+    """It failed with an error that is not retried."""
+    RETRYING = "retrying"
+    """It failed with a retryable error and will run again after its backoff."""
+    DEAD = "dead"
+    """Its retries are exhausted: it is in the dead letter queue."""
+    RECLAIMED = "reclaimed"
+    """Its worker's lease expired (the worker died or hung); this worker reclaimed it."""
+    LEASE_LOST = "lease_lost"
+    """This worker lost its lease to another; its attempt was dropped, not recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One notification about one job."""
+
+    kind: EventKind
+    """What happened."""
+    job_id: str
+    """The job's id."""
+    attempt: int
+    """The attempt concerned (1 for the first)."""
+    cluster: str | None
+    """The cluster the attempt ran on."""
+    category: ErrorCategory | None = None
+    """For a failure: how it was classified."""
+    step: str | None = None
+    """For a failure: the step that was running."""
+    message: str | None = None
+    """For a failure or a reclaim: what went wrong."""
+    worker: str | None = None
+    """The worker (processor) that sends the notification."""
+
+
+class Notifier(Protocol):
+    """Told about completions, failures, dead letters and reclaimed leases.
+
+    Called by the processor after the change is committed. An exception raised here is
+    logged and otherwise ignored: a notification never changes what happens to a job.
+    """
+
+    async def notify(self, event: JobEvent) -> None:
+        """Handle one event."""
+
+
+class LoggingNotifier:
+    """A :class:`Notifier` that logs each event on the ``corral.jobs`` logger.
+
+    Completions and retries at INFO, failures, dead letters and lease changes at
+    WARNING (dead letters at ERROR).
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("corral.jobs")
+
+    async def notify(self, event: JobEvent) -> None:
+        """Log ``event``."""
+        level = {
+            EventKind.COMPLETED: logging.INFO,
+            EventKind.RETRYING: logging.INFO,
+            EventKind.DEAD: logging.ERROR,
+        }.get(event.kind, logging.WARNING)
+        where = f" on {event.cluster}" if event.cluster else ""
+        text = f"job {event.job_id} {event.kind.value} (attempt {event.attempt}{where})"
+        if event.category is not None:
+            text += f": {event.category.value}"
+        if event.step is not None:
+            text += f" in step {event.step!r}"
+        if event.message:
+            text += f": {event.message}"
+        self.logger.log(level, text)

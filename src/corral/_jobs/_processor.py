@@ -1,0 +1,653 @@
+"""The processor: claims jobs, runs their handler, records how each attempt ended.
+
+One processor is three kinds of task in one task group: the *claimer* (claims batches
+of jobs within the limits and starts a task per job), the *reporter* (writes how
+attempts ended, many per transaction, fenced by their lease tokens) and the
+*renewer* (extends the leases of the running jobs every third of ``lease_seconds``
+and cancels a job whose lease was taken over). Nothing outlives :meth:`Processor.run`:
+when it is cancelled, the jobs still running are cancelled and given back (ready at
+once, the attempt not counted), in a shielded last transaction.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._cluster import Cluster
+from .._exceptions import ConfigurationError, LeaseLostError
+from . import _store
+from ._model import ErrorCategory, Job, ProcessorConfig, State, classify
+from ._notify import EventKind, JobEvent, LoggingNotifier, Notifier
+from ._routing import route
+
+if TYPE_CHECKING:
+    from .._backends import Connection
+    from .._database import Database
+
+__all__ = ["JobContext", "JobProgress", "Processor", "ProcessorStatistics", "Step"]
+
+log = logging.getLogger("corral.jobs")
+
+#: A job handler: ``async def handler(ctx: JobContext) -> None``.
+Handler = Callable[["JobContext"], Awaitable[object]]
+#: Checks a job before it runs: raise to fail it (CONFIGURATION or DATA), never retried.
+Validator = Callable[[Job], object]
+#: Maps a handler's exception to its category.
+Classifier = Callable[[BaseException], ErrorCategory | str]
+
+_MESSAGE_LIMIT = 2000
+
+
+class JobProgress:
+    """The job's own progress counter: ``ctx.progress.increment()``.
+
+    Thread-safe and never blocking; the counts are added to the job's ``progress``
+    column through the writer, with the next lease renewal, finished step or outcome.
+    """
+
+    __slots__ = ("_lock", "_pending", "_total")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._total = 0
+
+    def increment(self, n: int = 1, /) -> None:
+        """Add ``n`` (an int >= 0, default 1) to the job's progress."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise TypeError(f"increment() takes an int >= 0, got {n!r}")
+        with self._lock:
+            self._pending += n
+            self._total += n
+
+    @property
+    def value(self) -> int:
+        """What this attempt has counted so far."""
+        return self._total
+
+    def _take(self) -> int:
+        with self._lock:
+            pending, self._pending = self._pending, 0
+        return pending
+
+    def _give_back(self, n: int) -> None:
+        with self._lock:
+            self._pending += n
+
+
+class Step:
+    """One named step of a job, used as ``async with ctx.step(name):``.
+
+    When the block ends normally the step is recorded as finished (committed before
+    the block returns), so a later attempt of the job does not run it again: there,
+    :attr:`done` is true and the block's body is cancelled at its first checkpoint
+    (its first ``await`` that yields), which ``async with`` then absorbs. A body with
+    no checkpoint runs in full, so keep a finished step's side effects behind an
+    ``await``, or test ``step.done``. When the block raises, the step is recorded as
+    the one that failed.
+    """
+
+    __slots__ = ("_ctx", "_scope", "done", "name")
+
+    def __init__(self, ctx: JobContext, name: str) -> None:
+        self._ctx = ctx
+        self.name = name
+        #: Whether the step finished in an earlier attempt (its body is skipped).
+        self.done = name in ctx._steps
+        self._scope: anyio.CancelScope | None = None
+
+    async def __aenter__(self) -> Step:
+        if self.done:
+            scope = self._scope = anyio.CancelScope()
+            scope.__enter__()
+            scope.cancel()
+        else:
+            self._ctx._stack.append(self.name)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._scope is not None:
+            return bool(self._scope.__exit__(exc_type, exc, tb))
+        self._ctx._stack.pop()
+        if exc is None:
+            await self._ctx._finish_step(self.name)
+        elif self._ctx._failed_step is None:
+            self._ctx._failed_step = self.name
+        return False
+
+
+class JobContext:
+    """What a handler is given: the job, its attempt, its cluster, steps and progress."""
+
+    def __init__(self, processor: Processor, claimed: _store.Claimed, cluster: Cluster) -> None:
+        #: The job being run.
+        self.job: Job = claimed.job
+        #: This attempt's number: 1 for the first.
+        self.attempt: int = claimed.attempt
+        #: The cluster it runs on.
+        self.cluster: Cluster = cluster
+        #: Why the scheduler chose that cluster.
+        self.route_reason: str = claimed.route_reason
+        #: The job's own progress counter.
+        self.progress = JobProgress()
+        #: The processor's worker name (host:pid:random).
+        self.worker: str = processor.name
+        self._processor = processor
+        self._claimed = claimed
+        self._steps: list[str] = list(claimed.steps_done)
+        self._stack: list[str] = []
+        self._failed_step: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.job.id!r} attempt={self.attempt} cluster={self.cluster.name!r}>"
+
+    @property
+    def steps_done(self) -> tuple[str, ...]:
+        """The steps finished so far, in earlier attempts and this one."""
+        return tuple(self._steps)
+
+    def step(self, name: str) -> Step:
+        """Return the step ``name`` of this job, for ``async with``; see :class:`Step`."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a step name must be a non-empty str, got {name!r}")
+        return Step(self, name)
+
+    async def _finish_step(self, name: str) -> None:
+        if name not in self._steps:
+            self._steps.append(name)
+        claimed = self._claimed
+        progress = self.progress._take()
+        steps = list(self._steps)
+
+        async def record(conn: Connection) -> bool:
+            return await _store.step_done(conn, claimed.job.id, claimed.token, steps, progress)
+
+        try:
+            held = await self._processor._db._run(record)
+        except BaseException:
+            self.progress._give_back(progress)
+            raise
+        if not held:
+            raise LeaseLostError(
+                f"job {claimed.job.id!r}: this worker's lease was taken over by another "
+                f"worker (it was not renewed in time); this attempt stops here"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorStatistics:
+    """A snapshot of one processor's counters since it was made."""
+
+    running: int
+    """Jobs running in this processor now."""
+    claimed: int
+    """Attempts this processor claimed."""
+    completed: int
+    """Attempts that completed their job."""
+    retried: int
+    """Attempts that failed and were scheduled for a retry."""
+    failed: int
+    """Attempts that failed their job for good (not retried)."""
+    dead: int
+    """Attempts after which the job went to the dead letter queue."""
+    reclaimed: int
+    """Jobs with an expired lease that this processor put back in the queue."""
+    lease_lost: int
+    """Attempts dropped because another worker took their lease over."""
+
+
+class _Running:
+    __slots__ = ("claimed", "ctx", "outcome", "scope")
+
+    def __init__(self, claimed: _store.Claimed, ctx: JobContext) -> None:
+        self.claimed = claimed
+        self.ctx = ctx
+        self.scope: anyio.CancelScope | None = None
+        self.outcome: _store.Outcome | None = None
+
+
+class Processor:
+    """Run stored jobs with ``handler``, on ``clusters``, within ``config``'s limits.
+
+    Args:
+        db: The database holding the queue (``db.jobs``).
+        handler: ``async def handler(ctx: JobContext)``; returning completes the job,
+            raising fails the attempt (see ``classify``).
+        clusters: Where jobs run: each :class:`corral.Cluster`'s ``capacity`` bounds
+            the jobs in progress on it (over every processor), and its ``region``,
+            ``cost`` and ``labels`` guide the scheduler. Default: one cluster named
+            ``"default"`` with ``config.max_concurrent`` slots.
+        config: Limits and timings (:class:`ProcessorConfig`).
+        classify: Maps a handler's exception to an :class:`ErrorCategory` (or its name);
+            default :func:`corral.jobs.classify`.
+        validate: Called with each job before its handler (sync or async); if it
+            raises, the job fails at once, not retried: as CONFIGURATION for a
+            :class:`~corral.jobs.ConfigurationError`, as DATA for any other exception.
+        notifier: Told about completions, failures, dead letters and reclaimed leases;
+            default :class:`LoggingNotifier`.
+        name: This worker's name in leases and notifications; default
+            ``host:pid:random``.
+
+    Jobs pinned (``affinity``) to a cluster this processor does not have are left for
+    a processor that has it.
+
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        handler: Handler,
+        *,
+        clusters: Iterable[Cluster] | None = None,
+        config: ProcessorConfig | None = None,
+        classify: Classifier | None = None,
+        validate: Validator | None = None,
+        notifier: Notifier | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not callable(handler):
+            raise TypeError(
+                f"handler must be an async function taking a JobContext, got {handler!r}"
+            )
+        config = ProcessorConfig() if config is None else config
+        if not isinstance(config, ProcessorConfig):
+            raise TypeError(f"config must be a jobs.ProcessorConfig, got {config!r}")
+        if isinstance(clusters, Cluster):
+            raise TypeError("clusters must be a list of corral.Cluster; write clusters=[cluster]")
+        cluster_list = (
+            [Cluster("default", config.max_concurrent)] if clusters is None else list(clusters)
+        )
+        if not cluster_list:
+            raise ValueError("clusters is empty: give at least one corral.Cluster")
+        for cluster in cluster_list:
+            if not isinstance(cluster, Cluster):
+                raise TypeError(f"clusters must hold corral.Cluster objects, got {cluster!r}")
+        names = [c.name for c in cluster_list]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two clusters share a name: {names!r}")
+        for what, fn in (("classify", classify), ("validate", validate)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{what} must be a function, got {fn!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        self._db = db
+        self._handler = handler
+        #: The clusters jobs run on.
+        self.clusters: tuple[Cluster, ...] = tuple(cluster_list)
+        self._by_name = {c.name: c for c in cluster_list}
+        #: The limits and timings.
+        self.config = config
+        self._classify: Classifier = classify or _default_classify
+        self._validate = validate
+        self._notifier: Notifier = notifier if notifier is not None else LoggingNotifier()
+        #: This worker's name, as recorded in the leases it holds.
+        self.name: str = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._running: dict[str, _Running] = {}
+        self._on_cluster = dict.fromkeys(self._by_name, 0)
+        self._outcomes: list[_store.Outcome] = []
+        self._claim_wakeup = anyio.Event()
+        self._report_wakeup = anyio.Event()
+        self._active = False
+        self._counts = dict.fromkeys(
+            ("claimed", "completed", "retried", "failed", "dead", "reclaimed", "lease_lost"), 0
+        )
+
+    def __repr__(self) -> str:
+        return f"<corral.jobs.Processor {self.name!r} clusters={[c.name for c in self.clusters]}>"
+
+    def statistics(self) -> ProcessorStatistics:
+        """Return a frozen snapshot of this processor's counters."""
+        return ProcessorStatistics(running=len(self._running), **self._counts)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        """Claim and run jobs until cancelled, or with ``until_idle`` until none is left.
+
+        ``until_idle``: return once this processor runs nothing and no job it could
+        take is ready, retrying or in progress anywhere (so it waits out backoffs and
+        the leases of dead workers). Cancelling ``run`` cancels the running handlers
+        and gives their jobs back to the queue, ready at once, the attempt not counted.
+        """
+        if self._active:
+            raise RuntimeError(f"{self!r} is already running: one run() at a time")
+        self._active = True
+        self._claim_wakeup = anyio.Event()
+        self._report_wakeup = anyio.Event()
+        listening = False
+        try:
+            await self._db.jobs._call(_noop)
+            if self._db.dialect == "postgresql":
+                await self._db._run(self._listen)
+                listening = True
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._renewer)
+                tg.start_soon(self._reporter)
+                await self._claimer(tg, until_idle)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._settle(listening)
+            self._active = False
+
+    async def _listen(self, conn: Connection) -> None:
+        await conn.listen(_store.CHANNEL, self._wake_claimer)  # type: ignore[attr-defined]
+
+    async def _unlisten(self, conn: Connection) -> None:
+        await conn.unlisten(_store.CHANNEL, self._wake_claimer)  # type: ignore[attr-defined]
+
+    def _wake_claimer(self) -> None:
+        self._claim_wakeup.set()
+
+    async def _claimer(self, tg: anyio.abc.TaskGroup, until_idle: bool) -> None:
+        config = self.config
+        names = list(self._by_name)
+        while True:
+            room = min(config.batch_size, config.max_concurrent - len(self._running))
+            request = _store.ClaimRequest(
+                owner=self.name,
+                limit=room,
+                window=max(4 * room, 64),
+                max_concurrent=config.max_concurrent,
+                per_customer=config.per_customer,
+                capacity={c.name: c.capacity for c in self.clusters},
+                local_free={c.name: c.capacity - self._on_cluster[c.name] for c in self.clusters},
+                lease_seconds=config.lease_seconds,
+                route=lambda job, free: route(job, self.clusters, free),
+                tokens=lambda: secrets.randbits(62),
+            )
+            self._claim_wakeup = anyio.Event()
+
+            async def claim(conn: Connection, request: _store.ClaimRequest = request) -> Any:
+                claimed, reclaimed = await _store.claim(conn, request)
+                outlook = None
+                if len(claimed) < request.limit or request.limit <= 0:
+                    outlook = await _store.outlook(conn, names)
+                return claimed, reclaimed, outlook
+
+            claimed, reclaimed, outlook = await self._db._run(claim)
+            for row in reclaimed:
+                self._counts["reclaimed"] += 1
+                await self._notify(
+                    EventKind.RECLAIMED if row["state"] != State.DEAD else EventKind.DEAD,
+                    str(row["id"]),
+                    int(row["attempts"]),
+                    row["cluster"],
+                    category=ErrorCategory.TRANSIENT,
+                    message=row["error_message"],
+                )
+            for item in claimed:
+                self._start(tg, item)
+            if outlook is None:
+                continue  # took all it asked for: there may be more
+            waiting, due = outlook
+            if until_idle and not self._running and waiting == 0:
+                return
+            timeout = config.poll_interval
+            if due is not None and due > 0:
+                timeout = min(timeout, due)
+            with anyio.move_on_after(timeout):
+                await self._claim_wakeup.wait()
+
+    def _start(self, tg: anyio.abc.TaskGroup, claimed: _store.Claimed) -> None:
+        cluster = self._by_name[claimed.cluster]
+        entry = _Running(claimed, JobContext(self, claimed, cluster))
+        self._running[claimed.job.id] = entry
+        self._on_cluster[cluster.name] += 1
+        self._counts["claimed"] += 1
+        tg.start_soon(self._work, entry, name=f"corral job {claimed.job.id}")
+
+    async def _work(self, entry: _Running) -> None:
+        claimed, ctx = entry.claimed, entry.ctx
+        job = claimed.job
+        lost = False
+        outcome: _store.Outcome | None = None
+        with anyio.CancelScope() as entry.scope:
+            try:
+                refusal = await self._check(job)
+                if refusal is not None:
+                    outcome = refusal
+                else:
+                    await self._handler(ctx)
+                    outcome = _store.Outcome(job.id, claimed.token, State.COMPLETED)
+            except LeaseLostError:
+                lost = True
+            except Exception as exc:
+                outcome = self._failure(entry, exc)
+        if entry.scope.cancelled_caught or lost or outcome is None:
+            # Cancelled by the renewer: the lease was taken over. Record nothing.
+            self._forget(job.id)
+            self._counts["lease_lost"] += 1
+            await self._notify(
+                EventKind.LEASE_LOST,
+                job.id,
+                claimed.attempt,
+                claimed.cluster,
+                message="another worker took the lease over; this attempt was dropped",
+            )
+            return
+        entry.outcome = _with_progress(outcome, ctx.progress._take())
+        self._outcomes.append(entry.outcome)
+        self._report_wakeup.set()
+
+    async def _check(self, job: Job) -> _store.Outcome | None:
+        if self._validate is None:
+            return None
+        entry = self._running[job.id]
+        try:
+            result = self._validate(job)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            category = (
+                ErrorCategory.CONFIGURATION
+                if isinstance(exc, ConfigurationError)
+                else ErrorCategory.DATA
+            )
+            return _store.Outcome(
+                job.id,
+                entry.claimed.token,
+                State.FAILED,
+                category=category,
+                step="validate",
+                message=_message(exc),
+            )
+        return None
+
+    def _failure(self, entry: _Running, exc: Exception) -> _store.Outcome:
+        claimed = entry.claimed
+        try:
+            category = ErrorCategory(self._classify(exc))
+        except Exception as bad:
+            log.error("classify(%r) failed (%r); treating the error as TRANSIENT", exc, bad)
+            category = ErrorCategory.TRANSIENT
+        delay = 0.0
+        if not category.retryable:
+            state = State.FAILED
+        elif claimed.attempt <= claimed.job.max_retries:
+            state = State.RETRYING
+            delay = self.config.retry.delay(claimed.attempt)
+        else:
+            state = State.DEAD
+        return _store.Outcome(
+            claimed.job.id,
+            claimed.token,
+            state,
+            delay=delay,
+            category=category,
+            step=entry.ctx._failed_step,
+            message=_message(exc),
+        )
+
+    def _forget(self, job_id: str) -> None:
+        entry = self._running.pop(job_id, None)
+        if entry is not None:
+            self._on_cluster[entry.claimed.cluster] -= 1
+            self._claim_wakeup.set()
+
+    async def _reporter(self) -> None:
+        while True:
+            await self._report_wakeup.wait()
+            self._report_wakeup = anyio.Event()
+            await self._report()
+
+    async def _report(self) -> None:
+        batch, self._outcomes = self._outcomes, []
+        if not batch:
+            return
+
+        async def write(conn: Connection) -> set[str]:
+            accepted = await _store.finish(conn, batch)
+            if accepted and conn.dialect == "postgresql":
+                await conn.execute("SELECT pg_notify(?, '')", _store.CHANNEL)
+            return accepted
+
+        try:
+            accepted = await self._db._run(write)
+        except BaseException:
+            self._outcomes[:0] = batch
+            raise
+        for outcome in batch:
+            entry = self._running.get(outcome.id)
+            attempt = entry.claimed.attempt if entry is not None else 0
+            cluster = entry.claimed.cluster if entry is not None else None
+            self._forget(outcome.id)
+            if outcome.id not in accepted:
+                self._counts["lease_lost"] += 1
+                await self._notify(
+                    EventKind.LEASE_LOST,
+                    outcome.id,
+                    attempt,
+                    cluster,
+                    message="the outcome was refused: another worker took the lease over",
+                )
+                continue
+            kind = _KINDS[outcome.state]
+            self._counts[_COUNTERS[outcome.state]] += 1
+            await self._notify(
+                kind,
+                outcome.id,
+                attempt,
+                cluster,
+                category=outcome.category,
+                step=outcome.step,
+                message=outcome.message,
+            )
+
+    async def _renewer(self) -> None:
+        period = self.config.lease_seconds / 3
+        while True:
+            await anyio.sleep(period)
+            entries = [e for e in self._running.values() if e.outcome is None]
+            if not entries:
+                continue
+            leases = [(e.claimed.job.id, e.claimed.token, e.ctx.progress._take()) for e in entries]
+
+            async def renew(conn: Connection, leases: list[Any] = leases) -> set[str]:
+                return await _store.renew(conn, leases, self.config.lease_seconds)
+
+            try:
+                held = await self._db._run(renew)
+            except BaseException:
+                for entry, lease in zip(entries, leases, strict=True):
+                    entry.ctx.progress._give_back(lease[2])
+                raise
+            for entry in entries:
+                lost = entry.claimed.job.id not in held and entry.outcome is None
+                if lost and entry.scope is not None:
+                    entry.scope.cancel()
+
+    async def _settle(self, listening: bool) -> None:
+        """Write what is left (outcomes, give back unfinished jobs), stop listening."""
+        try:
+            await self._report()
+            left = [e for e in self._running.values() if e.outcome is None]
+            if left:
+                leases = [(e.claimed.job.id, e.claimed.token, e.ctx.progress._take()) for e in left]
+
+                async def give_back(conn: Connection) -> None:
+                    await _store.release(conn, leases)
+
+                await self._db._run(give_back)
+            if listening:
+                await self._db._run(self._unlisten)
+        except Exception as exc:
+            log.warning("%r: could not settle its jobs at exit: %r", self, exc)
+        finally:
+            self._running.clear()
+            self._on_cluster = dict.fromkeys(self._by_name, 0)
+
+    async def _notify(
+        self,
+        kind: EventKind,
+        job_id: str,
+        attempt: int,
+        cluster: str | None,
+        *,
+        category: ErrorCategory | None = None,
+        step: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        event = JobEvent(kind, job_id, attempt, cluster, category, step, message, self.name)
+        try:
+            await self._notifier.notify(event)
+        except Exception:
+            log.exception("%r: the notifier raised on %r; ignored", self, event)
+
+
+_KINDS = {
+    State.COMPLETED: EventKind.COMPLETED,
+    State.FAILED: EventKind.FAILED,
+    State.RETRYING: EventKind.RETRYING,
+    State.DEAD: EventKind.DEAD,
+}
+_COUNTERS = {
+    State.COMPLETED: "completed",
+    State.FAILED: "failed",
+    State.RETRYING: "retried",
+    State.DEAD: "dead",
+}
+
+
+def _default_classify(exc: BaseException) -> ErrorCategory:
+    return classify(exc)
+
+
+def _message(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def _with_progress(outcome: _store.Outcome, progress: int) -> _store.Outcome:
+    if not progress:
+        return outcome
+    return _store.Outcome(
+        outcome.id,
+        outcome.token,
+        outcome.state,
+        outcome.delay,
+        outcome.category,
+        outcome.step,
+        outcome.message,
+        progress,
+    )
+
+
+async def _noop(conn: Connection) -> None:
+    return None

@@ -1,0 +1,56 @@
+"""The scheduler's choice of a cluster for a job, and the reason it records."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from .._cluster import Cluster
+from ._model import Job
+
+__all__ = ["route"]
+
+
+def route(job: Job, clusters: Sequence[Cluster], free: Mapping[str, int]) -> tuple[str, str] | None:
+    """Choose a cluster with a free slot for ``job``; return (name, reason) or None.
+
+    A job with ``affinity`` runs on that cluster only (manual placement). Otherwise the
+    clusters that have every label the job ``requires`` and a free slot are ranked by
+    data locality (a cluster in the job's ``region`` first), then cost (cheapest first,
+    a cluster without a cost last), then free slots (most first), then name.
+    ``None`` means no cluster can take the job now; it stays queued.
+    """
+    if job.affinity is not None:
+        if free.get(job.affinity, 0) <= 0:
+            return None
+        return job.affinity, f"affinity: pinned to {job.affinity}"
+    requires = frozenset(job.requires)
+    able = [c for c in clusters if requires <= c.labels and free.get(c.name, 0) > 0]
+    if not able:
+        return None
+
+    def rank(c: Cluster) -> tuple[int, float, int, str]:
+        local = 0 if job.region is not None and c.region == job.region else 1
+        cost = math.inf if c.cost is None else c.cost
+        return local, cost, -free[c.name], c.name
+
+    best = min(able, key=rank)
+    reasons: list[str] = []
+    if job.region is not None:
+        if best.region == job.region:
+            reasons.append(f"locality: data in {job.region}")
+        else:
+            reasons.append(f"no free cluster in {job.region}")
+    if requires:
+        reasons.append("has " + ", ".join(sorted(requires)))
+    others = len(able) - 1
+    if best.cost is not None:
+        if others:
+            reasons.append(f"cost {best.cost:g}, cheapest of {len(able)} with a free slot")
+        else:
+            reasons.append(f"cost {best.cost:g}, the only one with a free slot")
+    elif not others:
+        reasons.append("the only one with a free slot")
+    else:
+        reasons.append(f"most free slots ({free[best.name]}) of {len(able)}")
+    return best.name, "scheduler: " + "; ".join(reasons)
