@@ -298,7 +298,9 @@ class Processor:
         self._notifier: Notifier = notifier if notifier is not None else LoggingNotifier()
         #: This worker's name, as recorded in the leases it holds.
         self.name: str = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._running: dict[str, _Running] = {}
+        #: The attempts running here, by lease token (one job may have two: an attempt
+        #: whose lease expired and was reclaimed, here or elsewhere, and the new one).
+        self._running: dict[int, _Running] = {}
         self._on_cluster = dict.fromkeys(self._by_name, 0)
         self._outcomes: list[_store.Outcome] = []
         self._claim_wakeup = anyio.Event()
@@ -331,8 +333,10 @@ class Processor:
         self._claim_wakeup = anyio.Event()
         self._report_wakeup = anyio.Event()
         listening = False
+        queue = self._db.jobs
+        queue._watchers.add(self._wake_claimer)
         try:
-            await self._db.jobs._call(_noop)
+            await queue._call(_noop)
             if self._db.dialect == "postgresql":
                 await self._db._run(self._listen)
                 listening = True
@@ -342,15 +346,16 @@ class Processor:
                 await self._claimer(tg, until_idle)
                 tg.cancel_scope.cancel()
         finally:
+            queue._watchers.discard(self._wake_claimer)
             with anyio.CancelScope(shield=True):
                 await self._settle(listening)
             self._active = False
 
     async def _listen(self, conn: Connection) -> None:
-        await conn.listen(_store.CHANNEL, self._wake_claimer)  # type: ignore[attr-defined]
+        await conn.listen(self._db.jobs.channel, self._wake_claimer)  # type: ignore[attr-defined]
 
     async def _unlisten(self, conn: Connection) -> None:
-        await conn.unlisten(_store.CHANNEL, self._wake_claimer)  # type: ignore[attr-defined]
+        await conn.unlisten(self._db.jobs.channel, self._wake_claimer)  # type: ignore[attr-defined]
 
     def _wake_claimer(self) -> None:
         self._claim_wakeup.set()
@@ -408,7 +413,7 @@ class Processor:
     def _start(self, tg: anyio.abc.TaskGroup, claimed: _store.Claimed) -> None:
         cluster = self._by_name[claimed.cluster]
         entry = _Running(claimed, JobContext(self, claimed, cluster))
-        self._running[claimed.job.id] = entry
+        self._running[claimed.token] = entry
         self._on_cluster[cluster.name] += 1
         self._counts["claimed"] += 1
         tg.start_soon(self._work, entry, name=f"corral job {claimed.job.id}")
@@ -420,7 +425,7 @@ class Processor:
         outcome: _store.Outcome | None = None
         with anyio.CancelScope() as entry.scope:
             try:
-                refusal = await self._check(job)
+                refusal = await self._check(entry)
                 if refusal is not None:
                     outcome = refusal
                 else:
@@ -432,7 +437,7 @@ class Processor:
                 outcome = self._failure(entry, exc)
         if entry.scope.cancelled_caught or lost or outcome is None:
             # Cancelled by the renewer: the lease was taken over. Record nothing.
-            self._forget(job.id)
+            self._forget(claimed.token)
             self._counts["lease_lost"] += 1
             await self._notify(
                 EventKind.LEASE_LOST,
@@ -446,10 +451,10 @@ class Processor:
         self._outcomes.append(entry.outcome)
         self._report_wakeup.set()
 
-    async def _check(self, job: Job) -> _store.Outcome | None:
+    async def _check(self, entry: _Running) -> _store.Outcome | None:
         if self._validate is None:
             return None
-        entry = self._running[job.id]
+        job = entry.claimed.job
         try:
             result = self._validate(job)
             if inspect.isawaitable(result):
@@ -495,8 +500,8 @@ class Processor:
             message=_message(exc),
         )
 
-    def _forget(self, job_id: str) -> None:
-        entry = self._running.pop(job_id, None)
+    def _forget(self, token: int) -> None:
+        entry = self._running.pop(token, None)
         if entry is not None:
             self._on_cluster[entry.claimed.cluster] -= 1
             self._claim_wakeup.set()
@@ -512,10 +517,10 @@ class Processor:
         if not batch:
             return
 
-        async def write(conn: Connection) -> set[str]:
+        async def write(conn: Connection) -> set[int]:
             accepted = await _store.finish(conn, batch)
             if accepted and conn.dialect == "postgresql":
-                await conn.execute("SELECT pg_notify(?, '')", _store.CHANNEL)
+                await conn.execute("SELECT pg_notify(?, '')", self._db.jobs.channel)
             return accepted
 
         try:
@@ -524,11 +529,11 @@ class Processor:
             self._outcomes[:0] = batch
             raise
         for outcome in batch:
-            entry = self._running.get(outcome.id)
+            entry = self._running.get(outcome.token)
             attempt = entry.claimed.attempt if entry is not None else 0
             cluster = entry.claimed.cluster if entry is not None else None
-            self._forget(outcome.id)
-            if outcome.id not in accepted:
+            self._forget(outcome.token)
+            if outcome.token not in accepted:
                 self._counts["lease_lost"] += 1
                 await self._notify(
                     EventKind.LEASE_LOST,
@@ -559,7 +564,7 @@ class Processor:
                 continue
             leases = [(e.claimed.job.id, e.claimed.token, e.ctx.progress._take()) for e in entries]
 
-            async def renew(conn: Connection, leases: list[Any] = leases) -> set[str]:
+            async def renew(conn: Connection, leases: list[Any] = leases) -> set[int]:
                 return await _store.renew(conn, leases, self.config.lease_seconds)
 
             try:
@@ -569,7 +574,7 @@ class Processor:
                     entry.ctx.progress._give_back(lease[2])
                 raise
             for entry in entries:
-                lost = entry.claimed.job.id not in held and entry.outcome is None
+                lost = entry.claimed.token not in held and entry.outcome is None
                 if lost and entry.scope is not None:
                     entry.scope.cancel()
 

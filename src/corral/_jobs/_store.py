@@ -46,7 +46,8 @@ __all__ = ["JOBS", "Claimed", "JobQueue", "Outcome"]
 T = TypeVar("T")
 
 JOBS = "corral_jobs"
-#: The PostgreSQL channel a job's arrival (or a freed slot) is announced on.
+#: The PostgreSQL channel a job's arrival (or a freed slot) is announced on, followed
+#: by the table's schema: queues in two schemas of one database do not wake each other.
 CHANNEL = "corral_jobs"
 #: pg_advisory_xact_lock keys: one serializes claims, one creating the table.
 _CLAIM_LOCK = 7262018
@@ -216,6 +217,9 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     pg = conn.dialect == "postgresql"
     if pg:
         await conn.execute(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})")
+    # SKIP LOCKED: a row another worker is writing (its late outcome) is left for the
+    # next claim, so that a claim (holding the claim lock) never waits for a row lock.
+    skip = " FOR UPDATE SKIP LOCKED" if pg else ""
     reclaimed = await _fetch(
         conn,
         f"UPDATE {JOBS} SET state = CASE WHEN attempts > max_retries THEN 'dead' "
@@ -224,7 +228,8 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         f"' stopped renewing it (killed or stuck)', error_attempt = attempts, "
         f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, run_at = {now}, "
         f"updated_at = {now}, finished_at = CASE WHEN attempts > max_retries THEN {now} END "
-        f"WHERE state = 'in_progress' AND lease_expires < {now} "
+        f"WHERE id IN (SELECT id FROM {JOBS} WHERE state = 'in_progress' "
+        f"AND lease_expires < {now}{skip}) "
         f"RETURNING id, state, error_message, attempts, cluster",
     )
     if req.limit <= 0:
@@ -325,8 +330,8 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
 
 async def renew(
     conn: Connection, leases: Sequence[tuple[str, int, int]], lease_seconds: float
-) -> set[str]:
-    """Extend the leases ``(id, token, progress to add)``; return the ids still held."""
+) -> set[int]:
+    """Extend the leases ``(id, token, progress to add)``; return the tokens still held."""
     now = now_sql(conn)
     if conn.dialect == "postgresql":
         rows = await _fetch(
@@ -335,14 +340,14 @@ async def renew(
             f"updated_at = {now} "
             f"FROM unnest(?::text[], ?::bigint[], ?::bigint[]) AS v(id, t, p) "
             f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
-            f"RETURNING j.id",
+            f"RETURNING j.lease_token",
             lease_seconds,
             [lease[0] for lease in leases],
             [lease[1] for lease in leases],
             [lease[2] for lease in leases],
         )
-        return {str(row["id"]) for row in rows}
-    held: set[str] = set()
+        return {int(row["lease_token"]) for row in rows}
+    held: set[int] = set()
     for job_id, token, progress in leases:
         row = await conn.fetchval(
             f"UPDATE {JOBS} SET lease_expires = {now} + ?, progress = progress + ?, "
@@ -354,12 +359,12 @@ async def renew(
             token,
         )
         if row is not None:
-            held.add(job_id)
+            held.add(token)
     return held
 
 
-async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[str]:
-    """Write how attempts ended, fenced by their tokens; return the ids accepted."""
+async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[int]:
+    """Write how attempts ended, fenced by their tokens; return the tokens accepted."""
     now = now_sql(conn)
     args = [
         (
@@ -390,11 +395,11 @@ async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[str]:
             f"FROM unnest(?::text[], ?::bigint[], ?::text[], ?::float8[], ?::text[], "
             f"?::text[], ?::text[], ?::bigint[]) AS v(id, t, s, d, c, st, m, p) "
             f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
-            f"RETURNING j.id",
+            f"RETURNING v.t",
             *(list(column) for column in columns),
         )
-        return {str(row["id"]) for row in rows}
-    accepted: set[str] = set()
+        return {int(row["t"]) for row in rows}
+    accepted: set[int] = set()
     for job_id, token, state, delay, category, step, message, progress in args:
         row = await conn.fetchval(
             f"UPDATE {JOBS} SET state = ?, run_at = {now} + ?, "
@@ -419,7 +424,7 @@ async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[str]:
             token,
         )
         if row is not None:
-            accepted.add(job_id)
+            accepted.add(token)
     return accepted
 
 
@@ -489,6 +494,15 @@ class JobQueue:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._ready = False
+        #: The NOTIFY channel of this queue (PostgreSQL), known once the table is.
+        self.channel = CHANNEL
+        #: Wake-up callbacks of this database's running processors, called when a job
+        #: is enqueued or requeued here (other processes learn it by NOTIFY, or poll).
+        self._watchers: set[Callable[[], None]] = set()
+
+    def _wake(self) -> None:
+        for wake in list(self._watchers):
+            wake()
 
     def __repr__(self) -> str:
         return f"<corral.jobs.JobQueue of {self._db!r}>"
@@ -499,6 +513,9 @@ class JobQueue:
         async def op(conn: Connection) -> T:
             if not self._ready:
                 await ensure_schema(conn)
+                if conn.dialect == "postgresql":
+                    schema = await conn.fetchval("SELECT current_schema()")
+                    self.channel = f"{CHANNEL}_{schema}"[:63]
             return await fn(conn)
 
         result = await self._db._run(op)
@@ -567,7 +584,7 @@ class JobQueue:
                     f"?::text[], ?::text[], ?::int[]) AS v",
                     *(list(column) for column in zip(*rows, strict=True)),
                 )
-                await conn.execute("SELECT pg_notify(?, '')", CHANNEL)
+                await conn.execute("SELECT pg_notify(?, '')", self.channel)
             else:
                 await conn.executemany(
                     f"INSERT INTO {JOBS} ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
@@ -576,6 +593,7 @@ class JobQueue:
                 )
 
         await self._call(insert)
+        self._wake()
         return len(batch)
 
     async def get(self, job_id: str) -> JobRecord:
@@ -668,7 +686,7 @@ class JobQueue:
             )
             if changed is not None:
                 if conn.dialect == "postgresql":
-                    await conn.execute("SELECT pg_notify(?, '')", CHANNEL)
+                    await conn.execute("SELECT pg_notify(?, '')", self.channel)
                 return None
             state = await conn.fetchval(f"SELECT state FROM {JOBS} WHERE id = ?", job_id)
             return "missing" if state is None else str(state)
@@ -680,6 +698,7 @@ class JobQueue:
             raise JobStateError(
                 f"job {job_id!r} is {refused}: only a dead or failed job can be requeued"
             )
+        self._wake()
         return await self.get(job_id)
 
 

@@ -1,0 +1,814 @@
+"""The job processor in one process: queue, routing, limits, retries, steps, leases.
+
+Every test runs on SQLite and PostgreSQL (``db_url``) and on asyncio and trio.
+Multi-process behaviour (SIGKILL, three workers) is in ``test_jobs_processes.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import corral
+from corral import jobs
+
+FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
+
+
+class Recorder:
+    """A notifier that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[jobs.JobEvent] = []
+
+    async def notify(self, event: jobs.JobEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self, job_id: str) -> list[str]:
+        return [e.kind.value for e in self.events if e.job_id == job_id]
+
+
+class LostWatch(Recorder):
+    """A recorder with an event set when an attempt's lease is lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = anyio.Event()
+
+    async def notify(self, event: jobs.JobEvent) -> None:
+        await super().notify(event)
+        if event.kind is jobs.EventKind.LEASE_LOST:
+            self.lost.set()
+
+
+def config(**kwargs: Any) -> jobs.ProcessorConfig:
+    kwargs.setdefault("retry", FAST)
+    kwargs.setdefault("poll_interval", 0.05)
+    kwargs.setdefault("lease_seconds", 30)
+    return jobs.ProcessorConfig(**kwargs)
+
+
+@asynccontextmanager
+async def database(url: str) -> AsyncIterator[corral.Database]:
+    async with corral.connect(url) as db:
+        yield db
+
+
+async def run_all(
+    db: corral.Database,
+    handler: Callable[[jobs.JobContext], Awaitable[object]],
+    *,
+    clusters: list[corral.Cluster] | None = None,
+    recorder: Recorder | None = None,
+    **kwargs: Any,
+) -> jobs.Processor:
+    processor = jobs.Processor(
+        db,
+        handler,
+        clusters=clusters,
+        config=config(**kwargs),
+        notifier=recorder or Recorder(),
+    )
+    with anyio.fail_after(60):
+        await processor.run(until_idle=True)
+    return processor
+
+
+async def noop(ctx: jobs.JobContext) -> None:
+    await anyio.lowlevel.checkpoint()
+
+
+# -- values and validation -------------------------------------------------------------------
+
+
+def test_job_checks_its_fields() -> None:
+    job = jobs.Job("a", {"x": [1, 2]}, priority="high", requires=["gpu"])
+    assert job.priority is jobs.Priority.HIGH
+    assert job.requires == frozenset({"gpu"})
+    with pytest.raises(TypeError, match="non-empty str"):
+        jobs.Job("")
+    with pytest.raises(ValueError, match="urgent, high, normal, low"):
+        jobs.Job("a", priority="soon")
+    with pytest.raises(TypeError, match="JSON-serializable"):
+        jobs.Job("a", payload={1, 2})
+    with pytest.raises(TypeError, match=r"requires=\{'gpu'\}"):
+        jobs.Job("a", requires="gpu")
+    with pytest.raises(TypeError, match="max_retries"):
+        jobs.Job("a", max_retries=-1)
+    with pytest.raises(TypeError, match="customer"):
+        jobs.Job("a", customer=3)  # type: ignore[arg-type]
+
+
+def test_retry_policy_doubles_up_to_its_cap() -> None:
+    policy = jobs.RetryPolicy(jitter=0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 16.0]
+    assert policy.delay(40) == 3600.0
+    jittered = jobs.RetryPolicy(base=10, cap=100, jitter=0.5)
+    delays = [jittered.delay(2) for _ in range(200)]
+    assert all(10.0 <= d <= 20.0 for d in delays)
+    assert len(set(delays)) > 1
+    with pytest.raises(ValueError, match="less than base"):
+        jobs.RetryPolicy(base=10, cap=1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        jobs.RetryPolicy(jitter=2)
+
+
+def test_config_and_processor_arguments_are_checked(tmp_path: Any) -> None:
+    with pytest.raises(TypeError, match="max_concurrent"):
+        jobs.ProcessorConfig(max_concurrent=0)
+    with pytest.raises(TypeError, match="per_customer"):
+        jobs.ProcessorConfig(per_customer=0)
+    with pytest.raises(ValueError, match="lease_seconds"):
+        jobs.ProcessorConfig(lease_seconds=0)
+    db: Any = object()
+    with pytest.raises(TypeError, match="clusters=\\[cluster\\]"):
+        jobs.Processor(db, noop, clusters=corral.Cluster("a", 1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        jobs.Processor(db, noop, clusters=[])
+    with pytest.raises(ValueError, match="share a name"):
+        jobs.Processor(db, noop, clusters=[corral.Cluster("a", 1), corral.Cluster("a", 2)])
+    with pytest.raises(TypeError, match="handler"):
+        jobs.Processor(db, None)  # type: ignore[arg-type]
+
+
+def test_default_classification() -> None:
+    cat = jobs.ErrorCategory
+    assert jobs.classify(jobs.DataError("x")) is cat.DATA
+    assert jobs.classify(jobs.ResourceError("x")) is cat.RESOURCE
+    assert jobs.classify(jobs.ConfigurationError("x")) is cat.CONFIGURATION
+    assert jobs.classify(jobs.PermanentError("x")) is cat.PERMANENT
+    assert jobs.classify(TimeoutError()) is cat.TRANSIENT
+    assert jobs.classify(MemoryError()) is cat.RESOURCE
+    assert jobs.classify(ValueError()) is cat.TRANSIENT
+    assert cat.TRANSIENT.retryable
+    assert not cat.DATA.retryable
+
+
+# -- the queue --------------------------------------------------------------------------------
+
+
+async def test_enqueue_and_get(db_url: str) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue(
+            jobs.Job(
+                "ws-001",
+                {"samples": [1, 2]},
+                priority="high",
+                customer="acme",
+                affinity="cluster-a",
+                region="eu",
+                requires={"gpu"},
+                max_retries=3,
+            )
+        )
+        rec = await db.jobs.get("ws-001")
+        assert rec.payload == {"samples": [1, 2]}
+        assert rec.priority is jobs.Priority.HIGH
+        assert (rec.customer, rec.affinity, rec.region) == ("acme", "cluster-a", "eu")
+        assert rec.requires == {"gpu"}
+        assert rec.state is jobs.State.READY
+        assert rec.attempts == 0
+        assert rec.last_error is None
+        assert rec.started_at is None
+        assert rec.created_at <= rec.updated_at
+        assert await db.jobs.depth() == jobs.QueueDepth(ready=1)
+        with pytest.raises(jobs.JobNotFoundError, match="nope"):
+            await db.jobs.get("nope")
+
+
+async def test_duplicates_are_refused_and_nothing_of_the_batch_is_stored(db_url: str) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a"))
+        with pytest.raises(jobs.DuplicateJobError, match="'a' is already stored"):
+            await db.jobs.enqueue_many([jobs.Job("b"), jobs.Job("a"), jobs.Job("c")])
+        with pytest.raises(jobs.DuplicateJobError, match="twice"):
+            await db.jobs.enqueue_many([jobs.Job("d"), jobs.Job("d")])
+        with pytest.raises(TypeError, match=r"jobs\.Job\(id=\.\.\., payload=\.\.\.\)"):
+            await db.jobs.enqueue_many([{"id": "e"}])  # type: ignore[list-item]
+        assert await db.jobs.enqueue_many([]) == 0
+        assert [r.id for r in await db.jobs.list()] == ["a"]
+        assert await db.jobs.enqueue_many(jobs.Job(f"x{i}") for i in range(3000)) == 3000
+        assert (await db.jobs.depth()).ready == 3001
+
+
+async def test_list_is_in_claim_order(db_url: str) -> None:
+    async with database(db_url) as db:
+        for i, priority in enumerate(["low", "normal", "urgent", "high", "urgent", "low"]):
+            await db.jobs.enqueue(jobs.Job(f"j{i}", priority=priority))
+        order = [r.id for r in await db.jobs.list()]
+        assert order == ["j2", "j4", "j3", "j1", "j0", "j5"]
+        assert [r.id for r in await db.jobs.list("ready", limit=2)] == ["j2", "j4"]
+        assert await db.jobs.list(jobs.State.DEAD) == []
+        with pytest.raises(ValueError, match="state must be one of"):
+            await db.jobs.list("nope")
+
+
+async def test_requeue_only_dead_or_failed(db_url: str) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a"))
+        with pytest.raises(jobs.JobStateError, match="is ready"):
+            await db.jobs.requeue("a")
+        with pytest.raises(jobs.JobNotFoundError):
+            await db.jobs.requeue("missing")
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+async def test_runs_every_job_once_in_priority_order(db_url: str) -> None:
+    ran: list[str] = []
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        ran.append(ctx.job.id)
+        await anyio.lowlevel.checkpoint()
+
+    async with database(db_url) as db:
+        priorities = ["low", "normal", "urgent", "high"] * 5
+        await db.jobs.enqueue_many(
+            jobs.Job(f"j{i:02}", priority=p) for i, p in enumerate(priorities)
+        )
+        processor = await run_all(db, handler, max_concurrent=1)
+        rank = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
+        expected = sorted(
+            (f"j{i:02}" for i in range(20)), key=lambda j: (rank[priorities[int(j[1:])]], j)
+        )
+        assert ran == expected
+        assert await db.jobs.depth() == jobs.QueueDepth(completed=20)
+        stats = processor.statistics()
+        assert (stats.claimed, stats.completed, stats.running) == (20, 20, 0)
+        rec = await db.jobs.get("j00")
+        assert rec.attempts == 1
+        assert rec.cluster == "default"
+        assert rec.started_at is not None
+        assert rec.finished_at is not None
+        assert rec.lease_owner is None
+
+
+async def test_routing_records_its_reason(db_url: str) -> None:
+    clusters = [
+        corral.Cluster("cluster-a", 4, region="us-west-2", cost=1.0, labels={"gpu"}),
+        corral.Cluster("cluster-b", 8, region="us-east-1", cost=0.6),
+        corral.Cluster("cluster-c", 8, cost=0.3),
+    ]
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(
+            [
+                jobs.Job("pinned", affinity="cluster-a"),
+                jobs.Job("local", region="us-east-1"),
+                jobs.Job("cheap"),
+                jobs.Job("gpu", requires={"gpu"}),
+                jobs.Job("elsewhere", affinity="cluster-z"),
+                jobs.Job("nowhere", requires={"tpu"}),
+            ]
+        )
+        ran: list[str] = []
+        four = anyio.Event()
+
+        async def handler(ctx: jobs.JobContext) -> None:
+            assert ctx.cluster.name == (await db.jobs.get(ctx.job.id)).cluster
+            ran.append(ctx.job.id)
+            if len(ran) == 4:
+                four.set()
+
+        # "elsewhere" is pinned to a cluster this processor lacks: left for another.
+        # "nowhere" needs a label no cluster has: it waits, and keeps run() busy.
+        async with anyio.create_task_group() as tg:
+            processor = jobs.Processor(db, handler, clusters=clusters, config=config())
+            tg.start_soon(processor.run)
+            with anyio.fail_after(30):
+                await four.wait()
+            await db.flush()
+            tg.cancel_scope.cancel()
+        assert sorted(ran) == ["cheap", "gpu", "local", "pinned"]
+        got = {r.id: r for r in await db.jobs.list()}
+        assert got["pinned"].cluster == "cluster-a"
+        assert got["pinned"].route_reason == "affinity: pinned to cluster-a"
+        assert got["local"].cluster == "cluster-b"
+        assert "locality: data in us-east-1" in (got["local"].route_reason or "")
+        assert got["cheap"].cluster == "cluster-c"
+        assert "cost 0.3, cheapest of 3" in (got["cheap"].route_reason or "")
+        assert got["gpu"].cluster == "cluster-a"
+        assert "has gpu" in (got["gpu"].route_reason or "")
+        assert got["elsewhere"].state is jobs.State.READY
+        assert got["nowhere"].state is jobs.State.READY
+        assert await db.jobs.by_cluster("cluster-z") == jobs.QueueDepth(ready=1)
+        assert await db.jobs.by_cluster("cluster-a") == jobs.QueueDepth(completed=2)
+
+
+async def test_limits_are_never_exceeded_and_are_reached(db_url: str) -> None:
+    clusters = [corral.Cluster("small", 2), corral.Cluster("big", 3)]
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+
+    def enter(key: str) -> None:
+        running[key] += 1
+        peak[key] = max(peak[key], running[key])
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        keys = ["all", f"cluster:{ctx.cluster.name}", f"customer:{ctx.job.customer}"]
+        for key in keys:
+            enter(key)
+        try:
+            for _ in range(5):
+                await anyio.sleep(0.001)
+        finally:
+            for key in keys:
+                running[key] -= 1
+
+    async with database(db_url) as db:
+        customers = ["acme", "globex", "initech"]
+        await db.jobs.enqueue_many(jobs.Job(f"j{i}", customer=customers[i % 3]) for i in range(90))
+        await run_all(db, handler, clusters=clusters, max_concurrent=4, per_customer=2)
+        assert await db.jobs.depth() == jobs.QueueDepth(completed=90)
+    assert peak["all"] == 4
+    assert peak["cluster:small"] <= 2
+    assert peak["cluster:big"] <= 3
+    assert max(peak[f"customer:{c}"] for c in customers) == 2
+    assert all(peak[f"customer:{c}"] <= 2 for c in customers)
+
+    # Cluster capacities bind when the global limit is wider.
+    running.clear()
+    peak.clear()
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(jobs.Job(f"k{i}") for i in range(60))
+        await run_all(db, handler, clusters=clusters, max_concurrent=50)
+    assert peak["cluster:small"] == 2
+    assert peak["cluster:big"] == 3
+    assert peak["all"] == 5
+
+
+async def test_transient_failures_retry_with_backoff_then_complete(db_url: str) -> None:
+    recorder = Recorder()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.attempt < 3:
+            async with ctx.step("fetch"):
+                raise jobs.TransientError(f"flaky {ctx.attempt}")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a", max_retries=5))
+        processor = await run_all(
+            db, handler, recorder=recorder, retry=jobs.RetryPolicy(base=0.05, cap=1, jitter=0)
+        )
+        rec = await db.jobs.get("a")
+        assert rec.state is jobs.State.COMPLETED
+        assert rec.attempts == 3
+        assert rec.last_error == jobs.LastError(
+            jobs.ErrorCategory.TRANSIENT, "fetch", "TransientError: flaky 2", 2
+        )
+        assert recorder.kinds("a") == ["retrying", "retrying", "completed"]
+        assert processor.statistics().retried == 2
+
+
+async def test_backoff_is_recorded_as_run_at(db_url: str) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        raise TimeoutError("slow upstream")
+
+    retried = anyio.Event()
+
+    class Watch(Recorder):
+        async def notify(self, event: jobs.JobEvent) -> None:
+            if event.kind is jobs.EventKind.RETRYING:
+                retried.set()
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a", max_retries=1))
+        processor = jobs.Processor(
+            db,
+            handler,
+            config=config(retry=jobs.RetryPolicy(base=3600, jitter=0)),
+            notifier=Watch(),
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run)
+            with anyio.fail_after(30):
+                await retried.wait()
+            tg.cancel_scope.cancel()
+        rec = await db.jobs.get("a")
+        wait = (rec.run_at - rec.updated_at).total_seconds()
+        assert 3599 <= wait <= 3601
+        assert rec.last_error is not None
+        assert rec.last_error.category is jobs.ErrorCategory.TRANSIENT
+        assert await db.jobs.depth() == jobs.QueueDepth(retrying=1)
+
+
+@pytest.mark.parametrize(
+    ("error", "category"),
+    [
+        (jobs.DataError("bad row 7"), "DATA"),
+        (jobs.ConfigurationError("no bucket"), "CONFIGURATION"),
+        (jobs.PermanentError("gone"), "PERMANENT"),
+    ],
+)
+async def test_non_retryable_errors_fail_at_once(
+    db_url: str, error: Exception, category: str
+) -> None:
+    recorder = Recorder()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        async with ctx.step("parse"):
+            raise error
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a", max_retries=5))
+        await run_all(db, handler, recorder=recorder)
+        rec = await db.jobs.get("a")
+        assert rec.state is jobs.State.FAILED
+        assert rec.attempts == 1
+        assert rec.last_error is not None
+        assert rec.last_error.category == category
+        assert rec.last_error.step == "parse"
+        assert rec.last_error.message == f"{type(error).__name__}: {error}"
+        assert recorder.kinds("a") == ["failed"]
+        # A failed job can be requeued; it runs again, attempts reset.
+        await db.jobs.requeue("a")
+        assert (await db.jobs.get("a")).attempts == 0
+
+
+async def test_exhausted_retries_go_to_the_dead_letter_queue(db_url: str) -> None:
+    recorder = Recorder()
+    fixed = False
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        if not fixed and ctx.job.id == "doomed":
+            raise ConnectionError("upstream down")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("doomed", max_retries=2), jobs.Job("fine")])
+        await run_all(db, handler, recorder=recorder)
+        dead = await db.jobs.dead()
+        assert [r.id for r in dead] == ["doomed"]
+        assert dead[0].attempts == 3
+        assert dead[0].last_error is not None
+        assert dead[0].last_error.attempt == 3
+        assert recorder.kinds("doomed") == ["retrying", "retrying", "dead"]
+        assert await db.jobs.depth() == jobs.QueueDepth(dead=1, completed=1)
+        fixed = True
+        rec = await db.jobs.requeue("doomed")
+        assert (rec.state, rec.attempts) == (jobs.State.READY, 0)
+        await run_all(db, handler)
+        rec = await db.jobs.get("doomed")
+        assert (rec.state, rec.attempts) == (jobs.State.COMPLETED, 1)
+
+
+async def test_a_classify_function_decides(db_url: str) -> None:
+    def classify(exc: BaseException) -> str:
+        return "DATA" if isinstance(exc, KeyError) else jobs.classify(exc).value
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        raise KeyError("missing column")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a"))
+        processor = jobs.Processor(db, handler, config=config(), classify=classify)
+        await processor.run(until_idle=True)
+        rec = await db.jobs.get("a")
+        assert rec.state is jobs.State.FAILED
+        assert rec.last_error is not None
+        assert rec.last_error.category is jobs.ErrorCategory.DATA
+
+
+async def test_validation_fails_a_job_before_its_handler(db_url: str) -> None:
+    ran: list[str] = []
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        ran.append(ctx.job.id)
+
+    async def validate(job: jobs.Job) -> None:
+        await anyio.lowlevel.checkpoint()
+        if job.payload.get("bucket") is None:
+            raise jobs.ConfigurationError("no bucket configured")
+        if job.payload["bucket"] == "":
+            raise ValueError("empty bucket name")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(
+            [
+                jobs.Job("ok", {"bucket": "b"}),
+                jobs.Job("config", {}),
+                jobs.Job("data", {"bucket": ""}, max_retries=9),
+            ]
+        )
+        processor = jobs.Processor(db, handler, config=config(), validate=validate)
+        await processor.run(until_idle=True)
+        assert ran == ["ok"]
+        bad = {r.id: r for r in await db.jobs.list("failed")}
+        assert set(bad) == {"config", "data"}
+        for job_id, category in (("config", "CONFIGURATION"), ("data", "DATA")):
+            error = bad[job_id].last_error
+            assert error is not None
+            assert (error.category, error.step, bad[job_id].attempts) == (category, "validate", 1)
+
+
+async def test_a_job_resumes_at_the_step_that_failed(db_url: str) -> None:
+    calls: Counter[str] = Counter()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        for name in ("one", "two", "three", "four"):
+            async with ctx.step(name) as step:
+                await anyio.lowlevel.checkpoint()
+                calls[name] += 1
+                if name == "three" and ctx.attempt == 1:
+                    raise jobs.TransientError("step three broke")
+            assert step.done == (ctx.attempt > 1 and name in ("one", "two"))
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("steps"))
+        await run_all(db, handler)
+        rec = await db.jobs.get("steps")
+        assert rec.state is jobs.State.COMPLETED
+        assert rec.attempts == 2
+        assert rec.steps_done == ("one", "two", "three", "four")
+        assert rec.last_error is not None
+        assert rec.last_error.step == "three"
+        assert calls == {"one": 1, "two": 1, "three": 2, "four": 1}
+
+
+async def test_progress_counts_are_exact(db_url: str) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        def count() -> None:
+            for _ in range(1000):
+                ctx.progress.increment()
+
+        threads = [threading.Thread(target=count) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        async with ctx.step("half"):
+            ctx.progress.increment(500)
+        for thread in threads:
+            await anyio.to_thread.run_sync(thread.join)
+        with pytest.raises(TypeError, match="int >= 0"):
+            ctx.progress.increment(-1)
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(jobs.Job(f"p{i}") for i in range(5))
+        await run_all(db, handler)
+        assert {r.progress for r in await db.jobs.list()} == {4500}
+
+
+async def test_notifier_errors_are_logged_not_raised(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        async def notify(self, event: jobs.JobEvent) -> None:
+            raise RuntimeError("mail server down")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a"))
+        processor = jobs.Processor(db, noop, config=config(), notifier=Broken())
+        with caplog.at_level(logging.ERROR, "corral.jobs"):
+            await processor.run(until_idle=True)
+        assert (await db.jobs.get("a")).state is jobs.State.COMPLETED
+        assert "the notifier raised" in caplog.text
+
+
+async def test_the_logging_notifier(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "bad":
+            async with ctx.step("load"):
+                raise jobs.DataError("row 3 has no date")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("good"), jobs.Job("bad")])
+        processor = jobs.Processor(db, handler, config=config())
+        with caplog.at_level(logging.INFO, "corral.jobs"):
+            await processor.run(until_idle=True)
+    assert "job good completed (attempt 1 on default)" in caplog.text
+    assert (
+        "job bad failed (attempt 1 on default): DATA in step 'load': "
+        "DataError: row 3 has no date" in caplog.text
+    )
+
+
+async def test_cancelling_run_gives_running_jobs_back(db_url: str) -> None:
+    started = anyio.Event()
+    seen: list[str] = []
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            seen.append("cancelled")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("long"))
+        processor = jobs.Processor(db, handler, config=config())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run)
+            await started.wait()
+            assert (await db.jobs.get("long")).state is jobs.State.IN_PROGRESS
+            tg.cancel_scope.cancel()
+        assert seen == ["cancelled"]
+        rec = await db.jobs.get("long")
+        assert (rec.state, rec.attempts, rec.lease_owner) == (jobs.State.READY, 0, None)
+        assert processor.statistics().running == 0
+        # It runs again, as a first attempt.
+        await run_all(db, noop)
+        rec = await db.jobs.get("long")
+        assert (rec.state, rec.attempts) == (jobs.State.COMPLETED, 1)
+
+
+async def test_one_run_at_a_time(db_url: str) -> None:
+    async with database(db_url) as db:
+        processor = jobs.Processor(db, noop, config=config())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(RuntimeError, match="already running"):
+                await processor.run()
+            tg.cancel_scope.cancel()
+
+
+async def test_an_idle_worker_wakes_when_a_job_arrives(db_url: str) -> None:
+    """With a 60 s poll interval, only a wake-up (local, or NOTIFY) can start the job."""
+    done = anyio.Event()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        done.set()
+
+    async with database(db_url) as db:
+        processor = jobs.Processor(db, handler, config=config(poll_interval=60))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run)
+            await db.jobs.depth()  # the table exists
+            await anyio.wait_all_tasks_blocked()
+            await db.jobs.enqueue(jobs.Job("wake"))
+            with anyio.fail_after(20):
+                await done.wait()
+            tg.cancel_scope.cancel()
+
+
+async def test_notify_from_another_connection_wakes_a_postgres_worker(postgres_url: str) -> None:
+    done = anyio.Event()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        done.set()
+
+    async with database(postgres_url) as db, database(postgres_url) as other:
+        processor = jobs.Processor(db, handler, config=config(poll_interval=60))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run)
+            await db.jobs.depth()
+            await other.jobs.depth()
+            await anyio.wait_all_tasks_blocked()
+            await other.jobs.enqueue(jobs.Job("remote"))
+            with anyio.fail_after(20):
+                await done.wait()
+            tg.cancel_scope.cancel()
+
+
+async def test_a_renewed_lease_is_not_reclaimed(db_url: str) -> None:
+    """A job running longer than its lease keeps it: a second worker does not take it."""
+    release = anyio.Event()
+    started = anyio.Event()
+    completed = anyio.Event()
+    runs: list[str] = []
+
+    class Watch(Recorder):
+        async def notify(self, event: jobs.JobEvent) -> None:
+            if event.kind is jobs.EventKind.COMPLETED:
+                completed.set()
+
+    async def slow(ctx: jobs.JobContext) -> None:
+        runs.append(ctx.worker)
+        started.set()
+        await release.wait()
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("long"))
+        lease = config(lease_seconds=0.3)
+        first = jobs.Processor(db, slow, config=lease, name="first", notifier=Watch())
+        second = jobs.Processor(db, slow, config=lease, name="second")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.run)
+            with anyio.fail_after(20):
+                await started.wait()
+            first_expiry = (await db.jobs.get("long")).lease_expires_at
+            assert first_expiry is not None
+            tg.start_soon(second.run)
+            # Watch the lease until it has been renewed past twice its length: the first
+            # lease has expired by then, and "second" has polled every 50 ms meanwhile.
+            with anyio.fail_after(20):
+                while True:
+                    expiry = (await db.jobs.get("long")).lease_expires_at
+                    assert expiry is not None
+                    if (expiry - first_expiry).total_seconds() > 0.6:
+                        break
+                    await anyio.sleep(0.05)  # watching the database clock
+            release.set()
+            with anyio.fail_after(20):
+                await completed.wait()
+            tg.cancel_scope.cancel()
+        assert runs == ["first"]
+        assert second.statistics().reclaimed == 0
+        rec = await db.jobs.get("long")
+        assert (rec.state, rec.attempts) == (jobs.State.COMPLETED, 1)
+
+
+async def test_an_expired_lease_is_reclaimed_and_the_old_worker_is_fenced(db_url: str) -> None:
+    """Worker "stale" stops renewing (its lease is expired by hand); "fresh" reclaims
+    the job and completes it; the stale worker's late completion is then refused."""
+    release = anyio.Event()
+    stale_started = anyio.Event()
+    fresh_done = anyio.Event()
+    runs: list[tuple[str, int]] = []
+
+    stale_events = LostWatch()
+
+    class Fresh(Recorder):
+        async def notify(self, event: jobs.JobEvent) -> None:
+            await super().notify(event)
+            if event.kind is jobs.EventKind.COMPLETED:
+                fresh_done.set()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        runs.append((ctx.worker, ctx.attempt))
+        if ctx.worker == "stale":
+            stale_started.set()
+            await release.wait()
+
+    async def expire(conn: Any) -> None:
+        await conn.execute("UPDATE corral_jobs SET lease_expires = 0 WHERE id = 'job'")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("job", max_retries=3))
+        # "stale" polls rarely, so that "fresh" is the one that reclaims.
+        stale = jobs.Processor(
+            db, handler, config=config(poll_interval=60), name="stale", notifier=stale_events
+        )
+        fresh_events = Fresh()
+        fresh = jobs.Processor(db, handler, config=config(), name="fresh", notifier=fresh_events)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stale.run)
+            with anyio.fail_after(20):
+                await stale_started.wait()
+            await db._run(expire)
+            tg.start_soon(fresh.run)
+            with anyio.fail_after(20):
+                await fresh_done.wait()
+            release.set()  # the stale worker's handler returns: its outcome is refused
+            with anyio.fail_after(20):
+                await stale_events.lost.wait()
+            tg.cancel_scope.cancel()
+        assert runs == [("stale", 1), ("fresh", 2)]
+        rec = await db.jobs.get("job")
+        assert (rec.state, rec.attempts) == (jobs.State.COMPLETED, 2)
+        assert rec.last_error is not None
+        assert "lease expired: worker stale" in rec.last_error.message
+        assert fresh_events.kinds("job") == ["reclaimed", "completed"]
+        assert stale_events.kinds("job") == ["lease_lost"]
+        assert stale.statistics().completed == 0
+
+
+async def test_a_worker_that_reclaims_its_own_expired_job_runs_it_once_more(
+    db_url: str,
+) -> None:
+    """The lease of a job still running here expires (a stalled event loop, say): the
+    next claim here reclaims it; the old attempt's outcome is refused, the new one wins."""
+    release = anyio.Event()
+    first_started = anyio.Event()
+    third_started = anyio.Event()
+    attempts: list[int] = []
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        attempts.append(ctx.attempt)
+        if len(attempts) == 3:
+            third_started.set()
+        if ctx.job.id == "job" and ctx.attempt == 1:
+            first_started.set()
+            await release.wait()
+
+    async def expire(conn: Any) -> None:
+        await conn.execute("UPDATE corral_jobs SET lease_expires = 0 WHERE id = 'job'")
+
+    recorder = LostWatch()
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("job"))
+        processor = jobs.Processor(
+            db, handler, config=config(poll_interval=60), notifier=recorder, name="me"
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run)
+            with anyio.fail_after(20):
+                await first_started.wait()
+            await db._run(expire)
+            await db.jobs.enqueue(jobs.Job("wake-up"))  # wakes the claimer at once
+            with anyio.fail_after(20):
+                await third_started.wait()
+            release.set()
+            with anyio.fail_after(20):
+                await recorder.lost.wait()
+            tg.cancel_scope.cancel()
+        assert sorted(attempts) == [1, 1, 2]
+        rec = await db.jobs.get("job")
+        assert (rec.state, rec.attempts) == (jobs.State.COMPLETED, 2)
+        assert recorder.kinds("job") == ["reclaimed", "completed", "lease_lost"]
