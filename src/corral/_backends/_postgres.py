@@ -263,13 +263,18 @@ class PostgresConnection:
     async def listen(self, channel: str, callback: Callable[[], object]) -> None:
         """``LISTEN`` on ``channel`` once the transaction commits.
 
-        Each notification calls ``callback()`` on the calling task's event loop, from
-        whatever thread the driver runs on; once that loop has closed, they are dropped.
+        Each notification from another connection calls ``callback()`` on the calling
+        task's event loop, from whatever thread the driver runs on; once that loop has
+        closed, they are dropped.
         """
         schedule = loop_scheduler(anyio.lowlevel.current_token())
         here = threading.get_ident()
 
-        def on_notify(*_: object) -> None:
+        own = self._backend.conn.get_server_pid()
+
+        def on_notify(_conn: object, pid: int, *_: object) -> None:
+            if pid == own:  # this connection's own NOTIFY: its users know already
+                return
             if threading.get_ident() == here:
                 callback()
                 return

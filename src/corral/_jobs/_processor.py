@@ -306,6 +306,7 @@ class Processor:
         self._claim_wakeup = anyio.Event()
         self._report_wakeup = anyio.Event()
         self._active = False
+        self._tg: anyio.abc.TaskGroup | None = None
         self._counts = dict.fromkeys(
             ("claimed", "completed", "retried", "failed", "dead", "reclaimed", "lease_lost"), 0
         )
@@ -341,12 +342,14 @@ class Processor:
                 await self._db._run(self._listen)
                 listening = True
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self._renewer)
                 tg.start_soon(self._reporter)
-                await self._claimer(tg, until_idle)
+                await self._claimer(until_idle)
                 tg.cancel_scope.cancel()
         finally:
             queue._watchers.discard(self._wake_claimer)
+            self._tg = None
             with anyio.CancelScope(shield=True):
                 await self._settle(listening)
             self._active = False
@@ -360,23 +363,33 @@ class Processor:
     def _wake_claimer(self) -> None:
         self._claim_wakeup.set()
 
-    async def _claimer(self, tg: anyio.abc.TaskGroup, until_idle: bool) -> None:
+    def _request(self, freeing: Iterable[_Running] = ()) -> _store.ClaimRequest:
+        """Return what a claim may take now, once the attempts ``freeing`` have left."""
+        config = self.config
+        running = len(self._running)
+        on_cluster = dict(self._on_cluster)
+        for entry in freeing:
+            running -= 1
+            on_cluster[entry.claimed.cluster] -= 1
+        room = min(config.batch_size, config.max_concurrent - running)
+        return _store.ClaimRequest(
+            owner=self.name,
+            limit=room,
+            window=2 * room + 32,  # room to skip jobs held back by a limit
+            max_concurrent=config.max_concurrent,
+            per_customer=config.per_customer,
+            capacity={c.name: c.capacity for c in self.clusters},
+            local_free={c.name: c.capacity - on_cluster[c.name] for c in self.clusters},
+            lease_seconds=config.lease_seconds,
+            route=lambda job, free: route(job, self.clusters, free),
+            tokens=lambda: secrets.randbits(62),
+        )
+
+    async def _claimer(self, until_idle: bool) -> None:
         config = self.config
         names = list(self._by_name)
         while True:
-            room = min(config.batch_size, config.max_concurrent - len(self._running))
-            request = _store.ClaimRequest(
-                owner=self.name,
-                limit=room,
-                window=max(4 * room, 64),
-                max_concurrent=config.max_concurrent,
-                per_customer=config.per_customer,
-                capacity={c.name: c.capacity for c in self.clusters},
-                local_free={c.name: c.capacity - self._on_cluster[c.name] for c in self.clusters},
-                lease_seconds=config.lease_seconds,
-                route=lambda job, free: route(job, self.clusters, free),
-                tokens=lambda: secrets.randbits(62),
-            )
+            request = self._request()
             self._claim_wakeup = anyio.Event()
 
             async def claim(conn: Connection, request: _store.ClaimRequest = request) -> Any:
@@ -387,18 +400,7 @@ class Processor:
                 return claimed, reclaimed, outlook
 
             claimed, reclaimed, outlook = await self._db._run(claim)
-            for row in reclaimed:
-                self._counts["reclaimed"] += 1
-                await self._notify(
-                    EventKind.RECLAIMED if row["state"] != State.DEAD else EventKind.DEAD,
-                    str(row["id"]),
-                    int(row["attempts"]),
-                    row["cluster"],
-                    category=ErrorCategory.TRANSIENT,
-                    message=row["error_message"],
-                )
-            for item in claimed:
-                self._start(tg, item)
+            await self._started(claimed, reclaimed)
             if outlook is None:
                 continue  # took all it asked for: there may be more
             waiting, due = outlook
@@ -410,7 +412,26 @@ class Processor:
             with anyio.move_on_after(timeout):
                 await self._claim_wakeup.wait()
 
-    def _start(self, tg: anyio.abc.TaskGroup, claimed: _store.Claimed) -> None:
+    async def _started(
+        self, claimed: list[_store.Claimed], reclaimed: list[dict[str, Any]]
+    ) -> None:
+        """Start the attempts just claimed; notify the leases just reclaimed."""
+        for item in claimed:
+            self._start(item)
+        for row in reclaimed:
+            self._counts["reclaimed"] += 1
+            await self._notify(
+                EventKind.RECLAIMED if row["state"] != State.DEAD else EventKind.DEAD,
+                str(row["id"]),
+                int(row["attempts"]),
+                row["cluster"],
+                category=ErrorCategory.TRANSIENT,
+                message=row["error_message"],
+            )
+
+    def _start(self, claimed: _store.Claimed) -> None:
+        tg = self._tg
+        assert tg is not None
         cluster = self._by_name[claimed.cluster]
         entry = _Running(claimed, JobContext(self, claimed, cluster))
         self._running[claimed.token] = entry
@@ -500,31 +521,43 @@ class Processor:
             message=_message(exc),
         )
 
-    def _forget(self, token: int) -> None:
+    def _forget(self, token: int, *, wake: bool = True) -> None:
         entry = self._running.pop(token, None)
         if entry is not None:
             self._on_cluster[entry.claimed.cluster] -= 1
-            self._claim_wakeup.set()
+            if wake:
+                self._claim_wakeup.set()
 
     async def _reporter(self) -> None:
         while True:
             await self._report_wakeup.wait()
             self._report_wakeup = anyio.Event()
-            await self._report()
+            await self._report(claim=True)
 
-    async def _report(self) -> None:
+    async def _report(self, *, claim: bool = False) -> None:
+        """Write the outcomes waiting; with ``claim``, claim their successors with them.
+
+        Completing and claiming in one transaction halves the transactions of a busy
+        worker; the claimer is woken only if room is left after that.
+        """
         batch, self._outcomes = self._outcomes, []
         if not batch:
             return
+        freeing = [e for o in batch if (e := self._running.get(o.token)) is not None]
+        request = self._request(freeing) if claim and self._tg is not None else None
 
-        async def write(conn: Connection) -> set[int]:
+        async def write(conn: Connection) -> Any:
             accepted = await _store.finish(conn, batch)
+            claimed: list[_store.Claimed] = []
+            reclaimed: list[dict[str, Any]] = []
+            if request is not None and request.limit > 0:
+                claimed, reclaimed = await _store.claim(conn, request)
             if accepted and conn.dialect == "postgresql":
                 await conn.execute("SELECT pg_notify(?, '')", self._db.jobs.channel)
-            return accepted
+            return accepted, claimed, reclaimed
 
         try:
-            accepted = await self._db._run(write)
+            accepted, claimed, reclaimed = await self._db._run(write)
         except BaseException:
             self._outcomes[:0] = batch
             raise
@@ -532,7 +565,7 @@ class Processor:
             entry = self._running.get(outcome.token)
             attempt = entry.claimed.attempt if entry is not None else 0
             cluster = entry.claimed.cluster if entry is not None else None
-            self._forget(outcome.token)
+            self._forget(outcome.token, wake=request is None)
             if outcome.token not in accepted:
                 self._counts["lease_lost"] += 1
                 await self._notify(
@@ -554,6 +587,10 @@ class Processor:
                 step=outcome.step,
                 message=outcome.message,
             )
+        if request is not None:
+            await self._started(claimed, reclaimed)
+            if len(self._running) < self.config.max_concurrent:
+                self._claim_wakeup.set()  # room left: the claimer claims, or checks for idleness
 
     async def _renewer(self) -> None:
         period = self.config.lease_seconds / 3

@@ -177,17 +177,25 @@ class Outcome:
     progress: int = 0
 
 
+_NO_LABELS = "[]"
+
+
 def _job(row: Mapping[str, Any]) -> Job:
-    return Job(
-        id=row["id"],
-        payload=load_json(row["payload"]),
-        priority=PRIORITY_BY_RANK[int(row["priority"])],
-        customer=row["customer"],
-        affinity=row["affinity"],
-        region=row["region"],
-        requires=frozenset(load_json(row["requires"], [])),
-        max_retries=int(row["max_retries"]),
-    )
+    """Rebuild a stored job, without checking it again (it was checked when enqueued)."""
+    job = object.__new__(Job)
+    requires = row["requires"]
+    for name, value in (
+        ("id", row["id"]),
+        ("payload", load_json(row["payload"])),
+        ("priority", PRIORITY_BY_RANK[int(row["priority"])]),
+        ("customer", row["customer"]),
+        ("affinity", row["affinity"]),
+        ("region", row["region"]),
+        ("requires", frozenset() if requires == _NO_LABELS else frozenset(load_json(requires))),
+        ("max_retries", int(row["max_retries"])),
+    ):
+        object.__setattr__(job, name, value)
+    return job
 
 
 @dataclass(slots=True)
@@ -216,7 +224,10 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     now = now_sql(conn)
     pg = conn.dialect == "postgresql"
     if pg:
-        await conn.execute(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})")
+        # Keyed by the table's oid: queues in other schemas do not wait for this one.
+        await conn.execute(
+            f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK}, '{JOBS}'::regclass::oid::int)"
+        )
     # SKIP LOCKED: a row another worker is writing (its late outcome) is left for the
     # next claim, so that a claim (holding the claim lock) never waits for a row lock.
     skip = " FOR UPDATE SKIP LOCKED" if pg else ""
