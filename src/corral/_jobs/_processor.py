@@ -400,7 +400,9 @@ class Processor:
                 return claimed, reclaimed, outlook
 
             claimed, reclaimed, outlook = await self._db._run(claim)
-            await self._started(claimed, reclaimed)
+            for item in claimed:
+                self._start(item)
+            await self._reclaimed(reclaimed)
             if outlook is None:
                 continue  # took all it asked for: there may be more
             waiting, due = outlook
@@ -412,12 +414,8 @@ class Processor:
             with anyio.move_on_after(timeout):
                 await self._claim_wakeup.wait()
 
-    async def _started(
-        self, claimed: list[_store.Claimed], reclaimed: list[dict[str, Any]]
-    ) -> None:
-        """Start the attempts just claimed; notify the leases just reclaimed."""
-        for item in claimed:
-            self._start(item)
+    async def _reclaimed(self, reclaimed: list[dict[str, Any]]) -> None:
+        """Count and notify the expired leases a claim just took back."""
         for row in reclaimed:
             self._counts["reclaimed"] += 1
             await self._notify(
@@ -561,36 +559,32 @@ class Processor:
         except BaseException:
             self._outcomes[:0] = batch
             raise
+        # First the bookkeeping, with no await in between: slots freed, successors started.
+        events: list[JobEvent] = []
         for outcome in batch:
             entry = self._running.get(outcome.token)
             attempt = entry.claimed.attempt if entry is not None else 0
             cluster = entry.claimed.cluster if entry is not None else None
             self._forget(outcome.token, wake=request is None)
-            if outcome.token not in accepted:
+            if outcome.token in accepted:
+                self._counts[_COUNTERS[outcome.state]] += 1
+                kind = _KINDS[outcome.state]
+                category, step, message = outcome.category, outcome.step, outcome.message
+            else:
                 self._counts["lease_lost"] += 1
-                await self._notify(
-                    EventKind.LEASE_LOST,
-                    outcome.id,
-                    attempt,
-                    cluster,
-                    message="the outcome was refused: another worker took the lease over",
-                )
-                continue
-            kind = _KINDS[outcome.state]
-            self._counts[_COUNTERS[outcome.state]] += 1
-            await self._notify(
-                kind,
-                outcome.id,
-                attempt,
-                cluster,
-                category=outcome.category,
-                step=outcome.step,
-                message=outcome.message,
+                kind, category, step = EventKind.LEASE_LOST, None, None
+                message = "the outcome was refused: another worker took the lease over"
+            events.append(
+                JobEvent(kind, outcome.id, attempt, cluster, category, step, message, self.name)
             )
         if request is not None:
-            await self._started(claimed, reclaimed)
+            for item in claimed:
+                self._start(item)
             if len(self._running) < self.config.max_concurrent:
                 self._claim_wakeup.set()  # room left: the claimer claims, or checks for idleness
+        for event in events:
+            await self._send(event)
+        await self._reclaimed(reclaimed)
 
     async def _renewer(self) -> None:
         period = self.config.lease_seconds / 3
@@ -646,7 +640,11 @@ class Processor:
         step: str | None = None,
         message: str | None = None,
     ) -> None:
-        event = JobEvent(kind, job_id, attempt, cluster, category, step, message, self.name)
+        await self._send(
+            JobEvent(kind, job_id, attempt, cluster, category, step, message, self.name)
+        )
+
+    async def _send(self, event: JobEvent) -> None:
         try:
             await self._notifier.notify(event)
         except Exception:
