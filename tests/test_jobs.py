@@ -150,6 +150,9 @@ def test_default_classification() -> None:
     assert jobs.classify(ValueError()) is cat.TRANSIENT
     assert cat.TRANSIENT.retryable
     assert not cat.DATA.retryable
+    group = ExceptionGroup("g", [TimeoutError(), jobs.ConfigurationError("x"), ValueError()])
+    assert jobs.classify(group) is cat.CONFIGURATION
+    assert jobs.classify(ExceptionGroup("g", [MemoryError(), TimeoutError()])) is cat.RESOURCE
 
 
 # -- the queue --------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ async def test_routing_records_its_reason(db_url: str) -> None:
         assert got["cheap"].cluster == "cluster-c"
         assert "cost 0.3, cheapest of 3" in (got["cheap"].route_reason or "")
         assert got["gpu"].cluster == "cluster-a"
-        assert "has gpu" in (got["gpu"].route_reason or "")
+        assert got["gpu"].route_reason == "scheduler: the only cluster with gpu and a free slot"
         assert got["elsewhere"].state is jobs.State.READY
         assert got["nowhere"].state is jobs.State.READY
         assert await db.jobs.by_cluster("cluster-z") == jobs.QueueDepth(ready=1)
@@ -812,3 +815,46 @@ async def test_a_worker_that_reclaims_its_own_expired_job_runs_it_once_more(
         rec = await db.jobs.get("job")
         assert (rec.state, rec.attempts) == (jobs.State.COMPLETED, 2)
         assert recorder.kinds("job") == ["reclaimed", "completed", "lease_lost"]
+
+
+async def test_step_names_are_unique_within_an_attempt(db_url: str) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        for _ in range(2):
+            async with ctx.step("same"):
+                await anyio.lowlevel.checkpoint()
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a"))
+        await run_all(db, handler)
+        rec = await db.jobs.get("a")
+        assert rec.state is jobs.State.DEAD  # a ValueError: retried, then kept
+        assert rec.last_error is not None
+        assert "step 'same' was already used" in rec.last_error.message
+
+
+async def test_an_error_group_is_classified_by_its_final_error(db_url: str) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        async def bad() -> None:
+            raise jobs.DataError("row 3")
+
+        async def flaky() -> None:
+            raise TimeoutError("slow")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flaky)
+            tg.start_soon(bad)
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a", max_retries=5))
+        await run_all(db, handler)
+        rec = await db.jobs.get("a")
+        assert (rec.state, rec.attempts) == (jobs.State.FAILED, 1)
+        assert rec.last_error is not None
+        assert rec.last_error.category is jobs.ErrorCategory.DATA
+
+
+async def test_until_idle_ignores_jobs_no_cluster_here_can_run(db_url: str) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("ok"), jobs.Job("tpu", requires={"tpu"})])
+        await run_all(db, noop, clusters=[corral.Cluster("cpu", 2, labels={"avx"})])
+        assert await db.jobs.depth() == jobs.QueueDepth(ready=1, completed=1)

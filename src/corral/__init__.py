@@ -8,6 +8,8 @@ write; ``db.progress`` tracks runs and subtasks in it, with exact counts.
 :mod:`corral.blocking` offers the same engine to synchronous code.
 """
 
+import logging as _logging
+
 from ._cluster import Cluster as Cluster
 from ._cluster import ClusterStatistics as ClusterStatistics
 from ._cluster import Offload as Offload
@@ -50,6 +52,10 @@ from ._progress import SubtaskProgress as SubtaskProgress
 from ._thread import to_thread as to_thread
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where to: nothing is printed unless logging
+# is configured (the job processor's LoggingNotifier logs on "corral.jobs").
+_logging.getLogger("corral").addHandler(_logging.NullHandler())
 
 __all__ = (
     "Cluster",

@@ -83,8 +83,15 @@ def classify(exc: BaseException) -> ErrorCategory:
     A :class:`~corral.jobs.JobError` (``TransientError``, ``DataError`` ...) gives its
     own category; ``TimeoutError`` and ``ConnectionError`` are TRANSIENT;
     ``MemoryError`` is RESOURCE; any other exception is TRANSIENT, so it is retried
-    up to ``max_retries`` times and then kept in the dead letter queue, never lost.
+    up to ``max_retries`` times and then kept in the dead letter queue, never lost. An
+    exception group (from a task group in the handler) takes the category of its
+    first exception that is not retryable, else of its first exception.
     """
+    if isinstance(exc, BaseExceptionGroup):
+        # Raised by a task group in the handler: a failure a retry cannot fix wins.
+        categories = [classify(inner) for inner in exc.exceptions]
+        final = [c for c in categories if not c.retryable]
+        return (final or categories)[0]
     if isinstance(exc, JobError):
         return ErrorCategory(exc.category)
     if isinstance(exc, MemoryError):

@@ -108,6 +108,14 @@ class Step:
         self._scope: anyio.CancelScope | None = None
 
     async def __aenter__(self) -> Step:
+        entered = self._ctx._entered
+        if self.name in entered:
+            raise ValueError(
+                f"step {self.name!r} was already used in this attempt of job "
+                f"{self._ctx.job.id!r}: step names must be unique within a job (a finished "
+                f"step is skipped on retry by its name); give each step its own name"
+            )
+        entered.add(self.name)
         if self.done:
             scope = self._scope = anyio.CancelScope()
             scope.__enter__()
@@ -152,6 +160,7 @@ class JobContext:
         self._claimed = claimed
         self._steps: list[str] = list(claimed.steps_done)
         self._stack: list[str] = []
+        self._entered: set[str] = set()
         self._failed_step: str | None = None
 
     def __repr__(self) -> str:
@@ -325,8 +334,10 @@ class Processor:
 
         ``until_idle``: return once this processor runs nothing and no job it could
         take is ready, retrying or in progress anywhere (so it waits out backoffs and
-        the leases of dead workers). Cancelling ``run`` cancels the running handlers
-        and gives their jobs back to the queue, ready at once, the attempt not counted.
+        the leases of dead workers). A job it could take: not pinned to a cluster it
+        lacks, and requiring only labels one of its clusters has. Cancelling ``run``
+        cancels the running handlers and gives their jobs back to the queue, ready at
+        once, the attempt not counted.
         """
         if self._active:
             raise RuntimeError(f"{self!r} is already running: one run() at a time")
@@ -341,12 +352,19 @@ class Processor:
             if self._db.dialect == "postgresql":
                 await self._db._run(self._listen)
                 listening = True
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._renewer)
-                tg.start_soon(self._reporter)
-                await self._claimer(until_idle)
-                tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    tg.start_soon(self._renewer)
+                    tg.start_soon(self._reporter)
+                    await self._claimer(until_idle)
+                    tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # One of its own tasks failed (say, the database broke): raise that error
+                # itself, as the caller of run() knows of no task group.
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from group.exceptions[0].__cause__
+                raise
         finally:
             queue._watchers.discard(self._wake_claimer)
             self._tg = None
@@ -388,6 +406,7 @@ class Processor:
     async def _claimer(self, until_idle: bool) -> None:
         config = self.config
         names = list(self._by_name)
+        labels = [c.labels for c in self.clusters]
         while True:
             request = self._request()
             self._claim_wakeup = anyio.Event()
@@ -396,7 +415,7 @@ class Processor:
                 claimed, reclaimed = await _store.claim(conn, request)
                 outlook = None
                 if len(claimed) < request.limit or request.limit <= 0:
-                    outlook = await _store.outlook(conn, names)
+                    outlook = await _store.outlook(conn, names, labels)
                 return claimed, reclaimed, outlook
 
             claimed, reclaimed, outlook = await self._db._run(claim)

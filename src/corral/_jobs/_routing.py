@@ -39,18 +39,25 @@ def route(job: Job, clusters: Sequence[Cluster], free: Mapping[str, int]) -> tup
     if job.region is not None:
         if best.region == job.region:
             reasons.append(f"locality: data in {job.region}")
-        else:
+        elif any(c.region == job.region for c in clusters):
             reasons.append(f"no free cluster in {job.region}")
-    if requires:
-        reasons.append("has " + ", ".join(sorted(requires)))
-    others = len(able) - 1
-    if best.cost is not None:
-        if others:
-            reasons.append(f"cost {best.cost:g}, cheapest of {len(able)} with a free slot")
         else:
-            reasons.append(f"cost {best.cost:g}, the only one with a free slot")
-    elif not others:
-        reasons.append("the only one with a free slot")
-    else:
-        reasons.append(f"most free slots ({free[best.name]}) of {len(able)}")
+            reasons.append(f"no cluster in {job.region}")
+    having = " and ".join(sorted(requires))
+    if requires and len(able) > 1:
+        reasons.append(f"has {having}")
+    # The clusters that tied with the best one on locality: cost decided among them.
+    tier = [c for c in able if rank(c)[0] == rank(best)[0]]
+    if len(able) == 1:
+        reasons.append(
+            f"the only cluster with {having} and a free slot"
+            if requires
+            else "the only cluster with a free slot"
+        )
+    elif len(tier) > 1:
+        costs = {c.cost for c in tier}
+        if best.cost is not None and len(costs) > 1:
+            reasons.append(f"cost {best.cost:g}, cheapest of {len(tier)}")
+        else:
+            reasons.append(f"most free slots ({free[best.name]}) of {len(tier)}")
     return best.name, "scheduler: " + "; ".join(reasons)

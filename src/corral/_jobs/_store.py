@@ -470,26 +470,36 @@ async def step_done(
     return row is not None
 
 
-async def outlook(conn: Connection, clusters: Sequence[str]) -> tuple[int, float | None]:
-    """Count the unfinished jobs a worker with ``clusters`` could take.
+async def outlook(
+    conn: Connection, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+) -> tuple[int, float | None]:
+    """Count the unfinished jobs a worker with these clusters could take.
 
-    Returns that count and the seconds until the next waiting job is due (None if
-    none waits).
+    A job counts if it is not pinned to another cluster and one of the clusters has
+    every label it requires (``labels``: each cluster's). Returns that count and the
+    seconds until the next such waiting job is due (None if none waits).
     """
     now = now_sql(conn)
     marks = ", ".join("?" * len(clusters))
-    row = (
-        await _fetch(
-            conn,
-            f"SELECT COUNT(*) AS n, MIN(CASE WHEN state <> 'in_progress' THEN run_at END) "
-            f"- {now} AS due FROM {JOBS} "
-            f"WHERE state IN ('ready', 'retrying', 'in_progress') "
-            f"AND (affinity IS NULL OR affinity IN ({marks}))",
-            *clusters,
-        )
-    )[0]
-    due = row["due"]
-    return int(row["n"]), None if due is None else float(due)
+    rows = await _fetch(
+        conn,
+        f"SELECT requires, COUNT(*) AS n, MIN(CASE WHEN state <> 'in_progress' THEN run_at "
+        f"END) - {now} AS due FROM {JOBS} WHERE state IN ('ready', 'retrying', 'in_progress') "
+        f"AND (affinity IS NULL OR affinity IN ({marks})) GROUP BY requires",
+        *clusters,
+    )
+    count = 0
+    due: float | None = None
+    for row in rows:
+        requires = row["requires"]
+        if requires != _NO_LABELS:
+            needed = frozenset(load_json(requires))
+            if not any(needed <= have for have in labels):
+                continue  # no cluster here has what it needs: it is not ours to wait for
+        count += int(row["n"])
+        if row["due"] is not None:
+            due = float(row["due"]) if due is None else min(due, float(row["due"]))
+    return count, due
 
 
 # -- the public queue -------------------------------------------------------------------------
@@ -581,8 +591,9 @@ class JobQueue:
             if existing:
                 raise DuplicateJobError(
                     f"job id {existing[0]!r} is already stored ({len(existing)} of the "
-                    f"{len(ids)} ids are); ids are unique: pick a new id, or requeue the "
-                    f"stored job with db.jobs.requeue({existing[0]!r})"
+                    f"{len(ids)} ids are), so no job of this call was stored; ids are "
+                    f"unique: pick new ids (a stored job that is dead or failed can be run "
+                    f"again with db.jobs.requeue(id))"
                 )
             columns = (
                 "id, payload, priority, customer, affinity, region, requires, max_retries, "
