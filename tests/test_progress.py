@@ -284,6 +284,25 @@ async def test_show_progress_draws_every_subtask(db_url: str) -> None:
     assert "all done" in text
 
 
+async def test_names_and_messages_are_shown_as_written_not_as_markup(db_url: str) -> None:
+    from corral._display import runs_table, subtasks_table
+
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=False)
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "bad [row] 7")
+        sub = await run.start_subtask(1, "[bold]x[/bold]", items_total=2)
+        async with corral.show_progress(run, refresh=0.01, console=console):
+            sub.increment(2)
+            await sub.complete(message="ok [done]")
+        console.print(runs_table(await db.progress.runs()))
+        console.print(subtasks_table(await db.progress.run_progress(run.id), await run.subtasks()))
+    text = out.getvalue()
+    assert text.count("bad [row] 7") >= 3
+    assert text.count("[bold]x[/bold]") >= 2
+    assert text.count("ok [done]") >= 2
+
+
 async def test_show_progress_lets_the_body_exception_through(db_url: str) -> None:
     console = Console(file=io.StringIO(), force_terminal=False)
     async with corral.connect(db_url) as db:

@@ -71,7 +71,7 @@ class ProgressBars:
 
     def start(self) -> None:
         """Start the live display."""
-        self.progress.console.print(self.title)
+        self.progress.console.print(self.title, markup=False, highlight=False)
         self.progress.start()
 
     def stop(self) -> None:
@@ -81,10 +81,12 @@ class ProgressBars:
 
     def update(self, subtasks: Sequence[SubtaskProgress]) -> None:
         """Show these snapshots (one bar per subtask number) and redraw."""
+        from rich.markup import escape
+
         progress = self.progress
         for sub in subtasks:
             task_id = self._tasks.get(sub.number)
-            description = f"{sub.number}. {sub.name}"
+            description = escape(f"{sub.number}. {sub.name}")
             if task_id is None:
                 task_id = self._tasks[sub.number] = progress.add_task(
                     description, total=sub.items_total, rate="", status=""
@@ -95,7 +97,7 @@ class ProgressBars:
             rate = "" if speed is None or not math.isfinite(speed) else f"{speed:,.0f}/s"
             status = "" if sub.status is Status.RUNNING else sub.status.value
             if sub.message:
-                status = f"{status} {sub.message}".strip()
+                status = escape(f"{status} {sub.message}".strip())
             progress.update(task_id, rate=rate, status=status)
             if sub.status is not Status.RUNNING and not task.finished:
                 progress.stop_task(task_id)
@@ -191,6 +193,7 @@ def _when(value: datetime | None) -> str:
 def runs_table(runs: Sequence[RunProgress]) -> Table:
     """Return a rich table of runs, newest first."""
     _rich()
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="runs")
@@ -199,12 +202,12 @@ def runs_table(runs: Sequence[RunProgress]) -> Table:
     for run in runs:
         table.add_row(
             str(run.id),
-            run.type,
-            run.name,
+            escape(run.type),
+            escape(run.name),
             run.status.value,
             _when(run.started_at),
             _when(run.ended_at),
-            run.message or "",
+            escape(run.message or ""),
         )
     return table
 
@@ -212,20 +215,21 @@ def runs_table(runs: Sequence[RunProgress]) -> Table:
 def subtasks_table(run: RunProgress, subtasks: Sequence[SubtaskProgress]) -> Table:
     """Return a rich table of one run's subtasks."""
     _rich()
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{_title(run)} ({run.status.value})")
+    table = Table(title=escape(f"{_title(run)} ({run.status.value})"))
     for column in ("#", "name", "status", "complete", "total", "percent", "message", "ended"):
         table.add_column(column, justify="right" if column in "# complete total" else "left")
     for sub in subtasks:
         table.add_row(
             str(sub.number),
-            sub.name,
+            escape(sub.name),
             sub.status.value,
             f"{sub.items_complete:,}",
             "" if sub.items_total is None else f"{sub.items_total:,}",
             "" if sub.percent is None else f"{sub.percent:.1f}%",
-            sub.message or "",
+            escape(sub.message or ""),
             _when(sub.ended_at),
         )
     return table
