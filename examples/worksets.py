@@ -1,0 +1,201 @@
+"""Worksets as durable jobs on two clusters: routing, steps, retries, dead letters, depth.
+
+A workset is a batch of files to download, transform and upload. Each one is a job in
+the database: a ``jobs.Processor`` claims it, routes it to cluster-a or cluster-b (pinned,
+or by data locality, resources and cost), runs it step by step, retries it when it fails
+for a passing reason (resuming at the step that failed), fails it at once when its data
+is bad, and keeps what exhausts its retries in the dead letter queue until requeued.
+
+    python examples/worksets.py              # 20 files per workset, a burst of 40
+    python examples/worksets.py --quick      # 3 files per workset, a burst of 8
+    python examples/worksets.py --db postgresql://user@host/db   # an empty database
+    python examples/worksets.py --trio       # the same on trio
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import anyio
+
+import corral
+from corral import jobs
+
+CLUSTERS = [
+    corral.Cluster("cluster-a", capacity=8, region="us-east", cost=3, labels={"gpu"}),
+    corral.Cluster("cluster-b", capacity=8, region="eu-west", cost=1),
+]
+CONFIG = jobs.ProcessorConfig(
+    max_concurrent=12,  # jobs in progress at once, over every processor of the database
+    per_customer=4,  # jobs of one customer in progress at once
+    retry=jobs.RetryPolicy(base=0.05, cap=0.2),  # fast backoff for the demo (default 2 s)
+)
+
+OFFLINE = {"tape-library"}  # upload targets that are down: uploads there time out
+TRACE: dict[str, list[str]] = {}  # job id -> the steps that ran, as "step#attempt"
+
+
+class Gauge:
+    """Counts the handlers of each customer running at once, and keeps the peak."""
+
+    def __init__(self) -> None:
+        self.now: Counter[str | None] = Counter()
+        self.peak: Counter[str | None] = Counter()
+
+    def enter(self, customer: str | None) -> None:
+        self.now[customer] += 1
+        self.peak[customer] = max(self.peak[customer], self.now[customer])
+
+    def leave(self, customer: str | None) -> None:
+        self.now[customer] -= 1
+
+
+GAUGE = Gauge()
+
+
+class Collect:
+    """A jobs.Notifier that keeps every event (the default one logs them)."""
+
+    def __init__(self) -> None:
+        self.events: list[jobs.JobEvent] = []
+
+    async def notify(self, event: jobs.JobEvent) -> None:
+        self.events.append(event)
+
+
+async def work(ctx: jobs.JobContext, step: str, seconds: float) -> None:
+    """Stand-in for real I/O; traces which steps each attempt really ran."""
+    await anyio.sleep(seconds)  # the step's first checkpoint: a finished step stops here
+    TRACE.setdefault(ctx.job.id, []).append(f"{step}#{ctx.attempt}")
+
+
+def check(job: jobs.Job) -> None:
+    """The processor's ``validate``: refuse a workset before it runs (never retried)."""
+    if "target" not in job.payload:
+        raise jobs.ConfigurationError("no upload target configured")
+
+
+async def process_workset(ctx: jobs.JobContext) -> None:
+    """The handler: returning completes the job, raising fails this attempt."""
+    workset = ctx.job.payload
+    GAUGE.enter(ctx.job.customer)
+    try:
+        async with ctx.step("download"):
+            await work(ctx, "download", 0.002 * workset["files"])
+        async with ctx.step("transform"):
+            await work(ctx, "transform", 0.001)
+            for n in range(workset["files"]):
+                if n == workset.get("corrupt"):
+                    raise jobs.DataError(f"file {n} is not valid CSV")  # failed at once
+                ctx.progress.increment()  # one file done
+        async with ctx.step("upload"):
+            await work(ctx, "upload", 0.005)
+            target = workset["target"]
+            if target in OFFLINE:
+                raise jobs.TransientError(f"{target} is offline")  # retried, then dead
+            if target == "mirror-eu" and ctx.attempt == 1:
+                raise jobs.TransientError("upload to mirror-eu timed out")  # retried
+    finally:
+        GAUGE.leave(ctx.job.customer)
+
+
+def worksets(files: int) -> list[jobs.Job]:
+    def ws(target: str = "archive", **extra: object) -> dict[str, object]:
+        return {"files": files, "target": target, **extra}
+
+    return [
+        jobs.Job("ws-01", ws(), customer="acme", affinity="cluster-a"),  # pinned
+        jobs.Job("ws-02", ws(), customer="globex", affinity="cluster-b"),  # pinned
+        jobs.Job("ws-03", ws(), customer="acme", region="us-east"),  # data locality
+        jobs.Job("ws-04", ws(), customer="globex", region="eu-west"),  # data locality
+        jobs.Job("ws-05", ws(), customer="acme", requires={"gpu"}),  # resources
+        jobs.Job("ws-06", ws(), customer="initech"),  # the cheapest cluster
+        # Urgent: claimed first. Its first upload times out; the retry runs the upload only.
+        jobs.Job("ws-07", ws("mirror-eu"), customer="acme", region="eu-west", priority="urgent"),
+        jobs.Job("ws-08", ws(corrupt=1), customer="globex"),  # bad data
+        jobs.Job("ws-09", ws("tape-library"), customer="initech", max_retries=1),  # dead
+        jobs.Job("ws-10", {"files": files}, customer="initech"),  # refused by check()
+        jobs.Job("ws-11", ws(), customer="acme", affinity="cluster-c"),  # no one has it
+    ]
+
+
+async def show_depth(db: corral.Database, title: str) -> None:
+    depth = await db.jobs.depth()
+    print(f"{title}: {depth.total} jobs, {depth.pending} pending")
+    print(f"  all        {depth}")
+    for name in ("cluster-a", "cluster-b", "cluster-c"):
+        print(f"  {name:<10} {await db.jobs.by_cluster(name)}")
+
+
+async def main(url: str, quick: bool) -> None:
+    files, burst = (3, 8) if quick else (20, 40)
+    async with corral.connect(url) as db:
+        if (await db.jobs.depth()).total:
+            sys.exit(f"{db!r} already holds jobs: give this example an empty database")
+        await db.jobs.enqueue_many(worksets(files))
+        await show_depth(db, "enqueued")  # a job not run yet counts for its pinned cluster
+
+        notifier = Collect()
+        processor = jobs.Processor(
+            db, process_workset, clusters=CLUSTERS, config=CONFIG, validate=check, notifier=notifier
+        )
+        await processor.run(until_idle=True)  # returns when nothing it could take is left
+
+        print("\nwhere each workset ran, and why:")
+        for job in sorted(await db.jobs.list(), key=lambda job: job.id):
+            where = f"{job.cluster}, {job.route_reason}" if job.cluster else "not run"
+            print(f"  {job.id} {job.state.value:<9} files done {job.progress}  {where}")
+            error = job.last_error
+            if error is not None:
+                steps = ", ".join(TRACE.get(job.id, [])) or "none"
+                print(f"        {job.attempts} attempt(s), steps run: {steps}")
+                print(f"        last error {error.category.value} in {error.step}: {error.message}")
+        kinds = Counter(event.kind.value for event in notifier.events)
+        print("notifications:", dict(sorted(kinds.items())))
+
+        print("\ndead letter queue:")
+        for job in await db.jobs.dead():
+            assert job.last_error is not None
+            print(f"  {job.id}: {job.attempts} attempts, {job.last_error.message}")
+        OFFLINE.clear()  # the tape library is back: requeue and run again
+        requeued = await db.jobs.requeue("ws-09")  # attempts start again from 0
+        print(f"requeued {requeued.id}: {requeued.state.value}, steps done {requeued.steps_done}")
+        TRACE.pop("ws-09")
+        await processor.run(until_idle=True)
+        done = await db.jobs.get("ws-09")
+        print(f"  {done.id} {done.state.value}; steps run this time: {', '.join(TRACE[done.id])}")
+
+        # A burst for one customer: the limits hold while it runs.
+        await db.jobs.enqueue_many(
+            jobs.Job(f"burst-{n:03}", {"files": files, "target": "archive"}, customer="umbrella")
+            for n in range(burst)
+        )
+        await processor.run(until_idle=True)
+        ran_on = {
+            job.cluster
+            for job in await db.jobs.list("completed", limit=1000)
+            if job.customer == "umbrella"
+        }
+        print(
+            f"\nburst of {burst} worksets for customer umbrella: ran on {sorted(ran_on)}, "
+            f"at most {GAUGE.peak['umbrella']} at once (per_customer={CONFIG.per_customer})"
+        )
+        print(processor.statistics())
+        print()
+        await show_depth(db, "at the end")  # ws-11 waits for a processor with cluster-c
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default=None, help="database URL (default: a temporary file)")
+    parser.add_argument("--quick", action="store_true", help="3 files per workset")
+    parser.add_argument("--trio", action="store_true", help="run on trio")
+    args = parser.parse_args()
+    backend = "trio" if args.trio else "asyncio"
+    with tempfile.TemporaryDirectory() as folder:
+        url = args.db or f"sqlite:///{Path(folder) / 'worksets.db'}"
+        anyio.run(main, url, args.quick, backend=backend)

@@ -1,0 +1,320 @@
+"""``corral jobs ...`` and ``corral worker``: real processes on real databases."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import corral
+from corral import jobs
+
+HANDLERS = """
+import anyio
+from corral import jobs
+
+
+async def handle(ctx):
+    payload = ctx.job.payload or {}
+    if payload.get("fail") == "data":
+        raise jobs.DataError(f"bad [row] {payload['row']}")
+    if payload.get("fail") == "transient":
+        raise jobs.TransientError("flaky")
+    async with ctx.step("fetch"):
+        ctx.progress.increment(payload.get("n", 1))
+
+
+async def block(ctx):
+    print("started", ctx.job.id, flush=True)
+    await anyio.sleep_forever()
+
+
+def plain(ctx):
+    return None
+"""
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env.pop("CORRAL_DB", None)
+    return env
+
+
+def _corral(
+    *args: str, cwd: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd=cwd,
+        input=stdin,
+        check=False,
+    )
+
+
+def _ok(*args: str, cwd: Path | None = None, stdin: str | None = None) -> str:
+    result = _corral(*args, cwd=cwd, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _fails(*args: str, code: int = 1, cwd: Path | None = None) -> str:
+    """Run a command that must fail with exit status ``code``; return its stderr."""
+    result = _corral(*args, cwd=cwd)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return " ".join(result.stderr.split())  # one line, whatever the message's line breaks
+
+
+def _rows(table: str) -> list[list[str]]:
+    """The body rows of a rich table, as lists of cell texts."""
+    return [
+        [cell.strip() for cell in line.strip()[1:-1].split("│")]
+        for line in table.splitlines()
+        if line.startswith("│")
+    ]
+
+
+def _records(url: str) -> dict[str, jobs.JobRecord]:
+    async def main() -> dict[str, jobs.JobRecord]:
+        async with corral.connect(url) as db:
+            return {record.id: record for record in await db.jobs.list(limit=1000)}
+
+    return anyio.run(main)
+
+
+def _enqueue(url: str, *batch: jobs.Job) -> None:
+    async def main() -> None:
+        async with corral.connect(url) as db:
+            await db.jobs.enqueue_many(batch)
+
+    anyio.run(main)
+
+
+def _handlers(tmp_path: Path) -> Path:
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    return tmp_path
+
+
+# -- corral jobs ------------------------------------------------------------------------------
+
+
+def test_enqueue_then_status_list_and_show(db_url: str, tmp_path: Path) -> None:
+    out = _ok(
+        *("jobs", "enqueue", "ws-1", "--db", db_url, "--payload", '{"n": 3}'),
+        *("--priority", "high", "--customer", "acme", "--affinity", "a", "--region", "eu"),
+        *("--requires", "gpu", "--requires", "ssd", "--max-retries", "5"),
+    )
+    assert out.startswith("enqueued ws-1 (high) in ")
+    lines = [
+        {"id": "ws-2", "payload": [1, 2], "priority": "urgent", "requires": ["gpu"]},
+        {"id": "ws-3"},
+        {"id": "ws-4", "customer": "own", "max_retries": 0},
+    ]
+    path = tmp_path / "more.jsonl"
+    path.write_text(f"{json.dumps(lines[0])}\n\n{json.dumps(lines[1])}\n{json.dumps(lines[2])}\n")
+    out = _ok("jobs", "enqueue", "--db", db_url, "--file", str(path), "--customer", "zed")
+    assert out.startswith(f"enqueued 3 job(s) from {path} in ")
+    out = _ok("jobs", "enqueue", "--db", db_url, "--file", "-", stdin='{"id": "ws-5"}\n')
+    assert out.startswith("enqueued 1 job(s) from <stdin> in ")
+
+    records = _records(db_url)
+    one = records["ws-1"]
+    assert (one.payload, one.priority, one.customer) == ({"n": 3}, jobs.Priority.HIGH, "acme")
+    assert (one.affinity, one.region, one.requires) == ("a", "eu", {"gpu", "ssd"})
+    assert (one.max_retries, one.state, one.attempts) == (5, jobs.State.READY, 0)
+    assert (records["ws-2"].payload, records["ws-2"].priority) == ([1, 2], jobs.Priority.URGENT)
+    assert records["ws-2"].requires == {"gpu"}
+    assert records["ws-2"].customer == "zed"  # the option fills in what a line leaves out
+    assert (records["ws-3"].customer, records["ws-3"].max_retries) == ("zed", 3)
+    assert (records["ws-4"].customer, records["ws-4"].max_retries) == ("own", 0)
+    assert records["ws-5"].customer is None
+
+    depth = dict(_rows(_ok("jobs", "status", "--db", db_url)))
+    assert depth == {
+        "ready": "5",
+        "in_progress": "0",
+        "retrying": "0",
+        "completed": "0",
+        "failed": "0",
+        "dead": "0",
+        "pending": "5",
+        "total": "5",
+    }
+    rows = _rows(_ok("jobs", "list", "--db", db_url))
+    assert [row[0] for row in rows] == ["ws-2", "ws-1", "ws-3", "ws-4", "ws-5"]  # claim order
+    assert rows[1][:6] == ["ws-1", "ready", "high", "acme", "(a)", "0/6"]
+    listed = _ok("jobs", "list", "--db", db_url, "--state", "ready", "--limit", "2")
+    assert [row[0] for row in _rows(listed)] == ["ws-2", "ws-1"]
+    assert "2 of 5 ready jobs shown; pass --limit 5 for all" in listed
+    assert _ok("jobs", "list", "--db", db_url, "--state", "dead").startswith("no dead jobs in ")
+
+    out = _ok("jobs", "show", "ws-1", "--db", db_url)
+    shown = dict(row for row in _rows(out) if row[0])
+    assert (shown["state"], shown["requires"], shown["attempts"]) == ("ready", "gpu, ssd", "0 of 6")
+    assert shown["payload"] == "{"
+    assert '"n": 3' in out
+
+
+def test_enqueue_errors_name_the_line_and_the_fix(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    assert "give a job ID, or --file" in _fails("jobs", "enqueue", "--db", url, code=2)
+    err = _fails("jobs", "enqueue", "x", "--db", url, "--payload", "{n: 1}", code=2)
+    assert "--payload" in err
+    assert "'{n: 1}' is not JSON" in err
+    assert "quote it for the shell" in err
+    _ok("jobs", "enqueue", "kept", "--db", url)
+
+    def bad_file(text: str) -> str:
+        path = tmp_path / "bad.jsonl"
+        path.write_text(text)
+        return _fails("jobs", "enqueue", "--db", url, "--file", str(path))
+
+    err = bad_file('{"id": "a"}\n\n{"id": "b",\n')
+    assert "bad.jsonl line 3: not JSON" in err
+    assert "write one JSON object per line" in err
+    err = bad_file('{"id": "a"}\n{"id": "b", "prio": "high"}\n')
+    assert "bad.jsonl line 2: unknown key(s) 'prio'; the keys are id, payload, priority" in err
+    err = bad_file('{"id": "a"}\n{"id": "a"}\n')
+    assert "bad.jsonl line 2: id 'a' is on line 1 too; give each job its own id" in err
+    err = bad_file('{"id": "a", "priority": "asap"}\n')
+    assert "bad.jsonl line 1: Job priority must be one of urgent, high, normal, low" in err
+    err = bad_file('{"id": "a"}\n{"id": "kept"}\n')
+    assert "job id 'kept' is already stored" in err
+    assert "nothing was enqueued" in err
+    assert set(_records(url)) == {"kept"}  # all or nothing
+
+    missing = f"sqlite:///{tmp_path / 'nothing.db'}"
+    err = _fails("jobs", "status", "--db", missing)
+    assert "no database at" in err
+    assert "pass --db URL or set CORRAL_DB" in err
+    err = _fails("jobs", "show", "nope", "--db", url)
+    assert "no job with id 'nope'" in err
+    assert "corral jobs list shows the ids" in err
+
+
+# -- corral worker ----------------------------------------------------------------------------
+
+
+def test_worker_until_idle_then_requeue(db_url: str, tmp_path: Path) -> None:
+    _enqueue(
+        db_url,
+        jobs.Job("g", {"n": 3}, requires={"gpu"}),
+        jobs.Job("u", region="us"),
+        jobs.Job("data", {"fail": "data", "row": 7}),
+        jobs.Job("flaky", {"fail": "transient"}, max_retries=0),
+    )
+    result = _corral(
+        *("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle"),
+        *("--cluster", "a=2,region=eu,cost=0.6,labels=gpu+ssd", "--cluster", "b=1,region=us"),
+        *("--poll-interval", "0.05", "--name", "cli-test"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "job g completed (attempt 1 on a)" in result.stderr
+    assert "worker cli-test stopped: 4 claimed, 2 completed, 0 retried, 1 failed, 1 dead" in (
+        result.stderr
+    )
+
+    records = _records(db_url)
+    g, u, data, flaky = (records[name] for name in ("g", "u", "data", "flaky"))
+    assert (g.state, g.cluster, g.steps_done, g.progress) == ("completed", "a", ("fetch",), 3)
+    assert (u.state, u.cluster) == ("completed", "b")  # locality
+    assert data.state is jobs.State.FAILED
+    assert data.last_error == jobs.LastError("DATA", None, "DataError: bad [row] 7", 1)
+    assert flaky.state is jobs.State.DEAD
+    assert flaky.last_error is not None
+    assert flaky.last_error.category is jobs.ErrorCategory.TRANSIENT
+
+    [failed] = _rows(_ok("jobs", "list", "--db", db_url, "--state", "failed"))
+    assert failed[0:2] == ["data", "failed"]
+    assert failed[6] == "DATA: DataError: bad [row] 7"  # brackets are text, not markup
+    out = _ok("jobs", "status", "--db", db_url, "--cluster", "a")
+    assert out.startswith("jobs on cluster a in ")
+    on_a = dict(_rows(out))
+    expected = collections.Counter(r.state.value for r in records.values() if r.cluster == "a")
+    assert {state: int(on_a[state]) for state in expected} == expected
+    assert int(on_a["total"]) == sum(expected.values())
+
+    out = _ok("jobs", "requeue", "data", "flaky", "--db", db_url)
+    assert "requeued data: was failed after 1 attempt(s) (DATA: DataError: bad [row] 7)" in out
+    assert "requeued flaky: was dead after 1 attempt(s)" in out
+    records = _records(db_url)
+    for name in ("data", "flaky"):
+        assert (records[name].state, records[name].attempts) == (jobs.State.READY, 0)
+    assert records["data"].last_error == data.last_error  # kept for the record
+
+    err = _fails("jobs", "requeue", "g", "nope", "data", "--db", db_url)
+    assert "3 of 3 job(s) not requeued" in err
+    assert "job 'g' is completed: only a dead or failed job can be requeued" in err
+    assert "no job with id 'nope'" in err
+    assert "job 'data' is ready" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_worker_stops_on_a_signal_and_gives_its_job_back(
+    db_url: str, tmp_path: Path, signum: signal.Signals
+) -> None:
+    _enqueue(db_url, jobs.Job("blocker"))
+    command = [sys.executable, "-m", "corral", "worker", "--db", db_url]
+    command += ["--handler", "handlers:block", "--name", "cli-test"]
+    with subprocess.Popen(
+        command,
+        cwd=_handlers(tmp_path),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            assert worker.stdout.readline() == "started blocker\n"  # the handler is running
+            running = _records(db_url)["blocker"]
+            assert (running.state, running.lease_owner) == (jobs.State.IN_PROGRESS, "cli-test")
+            worker.send_signal(signum)
+            out, err = worker.communicate(timeout=60)
+        finally:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert out == ""  # the worker logs to stderr
+    assert f"{signum.name} received: stopping" in err
+    assert "worker cli-test stopped: 1 claimed, 0 completed" in err
+    given_back = _records(db_url)["blocker"]
+    assert (given_back.state, given_back.attempts) == (jobs.State.READY, 0)
+    assert given_back.lease_owner is None
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (["--cluster", "gpu"], 2, "'gpu': it does not start with name=capacity; write"),
+        (["--cluster", "a=two"], 2, "capacity 'two' is not a whole number"),
+        (["--cluster", "a=2,colour=red"], 2, "unknown key 'colour' (the keys are region"),
+        (["--cluster", "a=2,cost=cheap"], 2, "cost 'cheap' is not a number"),
+        (["--cluster", "a=1", "--cluster", "a=2"], 2, "two clusters are named 'a'"),
+        (["--handler", "handlers"], 2, "'handlers' is not module:function"),
+        (["--handler", "handlers.py:handle"], 2, "names a file: give the module's import name"),
+        (["--handler", "nowhere:handle"], 1, "cannot import the handler module 'nowhere'"),
+        (["--handler", "handlers:nope"], 1, "has no 'nope'; define async def nope(ctx) in it"),
+        (["--handler", "handlers:plain"], 1, "is a plain function, and the worker awaits"),
+    ],
+)
+def test_worker_errors_name_the_fix(
+    tmp_path: Path, args: list[str], code: int, expected: str
+) -> None:
+    if "--handler" not in args:
+        args = [*args, "--handler", "handlers:handle"]
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    err = _fails("worker", "--db", url, "--until-idle", *args, code=code, cwd=_handlers(tmp_path))
+    assert expected in err
+    assert not (tmp_path / "jobs.db").exists()  # refused before opening the database
