@@ -858,3 +858,21 @@ async def test_until_idle_ignores_jobs_no_cluster_here_can_run(db_url: str) -> N
         await db.jobs.enqueue_many([jobs.Job("ok"), jobs.Job("tpu", requires={"tpu"})])
         await run_all(db, noop, clusters=[corral.Cluster("cpu", 2, labels={"avx"})])
         assert await db.jobs.depth() == jobs.QueueDepth(ready=1, completed=1)
+
+
+async def test_jobs_held_back_at_the_head_do_not_hide_the_runnable_ones(db_url: str) -> None:
+    """A claim looks past jobs it cannot take (a customer at its limit, labels no
+    cluster here has), however many wait ahead of the ones it can."""
+    starts: list[str] = []
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        starts.append(ctx.job.id)
+        await anyio.lowlevel.checkpoint()
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(jobs.Job(f"gpu{i}", requires={"gpu"}) for i in range(150))
+        await db.jobs.enqueue_many(jobs.Job(f"a{i:03}", customer="a") for i in range(100))
+        await db.jobs.enqueue_many(jobs.Job(f"b{i}", customer="b") for i in range(10))
+        await run_all(db, handler, max_concurrent=8, per_customer=2)
+        assert starts[:4] == ["a000", "a001", "b0", "b1"]
+        assert await db.jobs.depth() == jobs.QueueDepth(ready=150, completed=110)

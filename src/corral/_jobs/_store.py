@@ -58,6 +58,9 @@ _NOW = {
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
 }
 _WAITING = "state IN ('ready', 'retrying')"
+#: A claim reads at most this many waiting jobs that it cannot place (jobs needing
+#: labels no free cluster here has) before it gives up until the next claim.
+MAX_SCAN = 5_000
 _FINISHED = ("completed", "failed", "dead")
 
 
@@ -267,48 +270,41 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     }
     if room <= 0 or max(free.values(), default=0) <= 0:
         return [], reclaimed
-    names = list(req.capacity)
-    marks = ", ".join("?" * len(names))
-    rows = await _fetch(
-        conn,
-        f"SELECT id, payload, priority, customer, affinity, region, requires, max_retries, "
-        f"attempts, steps, created_at FROM {JOBS} "
-        f"WHERE {_WAITING} AND run_at <= {now} "
-        f"AND (affinity IS NULL OR affinity IN ({marks})) "
-        f"ORDER BY priority, seq LIMIT ?" + (" FOR UPDATE SKIP LOCKED" if pg else ""),
-        *names,
-        req.window,
+    # Leave out in SQL the jobs no claim of this transaction can take (pinned to a full
+    # cluster, of a customer at its limit), and page on past the window: jobs held back
+    # at the head of the queue (by a limit, or needing labels no cluster here has) must
+    # not hide the runnable jobs behind them.
+    names = [name for name, n in free.items() if n > 0]
+    held = sorted(
+        c for c, n in by_customer.items() if req.per_customer is not None and n >= req.per_customer
     )
+    where = f"{_WAITING} AND run_at <= {now} "
+    where += f"AND (affinity IS NULL OR affinity IN ({', '.join('?' * len(names))})) "
+    if held:
+        where += f"AND (customer IS NULL OR customer NOT IN ({', '.join('?' * len(held))})) "
     chosen: list[Claimed] = []
-    for row in rows:
-        if len(chosen) >= room:
-            break
-        job = _job(row)
-        customer = job.customer
-        if (
-            customer is not None
-            and req.per_customer is not None
-            and by_customer.get(customer, 0) >= req.per_customer
-        ):
-            continue
-        routed = req.route(job, free)
-        if routed is None:
-            continue
-        cluster, reason = routed
-        free[cluster] -= 1
-        if customer is not None:
-            by_customer[customer] = by_customer.get(customer, 0) + 1
-        chosen.append(
-            Claimed(
-                job,
-                int(row["attempts"]) + 1,
-                cluster,
-                reason,
-                req.tokens(),
-                list(load_json(row["steps"], [])),
-                float(row["created_at"]),
-            )
+    after: tuple[int, int] | None = None
+    scanned = 0
+    while len(chosen) < room and scanned < MAX_SCAN:
+        page = "" if after is None else "AND (priority, seq) > (?, ?) "
+        rows = await _fetch(
+            conn,
+            f"SELECT seq, id, payload, priority, customer, affinity, region, requires, "
+            f"max_retries, attempts, steps, created_at FROM {JOBS} WHERE {where}{page}"
+            f"ORDER BY priority, seq LIMIT ?" + (" FOR UPDATE SKIP LOCKED" if pg else ""),
+            *names,
+            *held,
+            *(after or ()),
+            req.window,
         )
+        for row in rows:
+            if len(chosen) >= room:
+                break
+            _choose(req, row, free, by_customer, chosen)
+        scanned += len(rows)
+        if len(rows) < req.window:
+            break
+        after = (int(rows[-1]["priority"]), int(rows[-1]["seq"]))
     if not chosen:
         return [], reclaimed
     if pg:
@@ -337,6 +333,42 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
             ],
         )
     return chosen, reclaimed
+
+
+def _choose(
+    req: ClaimRequest,
+    row: Mapping[str, Any],
+    free: dict[str, int],
+    by_customer: dict[str, int],
+    chosen: list[Claimed],
+) -> None:
+    """Add the job of ``row`` to ``chosen`` if the limits and a free cluster allow it."""
+    job = _job(row)
+    customer = job.customer
+    if (
+        customer is not None
+        and req.per_customer is not None
+        and by_customer.get(customer, 0) >= req.per_customer
+    ):
+        return
+    routed = req.route(job, free)
+    if routed is None:
+        return
+    cluster, reason = routed
+    free[cluster] -= 1
+    if customer is not None:
+        by_customer[customer] = by_customer.get(customer, 0) + 1
+    chosen.append(
+        Claimed(
+            job,
+            int(row["attempts"]) + 1,
+            cluster,
+            reason,
+            req.tokens(),
+            list(load_json(row["steps"], [])),
+            float(row["created_at"]),
+        )
+    )
 
 
 async def renew(
