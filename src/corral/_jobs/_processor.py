@@ -11,9 +11,11 @@ once, the attempt not counted), in a shielded last transaction.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -400,7 +402,7 @@ class Processor:
             local_free={c.name: c.capacity - on_cluster[c.name] for c in self.clusters},
             lease_seconds=config.lease_seconds,
             route=lambda job, free: route(job, self.clusters, free),
-            tokens=lambda: secrets.randbits(62),
+            tokens=_tokens,
         )
 
     async def _claimer(self, until_idle: bool) -> None:
@@ -682,6 +684,14 @@ _COUNTERS = {
     State.RETRYING: "retried",
     State.DEAD: "dead",
 }
+
+
+#: Lease tokens: 62 random bits each, from a generator seeded by the OS (once per
+#: process, and again in a forked child, not once per claim). Two claims of one job
+#: draw the same token with odds of 2**-62.
+_random = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _random.seed(secrets.randbits(128)))
+_tokens = functools.partial(_random.getrandbits, 62)
 
 
 def _default_classify(exc: BaseException) -> ErrorCategory:

@@ -61,6 +61,8 @@ _WAITING = "state IN ('ready', 'retrying')"
 #: A claim reads at most this many waiting jobs that it cannot place (jobs needing
 #: labels no free cluster here has) before it gives up until the next claim.
 MAX_SCAN = 5_000
+#: An enqueue of at least this many jobs refreshes the table's statistics (PostgreSQL).
+_ANALYZE_AFTER = 1_000
 _FINISHED = ("completed", "failed", "dead")
 
 
@@ -71,6 +73,16 @@ def now_sql(conn: Connection) -> str:
 
 async def _fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, Any]]:
     return await conn.fetch(sql, *args)
+
+
+async def _custom_plans(conn: Connection) -> None:
+    """Plan this transaction's statements for their actual arguments (PostgreSQL).
+
+    asyncpg prepares statements; after five runs the server may switch to a generic
+    plan, which for an ``UPDATE ... FROM unnest(...)`` of a few rows can scan every job
+    in progress once per row. ``SET LOCAL`` lasts until the batch commits.
+    """
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
 async def ensure_schema(conn: Connection) -> None:
@@ -100,7 +112,6 @@ async def ensure_schema(conn: Connection) -> None:
         f"CREATE INDEX IF NOT EXISTS {JOBS}_leases ON {JOBS} (lease_expires) "
         f"WHERE state = 'in_progress'"
     )
-    await conn.execute(f"CREATE INDEX IF NOT EXISTS {JOBS}_cluster ON {JOBS} (cluster)")
 
 
 def _record(row: Mapping[str, Any]) -> JobRecord:
@@ -227,6 +238,7 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     now = now_sql(conn)
     pg = conn.dialect == "postgresql"
     if pg:
+        await _custom_plans(conn)
         # Keyed by the table's oid: queues in other schemas do not wait for this one.
         await conn.execute(
             f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK}, '{JOBS}'::regclass::oid::int)"
@@ -377,6 +389,7 @@ async def renew(
     """Extend the leases ``(id, token, progress to add)``; return the tokens still held."""
     now = now_sql(conn)
     if conn.dialect == "postgresql":
+        await _custom_plans(conn)
         rows = await _fetch(
             conn,
             f"UPDATE {JOBS} AS j SET lease_expires = {now} + ?, progress = j.progress + v.p, "
@@ -424,6 +437,7 @@ async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[int]:
     ]
     finished = ", ".join(f"'{state}'" for state in _FINISHED)
     if conn.dialect == "postgresql":
+        await _custom_plans(conn)
         columns = list(zip(*args, strict=True))
         rows = await _fetch(
             conn,
@@ -509,20 +523,27 @@ async def outlook(
 
     A job counts if it is not pinned to another cluster and one of the clusters has
     every label it requires (``labels``: each cluster's). Returns that count and the
-    seconds until the next such waiting job is due (None if none waits).
+    seconds until the next such waiting job is due (None if none waits). Two queries,
+    one per partial index (waiting, in progress), so finished jobs are never read.
     """
     now = now_sql(conn)
     marks = ", ".join("?" * len(clusters))
-    rows = await _fetch(
+    mine = f"(affinity IS NULL OR affinity IN ({marks}))"
+    waiting = await _fetch(
         conn,
-        f"SELECT requires, COUNT(*) AS n, MIN(CASE WHEN state <> 'in_progress' THEN run_at "
-        f"END) - {now} AS due FROM {JOBS} WHERE state IN ('ready', 'retrying', 'in_progress') "
-        f"AND (affinity IS NULL OR affinity IN ({marks})) GROUP BY requires",
+        f"SELECT requires, COUNT(*) AS n, MIN(run_at) - {now} AS due FROM {JOBS} "
+        f"WHERE {_WAITING} AND {mine} GROUP BY requires",
+        *clusters,
+    )
+    running = await _fetch(
+        conn,
+        f"SELECT requires, COUNT(*) AS n, NULL AS due FROM {JOBS} "
+        f"WHERE state = 'in_progress' AND {mine} GROUP BY requires",
         *clusters,
     )
     count = 0
     due: float | None = None
-    for row in rows:
+    for row in [*waiting, *running]:
         requires = row["requires"]
         if requires != _NO_LABELS:
             needed = frozenset(load_json(requires))
@@ -638,6 +659,10 @@ class JobQueue:
                     f"?::text[], ?::text[], ?::int[]) AS v",
                     *(list(column) for column in zip(*rows, strict=True)),
                 )
+                if len(rows) >= _ANALYZE_AFTER:
+                    # Fresh statistics: a claim walks the queue's index, not a sort of
+                    # every waiting row (autovacuum would analyze too, but later).
+                    await conn.execute(f"ANALYZE {JOBS}")
                 await conn.execute("SELECT pg_notify(?, '')", self.channel)
             else:
                 await conn.executemany(
