@@ -564,6 +564,9 @@ class Processor:
             return
         freeing = [e for o in batch if (e := self._running.get(o.token)) is not None]
         request = self._request(freeing) if claim and self._tg is not None else None
+        if request is not None:
+            # A report never waits for another worker's claim: its outcomes go first.
+            request.wait = False
 
         async def write(conn: Connection) -> Any:
             accepted = await _store.finish(conn, batch)

@@ -228,6 +228,8 @@ class ClaimRequest:
     lease_seconds: float
     route: Callable[[Job, Mapping[str, int]], tuple[str, str] | None]
     tokens: Callable[[], int]
+    #: Wait for another worker's claim to commit (else claim nothing if one is running).
+    wait: bool = True
 
 
 async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], list[dict[str, Any]]]:
@@ -240,9 +242,12 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     if pg:
         await _custom_plans(conn)
         # Keyed by the table's oid: queues in other schemas do not wait for this one.
-        await conn.execute(
-            f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK}, '{JOBS}'::regclass::oid::int)"
-        )
+        key = f"{_CLAIM_LOCK}, '{JOBS}'::regclass::oid::int"
+        if not req.wait:
+            if not await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({key})"):
+                return [], []  # another worker is claiming: leave it to the claimer
+        else:
+            await conn.execute(f"SELECT pg_advisory_xact_lock({key})")
     # SKIP LOCKED: a row another worker is writing (its late outcome) is left for the
     # next claim, so that a claim (holding the claim lock) never waits for a row lock.
     skip = " FOR UPDATE SKIP LOCKED" if pg else ""
