@@ -137,6 +137,8 @@ def test_config_and_processor_arguments_are_checked(tmp_path: Any) -> None:
         jobs.Processor(db, noop, clusters=[corral.Cluster("a", 1), corral.Cluster("a", 2)])
     with pytest.raises(TypeError, match="handler"):
         jobs.Processor(db, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"open corral\.Database"):
+        jobs.Processor(db, noop)
 
 
 def test_default_classification() -> None:
@@ -618,6 +620,14 @@ async def test_cancelling_run_gives_running_jobs_back(db_url: str) -> None:
         await run_all(db, noop)
         rec = await db.jobs.get("long")
         assert (rec.state, rec.attempts) == (jobs.State.COMPLETED, 1)
+
+
+async def test_a_processor_may_be_made_outside_the_event_loop(db_url: str) -> None:
+    async with database(db_url) as db:
+        processor = await anyio.to_thread.run_sync(jobs.Processor, db, noop)
+        await db.jobs.enqueue(jobs.Job("a"))
+        await processor.run(until_idle=True)
+        assert processor.statistics().completed == 1
 
 
 async def test_one_run_at_a_time(db_url: str) -> None:

@@ -122,8 +122,6 @@ class Step:
             scope = self._scope = anyio.CancelScope()
             scope.__enter__()
             scope.cancel()
-        else:
-            self._ctx._stack.append(self.name)
         return self
 
     async def __aexit__(
@@ -134,7 +132,6 @@ class Step:
     ) -> bool:
         if self._scope is not None:
             return bool(self._scope.__exit__(exc_type, exc, tb))
-        self._ctx._stack.pop()
         if exc is None:
             await self._ctx._finish_step(self.name)
         elif self._ctx._failed_step is None:
@@ -161,7 +158,6 @@ class JobContext:
         self._processor = processor
         self._claimed = claimed
         self._steps: list[str] = list(claimed.steps_done)
-        self._stack: list[str] = []
         self._entered: set[str] = set()
         self._failed_step: str | None = None
 
@@ -297,6 +293,13 @@ class Processor:
                 raise TypeError(f"{what} must be a function, got {fn!r}")
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str, got {name!r}")
+        from .._database import Database
+
+        if not isinstance(db, Database):
+            raise TypeError(
+                f"db must be an open corral.Database, got {db!r}: "
+                f"async with corral.connect(url) as db: jobs.Processor(db, handler, ...)"
+            )
         self._db = db
         self._handler = handler
         #: The clusters jobs run on.
@@ -314,8 +317,9 @@ class Processor:
         self._running: dict[int, _Running] = {}
         self._on_cluster = dict.fromkeys(self._by_name, 0)
         self._outcomes: list[_store.Outcome] = []
-        self._claim_wakeup = anyio.Event()
-        self._report_wakeup = anyio.Event()
+        # Made by run(), inside an event loop.
+        self._claim_wakeup: anyio.Event
+        self._report_wakeup: anyio.Event
         self._active = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._counts = dict.fromkeys(
