@@ -887,3 +887,42 @@ async def test_jobs_held_back_at_the_head_do_not_hide_the_runnable_ones(db_url: 
         # One claim took these four (trio starts its tasks in any order).
         assert sorted(starts[:4]) == ["a000", "a001", "b0", "b1"]
         assert await db.jobs.depth() == jobs.QueueDepth(ready=150, completed=110)
+
+
+async def test_a_refused_heartbeat_cancels_the_attempt(db_url: str) -> None:
+    """Another worker took the lease over (its token replaced ours): our next renewal is
+    refused, and our handler is cancelled without recording anything."""
+    started = anyio.Event()
+    stopped = anyio.Event()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stopped.set()
+
+    async def take_over(conn: Any) -> None:
+        await conn.execute(
+            "UPDATE corral_jobs SET lease_token = 7, lease_owner = 'thief' WHERE id = 'job'"
+        )
+
+    recorder = LostWatch()
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("job"))
+        processor = jobs.Processor(
+            db, handler, config=config(lease_seconds=0.3, poll_interval=60), notifier=recorder
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run)
+            with anyio.fail_after(20):
+                await started.wait()
+            await db._run(take_over)
+            with anyio.fail_after(20):
+                await stopped.wait()
+                await recorder.lost.wait()
+            tg.cancel_scope.cancel()
+        assert recorder.kinds("job") == ["lease_lost"]
+        assert processor.statistics().lease_lost == 1
+        rec = await db.jobs.get("job")
+        assert (rec.state, rec.lease_owner, rec.attempts) == (jobs.State.IN_PROGRESS, "thief", 1)
