@@ -222,8 +222,8 @@ class PhaseTimer:
     """Times the processor's claim and report transactions, by wrapping (not editing) corral.
 
     ``round trip``: from queueing the operation on the writer to its commit, as the
-    processor awaits it; ``in store``: the statements of ``_store.claim`` /
-    ``_store.finish`` / ``_store.outlook`` alone.
+    processor awaits it; ``in store``: the statements of ``_claims.claim`` /
+    ``_claims.finish`` / ``_claims.outlook`` alone.
     """
 
     def __init__(self):
@@ -238,12 +238,12 @@ class PhaseTimer:
 
     def install(self):
         from corral import _database
-        from corral._jobs import _store
+        from corral._jobs import _claims
 
         timer = self
 
         def wrap_store(name, size):
-            original = getattr(_store, name)
+            original = getattr(_claims, name)
 
             async def timed(conn, *args, **kwargs):
                 start = time.perf_counter()
@@ -251,7 +251,7 @@ class PhaseTimer:
                 timer.add(f"in store: {name}", time.perf_counter() - start, size(result))
                 return result
 
-            setattr(_store, name, timed)
+            setattr(_claims, name, timed)
 
         wrap_store("claim", lambda result: len(result[0]))
         wrap_store("finish", len)

@@ -44,7 +44,7 @@ from ._validate import check_positive_int
 from ._writer import Source, Writer
 
 if TYPE_CHECKING:
-    from ._jobs._store import JobQueue
+    from ._jobs._queue import JobQueue
     from ._progress import ProgressTracker
 
 __all__ = ["Database", "DatabaseStatistics", "Table", "connect", "default_url"]
@@ -412,7 +412,7 @@ class Database:
         """The durable job queue in this database (see :mod:`corral.jobs`)."""
         queue = self._jobs
         if queue is None:
-            from ._jobs._store import JobQueue
+            from ._jobs._queue import JobQueue
 
             queue = self._jobs = JobQueue(self)
         return queue

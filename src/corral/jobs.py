@@ -27,6 +27,9 @@ from ._exceptions import LeaseLostError as LeaseLostError
 from ._exceptions import PermanentError as PermanentError
 from ._exceptions import ResourceError as ResourceError
 from ._exceptions import TransientError as TransientError
+from ._jobs._context import JobContext as JobContext
+from ._jobs._context import JobProgress as JobProgress
+from ._jobs._context import Step as Step
 from ._jobs._model import ErrorCategory as ErrorCategory
 from ._jobs._model import Job as Job
 from ._jobs._model import JobRecord as JobRecord
@@ -41,12 +44,9 @@ from ._jobs._notify import EventKind as EventKind
 from ._jobs._notify import JobEvent as JobEvent
 from ._jobs._notify import LoggingNotifier as LoggingNotifier
 from ._jobs._notify import Notifier as Notifier
-from ._jobs._processor import JobContext as JobContext
-from ._jobs._processor import JobProgress as JobProgress
 from ._jobs._processor import Processor as Processor
 from ._jobs._processor import ProcessorStatistics as ProcessorStatistics
-from ._jobs._processor import Step as Step
-from ._jobs._store import JobQueue as JobQueue
+from ._jobs._queue import JobQueue as JobQueue
 
 __all__ = (
     "ConfigurationError",

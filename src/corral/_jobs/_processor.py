@@ -18,17 +18,16 @@ import os
 import random
 import secrets
 import socket
-import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._cluster import Cluster
 from .._exceptions import ConfigurationError, LeaseLostError
-from . import _store
+from . import _claims
+from ._context import JobContext
 from ._model import ErrorCategory, Job, ProcessorConfig, State, classify
 from ._notify import EventKind, JobEvent, LoggingNotifier, Notifier
 from ._routing import route
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from .._backends import Connection
     from .._database import Database
 
-__all__ = ["JobContext", "JobProgress", "Processor", "ProcessorStatistics", "Step"]
+__all__ = ["Processor", "ProcessorStatistics"]
 
 log = logging.getLogger("corral.jobs")
 
@@ -49,152 +48,6 @@ Validator = Callable[[Job], object]
 Classifier = Callable[[BaseException], ErrorCategory | str]
 
 _MESSAGE_LIMIT = 2000
-
-
-class JobProgress:
-    """The job's own progress counter: ``ctx.progress.increment()``.
-
-    Thread-safe and never blocking; the counts are added to the job's ``progress``
-    column through the writer, with the next lease renewal, finished step or outcome.
-    """
-
-    __slots__ = ("_lock", "_pending", "_total")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending = 0
-        self._total = 0
-
-    def increment(self, n: int = 1, /) -> None:
-        """Add ``n`` (an int >= 0, default 1) to the job's progress."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise TypeError(f"increment() takes an int >= 0, got {n!r}")
-        with self._lock:
-            self._pending += n
-            self._total += n
-
-    @property
-    def value(self) -> int:
-        """What this attempt has counted so far."""
-        return self._total
-
-    def _take(self) -> int:
-        with self._lock:
-            pending, self._pending = self._pending, 0
-        return pending
-
-    def _give_back(self, n: int) -> None:
-        with self._lock:
-            self._pending += n
-
-
-class Step:
-    """One named step of a job, used as ``async with ctx.step(name):``.
-
-    When the block ends normally the step is recorded as finished (committed before
-    the block returns), so a later attempt of the job does not run it again: there,
-    :attr:`done` is true and the block's body is cancelled at its first checkpoint
-    (its first ``await`` that yields), which ``async with`` then absorbs. A body with
-    no checkpoint runs in full, so keep a finished step's side effects behind an
-    ``await``, or test ``step.done``. When the block raises, the step is recorded as
-    the one that failed.
-    """
-
-    __slots__ = ("_ctx", "_scope", "done", "name")
-
-    def __init__(self, ctx: JobContext, name: str) -> None:
-        self._ctx = ctx
-        self.name = name
-        #: Whether the step finished in an earlier attempt (its body is skipped).
-        self.done = name in ctx._steps
-        self._scope: anyio.CancelScope | None = None
-
-    async def __aenter__(self) -> Step:
-        entered = self._ctx._entered
-        if self.name in entered:
-            raise ValueError(
-                f"step {self.name!r} was already used in this attempt of job "
-                f"{self._ctx.job.id!r}: step names must be unique within a job (a finished "
-                f"step is skipped on retry by its name); give each step its own name"
-            )
-        entered.add(self.name)
-        if self.done:
-            scope = self._scope = anyio.CancelScope()
-            scope.__enter__()
-            scope.cancel()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if self._scope is not None:
-            return bool(self._scope.__exit__(exc_type, exc, tb))
-        if exc is None:
-            await self._ctx._finish_step(self.name)
-        elif self._ctx._failed_step is None:
-            self._ctx._failed_step = self.name
-        return False
-
-
-class JobContext:
-    """What a handler is given: the job, its attempt, its cluster, steps and progress."""
-
-    def __init__(self, processor: Processor, claimed: _store.Claimed, cluster: Cluster) -> None:
-        #: The job being run.
-        self.job: Job = claimed.job
-        #: This attempt's number: 1 for the first.
-        self.attempt: int = claimed.attempt
-        #: The cluster it runs on.
-        self.cluster: Cluster = cluster
-        #: Why the scheduler chose that cluster.
-        self.route_reason: str = claimed.route_reason
-        #: The job's own progress counter.
-        self.progress = JobProgress()
-        #: The processor's worker name (host:pid:random).
-        self.worker: str = processor.name
-        self._processor = processor
-        self._claimed = claimed
-        self._steps: list[str] = list(claimed.steps_done)
-        self._entered: set[str] = set()
-        self._failed_step: str | None = None
-
-    def __repr__(self) -> str:
-        return f"<JobContext {self.job.id!r} attempt={self.attempt} cluster={self.cluster.name!r}>"
-
-    @property
-    def steps_done(self) -> tuple[str, ...]:
-        """The steps finished so far, in earlier attempts and this one."""
-        return tuple(self._steps)
-
-    def step(self, name: str) -> Step:
-        """Return the step ``name`` of this job, for ``async with``; see :class:`Step`."""
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"a step name must be a non-empty str, got {name!r}")
-        return Step(self, name)
-
-    async def _finish_step(self, name: str) -> None:
-        if name not in self._steps:
-            self._steps.append(name)
-        claimed = self._claimed
-        progress = self.progress._take()
-        steps = list(self._steps)
-
-        async def record(conn: Connection) -> bool:
-            return await _store.step_done(conn, claimed.job.id, claimed.token, steps, progress)
-
-        try:
-            held = await self._processor._db._run(record)
-        except BaseException:
-            self.progress._give_back(progress)
-            raise
-        if not held:
-            raise LeaseLostError(
-                f"job {claimed.job.id!r}: this worker's lease was taken over by another "
-                f"worker (it was not renewed in time); this attempt stops here"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +75,11 @@ class ProcessorStatistics:
 class _Running:
     __slots__ = ("claimed", "ctx", "outcome", "scope")
 
-    def __init__(self, claimed: _store.Claimed, ctx: JobContext) -> None:
+    def __init__(self, claimed: _claims.Claimed, ctx: JobContext) -> None:
         self.claimed = claimed
         self.ctx = ctx
         self.scope: anyio.CancelScope | None = None
-        self.outcome: _store.Outcome | None = None
+        self.outcome: _claims.Outcome | None = None
 
 
 class Processor:
@@ -316,7 +169,7 @@ class Processor:
         #: whose lease expired and was reclaimed, here or elsewhere, and the new one).
         self._running: dict[int, _Running] = {}
         self._on_cluster = dict.fromkeys(self._by_name, 0)
-        self._outcomes: list[_store.Outcome] = []
+        self._outcomes: list[_claims.Outcome] = []
         # Made by run(), inside an event loop.
         self._claim_wakeup: anyio.Event
         self._report_wakeup: anyio.Event
@@ -387,7 +240,7 @@ class Processor:
     def _wake_claimer(self) -> None:
         self._claim_wakeup.set()
 
-    def _request(self, freeing: Iterable[_Running] = ()) -> _store.ClaimRequest:
+    def _request(self, freeing: Iterable[_Running] = ()) -> _claims.ClaimRequest:
         """Return what a claim may take now, once the attempts ``freeing`` have left."""
         config = self.config
         running = len(self._running)
@@ -396,7 +249,7 @@ class Processor:
             running -= 1
             on_cluster[entry.claimed.cluster] -= 1
         room = min(config.batch_size, config.max_concurrent - running)
-        return _store.ClaimRequest(
+        return _claims.ClaimRequest(
             owner=self.name,
             limit=room,
             window=2 * room + 32,  # room to skip jobs held back by a limit
@@ -417,11 +270,11 @@ class Processor:
             request = self._request()
             self._claim_wakeup = anyio.Event()
 
-            async def claim(conn: Connection, request: _store.ClaimRequest = request) -> Any:
-                claimed, reclaimed = await _store.claim(conn, request)
+            async def claim(conn: Connection, request: _claims.ClaimRequest = request) -> Any:
+                claimed, reclaimed = await _claims.claim(conn, request)
                 outlook = None
                 if len(claimed) < request.limit or request.limit <= 0:
-                    outlook = await _store.outlook(conn, names, labels)
+                    outlook = await _claims.outlook(conn, names, labels)
                 return claimed, reclaimed, outlook
 
             claimed, reclaimed, outlook = await self._db._run(claim)
@@ -452,11 +305,11 @@ class Processor:
                 message=row["error_message"],
             )
 
-    def _start(self, claimed: _store.Claimed) -> None:
+    def _start(self, claimed: _claims.Claimed) -> None:
         tg = self._tg
         assert tg is not None
         cluster = self._by_name[claimed.cluster]
-        entry = _Running(claimed, JobContext(self, claimed, cluster))
+        entry = _Running(claimed, JobContext(self._db, self.name, claimed, cluster))
         self._running[claimed.token] = entry
         self._on_cluster[cluster.name] += 1
         self._counts["claimed"] += 1
@@ -466,7 +319,7 @@ class Processor:
         claimed, ctx = entry.claimed, entry.ctx
         job = claimed.job
         lost = False
-        outcome: _store.Outcome | None = None
+        outcome: _claims.Outcome | None = None
         with anyio.CancelScope() as entry.scope:
             try:
                 refusal = await self._check(entry)
@@ -474,7 +327,7 @@ class Processor:
                     outcome = refusal
                 else:
                     await self._handler(ctx)
-                    outcome = _store.Outcome(job.id, claimed.token, State.COMPLETED)
+                    outcome = _claims.Outcome(job.id, claimed.token, State.COMPLETED)
             except LeaseLostError:
                 lost = True
             except Exception as exc:
@@ -495,7 +348,7 @@ class Processor:
         self._outcomes.append(entry.outcome)
         self._report_wakeup.set()
 
-    async def _check(self, entry: _Running) -> _store.Outcome | None:
+    async def _check(self, entry: _Running) -> _claims.Outcome | None:
         if self._validate is None:
             return None
         job = entry.claimed.job
@@ -509,7 +362,7 @@ class Processor:
                 if isinstance(exc, ConfigurationError)
                 else ErrorCategory.DATA
             )
-            return _store.Outcome(
+            return _claims.Outcome(
                 job.id,
                 entry.claimed.token,
                 State.FAILED,
@@ -519,7 +372,7 @@ class Processor:
             )
         return None
 
-    def _failure(self, entry: _Running, exc: Exception) -> _store.Outcome:
+    def _failure(self, entry: _Running, exc: Exception) -> _claims.Outcome:
         claimed = entry.claimed
         try:
             category = ErrorCategory(self._classify(exc))
@@ -534,7 +387,7 @@ class Processor:
             delay = self.config.retry.delay(claimed.attempt)
         else:
             state = State.DEAD
-        return _store.Outcome(
+        return _claims.Outcome(
             claimed.job.id,
             claimed.token,
             state,
@@ -573,11 +426,11 @@ class Processor:
             request.wait = False
 
         async def write(conn: Connection) -> Any:
-            accepted = await _store.finish(conn, batch)
-            claimed: list[_store.Claimed] = []
+            accepted = await _claims.finish(conn, batch)
+            claimed: list[_claims.Claimed] = []
             reclaimed: list[dict[str, Any]] = []
             if request is not None and request.limit > 0:
-                claimed, reclaimed = await _store.claim(conn, request)
+                claimed, reclaimed = await _claims.claim(conn, request)
             if accepted and conn.dialect == "postgresql":
                 await conn.execute("SELECT pg_notify(?, '')", self._db.jobs.channel)
             return accepted, claimed, reclaimed
@@ -624,7 +477,7 @@ class Processor:
             leases = [(e.claimed.job.id, e.claimed.token, e.ctx.progress._take()) for e in entries]
 
             async def renew(conn: Connection, leases: list[Any] = leases) -> set[int]:
-                return await _store.renew(conn, leases, self.config.lease_seconds)
+                return await _claims.renew(conn, leases, self.config.lease_seconds)
 
             try:
                 held = await self._db._run(renew)
@@ -646,7 +499,7 @@ class Processor:
                 leases = [(e.claimed.job.id, e.claimed.token, e.ctx.progress._take()) for e in left]
 
                 async def give_back(conn: Connection) -> None:
-                    await _store.release(conn, leases)
+                    await _claims.release(conn, leases)
 
                 await self._db._run(give_back)
             if listening:
@@ -710,10 +563,10 @@ def _message(exc: BaseException) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
-def _with_progress(outcome: _store.Outcome, progress: int) -> _store.Outcome:
+def _with_progress(outcome: _claims.Outcome, progress: int) -> _claims.Outcome:
     if not progress:
         return outcome
-    return _store.Outcome(
+    return _claims.Outcome(
         outcome.id,
         outcome.token,
         outcome.state,

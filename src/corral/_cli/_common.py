@@ -1,0 +1,92 @@
+"""The ``corral`` group, and opening a database for a command."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.abc
+import click
+
+from .._database import Database, connect
+from .._exceptions import CorralError
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["_db_option", "_limit_option", "_open", "cli", "log"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("corral.worker")
+
+
+def _open(url: str, work: Callable[[Database], Awaitable[T]], *, create: bool = False) -> T:
+    """Run ``work(db)`` on an event loop with ``url`` open; errors become click errors.
+
+    A SQLite file must exist unless ``create``.
+    """
+    if url.startswith("sqlite:///") and not create:
+        path = url.removeprefix("sqlite:///")
+        if path != ":memory:" and not os.path.exists(path):
+            raise click.ClickException(
+                f"no database at {path!r} (from {url}); pass --db URL or set CORRAL_DB"
+            )
+
+    async def main() -> T:
+        async with connect(url) as db:
+            return await work(db)
+
+    try:
+        return anyio.run(main)
+    except (CorralError, ValueError) as exc:  # a bad URL is a ValueError
+        raise click.ClickException(str(exc)) from exc
+    except BaseExceptionGroup as group:  # from a task group: one error inside, usually
+        leaf = _only(group)
+        if isinstance(leaf, CorralError | ValueError):
+            raise click.ClickException(str(leaf)) from group
+        if isinstance(leaf, Exception):
+            raise leaf from None  # an unexpected error: its own traceback, not the group's
+        raise
+
+
+def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """Return the one exception nested in ``group``, or None if it holds several."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup):
+        if len(inner.exceptions) != 1:
+            return None
+        inner = inner.exceptions[0]
+    return inner
+
+
+_db_option = click.option(
+    "--db",
+    "url",
+    default=None,
+    metavar="URL",
+    help="Database URL (default: $CORRAL_DB, else sqlite:///corral.db).",
+)
+
+
+@click.group()
+@click.version_option(package_name="corral")
+def cli() -> None:
+    """corral: structured concurrency for batch work."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _limit_option(default: int, what: str) -> Callable[[_F], _F]:
+    """Return the ``--limit N`` option: how many ``what`` to show at most."""
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        help=f"How many {what} at most.",
+    )

@@ -1,0 +1,424 @@
+"""``corral jobs ...``: read and change the job queue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+from .._backends import redact
+from .._database import Database, default_url
+from .._display import _when
+from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
+from ..jobs import (
+    Job,
+    JobRecord,
+    LastError,
+    Priority,
+    QueueDepth,
+    State,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+from ._common import _db_option, _limit_option, _open, cli
+
+__all__: list[str] = []
+
+# -- corral jobs: the queue --------------------------------------------------------------------
+
+#: The states in the order of a job's life, as shown by ``corral jobs status``.
+_STATES = (
+    State.READY,
+    State.IN_PROGRESS,
+    State.RETRYING,
+    State.COMPLETED,
+    State.FAILED,
+    State.DEAD,
+)
+
+
+@cli.group("jobs", short_help="Read and change the job queue.")
+def jobs_group() -> None:
+    """Read and change the job queue: status, list, show, enqueue, requeue."""
+
+
+@jobs_group.command("status", short_help="Count the jobs in each state.")
+@_db_option
+@click.option("--cluster", metavar="NAME", help="Count only the jobs of this cluster.")
+def jobs_status(url: str | None, cluster: str | None) -> None:
+    """Show how many jobs are in each state, overall or on one cluster.
+
+    A job belongs to the cluster its latest attempt ran on, or before it runs, to the
+    cluster it is pinned to (its affinity).
+    """
+    url = url or default_url()
+
+    async def read(db: Database) -> QueueDepth:
+        return await (db.jobs.depth() if cluster is None else db.jobs.by_cluster(cluster))
+
+    depth = _open(url, read)
+    click.echo(f"jobs {'' if cluster is None else f'on cluster {cluster} '}in {redact(url)}")
+    _print(_depth_table(depth))
+
+
+@jobs_group.command("list", short_help="List jobs in claim order.")
+@_db_option
+@click.option(
+    "--state",
+    type=click.Choice([state.value for state in _STATES]),
+    default=None,
+    help="Only the jobs in this state.",
+)
+@_limit_option(50, "jobs to list")
+def jobs_list(url: str | None, state: str | None, limit: int) -> None:
+    """List jobs in claim order (higher priority first, then oldest first)."""
+    url = url or default_url()
+
+    async def read(db: Database) -> tuple[list[JobRecord], QueueDepth]:
+        return await db.jobs.list(state, limit=limit), await db.jobs.depth()
+
+    records, depth = _open(url, read)
+    matching = depth.total if state is None else getattr(depth, state)
+    which = "jobs" if state is None else f"{state} jobs"
+    if not records:
+        click.echo(f"no {which} in {redact(url)}")
+        return
+    _print(_jobs_table(records, f"{which} in {redact(url)}"))
+    if matching > len(records):
+        click.echo(f"{len(records)} of {matching} {which} shown; pass --limit {matching} for all")
+
+
+@jobs_group.command("show", short_help="Show one job's full record.")
+@click.argument("job_id", metavar="ID")
+@_db_option
+def jobs_show(job_id: str, url: str | None) -> None:
+    """Show one job's full record: payload, attempts, steps, last error, lease."""
+    url = url or default_url()
+
+    async def read(db: Database) -> JobRecord:
+        try:
+            return await db.jobs.get(job_id)
+        except JobNotFoundError as exc:
+            raise click.ClickException(f"{exc}; corral jobs list shows the ids") from exc
+
+    _print(_record_table(_open(url, read)))
+
+
+@jobs_group.command("requeue", short_help="Put dead or failed jobs back in the queue.")
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@_db_option
+def jobs_requeue(job_ids: tuple[str, ...], url: str | None) -> None:
+    """Put dead or failed jobs back in the queue, ready, their attempts reset to 0.
+
+    They resume after the steps they finished. Every ID is tried; if one cannot be
+    requeued (unknown, or not dead or failed) the others still are, and the command
+    exits with status 1.
+    """
+    url = url or default_url()
+
+    async def requeue(db: Database) -> list[str]:
+        problems: list[str] = []
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                before = await db.jobs.get(job_id)
+                after = await db.jobs.requeue(job_id)
+            except JobNotFoundError as exc:
+                problems.append(f"{exc}; corral jobs list shows the ids")
+                continue
+            except JobStateError as exc:
+                problems.append(
+                    f"{exc}; a job still queued or running needs no requeue, and a "
+                    f"completed one runs again only if enqueued under a new id"
+                )
+                continue
+            resume = (
+                f"; resumes after step(s) {', '.join(after.steps_done)}" if after.steps_done else ""
+            )
+            click.echo(
+                f"requeued {job_id}: was {before.state.value} after {before.attempts} "
+                f"attempt(s) ({_error_text(before.last_error, 200) or 'no error recorded'}), "
+                f"now {after.state.value}{resume}"
+            )
+        return problems
+
+    problems = _open(url, requeue)
+    if problems:
+        raise click.ClickException(
+            f"{len(problems)} of {len(set(job_ids))} job(s) not requeued:\n  "
+            + "\n  ".join(problems)
+        )
+
+
+#: The keys of one line of ``corral jobs enqueue --file``.
+_JOB_KEYS = (
+    "id",
+    "payload",
+    "priority",
+    "customer",
+    "affinity",
+    "region",
+    "requires",
+    "max_retries",
+)
+
+
+@jobs_group.command("enqueue", short_help="Add a job, or many from a JSONL file.")
+@click.argument("job_id", metavar="[ID]", required=False)
+@_db_option
+@click.option(
+    "--payload",
+    metavar="JSON",
+    help="The job's payload as JSON, e.g. '{\"n\": 3}' (default: null).",
+)
+@click.option(
+    "--priority",
+    type=click.Choice([priority.value for priority in Priority]),
+    default=None,
+    help="How soon it runs (default: normal).",
+)
+@click.option("--customer", help="Whose job it is (for the worker's --per-customer limit).")
+@click.option("--affinity", metavar="CLUSTER", help="Run it on this cluster only.")
+@click.option("--region", help="Where its data lives: a cluster in this region is preferred.")
+@click.option(
+    "--requires",
+    metavar="LABEL",
+    multiple=True,
+    help="A label the cluster running it must have; repeat for several.",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Retries of a retryable failure before the dead letter queue (default: 3).",
+)
+@click.option(
+    "--file",
+    "jsonl",
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE.jsonl",
+    help="Enqueue one job per line of FILE ('-' for stdin): a JSON object with the keys "
+    "id, payload, priority, customer, affinity, region, requires (a list), max_retries; "
+    "the options above fill in the keys a line leaves out.",
+)
+def jobs_enqueue(
+    job_id: str | None,
+    url: str | None,
+    payload: str | None,
+    priority: str | None,
+    customer: str | None,
+    affinity: str | None,
+    region: str | None,
+    requires: tuple[str, ...],
+    max_retries: int | None,
+    jsonl: IO[str] | None,
+) -> None:
+    """Add a job (ID) or many (--file FILE.jsonl) to the queue, ready to run.
+
+    All or nothing: if an id is already stored, no job is added.
+    """
+    url = url or default_url()
+    defaults: dict[str, Any] = {
+        "priority": priority,
+        "customer": customer,
+        "affinity": affinity,
+        "region": region,
+        "requires": requires or None,
+        "max_retries": max_retries,
+    }
+    if payload is not None:
+        try:
+            defaults["payload"] = json.loads(payload)
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{payload!r} is not JSON ({exc}); quote it for the shell, e.g. "
+                f"--payload '{{\"n\": 3}}', and write a string as --payload '\"text\"'",
+                param_hint="--payload",
+            ) from None
+    defaults = {key: value for key, value in defaults.items() if value is not None}
+    if (job_id is None) == (jsonl is None):
+        raise click.UsageError(
+            "give a job ID, or --file FILE.jsonl for many jobs"
+            if job_id is None
+            else "give a job ID or --file FILE.jsonl, not both"
+        )
+    if jsonl is not None:
+        batch = _read_jobs(jsonl, defaults)
+    else:
+        assert job_id is not None
+        batch = [_job({"id": job_id, **defaults}, "")]
+
+    async def enqueue(db: Database) -> int:
+        try:
+            return await db.jobs.enqueue_many(batch)
+        except DuplicateJobError as exc:
+            raise click.ClickException(
+                f"{exc}; nothing was enqueued (corral jobs requeue ID puts a dead or failed "
+                f"job back in the queue)"
+            ) from exc
+
+    count = _open(url, enqueue, create=True)
+    if jsonl is None:
+        job = batch[0]
+        click.echo(f"enqueued {job.id} ({Priority(job.priority).value}) in {redact(url)}")
+    else:
+        click.echo(f"enqueued {count} job(s) from {jsonl.name} in {redact(url)}")
+
+
+def _read_jobs(lines: IO[str], defaults: dict[str, Any]) -> list[Job]:
+    """Read one job per non-blank line of ``lines``; errors name the line and the fix."""
+    batch: list[Job] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{lines.name} line {number}: "
+        try:
+            fields = json.loads(line)
+        except ValueError as exc:
+            raise click.ClickException(
+                f"{where}not JSON ({exc}); write one JSON object per line, such as "
+                f'{{"id": "ws-1", "payload": {{"n": 3}}, "priority": "high"}}'
+            ) from None
+        if not isinstance(fields, dict):
+            raise click.ClickException(
+                f"{where}a JSON {type(fields).__name__}, not an object; write one object "
+                f'per line, such as {{"id": "ws-1", "payload": {{"n": 3}}}}'
+            )
+        unknown = sorted(set(fields) - set(_JOB_KEYS))
+        if unknown:
+            raise click.ClickException(
+                f"{where}unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"the keys are {', '.join(_JOB_KEYS)}"
+            )
+        if "id" not in fields:
+            raise click.ClickException(f'{where}no "id"; give each job a unique "id"')
+        job = _job({**defaults, **fields}, where)
+        if job.id in seen:
+            raise click.ClickException(
+                f"{where}id {job.id!r} is on line {seen[job.id]} too; give each job its own id"
+            )
+        seen[job.id] = number
+        batch.append(job)
+    return batch
+
+
+def _job(fields: dict[str, Any], where: str) -> Job:
+    """Build a Job from command-line or JSON fields; a bad value is a click error."""
+    requires = fields.get("requires", ())
+    if not isinstance(requires, list | tuple) or not all(isinstance(x, str) for x in requires):
+        raise click.ClickException(
+            f'{where}"requires" must be a list of labels (strings), e.g. "requires": '
+            f'["gpu"], got {json.dumps(requires)}'
+        )
+    try:
+        return Job(**{**fields, "requires": frozenset(requires)})
+    except (TypeError, ValueError) as exc:
+        raise click.ClickException(f"{where}{exc}") from None
+
+
+# -- the tables -------------------------------------------------------------------------------
+
+
+def _print(table: Table) -> None:
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def _text(value: object) -> Text:
+    """Return a table cell showing ``value`` as it is (brackets in it are not markup)."""
+    from rich.text import Text
+
+    return Text("" if value is None else str(value))
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _error_text(error: LastError | None, width: int) -> str:
+    """``CATEGORY in step: message``, shortened to ``width`` characters."""
+    if error is None:
+        return ""
+    step = f" in {error.step}" if error.step else ""
+    return _shorten(f"{error.category.value}{step}: {error.message}", width)
+
+
+def _depth_table(depth: QueueDepth) -> Table:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("state")
+    table.add_column("jobs", justify="right")
+    for state in _STATES:
+        table.add_row(state.value, f"{getattr(depth, state.value):,}")
+    table.add_section()
+    table.add_row("pending", f"{depth.pending:,}")
+    table.add_row("total", f"{depth.total:,}")
+    return table
+
+
+def _jobs_table(records: Iterable[JobRecord], title: str) -> Table:
+    from rich.table import Table
+
+    table = Table(title=_text(title))
+    columns = ("id", "state", "priority", "customer", "cluster", "attempts", "last error")
+    for column in (*columns, "updated"):
+        table.add_column(
+            column,
+            justify="right" if column == "attempts" else "left",
+            overflow="fold" if column == "id" else "ellipsis",  # an id is never cut short
+        )
+    for job in records:
+        table.add_row(
+            _text(job.id),
+            job.state.value,
+            job.priority.value,
+            _text(job.customer),
+            _text(job.cluster or (f"({job.affinity})" if job.affinity else "")),
+            f"{job.attempts}/{job.max_retries + 1}",
+            _text(_error_text(job.last_error, 60)),
+            _when(job.updated_at),
+        )
+    return table
+
+
+def _record_table(job: JobRecord) -> Table:
+    from rich.table import Table
+
+    table = Table(title=_text(f"job {job.id}"), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    error = job.last_error
+    rows: list[tuple[str, object]] = [
+        ("state", job.state.value),
+        ("priority", job.priority.value),
+        ("customer", job.customer),
+        ("affinity", job.affinity),
+        ("region", job.region),
+        ("requires", ", ".join(sorted(job.requires))),
+        ("attempts", f"{job.attempts} of {job.max_retries + 1}"),
+        ("cluster", job.cluster),
+        ("route", job.route_reason),
+        ("steps done", ", ".join(job.steps_done)),
+        ("progress", f"{job.progress:,}"),
+        ("last error", None if error is None else _error_text(error, 10_000)),
+        ("error attempt", None if error is None else error.attempt),
+        ("lease owner", job.lease_owner),
+        ("lease expires", _when(job.lease_expires_at)),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("run at", _when(job.run_at)),
+        ("updated", _when(job.updated_at)),
+        ("finished", _when(job.finished_at)),
+        ("payload", json.dumps(job.payload, indent=2, ensure_ascii=False)),
+    ]
+    for field, value in rows:
+        table.add_row(field, _text(value))
+    return table

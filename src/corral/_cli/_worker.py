@@ -1,0 +1,325 @@
+"""``corral worker``: run a job processor with a handler."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, cast
+
+import anyio
+import anyio.abc
+import click
+
+from .._backends import redact
+from .._cluster import Cluster
+from .._database import Database, default_url
+from ..jobs import (
+    JobContext,
+    LoggingNotifier,
+    Processor,
+    ProcessorConfig,
+)
+
+if TYPE_CHECKING:
+    pass
+
+from ._common import _db_option, _open, cli, log
+
+__all__: list[str] = []
+
+# -- corral worker: a job processor -----------------------------------------------------------
+
+_SPEC = "name=capacity[,region=R][,cost=C][,labels=a+b]"
+_SPEC_EXAMPLE = "--cluster gpu=4,region=us-west-2,cost=0.6,labels=gpu+ssd"
+
+
+def _cluster(spec: str) -> Cluster:
+    """Parse ``name=capacity[,region=R][,cost=C][,labels=a+b]``; BadParameter if bad."""
+
+    def fail(problem: str) -> NoReturn:
+        raise click.BadParameter(
+            f"{spec!r}: {problem}; write {_SPEC}, e.g. {_SPEC_EXAMPLE}", param_hint="--cluster"
+        )
+
+    head, *rest = spec.split(",")
+    name, equals, capacity_text = (part.strip() for part in head.partition("="))
+    if not equals or not name:
+        fail("it does not start with name=capacity")
+    try:
+        capacity = int(capacity_text)
+    except ValueError:
+        fail(f"capacity {capacity_text!r} is not a whole number")
+    if capacity < 1:
+        fail(f"capacity {capacity} is not >= 1 (the most jobs running on {name} at once)")
+    options: dict[str, str] = {}
+    for item in rest:
+        key, equals, text = (part.strip() for part in item.partition("="))
+        if not equals or not text:
+            fail(f"{item!r} is not key=value")
+        if key not in ("region", "cost", "labels"):
+            fail(f"unknown key {key!r} (the keys are region, cost and labels)")
+        if key in options:
+            fail(f"{key} is given twice")
+        options[key] = text
+    cost = None
+    if "cost" in options:
+        try:
+            cost = float(options["cost"])
+        except ValueError:
+            fail(f"cost {options['cost']!r} is not a number")
+        if not math.isfinite(cost):
+            fail(f"cost {options['cost']!r} is not a finite number")
+    labels = [label.strip() for label in options.get("labels", "").split("+")]
+    if "labels" in options and not all(labels):
+        fail(f"labels {options['labels']!r} holds an empty label")
+    return Cluster(
+        name,
+        capacity,
+        region=options.get("region"),
+        cost=cost,
+        labels=labels if "labels" in options else (),
+    )
+
+
+def _clusters(ctx: click.Context, param: click.Parameter, specs: tuple[str, ...]) -> list[Cluster]:
+    """Parse every ``--cluster`` spec (the option's callback); names must differ."""
+    clusters = [_cluster(spec) for spec in specs]
+    names = [cluster.name for cluster in clusters]
+    for name in names:
+        if names.count(name) > 1:
+            raise click.BadParameter(
+                f"two clusters are named {name!r}; give each --cluster its own name",
+                param_hint="--cluster",
+            )
+    return clusters
+
+
+Handler = Callable[[JobContext], Awaitable[object]]
+
+
+def _load_handler(ref: str) -> Handler:
+    """Import ``module:function`` (the current directory is importable too)."""
+    module_name, colon, attr = (part.strip() for part in ref.partition(":"))
+    example = "e.g. --handler myjobs:handle for async def handle(ctx) in myjobs.py"
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        stem = Path(module_name).stem
+        raise click.BadParameter(
+            f"{ref!r} names a file: give the module's import name, e.g. --handler "
+            f"{stem}:{attr or 'handle'}, run from the directory that holds {stem}.py "
+            f"(or with that directory on PYTHONPATH)",
+            param_hint="--handler",
+        )
+    if not colon or not module_name or not attr:
+        raise click.BadParameter(
+            f"{ref!r} is not module:function; name the module and the async function in "
+            f"it, {example}",
+            param_hint="--handler",
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(f"{exc.name}.")
+        ):
+            raise click.ClickException(
+                f"cannot import the handler module {module_name!r} ({exc}); run corral "
+                f"worker in the directory that holds {module_name.replace('.', '/')}.py, or "
+                f"add that directory to PYTHONPATH"
+            ) from None
+        raise click.ClickException(
+            f"importing the handler module {module_name!r} failed: {exc} (at "
+            f"{_where(exc)}); install {exc.name!r} in this Python environment"
+        ) from None
+    except Exception as exc:
+        raise click.ClickException(
+            f"importing the handler module {module_name!r} raised "
+            f"{type(exc).__name__}: {exc} (at {_where(exc)}); fix the module and start the "
+            f"worker again"
+        ) from None
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            found = sorted(
+                name
+                for name, value in vars(module).items()
+                if inspect.iscoroutinefunction(value) and not name.startswith("_")
+            )
+            hint = f", or use one of its async functions: {', '.join(found)}" if found else ""
+            raise click.ClickException(
+                f"the handler module {module_name!r} ({module.__file__}) has no {attr!r}; "
+                f"define async def {attr.rpartition('.')[2]}(ctx) in it{hint}"
+            )
+        target = getattr(target, part)
+    if not callable(target):
+        raise click.ClickException(
+            f"--handler {ref!r} is a {type(target).__name__}, not a function; point it at "
+            f"an async function taking the job's context, {example}"
+        )
+    if inspect.isroutine(target) and not inspect.iscoroutinefunction(target):
+        raise click.ClickException(
+            f"--handler {ref!r} is a plain function, and the worker awaits its handler; "
+            f"define it with async def {attr.rpartition('.')[2]}(ctx)"
+        )
+    return cast(Handler, target)
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` where ``exc`` was raised (for a SyntaxError: the bad line)."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}:{exc.lineno}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+async def _stop_on_signal(
+    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Cancel ``scope`` on the first SIGINT or SIGTERM (a second one acts as usual)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info(
+                "%s received: stopping; the jobs still running are given back to the queue",
+                signal.Signals(signum).name,
+            )
+            scope.cancel()
+            return
+
+
+@cli.command(short_help="Run queued jobs with a handler (a job processor).")
+@_db_option
+@click.option(
+    "--handler",
+    "handler_ref",
+    required=True,
+    metavar="MODULE:FUNCTION",
+    help="The async function that runs a job, e.g. myjobs:handle (the current directory "
+    "is importable).",
+)
+@click.option(
+    "--cluster",
+    "clusters",
+    metavar="SPEC",
+    multiple=True,
+    callback=_clusters,
+    help=f"A cluster jobs run on: {_SPEC}; repeat for several "
+    "(default: one cluster, 'default', with --max-concurrent slots).",
+)
+@click.option(
+    "--max-concurrent", type=click.IntRange(min=1), help="Jobs running at once, in all (10)."
+)
+@click.option(
+    "--per-customer", type=click.IntRange(min=1), help="Jobs of one customer at once (no limit)."
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="How long a claim holds without renewal; a dead worker's jobs are reclaimed "
+    "after this long (60).",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds an idle worker waits before looking for work again, at most (1).",
+)
+@click.option("--name", help="This worker's name in leases and logs (default: host:pid:random).")
+@click.option(
+    "--until-idle",
+    is_flag=True,
+    help="Stop once no job this worker could take is left (default: run until stopped).",
+)
+def worker(
+    url: str | None,
+    handler_ref: str,
+    clusters: list[Cluster],
+    max_concurrent: int | None,
+    per_customer: int | None,
+    lease_seconds: float | None,
+    poll_interval: float | None,
+    name: str | None,
+    until_idle: bool,
+) -> None:
+    """Run queued jobs with a handler, on clusters, within limits; logs to stderr.
+
+    Ctrl-C or SIGTERM stops it cleanly: the jobs still running are cancelled and given
+    back to the queue, ready at once, the attempt not counted. Any number of workers
+    may share a database (PostgreSQL: on any number of hosts).
+    """
+    url = url or default_url()
+    if name is not None and not name.strip():
+        raise click.BadParameter("is empty; give a name, or leave it out", param_hint="--name")
+    given: dict[str, Any] = {
+        "max_concurrent": max_concurrent,
+        "per_customer": per_customer,
+        "lease_seconds": lease_seconds,
+        "poll_interval": poll_interval,
+    }
+    try:
+        config = ProcessorConfig(**{k: v for k, v in given.items() if v is not None})
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(f"{exc}; give a finite number") from None
+    handler = _load_handler(handler_ref)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def serve(db: Database) -> None:
+        processor = Processor(
+            db,
+            handler,
+            clusters=clusters or None,
+            config=config,
+            notifier=LoggingNotifier(),
+            name=name,
+        )
+        log.info(
+            "worker %s: handler %s on %s; %s; max_concurrent=%d per_customer=%s "
+            "lease_seconds=%g; database %s; %s",
+            processor.name,
+            handler_ref,
+            ", ".join(repr(cluster) for cluster in processor.clusters),
+            "until the queue is idle" if until_idle else "until stopped (Ctrl-C or SIGTERM)",
+            config.max_concurrent,
+            config.per_customer,
+            config.lease_seconds,
+            redact(url),
+            f"pid {os.getpid()}",
+        )
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            await tg.start(_stop_on_signal, tg.cancel_scope)
+            try:
+                await processor.run(until_idle=until_idle)
+            except Exception as exc:  # raised below, outside the task group
+                failure = exc
+            tg.cancel_scope.cancel()
+        stats = processor.statistics()
+        log.info(
+            "worker %s stopped: %d claimed, %d completed, %d retried, %d failed, %d dead, "
+            "%d reclaimed, %d lease lost",
+            processor.name,
+            stats.claimed,
+            stats.completed,
+            stats.retried,
+            stats.failed,
+            stats.dead,
+            stats.reclaimed,
+            stats.lease_lost,
+        )
+        if failure is not None:
+            raise failure
+
+    _open(url, serve, create=True)

@@ -1,0 +1,443 @@
+"""The processor's statements: claim jobs, renew leases, record how attempts ended.
+
+Claims are serialized (PostgreSQL: a transaction-level advisory lock keyed by the
+queue's table, taken before the in-progress jobs are counted; SQLite: the write lock
+every batch takes), so that the limits, counted from the jobs in progress, hold across
+every worker process and host. Candidates are read ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL.
+
+Every change a worker makes to a job it claimed names the claim's lease token: a
+worker whose lease was taken over (it stopped renewing, another worker reclaimed the
+job) matches no row, so its late completion or heartbeat is refused: the token fences.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._model import PRIORITY_BY_RANK, ErrorCategory, Job, State, load_json
+from ._schema import (
+    CLAIM_LOCK,
+    FINISHED,
+    JOBS,
+    NO_LABELS,
+    WAITING,
+    custom_plans,
+    fetch,
+    now_sql,
+)
+
+if TYPE_CHECKING:
+    from .._backends import Connection
+
+__all__ = [
+    "ClaimRequest",
+    "Claimed",
+    "Outcome",
+    "claim",
+    "finish",
+    "outlook",
+    "release",
+    "renew",
+    "step_done",
+]
+
+#: A claim reads at most this many waiting jobs that it cannot place (jobs needing
+#: labels no free cluster here has) before it gives up until the next claim.
+MAX_SCAN = 5_000
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A job claimed by a worker: the job, its attempt and its lease."""
+
+    job: Job
+    attempt: int
+    cluster: str
+    route_reason: str
+    token: int
+    steps_done: list[str]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, to be written fenced by the claim's lease token."""
+
+    id: str
+    token: int
+    state: State
+    delay: float = 0.0
+    category: ErrorCategory | None = None
+    step: str | None = None
+    message: str | None = None
+    progress: int = 0
+
+
+def _job(row: Mapping[str, Any]) -> Job:
+    """Rebuild a stored job, without checking it again (it was checked when enqueued)."""
+    job = object.__new__(Job)
+    requires = row["requires"]
+    for name, value in (
+        ("id", row["id"]),
+        ("payload", load_json(row["payload"])),
+        ("priority", PRIORITY_BY_RANK[int(row["priority"])]),
+        ("customer", row["customer"]),
+        ("affinity", row["affinity"]),
+        ("region", row["region"]),
+        ("requires", frozenset() if requires == NO_LABELS else frozenset(load_json(requires))),
+        ("max_retries", int(row["max_retries"])),
+    ):
+        object.__setattr__(job, name, value)
+    return job
+
+
+@dataclass(slots=True)
+class ClaimRequest:
+    """What one claim may take: how many jobs, within which limits, routed how."""
+
+    owner: str
+    limit: int
+    window: int
+    max_concurrent: int
+    per_customer: int | None
+    #: Capacity of each of this worker's clusters, counted over every worker.
+    capacity: dict[str, int]
+    #: Jobs this worker may still start on each cluster (its own free slots).
+    local_free: dict[str, int]
+    lease_seconds: float
+    route: Callable[[Job, Mapping[str, int]], tuple[str, str] | None]
+    tokens: Callable[[], int]
+    #: Wait for another worker's claim to commit (else claim nothing if one is running).
+    wait: bool = True
+
+
+async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], list[dict[str, Any]]]:
+    """Reclaim expired leases, then claim up to ``req.limit`` jobs within the limits.
+
+    Returns the claimed jobs and the reclaimed ones (id, previous owner, new state).
+    """
+    now = now_sql(conn)
+    pg = conn.dialect == "postgresql"
+    if pg:
+        await custom_plans(conn)
+        # Keyed by the table's oid: queues in other schemas do not wait for this one.
+        key = f"{CLAIM_LOCK}, '{JOBS}'::regclass::oid::int"
+        if not req.wait:
+            if not await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({key})"):
+                return [], []  # another worker is claiming: leave it to the claimer
+        else:
+            await conn.execute(f"SELECT pg_advisory_xact_lock({key})")
+    # SKIP LOCKED: a row another worker is writing (its late outcome) is left for the
+    # next claim, so that a claim (holding the claim lock) never waits for a row lock.
+    skip = " FOR UPDATE SKIP LOCKED" if pg else ""
+    reclaimed = await fetch(
+        conn,
+        f"UPDATE {JOBS} SET state = CASE WHEN attempts > max_retries THEN 'dead' "
+        f"ELSE 'ready' END, error_category = 'TRANSIENT', error_step = NULL, "
+        f"error_message = 'lease expired: worker ' || COALESCE(lease_owner, '?') || "
+        f"' stopped renewing it (killed or stuck)', error_attempt = attempts, "
+        f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, run_at = {now}, "
+        f"updated_at = {now}, finished_at = CASE WHEN attempts > max_retries THEN {now} END "
+        f"WHERE id IN (SELECT id FROM {JOBS} WHERE state = 'in_progress' "
+        f"AND lease_expires < {now}{skip}) "
+        f"RETURNING id, state, error_message, attempts, cluster",
+    )
+    if req.limit <= 0:
+        return [], reclaimed
+    busy = await fetch(
+        conn,
+        f"SELECT cluster, customer, COUNT(*) AS n FROM {JOBS} "
+        f"WHERE state = 'in_progress' GROUP BY cluster, customer",
+    )
+    total = 0
+    by_cluster: dict[str, int] = {}
+    by_customer: dict[str, int] = {}
+    for row in busy:
+        n = int(row["n"])
+        total += n
+        if row["cluster"] is not None:
+            by_cluster[row["cluster"]] = by_cluster.get(row["cluster"], 0) + n
+        if row["customer"] is not None:
+            by_customer[row["customer"]] = by_customer.get(row["customer"], 0) + n
+    room = min(req.limit, req.max_concurrent - total)
+    free = {
+        name: min(req.local_free.get(name, 0), cap - by_cluster.get(name, 0))
+        for name, cap in req.capacity.items()
+    }
+    if room <= 0 or max(free.values(), default=0) <= 0:
+        return [], reclaimed
+    # Leave out in SQL the jobs no claim of this transaction can take (pinned to a full
+    # cluster, of a customer at its limit), and page on past the window: jobs held back
+    # at the head of the queue (by a limit, or needing labels no cluster here has) must
+    # not hide the runnable jobs behind them.
+    names = [name for name, n in free.items() if n > 0]
+    held = sorted(
+        c for c, n in by_customer.items() if req.per_customer is not None and n >= req.per_customer
+    )
+    where = f"{WAITING} AND run_at <= {now} "
+    where += f"AND (affinity IS NULL OR affinity IN ({', '.join('?' * len(names))})) "
+    if held:
+        where += f"AND (customer IS NULL OR customer NOT IN ({', '.join('?' * len(held))})) "
+    chosen: list[Claimed] = []
+    after: tuple[int, int] | None = None
+    scanned = 0
+    while len(chosen) < room and scanned < MAX_SCAN:
+        page = "" if after is None else "AND (priority, seq) > (?, ?) "
+        rows = await fetch(
+            conn,
+            f"SELECT seq, id, payload, priority, customer, affinity, region, requires, "
+            f"max_retries, attempts, steps, created_at FROM {JOBS} WHERE {where}{page}"
+            f"ORDER BY priority, seq LIMIT ?" + (" FOR UPDATE SKIP LOCKED" if pg else ""),
+            *names,
+            *held,
+            *(after or ()),
+            req.window,
+        )
+        for row in rows:
+            if len(chosen) >= room:
+                break
+            _choose(req, row, free, by_customer, chosen)
+        scanned += len(rows)
+        if len(rows) < req.window:
+            break
+        after = (int(rows[-1]["priority"]), int(rows[-1]["seq"]))
+    if not chosen:
+        return [], reclaimed
+    if pg:
+        await conn.execute(
+            f"UPDATE {JOBS} AS j SET state = 'in_progress', attempts = j.attempts + 1, "
+            f"cluster = v.c, route_reason = v.r, lease_token = v.t, lease_owner = ?, "
+            f"lease_expires = {now} + ?, started_at = COALESCE(j.started_at, {now}), "
+            f"updated_at = {now} "
+            f"FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[]) AS v(id, c, r, t) "
+            f"WHERE j.id = v.id",
+            req.owner,
+            req.lease_seconds,
+            [c.job.id for c in chosen],
+            [c.cluster for c in chosen],
+            [c.route_reason for c in chosen],
+            [c.token for c in chosen],
+        )
+    else:
+        await conn.executemany(
+            f"UPDATE {JOBS} SET state = 'in_progress', attempts = attempts + 1, cluster = ?, "
+            f"route_reason = ?, lease_token = ?, lease_owner = ?, lease_expires = {now} + ?, "
+            f"started_at = COALESCE(started_at, {now}), updated_at = {now} WHERE id = ?",
+            [
+                (c.cluster, c.route_reason, c.token, req.owner, req.lease_seconds, c.job.id)
+                for c in chosen
+            ],
+        )
+    return chosen, reclaimed
+
+
+def _choose(
+    req: ClaimRequest,
+    row: Mapping[str, Any],
+    free: dict[str, int],
+    by_customer: dict[str, int],
+    chosen: list[Claimed],
+) -> None:
+    """Add the job of ``row`` to ``chosen`` if the limits and a free cluster allow it."""
+    job = _job(row)
+    customer = job.customer
+    if (
+        customer is not None
+        and req.per_customer is not None
+        and by_customer.get(customer, 0) >= req.per_customer
+    ):
+        return
+    routed = req.route(job, free)
+    if routed is None:
+        return
+    cluster, reason = routed
+    free[cluster] -= 1
+    if customer is not None:
+        by_customer[customer] = by_customer.get(customer, 0) + 1
+    chosen.append(
+        Claimed(
+            job,
+            int(row["attempts"]) + 1,
+            cluster,
+            reason,
+            req.tokens(),
+            list(load_json(row["steps"], [])),
+            float(row["created_at"]),
+        )
+    )
+
+
+async def renew(
+    conn: Connection, leases: Sequence[tuple[str, int, int]], lease_seconds: float
+) -> set[int]:
+    """Extend the leases ``(id, token, progress to add)``; return the tokens still held."""
+    now = now_sql(conn)
+    if conn.dialect == "postgresql":
+        await custom_plans(conn)
+        rows = await fetch(
+            conn,
+            f"UPDATE {JOBS} AS j SET lease_expires = {now} + ?, progress = j.progress + v.p, "
+            f"updated_at = {now} "
+            f"FROM unnest(?::text[], ?::bigint[], ?::bigint[]) AS v(id, t, p) "
+            f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
+            f"RETURNING j.lease_token",
+            lease_seconds,
+            [lease[0] for lease in leases],
+            [lease[1] for lease in leases],
+            [lease[2] for lease in leases],
+        )
+        return {int(row["lease_token"]) for row in rows}
+    held: set[int] = set()
+    for job_id, token, progress in leases:
+        row = await conn.fetchval(
+            f"UPDATE {JOBS} SET lease_expires = {now} + ?, progress = progress + ?, "
+            f"updated_at = {now} WHERE id = ? AND lease_token = ? AND state = 'in_progress' "
+            f"RETURNING id",
+            lease_seconds,
+            progress,
+            job_id,
+            token,
+        )
+        if row is not None:
+            held.add(token)
+    return held
+
+
+async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[int]:
+    """Write how attempts ended, fenced by their tokens; return the tokens accepted."""
+    now = now_sql(conn)
+    args = [
+        (
+            o.id,
+            o.token,
+            o.state.value,
+            o.delay,
+            None if o.category is None else o.category.value,
+            o.step,
+            o.message,
+            o.progress,
+        )
+        for o in outcomes
+    ]
+    finished = ", ".join(f"'{state}'" for state in FINISHED)
+    if conn.dialect == "postgresql":
+        await custom_plans(conn)
+        columns = list(zip(*args, strict=True))
+        rows = await fetch(
+            conn,
+            f"UPDATE {JOBS} AS j SET state = v.s, run_at = {now} + v.d, "
+            f"error_category = COALESCE(v.c, j.error_category), "
+            f"error_step = CASE WHEN v.c IS NULL THEN j.error_step ELSE v.st END, "
+            f"error_message = COALESCE(v.m, j.error_message), "
+            f"error_attempt = CASE WHEN v.c IS NULL THEN j.error_attempt ELSE j.attempts END, "
+            f"progress = j.progress + v.p, lease_token = NULL, lease_owner = NULL, "
+            f"lease_expires = NULL, updated_at = {now}, "
+            f"finished_at = CASE WHEN v.s IN ({finished}) THEN {now} END "
+            f"FROM unnest(?::text[], ?::bigint[], ?::text[], ?::float8[], ?::text[], "
+            f"?::text[], ?::text[], ?::bigint[]) AS v(id, t, s, d, c, st, m, p) "
+            f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
+            f"RETURNING v.t",
+            *(list(column) for column in columns),
+        )
+        return {int(row["t"]) for row in rows}
+    accepted: set[int] = set()
+    for job_id, token, state, delay, category, step, message, progress in args:
+        row = await conn.fetchval(
+            f"UPDATE {JOBS} SET state = ?, run_at = {now} + ?, "
+            f"error_category = COALESCE(?, error_category), "
+            f"error_step = CASE WHEN ? IS NULL THEN error_step ELSE ? END, "
+            f"error_message = COALESCE(?, error_message), "
+            f"error_attempt = CASE WHEN ? IS NULL THEN error_attempt ELSE attempts END, "
+            f"progress = progress + ?, lease_token = NULL, lease_owner = NULL, "
+            f"lease_expires = NULL, updated_at = {now}, "
+            f"finished_at = CASE WHEN ? IN ({finished}) THEN {now} END "
+            f"WHERE id = ? AND lease_token = ? AND state = 'in_progress' RETURNING id",
+            state,
+            delay,
+            category,
+            category,
+            step,
+            message,
+            category,
+            progress,
+            state,
+            job_id,
+            token,
+        )
+        if row is not None:
+            accepted.add(token)
+    return accepted
+
+
+async def release(conn: Connection, leases: Sequence[tuple[str, int, int]]) -> None:
+    """Give claimed jobs back, ready at once, their attempt not counted (a clean stop)."""
+    now = now_sql(conn)
+    for job_id, token, progress in leases:
+        await conn.execute(
+            f"UPDATE {JOBS} SET state = 'ready', attempts = attempts - 1, "
+            f"progress = progress + ?, lease_token = NULL, lease_owner = NULL, "
+            f"lease_expires = NULL, run_at = {now}, updated_at = {now} "
+            f"WHERE id = ? AND lease_token = ? AND state = 'in_progress'",
+            progress,
+            job_id,
+            token,
+        )
+
+
+async def step_done(
+    conn: Connection, job_id: str, token: int, steps: list[str], progress: int
+) -> bool:
+    """Record the finished steps of a claimed job; False if the lease was taken over."""
+    now = now_sql(conn)
+    row = await conn.fetchval(
+        f"UPDATE {JOBS} SET steps = ?, progress = progress + ?, updated_at = {now} "
+        f"WHERE id = ? AND lease_token = ? AND state = 'in_progress' RETURNING id",
+        json.dumps(steps),
+        progress,
+        job_id,
+        token,
+    )
+    return row is not None
+
+
+async def outlook(
+    conn: Connection, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+) -> tuple[int, float | None]:
+    """Count the unfinished jobs a worker with these clusters could take.
+
+    A job counts if it is not pinned to another cluster and one of the clusters has
+    every label it requires (``labels``: each cluster's). Returns that count and the
+    seconds until the next such waiting job is due (None if none waits). Two queries,
+    one per partial index (waiting, in progress), so finished jobs are never read.
+    """
+    now = now_sql(conn)
+    marks = ", ".join("?" * len(clusters))
+    mine = f"(affinity IS NULL OR affinity IN ({marks}))"
+    waiting = await fetch(
+        conn,
+        f"SELECT requires, COUNT(*) AS n, MIN(run_at) - {now} AS due FROM {JOBS} "
+        f"WHERE {WAITING} AND {mine} GROUP BY requires",
+        *clusters,
+    )
+    running = await fetch(
+        conn,
+        f"SELECT requires, COUNT(*) AS n, NULL AS due FROM {JOBS} "
+        f"WHERE state = 'in_progress' AND {mine} GROUP BY requires",
+        *clusters,
+    )
+    count = 0
+    due: float | None = None
+    for row in [*waiting, *running]:
+        requires = row["requires"]
+        if requires != NO_LABELS:
+            needed = frozenset(load_json(requires))
+            if not any(needed <= have for have in labels):
+                continue  # no cluster here has what it needs: it is not ours to wait for
+        count += int(row["n"])
+        if row["due"] is not None:
+            due = float(row["due"]) if due is None else min(due, float(row["due"]))
+    return count, due

@@ -1,0 +1,168 @@
+"""What a handler is given: :class:`JobContext`, its steps and its progress counter."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .._cluster import Cluster
+from .._exceptions import LeaseLostError
+from . import _claims
+from ._model import Job
+
+if TYPE_CHECKING:
+    from .._backends import Connection
+    from .._database import Database
+
+__all__ = ["JobContext", "JobProgress", "Step"]
+
+
+class JobProgress:
+    """The job's own progress counter: ``ctx.progress.increment()``.
+
+    Thread-safe and never blocking; the counts are added to the job's ``progress``
+    column through the writer, with the next lease renewal, finished step or outcome.
+    """
+
+    __slots__ = ("_lock", "_pending", "_total")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._total = 0
+
+    def increment(self, n: int = 1, /) -> None:
+        """Add ``n`` (an int >= 0, default 1) to the job's progress."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise TypeError(f"increment() takes an int >= 0, got {n!r}")
+        with self._lock:
+            self._pending += n
+            self._total += n
+
+    @property
+    def value(self) -> int:
+        """What this attempt has counted so far."""
+        return self._total
+
+    def _take(self) -> int:
+        with self._lock:
+            pending, self._pending = self._pending, 0
+        return pending
+
+    def _give_back(self, n: int) -> None:
+        with self._lock:
+            self._pending += n
+
+
+class Step:
+    """One named step of a job, used as ``async with ctx.step(name):``.
+
+    When the block ends normally the step is recorded as finished (committed before
+    the block returns), so a later attempt of the job does not run it again: there,
+    :attr:`done` is true and the block's body is cancelled at its first checkpoint
+    (its first ``await`` that yields), which ``async with`` then absorbs. A body with
+    no checkpoint runs in full, so keep a finished step's side effects behind an
+    ``await``, or test ``step.done``. When the block raises, the step is recorded as
+    the one that failed.
+    """
+
+    __slots__ = ("_ctx", "_scope", "done", "name")
+
+    def __init__(self, ctx: JobContext, name: str) -> None:
+        self._ctx = ctx
+        self.name = name
+        #: Whether the step finished in an earlier attempt (its body is skipped).
+        self.done = name in ctx._steps
+        self._scope: anyio.CancelScope | None = None
+
+    async def __aenter__(self) -> Step:
+        entered = self._ctx._entered
+        if self.name in entered:
+            raise ValueError(
+                f"step {self.name!r} was already used in this attempt of job "
+                f"{self._ctx.job.id!r}: step names must be unique within a job (a finished "
+                f"step is skipped on retry by its name); give each step its own name"
+            )
+        entered.add(self.name)
+        if self.done:
+            scope = self._scope = anyio.CancelScope()
+            scope.__enter__()
+            scope.cancel()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._scope is not None:
+            return bool(self._scope.__exit__(exc_type, exc, tb))
+        if exc is None:
+            await self._ctx._finish_step(self.name)
+        elif self._ctx._failed_step is None:
+            self._ctx._failed_step = self.name
+        return False
+
+
+class JobContext:
+    """What a handler is given: the job, its attempt, its cluster, steps and progress."""
+
+    def __init__(
+        self, db: Database, worker: str, claimed: _claims.Claimed, cluster: Cluster
+    ) -> None:
+        #: The job being run.
+        self.job: Job = claimed.job
+        #: This attempt's number: 1 for the first.
+        self.attempt: int = claimed.attempt
+        #: The cluster it runs on.
+        self.cluster: Cluster = cluster
+        #: Why the scheduler chose that cluster.
+        self.route_reason: str = claimed.route_reason
+        #: The job's own progress counter.
+        self.progress = JobProgress()
+        #: The processor's worker name (host:pid:random).
+        self.worker: str = worker
+        self._db = db
+        self._claimed = claimed
+        self._steps: list[str] = list(claimed.steps_done)
+        self._entered: set[str] = set()
+        self._failed_step: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.job.id!r} attempt={self.attempt} cluster={self.cluster.name!r}>"
+
+    @property
+    def steps_done(self) -> tuple[str, ...]:
+        """The steps finished so far, in earlier attempts and this one."""
+        return tuple(self._steps)
+
+    def step(self, name: str) -> Step:
+        """Return the step ``name`` of this job, for ``async with``; see :class:`Step`."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a step name must be a non-empty str, got {name!r}")
+        return Step(self, name)
+
+    async def _finish_step(self, name: str) -> None:
+        if name not in self._steps:
+            self._steps.append(name)
+        claimed = self._claimed
+        progress = self.progress._take()
+        steps = list(self._steps)
+
+        async def record(conn: Connection) -> bool:
+            return await _claims.step_done(conn, claimed.job.id, claimed.token, steps, progress)
+
+        try:
+            held = await self._db._run(record)
+        except BaseException:
+            self.progress._give_back(progress)
+            raise
+        if not held:
+            raise LeaseLostError(
+                f"job {claimed.job.id!r}: this worker's lease was taken over by another "
+                f"worker (it was not renewed in time); this attempt stops here"
+            )

@@ -1,0 +1,92 @@
+"""The job queue's table: its name, its clock, its indexes, shared SQL helpers.
+
+One table, ``corral_jobs``, created on first use. Times are epoch seconds taken from
+the database's clock (so hosts with skewed clocks agree on leases). Every statement
+runs through the database's writer (``Database._run``): one transaction per batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._backends import Connection
+
+__all__ = [
+    "CHANNEL",
+    "CLAIM_LOCK",
+    "FINISHED",
+    "JOBS",
+    "NO_LABELS",
+    "WAITING",
+    "custom_plans",
+    "ensure_schema",
+    "fetch",
+    "now_sql",
+]
+
+JOBS = "corral_jobs"
+#: The PostgreSQL channel a job's arrival (or a freed slot) is announced on, followed
+#: by the table's schema: queues in two schemas of one database do not wake each other.
+CHANNEL = "corral_jobs"
+#: pg_advisory_xact_lock keys: one serializes claims, one creating the table.
+CLAIM_LOCK = 7262018
+SCHEMA_LOCK = 7262019
+
+_NOW = {
+    "postgresql": "(extract(epoch from clock_timestamp())::float8)",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+WAITING = "state IN ('ready', 'retrying')"
+FINISHED = ("completed", "failed", "dead")
+#: How a job requiring no labels stores them.
+NO_LABELS = "[]"
+
+
+def now_sql(conn: Connection) -> str:
+    """Return the SQL expression for the database's clock, in epoch seconds."""
+    return _NOW[conn.dialect]
+
+
+async def fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, Any]]:
+    """Run a query; return its rows as dicts whose values are typed ``Any``."""
+    return await conn.fetch(sql, *args)
+
+
+async def custom_plans(conn: Connection) -> None:
+    """Plan this transaction's statements for their actual arguments (PostgreSQL).
+
+    asyncpg prepares statements; after five runs the server may switch to a generic
+    plan, which for an ``UPDATE ... FROM unnest(...)`` of a few rows can scan every job
+    in progress once per row. ``SET LOCAL`` lasts until the batch commits.
+    """
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
+async def ensure_schema(conn: Connection) -> None:
+    """Create the jobs table and its indexes if they are missing."""
+    if conn.dialect == "postgresql":
+        await conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        seq = "seq BIGINT GENERATED ALWAYS AS IDENTITY, id TEXT PRIMARY KEY"
+        real = "DOUBLE PRECISION"
+    else:
+        seq = "seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE"
+        real = "REAL"
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {JOBS} ({seq}, payload TEXT NOT NULL, "
+        f"priority INTEGER NOT NULL, customer TEXT, affinity TEXT, region TEXT, "
+        f"requires TEXT NOT NULL, max_retries INTEGER NOT NULL, state TEXT NOT NULL, "
+        f"attempts INTEGER NOT NULL DEFAULT 0, cluster TEXT, route_reason TEXT, "
+        f"steps TEXT NOT NULL DEFAULT '[]', progress BIGINT NOT NULL DEFAULT 0, "
+        f"error_category TEXT, error_step TEXT, error_message TEXT, error_attempt INTEGER, "
+        f"lease_token BIGINT, lease_owner TEXT, lease_expires {real}, "
+        f"created_at {real} NOT NULL, started_at {real}, run_at {real} NOT NULL, "
+        f"updated_at {real} NOT NULL, finished_at {real})"
+    )
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_waiting ON {JOBS} (priority, seq) WHERE {WAITING}"
+    )
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_leases ON {JOBS} (lease_expires) "
+        f"WHERE state = 'in_progress'"
+    )
