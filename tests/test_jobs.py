@@ -926,3 +926,25 @@ async def test_a_refused_heartbeat_cancels_the_attempt(db_url: str) -> None:
         assert processor.statistics().lease_lost == 1
         rec = await db.jobs.get("job")
         assert (rec.state, rec.lease_owner, rec.attempts) == (jobs.State.IN_PROGRESS, "thief", 1)
+
+
+async def test_purge_deletes_old_finished_jobs_only(db_url: str) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "bad":
+            raise jobs.DataError("no")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("done"), jobs.Job("bad")])
+        await run_all(db, handler)
+        await db.jobs.enqueue(jobs.Job("waiting"))
+        assert await db.jobs.purge(older_than=3600) == 0  # finished just now
+        assert await db.jobs.purge(older_than=0) == 1
+        assert [r.id for r in await db.jobs.list()] == ["bad", "waiting"]
+        assert await db.jobs.purge(older_than=0, states=["failed", "dead"]) == 1
+        assert [r.id for r in await db.jobs.list()] == ["waiting"]
+        with pytest.raises(ValueError, match="not ready"):
+            await db.jobs.purge(older_than=0, states="ready")
+        with pytest.raises(ValueError, match=">= 0"):
+            await db.jobs.purge(older_than=-1)
+        with pytest.raises(TypeError, match="seconds"):
+            await db.jobs.purge(older_than="1d")  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from ._model import (
     load_json,
     timestamp,
 )
-from ._schema import CHANNEL, JOBS, ensure_schema, fetch, now_sql
+from ._schema import CHANNEL, FINISHED, JOBS, ensure_schema, fetch, now_sql
 
 if TYPE_CHECKING:
     from .._backends import Connection
@@ -268,6 +268,44 @@ class JobQueue:
     async def dead(self, *, limit: int = 100) -> builtins.list[JobRecord]:
         """Return the dead letter queue: jobs whose retries are exhausted."""
         return await self.list(State.DEAD, limit=limit)
+
+    async def purge(
+        self, *, older_than: float, states: Iterable[State | str] = (State.COMPLETED,)
+    ) -> int:
+        """Delete finished jobs that finished more than ``older_than`` seconds ago.
+
+        ``states``: which finished states to delete, ``completed`` by default
+        (``failed`` and ``dead`` may be named too; a job not finished is never deleted).
+        Returns how many were deleted. Keeps the table from growing without bound.
+        """
+        if isinstance(older_than, bool) or not isinstance(older_than, int | float):
+            raise TypeError(f"older_than must be a number of seconds, got {older_than!r}")
+        if not older_than >= 0:
+            raise ValueError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+        if isinstance(states, str):
+            states = (states,)
+        wanted = sorted({_state(state).value for state in states})
+        unfinished = [state for state in wanted if state not in FINISHED]
+        if unfinished:
+            raise ValueError(
+                f"purge deletes finished jobs only ({', '.join(FINISHED)}), not "
+                f"{', '.join(unfinished)}"
+            )
+        if not wanted:
+            return 0
+        marks = ", ".join("?" * len(wanted))
+
+        async def delete(conn: Connection) -> int:
+            rows = await fetch(
+                conn,
+                f"DELETE FROM {JOBS} WHERE state IN ({marks}) "
+                f"AND finished_at <= {now_sql(conn)} - ? RETURNING id",
+                *wanted,
+                float(older_than),
+            )
+            return len(rows)
+
+        return await self._call(delete)
 
     async def requeue(self, job_id: str) -> JobRecord:
         """Put a dead or failed job back to ready, with its attempts reset to 0.
