@@ -25,9 +25,9 @@ from ._schema import (
     JOBS,
     NO_LABELS,
     WAITING,
-    custom_plans,
     fetch,
     now_sql,
+    planned,
 )
 
 if TYPE_CHECKING:
@@ -122,17 +122,8 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     """
     now = now_sql(conn)
     pg = conn.dialect == "postgresql"
-    if pg:
-        await custom_plans(conn)
-        # Keyed by the table's oid: queues in other schemas do not wait for this one.
-        key = f"{CLAIM_LOCK}, '{JOBS}'::regclass::oid::int"
-        if not req.wait:
-            if not await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({key})"):
-                return [], []  # another worker is claiming: leave it to the claimer
-        else:
-            await conn.execute(f"SELECT pg_advisory_xact_lock({key})")
-    # SKIP LOCKED: a row another worker is writing (its late outcome) is left for the
-    # next claim, so that a claim (holding the claim lock) never waits for a row lock.
+    # SKIP LOCKED: a row another worker is writing (its late outcome) or reclaiming is
+    # left for the next claim: a claim never waits for a row lock.
     skip = " FOR UPDATE SKIP LOCKED" if pg else ""
     reclaimed = await fetch(
         conn,
@@ -146,6 +137,15 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         f"AND lease_expires < {now}{skip}) "
         f"RETURNING id, state, error_message, attempts, cluster",
     )
+    if pg:
+        # Taken after the reclaim (which lowers the counts: it needs no lock), held until
+        # the batch commits. Keyed by the table's oid: other schemas' queues do not wait.
+        key = f"{CLAIM_LOCK}, '{JOBS}'::regclass::oid::int"
+        if not req.wait:
+            if not await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({key})"):
+                return [], reclaimed  # another worker is claiming: left to the claimer
+        else:
+            await conn.execute(f"SELECT pg_advisory_xact_lock({key})")
     if req.limit <= 0:
         return [], reclaimed
     busy = await fetch(
@@ -208,20 +208,8 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     if not chosen:
         return [], reclaimed
     if pg:
-        await conn.execute(
-            f"UPDATE {JOBS} AS j SET state = 'in_progress', attempts = j.attempts + 1, "
-            f"cluster = v.c, route_reason = v.r, lease_token = v.t, lease_owner = ?, "
-            f"lease_expires = {now} + ?, started_at = COALESCE(j.started_at, {now}), "
-            f"updated_at = {now} "
-            f"FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[]) AS v(id, c, r, t) "
-            f"WHERE j.id = v.id",
-            req.owner,
-            req.lease_seconds,
-            [c.job.id for c in chosen],
-            [c.cluster for c in chosen],
-            [c.route_reason for c in chosen],
-            [c.token for c in chosen],
-        )
+        async with planned(conn, by_key=True):
+            await _mark_claimed(conn, req, chosen)
     else:
         await conn.executemany(
             f"UPDATE {JOBS} SET state = 'in_progress', attempts = attempts + 1, cluster = ?, "
@@ -233,6 +221,24 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
             ],
         )
     return chosen, reclaimed
+
+
+async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claimed]) -> None:
+    now = now_sql(conn)
+    await conn.execute(
+        f"UPDATE {JOBS} AS j SET state = 'in_progress', attempts = j.attempts + 1, "
+        f"cluster = v.c, route_reason = v.r, lease_token = v.t, lease_owner = ?, "
+        f"lease_expires = {now} + ?, started_at = COALESCE(j.started_at, {now}), "
+        f"updated_at = {now} "
+        f"FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[]) AS v(id, c, r, t) "
+        f"WHERE j.id = v.id",
+        req.owner,
+        req.lease_seconds,
+        [c.job.id for c in chosen],
+        [c.cluster for c in chosen],
+        [c.route_reason for c in chosen],
+        [c.token for c in chosen],
+    )
 
 
 def _choose(
@@ -277,19 +283,19 @@ async def renew(
     """Extend the leases ``(id, token, progress to add)``; return the tokens still held."""
     now = now_sql(conn)
     if conn.dialect == "postgresql":
-        await custom_plans(conn)
-        rows = await fetch(
-            conn,
-            f"UPDATE {JOBS} AS j SET lease_expires = {now} + ?, progress = j.progress + v.p, "
-            f"updated_at = {now} "
-            f"FROM unnest(?::text[], ?::bigint[], ?::bigint[]) AS v(id, t, p) "
-            f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
-            f"RETURNING j.lease_token",
-            lease_seconds,
-            [lease[0] for lease in leases],
-            [lease[1] for lease in leases],
-            [lease[2] for lease in leases],
-        )
+        async with planned(conn):
+            rows = await fetch(
+                conn,
+                f"UPDATE {JOBS} AS j SET lease_expires = {now} + ?, progress = j.progress + v.p, "
+                f"updated_at = {now} "
+                f"FROM unnest(?::text[], ?::bigint[], ?::bigint[]) AS v(id, t, p) "
+                f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
+                f"RETURNING j.lease_token",
+                lease_seconds,
+                [lease[0] for lease in leases],
+                [lease[1] for lease in leases],
+                [lease[2] for lease in leases],
+            )
         return {int(row["lease_token"]) for row in rows}
     held: set[int] = set()
     for job_id, token, progress in leases:
@@ -325,24 +331,24 @@ async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[int]:
     ]
     finished = ", ".join(f"'{state}'" for state in FINISHED)
     if conn.dialect == "postgresql":
-        await custom_plans(conn)
         columns = list(zip(*args, strict=True))
-        rows = await fetch(
-            conn,
-            f"UPDATE {JOBS} AS j SET state = v.s, run_at = {now} + v.d, "
-            f"error_category = COALESCE(v.c, j.error_category), "
-            f"error_step = CASE WHEN v.c IS NULL THEN j.error_step ELSE v.st END, "
-            f"error_message = COALESCE(v.m, j.error_message), "
-            f"error_attempt = CASE WHEN v.c IS NULL THEN j.error_attempt ELSE j.attempts END, "
-            f"progress = j.progress + v.p, lease_token = NULL, lease_owner = NULL, "
-            f"lease_expires = NULL, updated_at = {now}, "
-            f"finished_at = CASE WHEN v.s IN ({finished}) THEN {now} END "
-            f"FROM unnest(?::text[], ?::bigint[], ?::text[], ?::float8[], ?::text[], "
-            f"?::text[], ?::text[], ?::bigint[]) AS v(id, t, s, d, c, st, m, p) "
-            f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
-            f"RETURNING v.t",
-            *(list(column) for column in columns),
-        )
+        async with planned(conn):
+            rows = await fetch(
+                conn,
+                f"UPDATE {JOBS} AS j SET state = v.s, run_at = {now} + v.d, "
+                f"error_category = COALESCE(v.c, j.error_category), "
+                f"error_step = CASE WHEN v.c IS NULL THEN j.error_step ELSE v.st END, "
+                f"error_message = COALESCE(v.m, j.error_message), "
+                f"error_attempt = CASE WHEN v.c IS NULL THEN j.error_attempt ELSE j.attempts END, "
+                f"progress = j.progress + v.p, lease_token = NULL, lease_owner = NULL, "
+                f"lease_expires = NULL, updated_at = {now}, "
+                f"finished_at = CASE WHEN v.s IN ({finished}) THEN {now} END "
+                f"FROM unnest(?::text[], ?::bigint[], ?::text[], ?::float8[], ?::text[], "
+                f"?::text[], ?::text[], ?::bigint[]) AS v(id, t, s, d, c, st, m, p) "
+                f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
+                f"RETURNING v.t",
+                *(list(column) for column in columns),
+            )
         return {int(row["t"]) for row in rows}
     accepted: set[int] = set()
     for job_id, token, state, delay, category, step, message, progress in args:

@@ -7,6 +7,8 @@ runs through the database's writer (``Database._run``): one transaction per batc
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,10 +21,10 @@ __all__ = [
     "JOBS",
     "NO_LABELS",
     "WAITING",
-    "custom_plans",
     "ensure_schema",
     "fetch",
     "now_sql",
+    "planned",
 ]
 
 JOBS = "corral_jobs"
@@ -53,14 +55,39 @@ async def fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, Any
     return await conn.fetch(sql, *args)
 
 
-async def custom_plans(conn: Connection) -> None:
-    """Plan this transaction's statements for their actual arguments (PostgreSQL).
+_PLANS = ("plan_cache_mode", "enable_hashjoin", "enable_mergejoin")
 
-    asyncpg prepares statements; after five runs the server may switch to a generic
-    plan, which for an ``UPDATE ... FROM unnest(...)`` of a few rows can scan every job
-    in progress once per row. ``SET LOCAL`` lasts until the batch commits.
+
+@asynccontextmanager
+async def planned(conn: Connection, *, by_key: bool = False) -> AsyncIterator[None]:
+    """Plan the body's statements for their actual arguments (PostgreSQL).
+
+    The claim, outcome and lease statements join a few hundred ids (``unnest`` of
+    arrays) to the jobs table. asyncpg prepares statements, and after five runs the
+    server may switch to a generic plan that scans every job in progress once per id:
+    inside the body, plans are made for the actual arguments. With ``by_key``, joins are
+    also nested loops (so the ids reach their rows through the primary key, rather than
+    by hashing the whole table: every job ever kept); only for a statement whose jobs
+    are found by ``id`` alone. The settings are restored after (and rolled back with the
+    statement's savepoint if it fails).
     """
-    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+    if conn.dialect != "postgresql":
+        yield
+        return
+    names = _PLANS if by_key else _PLANS[:1]
+    values = ("force_custom_plan", "off", "off")
+    saved = (
+        await fetch(conn, "SELECT " + ", ".join(f"current_setting('{n}') AS {n}" for n in names))
+    )[0]
+    await conn.execute(
+        "SELECT "
+        + ", ".join(f"set_config('{n}', '{v}', true)" for n, v in zip(names, values, strict=False))
+    )
+    yield
+    await conn.execute(
+        "SELECT " + ", ".join(f"set_config('{n}', ?, true)" for n in names),
+        *(saved[n] for n in names),
+    )
 
 
 async def ensure_schema(conn: Connection) -> None:
