@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 import corral
+import corral.jobs
 from corral import _database
 from corral._backends import Connection
 
@@ -580,3 +581,18 @@ async def test_put_many_names_the_refused_row(db_url: str) -> None:
         assert await t.put_many(iter([{"k": 5}, {"k": 6}])) == 2
         await db.flush()
         assert db.statistics().accepted == 4
+
+
+async def test_a_refused_statement_is_a_query_error_naming_it(db_url: str) -> None:
+    async def bad(conn: Connection) -> None:
+        await conn.execute("SELECT * FROM no_such_table")
+
+    async with corral.connect(db_url) as db:
+        with pytest.raises(corral.QueryError, match="refused 'SELECT \\* FROM no_such_table'"):
+            await db._run(bad)
+        with pytest.raises(corral.QueryError) as caught:
+            await db._run(bad)
+        assert "no_such_table" in str(caught.value.__cause__)
+        # The database goes on working.
+        await db.jobs.enqueue(corral.jobs.Job("after"))
+        assert (await db.jobs.depth()).ready == 1

@@ -27,6 +27,7 @@ EXPECTED = {
     "ProgressNotFoundError",
     "ProgressSink",
     "ProgressTracker",
+    "QueryError",
     "Run",
     "RunProgress",
     "Status",

@@ -28,6 +28,7 @@ from ._exceptions import MissingKeyError as MissingKeyError
 from ._exceptions import NotPicklableError as NotPicklableError
 from ._exceptions import PoolClosedError as PoolClosedError
 from ._exceptions import ProgressNotFoundError as ProgressNotFoundError
+from ._exceptions import QueryError as QueryError
 from ._exceptions import SchemaError as SchemaError
 from ._exceptions import UnknownColumnError as UnknownColumnError
 from ._exceptions import WorkerCrashed as WorkerCrashed
@@ -79,6 +80,7 @@ __all__ = (
     "ProgressNotFoundError",
     "ProgressSink",
     "ProgressTracker",
+    "QueryError",
     "Run",
     "RunProgress",
     "SchemaError",

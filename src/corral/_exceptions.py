@@ -21,6 +21,7 @@ __all__ = [
     "PermanentError",
     "PoolClosedError",
     "ProgressNotFoundError",
+    "QueryError",
     "ResourceError",
     "SchemaError",
     "TransientError",
@@ -132,6 +133,14 @@ class DatabaseClosedError(CorralError):
 
     Also raised after the writer stopped on a fatal error; that error is chained as
     ``__cause__``.
+    """
+
+
+class QueryError(CorralError):
+    """The database refused a statement that corral's domains sent (progress, jobs).
+
+    The message names the database and the statement; the driver's error (an
+    ``asyncpg`` or ``sqlite3`` exception) is chained as ``__cause__``.
     """
 
 

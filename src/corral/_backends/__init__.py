@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .._exceptions import IdentifierError, MissingDriverError, SchemaError
+from .._exceptions import IdentifierError, MissingDriverError, QueryError, SchemaError
 
 __all__ = [
     "BYTES_TYPES",
@@ -34,6 +34,7 @@ __all__ = [
     "infer_column_type",
     "open_backend",
     "parse_url",
+    "query_error",
     "quote",
     "redact",
     "upsert_sql",
@@ -65,6 +66,14 @@ def quote(name: str) -> str:
     database (a column of an existing table), where it may be anything.
     """
     return '"' + name.replace('"', '""') + '"'
+
+
+def query_error(database: str, sql: str, exc: BaseException) -> QueryError:
+    """Return the :class:`~corral.QueryError` for ``exc``, raised by ``sql``."""
+    statement = " ".join(sql.split())
+    if len(statement) > 120:
+        statement = statement[:117] + "..."
+    return QueryError(f"{database} refused {statement!r}: {type(exc).__name__}: {exc}")
 
 
 class Connection(Protocol):

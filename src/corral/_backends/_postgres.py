@@ -46,6 +46,7 @@ from . import (
     check_key,
     create_table_sql,
     infer_column_type,
+    query_error,
     quote,
     redact,
     upsert_sql,
@@ -242,23 +243,29 @@ class PostgresConnection:
     def __init__(self, backend: PostgresBackend) -> None:
         self._backend = backend
 
+    async def _query(self, method: Callable[..., Awaitable[T]], sql: str, *args: Any) -> T:
+        try:
+            return await self._backend.call(method, numbered(sql), *args)
+        except asyncpg.PostgresError as exc:
+            raise query_error("PostgreSQL", sql, exc) from exc
+
     async def execute(self, sql: str, *args: object) -> None:
         """Run one statement (``?`` placeholders)."""
-        await self._backend.call(self._backend.conn.execute, numbered(sql), *args)
+        await self._query(self._backend.conn.execute, sql, *args)
 
     async def executemany(self, sql: str, args: Iterable[Sequence[object]]) -> None:
         """Run one statement once for each sequence of arguments."""
         rows = [tuple(a) for a in args]
-        await self._backend.call(self._backend.conn.executemany, numbered(sql), rows)
+        await self._query(self._backend.conn.executemany, sql, rows)
 
     async def fetch(self, sql: str, *args: object) -> list[dict[str, object]]:
         """Run a query and return its rows as dicts."""
-        records = await self._backend.call(self._backend.conn.fetch, numbered(sql), *args)
+        records = await self._query(self._backend.conn.fetch, sql, *args)
         return [dict(record.items()) for record in records]
 
     async def fetchval(self, sql: str, *args: object) -> object:
         """Run a query and return the first column of its first row."""
-        return await self._backend.call(self._backend.conn.fetchval, numbered(sql), *args)
+        return await self._query(self._backend.conn.fetchval, sql, *args)
 
     async def listen(self, channel: str, callback: Callable[[], object]) -> None:
         """``LISTEN`` on ``channel`` once the transaction commits.

@@ -31,6 +31,7 @@ from . import (
     check_key,
     create_table_sql,
     infer_column_type,
+    query_error,
     quote,
     upsert_sql,
 )
@@ -134,22 +135,26 @@ class SqliteConnection:
     def __init__(self, backend: SqliteBackend) -> None:
         self._backend = backend
 
+    async def _query(self, sql: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._backend.conn
+        try:
+            return await self._backend.call(lambda: fn(conn))
+        except sqlite3.Error as exc:
+            raise query_error("SQLite", sql, exc) from exc
+
     async def execute(self, sql: str, *args: object) -> None:
         """Run one statement."""
-        conn = self._backend.conn
-        await self._backend.call(lambda: conn.execute(sql, args).close())
+        await self._query(sql, lambda conn: conn.execute(sql, args).close())
 
     async def executemany(self, sql: str, args: Iterable[Sequence[object]]) -> None:
         """Run one statement once for each sequence of arguments."""
-        conn = self._backend.conn
         rows = [tuple(a) for a in args]
-        await self._backend.call(lambda: conn.executemany(sql, rows).close())
+        await self._query(sql, lambda conn: conn.executemany(sql, rows).close())
 
     async def fetch(self, sql: str, *args: object) -> list[dict[str, object]]:
         """Run a query and return its rows as dicts."""
-        conn = self._backend.conn
 
-        def fetch() -> list[dict[str, object]]:
+        def fetch(conn: sqlite3.Connection) -> list[dict[str, object]]:
             cursor = conn.execute(sql, args)
             try:
                 names = [d[0] for d in cursor.description or ()]
@@ -157,13 +162,12 @@ class SqliteConnection:
             finally:
                 cursor.close()
 
-        return await self._backend.call(fetch)
+        return await self._query(sql, fetch)
 
     async def fetchval(self, sql: str, *args: object) -> object:
         """Run a query and return the first column of its first row."""
-        conn = self._backend.conn
 
-        def fetchval() -> object:
+        def fetchval(conn: sqlite3.Connection) -> object:
             cursor = conn.execute(sql, args)
             try:
                 row = cursor.fetchone()
@@ -171,7 +175,7 @@ class SqliteConnection:
                 cursor.close()
             return None if row is None else row[0]
 
-        return await self._backend.call(fetchval)
+        return await self._query(sql, fetchval)
 
 
 class SqliteBackend:
