@@ -260,6 +260,14 @@ def test_worker_until_idle_then_requeue(db_url: str, tmp_path: Path) -> None:
     assert "no job with id 'nope'" in err
     assert "job 'data' is ready" in err
 
+    out = _ok("jobs", "purge", "--db", db_url, "--older-than", "3600")
+    assert out.startswith("deleted 0 completed job(s)")
+    out = _ok("jobs", "purge", "--db", db_url, "--older-than", "0")
+    assert out.startswith("deleted 2 completed job(s) finished over 0 s ago")
+    assert sorted(_records(db_url)) == ["data", "flaky"]  # requeued: not finished
+    err = _fails("jobs", "purge", "--db", db_url, "--older-than", "0", "--state", "ready", code=2)
+    assert "'ready' is not one of 'completed', 'failed', 'dead'" in err
+
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_worker_stops_on_a_signal_and_gives_its_job_back(

@@ -154,6 +154,35 @@ def jobs_requeue(job_ids: tuple[str, ...], url: str | None) -> None:
         )
 
 
+@jobs_group.command("purge", short_help="Delete old finished jobs.")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    metavar="SECONDS",
+    type=click.FloatRange(min=0),
+    help="Delete the jobs that finished more than this many seconds ago (0: all of them).",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in (State.COMPLETED, State.FAILED, State.DEAD)]),
+    help="Which finished jobs to delete; repeat for several (default: completed).",
+)
+@_db_option
+def jobs_purge(older_than: float, states: tuple[str, ...], url: str | None) -> None:
+    """Delete finished jobs, completed by default, that finished long enough ago."""
+    url = url or default_url()
+    chosen = states or (State.COMPLETED.value,)
+
+    async def purge(db: Database) -> int:
+        return await db.jobs.purge(older_than=older_than, states=chosen)
+
+    deleted = _open(url, purge)
+    click.echo(f"deleted {deleted} {'/'.join(chosen)} job(s) finished over {older_than:g} s ago")
+
+
 #: The keys of one line of ``corral jobs enqueue --file``.
 _JOB_KEYS = (
     "id",
