@@ -13,7 +13,11 @@ job) matches no row, so its late completion or heartbeat is refused: the token f
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import random
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +53,13 @@ __all__ = [
 #: labels no free cluster here has) before it gives up until the next claim.
 MAX_SCAN = 5_000
 
+#: Lease tokens: 62 random bits each, from a generator seeded by the OS (once per
+#: process, and again in a forked child, not once per claim). Two claims of one job
+#: draw the same token with odds of 2**-62.
+_random = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _random.seed(secrets.randbits(128)))
+_tokens = functools.partial(_random.getrandbits, 62)
+
 
 @dataclass(slots=True)
 class Claimed:
@@ -60,7 +71,6 @@ class Claimed:
     route_reason: str
     token: int
     steps_done: list[str]
-    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +111,6 @@ class ClaimRequest:
 
     owner: str
     limit: int
-    window: int
     max_concurrent: int
     per_customer: int | None
     #: Capacity of each of this worker's clusters, counted over every worker.
@@ -110,7 +119,6 @@ class ClaimRequest:
     local_free: dict[str, int]
     lease_seconds: float
     route: Callable[[Job, Mapping[str, int]], tuple[str, str] | None]
-    tokens: Callable[[], int]
     #: Wait for another worker's claim to commit (else claim nothing if one is running).
     wait: bool = True
 
@@ -183,6 +191,7 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     if held:
         where += f"AND (customer IS NULL OR customer NOT IN ({', '.join('?' * len(held))})) "
     chosen: list[Claimed] = []
+    window = 2 * req.limit + 32  # rows read at a time: room to skip jobs held back
     after: tuple[int, int] | None = None
     scanned = 0
     while len(chosen) < room and scanned < MAX_SCAN:
@@ -190,19 +199,19 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         rows = await fetch(
             conn,
             f"SELECT seq, id, payload, priority, customer, affinity, region, requires, "
-            f"max_retries, attempts, steps, created_at FROM {JOBS} WHERE {where}{page}"
+            f"max_retries, attempts, steps FROM {JOBS} WHERE {where}{page}"
             f"ORDER BY priority, seq LIMIT ?" + (" FOR UPDATE SKIP LOCKED" if pg else ""),
             *names,
             *held,
             *(after or ()),
-            req.window,
+            window,
         )
         for row in rows:
             if len(chosen) >= room:
                 break
             _choose(req, row, free, by_customer, chosen)
         scanned += len(rows)
-        if len(rows) < req.window:
+        if len(rows) < window:
             break
         after = (int(rows[-1]["priority"]), int(rows[-1]["seq"]))
     if not chosen:
@@ -270,9 +279,8 @@ def _choose(
             int(row["attempts"]) + 1,
             cluster,
             reason,
-            req.tokens(),
+            _tokens(),
             list(load_json(row["steps"], [])),
-            float(row["created_at"]),
         )
     )
 

@@ -11,11 +11,9 @@ once, the attempt not counted), in a shielded last transaction.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import os
-import random
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -252,14 +250,12 @@ class Processor:
         return _claims.ClaimRequest(
             owner=self.name,
             limit=room,
-            window=2 * room + 32,  # room to skip jobs held back by a limit
             max_concurrent=config.max_concurrent,
             per_customer=config.per_customer,
             capacity={c.name: c.capacity for c in self.clusters},
             local_free={c.name: c.capacity - on_cluster[c.name] for c in self.clusters},
             lease_seconds=config.lease_seconds,
             route=lambda job, free: route(job, self.clusters, free),
-            tokens=_tokens,
         )
 
     async def _claimer(self, until_idle: bool) -> None:
@@ -544,14 +540,6 @@ _COUNTERS = {
     State.RETRYING: "retried",
     State.DEAD: "dead",
 }
-
-
-#: Lease tokens: 62 random bits each, from a generator seeded by the OS (once per
-#: process, and again in a forked child, not once per claim). Two claims of one job
-#: draw the same token with odds of 2**-62.
-_random = random.Random(secrets.randbits(128))
-os.register_at_fork(after_in_child=lambda: _random.seed(secrets.randbits(128)))
-_tokens = functools.partial(_random.getrandbits, 62)
 
 
 def _default_classify(exc: BaseException) -> ErrorCategory:
