@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._model import PRIORITY_BY_RANK, ErrorCategory, Job, State, load_json
+from ._model import ErrorCategory, Job, State, load_json
 from ._schema import (
     CLAIM_LOCK,
     FINISHED,
@@ -32,6 +32,7 @@ from ._schema import (
     fetch,
     now_sql,
     planned,
+    stored_job,
 )
 
 if TYPE_CHECKING:
@@ -85,24 +86,6 @@ class Outcome:
     step: str | None = None
     message: str | None = None
     progress: int = 0
-
-
-def _job(row: Mapping[str, Any]) -> Job:
-    """Rebuild a stored job, without checking it again (it was checked when enqueued)."""
-    job = object.__new__(Job)
-    requires = row["requires"]
-    for name, value in (
-        ("id", row["id"]),
-        ("payload", load_json(row["payload"])),
-        ("priority", PRIORITY_BY_RANK[int(row["priority"])]),
-        ("customer", row["customer"]),
-        ("affinity", row["affinity"]),
-        ("region", row["region"]),
-        ("requires", frozenset() if requires == NO_LABELS else frozenset(load_json(requires))),
-        ("max_retries", int(row["max_retries"])),
-    ):
-        object.__setattr__(job, name, value)
-    return job
 
 
 @dataclass(slots=True)
@@ -258,7 +241,7 @@ def _choose(
     chosen: list[Claimed],
 ) -> None:
     """Add the job of ``row`` to ``chosen`` if the limits and a free cluster allow it."""
-    job = _job(row)
+    job = stored_job(row)
     customer = job.customer
     if (
         customer is not None

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
 from ._model import (
-    PRIORITY_BY_RANK,
     ErrorCategory,
     Job,
     JobRecord,
@@ -21,7 +20,7 @@ from ._model import (
     load_json,
     timestamp,
 )
-from ._schema import CHANNEL, FINISHED, JOBS, ensure_schema, fetch, now_sql
+from ._schema import CHANNEL, FINISHED, JOBS, ensure_schema, fetch, now_sql, stored_job
 
 if TYPE_CHECKING:
     from .._backends import Connection
@@ -51,15 +50,16 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
     assert created is not None
     assert updated is not None
     assert run_at is not None
+    job = stored_job(row)
     return JobRecord(
-        id=row["id"],
-        payload=load_json(row["payload"]),
-        priority=PRIORITY_BY_RANK[int(row["priority"])],
-        customer=row["customer"],
-        affinity=row["affinity"],
-        region=row["region"],
-        requires=frozenset(load_json(row["requires"], [])),
-        max_retries=int(row["max_retries"]),
+        id=job.id,
+        payload=job.payload,
+        priority=Priority(job.priority),
+        customer=job.customer,
+        affinity=job.affinity,
+        region=job.region,
+        requires=frozenset(job.requires),
+        max_retries=job.max_retries,
         state=State(row["state"]),
         attempts=int(row["attempts"]),
         cluster=row["cluster"],

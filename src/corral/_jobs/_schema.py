@@ -7,9 +7,11 @@ runs through the database's writer (``Database._run``): one transaction per batc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+
+from ._model import PRIORITY_BY_RANK, Job, load_json
 
 if TYPE_CHECKING:
     from .._backends import Connection
@@ -24,6 +26,7 @@ __all__ = [
     "ensure_schema",
     "fetch",
     "now_sql",
+    "stored_job",
     "planned",
 ]
 
@@ -55,7 +58,12 @@ async def fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, Any
     return await conn.fetch(sql, *args)
 
 
-_PLANS = ("plan_cache_mode", "enable_hashjoin", "enable_mergejoin")
+#: The planner settings of ``planned``: the first always, all three ``by_key``.
+_PLANS = {
+    "plan_cache_mode": "force_custom_plan",
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
+}
 
 
 @asynccontextmanager
@@ -74,20 +82,36 @@ async def planned(conn: Connection, *, by_key: bool = False) -> AsyncIterator[No
     if conn.dialect != "postgresql":
         yield
         return
-    names = _PLANS if by_key else _PLANS[:1]
-    values = ("force_custom_plan", "off", "off")
+    names = list(_PLANS) if by_key else ["plan_cache_mode"]
     saved = (
         await fetch(conn, "SELECT " + ", ".join(f"current_setting('{n}') AS {n}" for n in names))
     )[0]
     await conn.execute(
-        "SELECT "
-        + ", ".join(f"set_config('{n}', '{v}', true)" for n, v in zip(names, values, strict=False))
+        "SELECT " + ", ".join(f"set_config('{n}', '{_PLANS[n]}', true)" for n in names)
     )
     yield
     await conn.execute(
         "SELECT " + ", ".join(f"set_config('{n}', ?, true)" for n in names),
         *(saved[n] for n in names),
     )
+
+
+def stored_job(row: Mapping[str, Any]) -> Job:
+    """Rebuild the job a row stores, without checking it again (it was, when enqueued)."""
+    job = object.__new__(Job)
+    requires = row["requires"]
+    for name, value in (
+        ("id", row["id"]),
+        ("payload", load_json(row["payload"])),
+        ("priority", PRIORITY_BY_RANK[int(row["priority"])]),
+        ("customer", row["customer"]),
+        ("affinity", row["affinity"]),
+        ("region", row["region"]),
+        ("requires", frozenset() if requires == NO_LABELS else frozenset(load_json(requires))),
+        ("max_retries", int(row["max_retries"])),
+    ):
+        object.__setattr__(job, name, value)
+    return job
 
 
 async def ensure_schema(conn: Connection) -> None:
