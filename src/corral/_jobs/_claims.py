@@ -4,7 +4,15 @@ Claims are serialized (PostgreSQL: a transaction-level advisory lock keyed by th
 queue's table, taken before the in-progress jobs are counted; SQLite: the write lock
 every batch takes), so that the limits, counted from the jobs in progress, hold across
 every worker process and host. Candidates are read ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL.
+PostgreSQL; the statement that marks them claimed takes only those still waiting (and
+returns them), so that a job changed meanwhile all the same is left out, not claimed
+twice.
+
+On PostgreSQL the statements that change many jobs at once join arrays (``unnest``) to
+the table, and name the ids again as ``id = ANY(...)``: whatever the planner thinks of
+the table (its statistics are stale: they were taken when every job was ready), the
+rows are reached through the primary key, never by scanning the jobs in progress or
+hashing the whole table.
 
 Every change a worker makes to a job it claimed names the claim's lease token: a
 worker whose lease was taken over (it stopped renewing, another worker reclaimed the
@@ -31,7 +39,6 @@ from ._schema import (
     WAITING,
     fetch,
     now_sql,
-    planned,
     stored_job,
 )
 
@@ -174,7 +181,9 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     if held:
         where += f"AND (customer IS NULL OR customer NOT IN ({', '.join('?' * len(held))})) "
     chosen: list[Claimed] = []
-    window = 2 * req.limit + 32  # rows read at a time: room to skip jobs held back
+    # Rows read at a time: as many as there is room for (all of them, when none is held
+    # back), then twice as many as the last page, to skip the held back jobs faster.
+    window = room
     after: tuple[int, int] | None = None
     scanned = 0
     while len(chosen) < room and scanned < MAX_SCAN:
@@ -182,8 +191,8 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         rows = await fetch(
             conn,
             f"SELECT seq, id, payload, priority, customer, affinity, region, requires, "
-            f"max_retries, attempts, steps FROM {JOBS} WHERE {where}{page}"
-            f"ORDER BY priority, seq LIMIT ?" + (" FOR UPDATE SKIP LOCKED" if pg else ""),
+            f"max_retries, attempts, steps FROM {JOBS} "
+            f"WHERE {where}{page}ORDER BY priority, seq LIMIT ?{skip}",
             *names,
             *held,
             *(after or ()),
@@ -197,12 +206,13 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         if len(rows) < window:
             break
         after = (int(rows[-1]["priority"]), int(rows[-1]["seq"]))
+        window = min(2 * window, MAX_SCAN)
     if not chosen:
         return [], reclaimed
     if pg:
-        async with planned(conn, by_key=True):
-            await _mark_claimed(conn, req, chosen)
+        taken = await _mark_claimed(conn, req, chosen)
     else:
+        # SQLite: the batch holds the database's write lock, so the jobs still wait.
         await conn.executemany(
             f"UPDATE {JOBS} SET state = 'in_progress', attempts = attempts + 1, cluster = ?, "
             f"route_reason = ?, lease_token = ?, lease_owner = ?, lease_expires = {now} + ?, "
@@ -212,25 +222,40 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
                 for c in chosen
             ],
         )
+        taken = {c.token for c in chosen}
+    if len(taken) < len(chosen):
+        chosen = [c for c in chosen if c.token in taken]
     return chosen, reclaimed
 
 
-async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claimed]) -> None:
+async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claimed]) -> set[int]:
+    """Mark the chosen jobs claimed, if they still wait; return the tokens of those marked.
+
+    The route reasons are few: each is sent once, and each job names its own by number.
+    """
     now = now_sql(conn)
-    await conn.execute(
+    reasons: dict[str, int] = {}
+    for c in chosen:
+        reasons.setdefault(c.route_reason, len(reasons) + 1)
+    ids = [c.job.id for c in chosen]
+    rows = await fetch(
+        conn,
         f"UPDATE {JOBS} AS j SET state = 'in_progress', attempts = j.attempts + 1, "
-        f"cluster = v.c, route_reason = v.r, lease_token = v.t, lease_owner = ?, "
-        f"lease_expires = {now} + ?, started_at = COALESCE(j.started_at, {now}), "
-        f"updated_at = {now} "
-        f"FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[]) AS v(id, c, r, t) "
-        f"WHERE j.id = v.id",
+        f"cluster = v.c, route_reason = (?::text[])[v.r], lease_token = v.t, "
+        f"lease_owner = ?, lease_expires = {now} + ?, "
+        f"started_at = COALESCE(j.started_at, {now}), updated_at = {now} "
+        f"FROM unnest(?::text[], ?::text[], ?::int[], ?::bigint[]) AS v(id, c, r, t) "
+        f"WHERE j.id = ANY(?::text[]) AND j.id = v.id AND j.{WAITING} RETURNING v.t",
+        list(reasons),
         req.owner,
         req.lease_seconds,
-        [c.job.id for c in chosen],
+        ids,
         [c.cluster for c in chosen],
-        [c.route_reason for c in chosen],
+        [reasons[c.route_reason] for c in chosen],
         [c.token for c in chosen],
+        ids,
     )
+    return {int(row["t"]) for row in rows}
 
 
 def _choose(
@@ -263,86 +288,97 @@ def _choose(
             cluster,
             reason,
             _tokens(),
-            list(load_json(row["steps"], [])),
+            [] if (steps := row["steps"]) == "[]" else list(load_json(steps, [])),
         )
     )
 
 
 async def renew(
-    conn: Connection, leases: Sequence[tuple[str, int, int]], lease_seconds: float
+    conn: Connection, leases: Sequence[tuple[Claimed, int]], lease_seconds: float
 ) -> set[int]:
-    """Extend the leases ``(id, token, progress to add)``; return the tokens still held."""
+    """Extend the leases ``(claimed job, progress to add)``; return the tokens still held."""
     now = now_sql(conn)
     if conn.dialect == "postgresql":
-        async with planned(conn):
-            rows = await fetch(
-                conn,
-                f"UPDATE {JOBS} AS j SET lease_expires = {now} + ?, progress = j.progress + v.p, "
-                f"updated_at = {now} "
-                f"FROM unnest(?::text[], ?::bigint[], ?::bigint[]) AS v(id, t, p) "
-                f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
-                f"RETURNING j.lease_token",
-                lease_seconds,
-                [lease[0] for lease in leases],
-                [lease[1] for lease in leases],
-                [lease[2] for lease in leases],
-            )
-        return {int(row["lease_token"]) for row in rows}
+        return await _update_claimed(
+            conn,
+            f"lease_expires = {now} + ?, progress = j.progress + v.p, updated_at = {now}",
+            [lease_seconds],
+            [(claimed.job.id, claimed.token) for claimed, _ in leases],
+            [("p", "bigint", [progress for _, progress in leases])],
+        )
     held: set[int] = set()
-    for job_id, token, progress in leases:
+    for claimed, progress in leases:
         row = await conn.fetchval(
             f"UPDATE {JOBS} SET lease_expires = {now} + ?, progress = progress + ?, "
             f"updated_at = {now} WHERE id = ? AND lease_token = ? AND state = 'in_progress' "
             f"RETURNING id",
             lease_seconds,
             progress,
-            job_id,
-            token,
+            claimed.job.id,
+            claimed.token,
         )
         if row is not None:
-            held.add(token)
+            held.add(claimed.token)
     return held
 
 
 async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[int]:
     """Write how attempts ended, fenced by their tokens; return the tokens accepted."""
     now = now_sql(conn)
-    args = [
-        (
-            o.id,
-            o.token,
-            o.state.value,
-            o.delay,
-            None if o.category is None else o.category.value,
-            o.step,
-            o.message,
-            o.progress,
-        )
-        for o in outcomes
-    ]
+
+    def columns(
+        o: Outcome,
+    ) -> tuple[str, int, str, float, str | None, str | None, str | None, int]:
+        category = None if o.category is None else o.category.value
+        return (o.id, o.token, o.state.value, o.delay, category, o.step, o.message, o.progress)
+
     finished = ", ".join(f"'{state}'" for state in FINISHED)
     if conn.dialect == "postgresql":
-        columns = list(zip(*args, strict=True))
-        async with planned(conn):
-            rows = await fetch(
+        # Completions, the most of them, in a statement of their own with less to send.
+        done: list[Outcome] = []
+        rest: list[Outcome] = []
+        for o in outcomes:
+            (done if o.state is State.COMPLETED and o.category is None else rest).append(o)
+        accepted: set[int] = set()
+        if done:
+            accepted |= await _update_claimed(
                 conn,
-                f"UPDATE {JOBS} AS j SET state = v.s, run_at = {now} + v.d, "
+                f"state = 'completed', run_at = {now}, progress = j.progress + v.p, "
+                f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, "
+                f"updated_at = {now}, finished_at = {now}",
+                [],
+                [(o.id, o.token) for o in done],
+                [("p", "bigint", [o.progress for o in done])],
+            )
+        if rest:
+            _, _, states, delays, categories, steps, messages, added = zip(
+                *map(columns, rest), strict=True
+            )
+            accepted |= await _update_claimed(
+                conn,
+                f"state = v.s, run_at = {now} + v.d, "
                 f"error_category = COALESCE(v.c, j.error_category), "
                 f"error_step = CASE WHEN v.c IS NULL THEN j.error_step ELSE v.st END, "
                 f"error_message = COALESCE(v.m, j.error_message), "
-                f"error_attempt = CASE WHEN v.c IS NULL THEN j.error_attempt ELSE j.attempts END, "
+                f"error_attempt = CASE WHEN v.c IS NULL THEN j.error_attempt "
+                f"ELSE j.attempts END, "
                 f"progress = j.progress + v.p, lease_token = NULL, lease_owner = NULL, "
                 f"lease_expires = NULL, updated_at = {now}, "
-                f"finished_at = CASE WHEN v.s IN ({finished}) THEN {now} END "
-                f"FROM unnest(?::text[], ?::bigint[], ?::text[], ?::float8[], ?::text[], "
-                f"?::text[], ?::text[], ?::bigint[]) AS v(id, t, s, d, c, st, m, p) "
-                f"WHERE j.id = v.id AND j.lease_token = v.t AND j.state = 'in_progress' "
-                f"RETURNING v.t",
-                *(list(column) for column in columns),
+                f"finished_at = CASE WHEN v.s IN ({finished}) THEN {now} END",
+                [],
+                [(o.id, o.token) for o in rest],
+                [
+                    ("s", "text", list(states)),
+                    ("d", "float8", list(delays)),
+                    ("c", "text", list(categories)),
+                    ("st", "text", list(steps)),
+                    ("m", "text", list(messages)),
+                    ("p", "bigint", list(added)),
+                ],
             )
-        return {int(row["t"]) for row in rows}
-    accepted: set[int] = set()
-    for job_id, token, state, delay, category, step, message, progress in args:
+        return accepted
+    accepted = set()
+    for job_id, token, state, delay, category, step, message, progress in map(columns, outcomes):
         row = await conn.fetchval(
             f"UPDATE {JOBS} SET state = ?, run_at = {now} + ?, "
             f"error_category = COALESCE(?, error_category), "
@@ -370,33 +406,83 @@ async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[int]:
     return accepted
 
 
-async def release(conn: Connection, leases: Sequence[tuple[str, int, int]]) -> None:
+async def _update_claimed(
+    conn: Connection,
+    assignments: str,
+    args: Sequence[object],
+    claims: Sequence[tuple[str, int]],
+    values: Sequence[tuple[str, str, list[Any]]],
+) -> set[int]:
+    """Update the rows of claimed jobs ``(id, token)`` still leased; return their tokens.
+
+    ``assignments``: the ``SET`` list, with ``?`` for ``args`` and ``v.<name>`` for
+    each job's own ``values`` (``(name, SQL type, one value per job)``). The token
+    alone fences: every change that takes a job out of progress clears it, so a row
+    that still holds it is in progress under that lease (and testing the state too
+    would lead the planner to the index of the jobs in progress).
+    """
+    ids = [job_id for job_id, _ in claims]
+    names = "".join(f", {name}" for name, _, _ in values)
+    types = "".join(f", ?::{sql_type}[]" for _, sql_type, _ in values)
+    rows = await fetch(
+        conn,
+        f"UPDATE {JOBS} AS j SET {assignments} "
+        f"FROM unnest(?::text[], ?::bigint[]{types}) AS v(id, t{names}) "
+        f"WHERE j.id = ANY(?::text[]) AND j.id = v.id AND j.lease_token = v.t RETURNING v.t",
+        *args,
+        ids,
+        [token for _, token in claims],
+        *(column for _, _, column in values),
+        ids,
+    )
+    return {int(row["t"]) for row in rows}
+
+
+async def release(conn: Connection, leases: Sequence[tuple[Claimed, int]]) -> None:
     """Give claimed jobs back, ready at once, their attempt not counted (a clean stop)."""
     now = now_sql(conn)
-    for job_id, token, progress in leases:
+    if conn.dialect == "postgresql":
+        await _update_claimed(
+            conn,
+            f"state = 'ready', attempts = j.attempts - 1, progress = j.progress + v.p, "
+            f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, run_at = {now}, "
+            f"updated_at = {now}",
+            [],
+            [(claimed.job.id, claimed.token) for claimed, _ in leases],
+            [("p", "bigint", [progress for _, progress in leases])],
+        )
+        return
+    for claimed, progress in leases:
         await conn.execute(
             f"UPDATE {JOBS} SET state = 'ready', attempts = attempts - 1, "
             f"progress = progress + ?, lease_token = NULL, lease_owner = NULL, "
             f"lease_expires = NULL, run_at = {now}, updated_at = {now} "
             f"WHERE id = ? AND lease_token = ? AND state = 'in_progress'",
             progress,
-            job_id,
-            token,
+            claimed.job.id,
+            claimed.token,
         )
 
 
-async def step_done(
-    conn: Connection, job_id: str, token: int, steps: list[str], progress: int
-) -> bool:
+async def step_done(conn: Connection, claimed: Claimed, steps: list[str], progress: int) -> bool:
     """Record the finished steps of a claimed job; False if the lease was taken over."""
     now = now_sql(conn)
+    if conn.dialect == "postgresql":
+        held = await _update_claimed(
+            conn,
+            f"steps = ?, progress = j.progress + v.p, updated_at = {now}",
+            [json.dumps(steps)],
+            [(claimed.job.id, claimed.token)],
+            [("p", "bigint", [progress])],
+        )
+        return claimed.token in held
     row = await conn.fetchval(
         f"UPDATE {JOBS} SET steps = ?, progress = progress + ?, updated_at = {now} "
         f"WHERE id = ? AND lease_token = ? AND state = 'in_progress' RETURNING id",
         json.dumps(steps),
         progress,
-        job_id,
-        token,
+        claimed.job.id,
+        claimed.token,
     )
     return row is not None
 

@@ -154,7 +154,7 @@ class JobContext:
         steps = list(self._steps)
 
         async def record(conn: Connection) -> bool:
-            return await _claims.step_done(conn, claimed.job.id, claimed.token, steps, progress)
+            return await _claims.step_done(conn, claimed, steps, progress)
 
         try:
             held = await self._db._run(record)

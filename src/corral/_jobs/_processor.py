@@ -1,26 +1,34 @@
 """The processor: claims jobs, runs their handler, records how each attempt ended.
 
-One processor is three kinds of task in one task group: the *claimer* (claims batches
-of jobs within the limits and starts a task per job), the *reporter* (writes how
-attempts ended, many per transaction, fenced by their lease tokens) and the
-*renewer* (extends the leases of the running jobs every third of ``lease_seconds``
-and cancels a job whose lease was taken over). Nothing outlives :meth:`Processor.run`:
-when it is cancelled, the jobs still running are cancelled and given back (ready at
-once, the attempt not counted), in a shielded last transaction.
+One processor is four kinds of task in one task group: the *claimer* (claims batches
+of jobs within the limits and queues them to run), the *runners* (each runs queued
+jobs one at a time, each in a copy of the context of its own, as a task of its own
+would have, and in a cancel scope that is cancelled if its lease is lost; there are
+as many runners as jobs waiting in a handler at once, reused from job to job, since
+starting a task costs more than a short job), the *reporter* (writes how attempts
+ended, many per transaction, fenced by their lease tokens) and the *renewer* (extends
+the leases of the running jobs every third of ``lease_seconds`` and cancels a job
+whose lease was taken over). Nothing outlives
+:meth:`Processor.run`: when it is cancelled, the jobs still running are cancelled and
+given back (ready at once, the attempt not counted), in a shielded last transaction.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from .._cluster import Cluster
 from .._exceptions import ConfigurationError, LeaseLostError
@@ -28,7 +36,7 @@ from . import _claims
 from ._context import JobContext
 from ._model import ErrorCategory, Job, ProcessorConfig, State, classify
 from ._notify import EventKind, JobEvent, LoggingNotifier, Notifier
-from ._routing import route
+from ._routing import Router
 
 if TYPE_CHECKING:
     from .._backends import Connection
@@ -46,6 +54,9 @@ Validator = Callable[[Job], object]
 Classifier = Callable[[BaseException], ErrorCategory | str]
 
 _MESSAGE_LIMIT = 2000
+#: A runner checks for cancellation (and lets other tasks run) after this many jobs in
+#: a row that did not wait on anything.
+_RUNS_PER_CHECKPOINT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +82,15 @@ class ProcessorStatistics:
 
 
 class _Running:
-    __slots__ = ("claimed", "ctx", "outcome", "scope")
+    __slots__ = ("claimed", "ctx", "lost", "outcome", "scope")
 
     def __init__(self, claimed: _claims.Claimed, ctx: JobContext) -> None:
         self.claimed = claimed
         self.ctx = ctx
+        #: The cancel scope of the runner while it runs this job: cancelled if the lease
+        #: is taken over. ``lost`` tells a runner not to start the job at all.
         self.scope: anyio.CancelScope | None = None
+        self.lost = False
         self.outcome: _claims.Outcome | None = None
 
 
@@ -156,6 +170,7 @@ class Processor:
         #: The clusters jobs run on.
         self.clusters: tuple[Cluster, ...] = tuple(cluster_list)
         self._by_name = {c.name: c for c in cluster_list}
+        self._router = Router(cluster_list)
         #: The limits and timings.
         self.config = config
         self._classify: Classifier = classify or _default_classify
@@ -168,6 +183,11 @@ class Processor:
         self._running: dict[int, _Running] = {}
         self._on_cluster = dict.fromkeys(self._by_name, 0)
         self._outcomes: list[_claims.Outcome] = []
+        #: Claimed jobs no runner has started yet, the wake-up events of the runners
+        #: waiting for one, and how many runners are about to look at the queue.
+        self._queued: deque[_Running] = deque()
+        self._idle: list[anyio.Event] = []
+        self._starting = 0
         # Made by run(), inside an event loop.
         self._claim_wakeup: anyio.Event
         self._report_wakeup: anyio.Event
@@ -225,6 +245,9 @@ class Processor:
         finally:
             queue._watchers.discard(self._wake_claimer)
             self._tg = None
+            self._queued.clear()
+            self._idle.clear()
+            self._starting = 0
             with anyio.CancelScope(shield=True):
                 await self._settle(listening)
             self._active = False
@@ -255,7 +278,7 @@ class Processor:
             capacity={c.name: c.capacity for c in self.clusters},
             local_free={c.name: c.capacity - on_cluster[c.name] for c in self.clusters},
             lease_seconds=config.lease_seconds,
-            route=lambda job, free: route(job, self.clusters, free),
+            route=self._router,
         )
 
     async def _claimer(self, until_idle: bool) -> None:
@@ -302,47 +325,94 @@ class Processor:
             )
 
     def _start(self, claimed: _claims.Claimed) -> None:
-        tg = self._tg
-        assert tg is not None
         cluster = self._by_name[claimed.cluster]
         entry = _Running(claimed, JobContext(self._db, self.name, claimed, cluster))
         self._running[claimed.token] = entry
         self._on_cluster[cluster.name] += 1
         self._counts["claimed"] += 1
-        tg.start_soon(self._work, entry, name=f"corral job {claimed.job.id}")
+        self._queued.append(entry)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """See that a runner will look at the queue: one about to, an idle one, or a new one.
+
+        One at a time: a runner that takes a job while more wait dispatches again, so a
+        batch of jobs that wait in their handlers gets a runner each, and a batch of
+        jobs that return at once is run by one or two.
+        """
+        if self._starting:
+            return
+        self._starting += 1
+        if self._idle:
+            self._idle.pop().set()
+        else:
+            tg = self._tg
+            assert tg is not None
+            tg.start_soon(self._runner, name=f"corral jobs runner of {self.name}")
+
+    async def _runner(self) -> None:
+        runs = 0
+        while True:
+            self._starting -= 1
+            while self._queued:
+                # One cancel scope for a run of jobs, not one per job (entering a scope
+                # costs more than a short job): the renewer cancels it to drop the job
+                # running in it, and the jobs after that one get a new scope.
+                entry: _Running | None = None
+                with anyio.CancelScope() as scope:
+                    while self._queued and not scope.cancel_called:
+                        entry = self._queued.popleft()
+                        if self._queued:
+                            self._dispatch()
+                        if entry.lost:
+                            await self._dropped(entry)
+                        else:
+                            entry.scope = scope
+                            await self._work(entry)
+                            entry.scope = None
+                        entry = None
+                        runs += 1
+                        if runs % _RUNS_PER_CHECKPOINT == 0:
+                            await anyio.lowlevel.checkpoint()
+                if entry is not None:  # cancelled by the renewer: the lease was taken over
+                    entry.scope = None
+                    await self._dropped(entry)
+            wakeup = anyio.Event()
+            self._idle.append(wakeup)
+            await wakeup.wait()
 
     async def _work(self, entry: _Running) -> None:
+        """Run one job; its outcome goes to the reporter (cancellation propagates)."""
         claimed, ctx = entry.claimed, entry.ctx
         job = claimed.job
-        lost = False
-        outcome: _claims.Outcome | None = None
-        with anyio.CancelScope() as entry.scope:
-            try:
-                refusal = await self._check(entry)
-                if refusal is not None:
-                    outcome = refusal
-                else:
-                    await self._handler(ctx)
-                    outcome = _claims.Outcome(job.id, claimed.token, State.COMPLETED)
-            except LeaseLostError:
-                lost = True
-            except Exception as exc:
-                outcome = self._failure(entry, exc)
-        if entry.scope.cancelled_caught or lost or outcome is None:
-            # Cancelled by the renewer: the lease was taken over. Record nothing.
-            self._forget(claimed.token)
-            self._counts["lease_lost"] += 1
-            await self._notify(
-                EventKind.LEASE_LOST,
-                job.id,
-                claimed.attempt,
-                claimed.cluster,
-                message="another worker took the lease over; this attempt was dropped",
-            )
+        try:
+            refusal = await self._check(entry)
+            if refusal is not None:
+                outcome = refusal
+            else:
+                await _in_context(self._handler(ctx), contextvars.copy_context())
+                outcome = _claims.Outcome(job.id, claimed.token, State.COMPLETED)
+        except LeaseLostError:
+            await self._dropped(entry)
             return
+        except Exception as exc:
+            outcome = self._failure(entry, exc)
         entry.outcome = _with_progress(outcome, ctx.progress._take())
         self._outcomes.append(entry.outcome)
         self._report_wakeup.set()
+
+    async def _dropped(self, entry: _Running) -> None:
+        """Forget a job whose lease was taken over: record nothing, tell the notifier."""
+        claimed = entry.claimed
+        self._forget(claimed.token)
+        self._counts["lease_lost"] += 1
+        await self._notify(
+            EventKind.LEASE_LOST,
+            claimed.job.id,
+            claimed.attempt,
+            claimed.cluster,
+            message="another worker took the lease over; this attempt was dropped",
+        )
 
     async def _check(self, entry: _Running) -> _claims.Outcome | None:
         if self._validate is None:
@@ -470,7 +540,7 @@ class Processor:
             entries = [e for e in self._running.values() if e.outcome is None]
             if not entries:
                 continue
-            leases = [(e.claimed.job.id, e.claimed.token, e.ctx.progress._take()) for e in entries]
+            leases = [(e.claimed, e.ctx.progress._take()) for e in entries]
 
             async def renew(conn: Connection, leases: list[Any] = leases) -> set[int]:
                 return await _claims.renew(conn, leases, self.config.lease_seconds)
@@ -479,12 +549,14 @@ class Processor:
                 held = await self._db._run(renew)
             except BaseException:
                 for entry, lease in zip(entries, leases, strict=True):
-                    entry.ctx.progress._give_back(lease[2])
+                    entry.ctx.progress._give_back(lease[1])
                 raise
             for entry in entries:
                 lost = entry.claimed.token not in held and entry.outcome is None
-                if lost and entry.scope is not None:
-                    entry.scope.cancel()
+                if lost:
+                    entry.lost = True
+                    if entry.scope is not None:
+                        entry.scope.cancel()
 
     async def _settle(self, listening: bool) -> None:
         """Write what is left (outcomes, give back unfinished jobs), stop listening."""
@@ -492,7 +564,7 @@ class Processor:
             await self._report()
             left = [e for e in self._running.values() if e.outcome is None]
             if left:
-                leases = [(e.claimed.job.id, e.claimed.token, e.ctx.progress._take()) for e in left]
+                leases = [(e.claimed, e.ctx.progress._take()) for e in left]
 
                 async def give_back(conn: Connection) -> None:
                     await _claims.release(conn, leases)
@@ -568,3 +640,35 @@ def _with_progress(outcome: _claims.Outcome, progress: int) -> _claims.Outcome:
 
 async def _noop(conn: Connection) -> None:
     return None
+
+
+@types.coroutine
+def _in_context(
+    awaitable: Awaitable[object], context: contextvars.Context
+) -> Generator[Any, Any, object]:
+    """Await ``awaitable`` with each of its steps run in ``context``.
+
+    A runner runs many jobs, one after another; this gives each handler a context of
+    its own, as a task of its own would have: a context variable it sets is not seen
+    by the next job. The event loop's requests (what the handler yields) and answers
+    (what it is sent or thrown) pass through unchanged.
+    """
+    steps: Any = awaitable.__await__()
+    run = context.run
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            if error is None:
+                request = run(steps.send, value)
+            else:
+                request, error = run(steps.throw, error), None
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value = yield request
+        except GeneratorExit:
+            steps.close()
+            raise
+        except BaseException as exc:
+            value, error = None, exc

@@ -8,7 +8,42 @@ from collections.abc import Mapping, Sequence
 from .._cluster import Cluster
 from ._model import Job
 
-__all__ = ["route"]
+__all__ = ["Router", "route"]
+
+
+class Router:
+    """:func:`route` over fixed clusters, with the common case remembered.
+
+    When only one of the clusters has the labels a job requires, that cluster is the
+    job's only choice whatever the free slots, and so is its reason: both are kept per
+    (region, labels) and a job of that kind is placed with one lookup.
+    """
+
+    __slots__ = ("_clusters", "_only")
+
+    def __init__(self, clusters: Sequence[Cluster]) -> None:
+        self._clusters = tuple(clusters)
+        self._only: dict[tuple[str | None, frozenset[str]], tuple[str, str] | None] = {}
+
+    def __call__(self, job: Job, free: Mapping[str, int]) -> tuple[str, str] | None:
+        """Choose a cluster with a free slot for ``job``, as :func:`route` does."""
+        if job.affinity is not None:
+            return route(job, self._clusters, free)
+        key = (job.region, frozenset(job.requires))
+        try:
+            only = self._only[key]
+        except KeyError:
+            only = self._only[key] = self._single(job)
+        if only is None:
+            return route(job, self._clusters, free)
+        return only if free.get(only[0], 0) > 0 else None
+
+    def _single(self, job: Job) -> tuple[str, str] | None:
+        requires = frozenset(job.requires)
+        able = [c for c in self._clusters if requires <= c.labels]
+        if len(able) != 1:
+            return None
+        return route(job, self._clusters, {able[0].name: 1})
 
 
 def route(job: Job, clusters: Sequence[Cluster], free: Mapping[str, int]) -> tuple[str, str] | None:

@@ -7,8 +7,7 @@ runs through the database's writer (``Database._run``): one transaction per batc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._model import PRIORITY_BY_RANK, Job, load_json
@@ -27,7 +26,6 @@ __all__ = [
     "fetch",
     "now_sql",
     "stored_job",
-    "planned",
 ]
 
 JOBS = "corral_jobs"
@@ -38,8 +36,12 @@ CHANNEL = "corral_jobs"
 CLAIM_LOCK = 7262018
 SCHEMA_LOCK = 7262019
 
+#: The clock, read once per statement: on PostgreSQL a subquery (an InitPlan), so that
+#: ``lease_expires < now`` is an index condition (``clock_timestamp()`` alone is volatile:
+#: it would be read again for every row, and only ever filter), and one statement
+#: stamps all its rows with the same time.
 _NOW = {
-    "postgresql": "(extract(epoch from clock_timestamp())::float8)",
+    "postgresql": "(SELECT extract(epoch from clock_timestamp())::float8)",
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
 }
 WAITING = "state IN ('ready', 'retrying')"
@@ -58,60 +60,27 @@ async def fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, Any
     return await conn.fetch(sql, *args)
 
 
-#: The planner settings of ``planned``: the first always, all three ``by_key``.
-_PLANS = {
-    "plan_cache_mode": "force_custom_plan",
-    "enable_hashjoin": "off",
-    "enable_mergejoin": "off",
-}
-
-
-@asynccontextmanager
-async def planned(conn: Connection, *, by_key: bool = False) -> AsyncIterator[None]:
-    """Plan the body's statements for their actual arguments (PostgreSQL).
-
-    The claim, outcome and lease statements join a few hundred ids (``unnest`` of
-    arrays) to the jobs table. asyncpg prepares statements, and after five runs the
-    server may switch to a generic plan that scans every job in progress once per id:
-    inside the body, plans are made for the actual arguments. With ``by_key``, joins are
-    also nested loops (so the ids reach their rows through the primary key, rather than
-    by hashing the whole table: every job ever kept); only for a statement whose jobs
-    are found by ``id`` alone. The settings are restored after (and rolled back with the
-    statement's savepoint if it fails).
-    """
-    if conn.dialect != "postgresql":
-        yield
-        return
-    names = list(_PLANS) if by_key else ["plan_cache_mode"]
-    saved = (
-        await fetch(conn, "SELECT " + ", ".join(f"current_setting('{n}') AS {n}" for n in names))
-    )[0]
-    await conn.execute(
-        "SELECT " + ", ".join(f"set_config('{n}', '{_PLANS[n]}', true)" for n in names)
-    )
-    yield
-    await conn.execute(
-        "SELECT " + ", ".join(f"set_config('{n}', ?, true)" for n in names),
-        *(saved[n] for n in names),
-    )
-
-
 def stored_job(row: Mapping[str, Any]) -> Job:
     """Rebuild the job a row stores, without checking it again (it was, when enqueued)."""
     job = object.__new__(Job)
     requires = row["requires"]
-    for name, value in (
-        ("id", row["id"]),
-        ("payload", load_json(row["payload"])),
-        ("priority", PRIORITY_BY_RANK[int(row["priority"])]),
-        ("customer", row["customer"]),
-        ("affinity", row["affinity"]),
-        ("region", row["region"]),
-        ("requires", frozenset() if requires == NO_LABELS else frozenset(load_json(requires))),
-        ("max_retries", int(row["max_retries"])),
-    ):
-        object.__setattr__(job, name, value)
+    setattr_ = object.__setattr__
+    setattr_(job, "id", row["id"])
+    setattr_(job, "payload", load_json(row["payload"]))
+    setattr_(job, "priority", PRIORITY_BY_RANK[int(row["priority"])])
+    setattr_(job, "customer", row["customer"])
+    setattr_(job, "affinity", row["affinity"])
+    setattr_(job, "region", row["region"])
+    setattr_(
+        job,
+        "requires",
+        _NO_LABELS_SET if requires == NO_LABELS else frozenset(load_json(requires)),
+    )
+    setattr_(job, "max_retries", int(row["max_retries"]))
     return job
+
+
+_NO_LABELS_SET: frozenset[str] = frozenset()
 
 
 async def ensure_schema(conn: Connection) -> None:
