@@ -186,8 +186,8 @@ async def corral_latencies(url):
 _STATEMENTS = (
     ("pg_advisory_xact_lock", "advisory lock"),
     ("lease_expires < ", "reclaim expired"),
-    ("GROUP BY cluster, customer", "count in progress"),
     ("ORDER BY priority, seq LIMIT", "select candidates"),
+    ("GROUP BY cluster", "count in progress"),
     ("SET state = 'in_progress'", "mark claimed"),
     ("COUNT(*) AS n, MIN(", "outlook count"),
     ("SET state = v.s", "write outcomes"),
@@ -210,10 +210,15 @@ class _TimedConnection:
         async def timed(sql, *args, **kwargs):
             label = next((lab for key, lab in _STATEMENTS if key in sql), sql[:30])
             start = time.perf_counter()
+            result = None
             try:
-                return await value(sql, *args, **kwargs)
+                result = await value(sql, *args, **kwargs)
+                return result
             finally:
-                self._timer.add(f"  {self._op}: {label}", time.perf_counter() - start)
+                end = time.perf_counter()
+                self._timer.add(f"  {self._op}: {label}", end - start)
+                if "advisory_xact_lock" in sql and result is not False:
+                    self._timer.locked_at = end  # the claim lock is held from here
 
         return timed
 
@@ -227,6 +232,8 @@ class PhaseTimer:
     """
 
     def __init__(self):
+        #: When the claim under way took the claim lock (None: it holds none).
+        self.locked_at = None
         self.counts = defaultdict(int)
         self.seconds = defaultdict(float)
         self.items = defaultdict(int)
@@ -248,7 +255,12 @@ class PhaseTimer:
             async def timed(conn, *args, **kwargs):
                 start = time.perf_counter()
                 result = await original(_TimedConnection(conn, timer, name), *args, **kwargs)
-                timer.add(f"in store: {name}", time.perf_counter() - start, size(result))
+                end = time.perf_counter()
+                timer.add(f"in store: {name}", end - start, size(result))
+                if timer.locked_at is not None:
+                    # The lock is held on until the commit, which follows.
+                    timer.add("in store: claim lock held", end - timer.locked_at, size(result))
+                    timer.locked_at = None
                 return result
 
             setattr(_claims, name, timed)

@@ -36,6 +36,7 @@ from ._schema import (
     FINISHED,
     JOBS,
     NO_LABELS,
+    NO_STEPS,
     WAITING,
     fetch,
     now_sql,
@@ -69,16 +70,43 @@ os.register_at_fork(after_in_child=lambda: _random.seed(secrets.randbits(128)))
 _tokens = functools.partial(_random.getrandbits, 62)
 
 
-@dataclass(slots=True)
 class Claimed:
-    """A job claimed by a worker: the job, its attempt and its lease."""
+    """A job claimed by a worker: the job, its attempt and its lease.
 
-    job: Job
-    attempt: int
-    cluster: str
-    route_reason: str
-    token: int
-    steps_done: list[str]
+    The job is rebuilt from its stored row when first asked for: after the claim has
+    committed, so that decoding payloads is no work done under the claim lock.
+    """
+
+    __slots__ = ("_job", "_row", "attempt", "cluster", "id", "route_reason", "token")
+
+    def __init__(
+        self, row: Mapping[str, Any], attempt: int, cluster: str, route_reason: str, token: int
+    ) -> None:
+        self._row = row
+        self._job: Job | None = None
+        #: The job's id.
+        self.id: str = row["id"]
+        #: This attempt's number (1 for the first).
+        self.attempt = attempt
+        #: The cluster it was routed to, and why.
+        self.cluster = cluster
+        self.route_reason = route_reason
+        #: The lease token: every write of this attempt names it.
+        self.token = token
+
+    @property
+    def job(self) -> Job:
+        """The claimed job."""
+        job = self._job
+        if job is None:
+            job = self._job = stored_job(self._row)
+        return job
+
+    @property
+    def steps_done(self) -> list[str]:
+        """The steps its earlier attempts finished."""
+        steps = self._row["steps"]
+        return [] if steps == NO_STEPS else list(load_json(steps, []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +136,8 @@ class ClaimRequest:
     #: Jobs this worker may still start on each cluster (its own free slots).
     local_free: dict[str, int]
     lease_seconds: float
-    route: Callable[[Job, Mapping[str, int]], tuple[str, str] | None]
+    #: Places a job, given its stored row, on a cluster with a free slot: (name, reason).
+    route: Callable[[Mapping[str, Any], Mapping[str, int]], tuple[str, str] | None]
     #: Wait for another worker's claim to commit (else claim nothing if one is running).
     wait: bool = True
 
@@ -146,10 +175,11 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
             await conn.execute(f"SELECT pg_advisory_xact_lock({key})")
     if req.limit <= 0:
         return [], reclaimed
+    # Per customer only if there is a limit per customer (fewer groups to make).
+    groups = "cluster" if req.per_customer is None else "cluster, customer"
     busy = await fetch(
         conn,
-        f"SELECT cluster, customer, COUNT(*) AS n FROM {JOBS} "
-        f"WHERE state = 'in_progress' GROUP BY cluster, customer",
+        f"SELECT {groups}, COUNT(*) AS n FROM {JOBS} WHERE state = 'in_progress' GROUP BY {groups}",
     )
     total = 0
     by_cluster: dict[str, int] = {}
@@ -159,7 +189,7 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         total += n
         if row["cluster"] is not None:
             by_cluster[row["cluster"]] = by_cluster.get(row["cluster"], 0) + n
-        if row["customer"] is not None:
+        if row.get("customer") is not None:
             by_customer[row["customer"]] = by_customer.get(row["customer"], 0) + n
     room = min(req.limit, req.max_concurrent - total)
     free = {
@@ -218,7 +248,7 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
             f"route_reason = ?, lease_token = ?, lease_owner = ?, lease_expires = {now} + ?, "
             f"started_at = COALESCE(started_at, {now}), updated_at = {now} WHERE id = ?",
             [
-                (c.cluster, c.route_reason, c.token, req.owner, req.lease_seconds, c.job.id)
+                (c.cluster, c.route_reason, c.token, req.owner, req.lease_seconds, c.id)
                 for c in chosen
             ],
         )
@@ -237,7 +267,7 @@ async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claime
     reasons: dict[str, int] = {}
     for c in chosen:
         reasons.setdefault(c.route_reason, len(reasons) + 1)
-    ids = [c.job.id for c in chosen]
+    ids = [c.id for c in chosen]
     rows = await fetch(
         conn,
         f"UPDATE {JOBS} AS j SET state = 'in_progress', attempts = j.attempts + 1, "
@@ -266,31 +296,21 @@ def _choose(
     chosen: list[Claimed],
 ) -> None:
     """Add the job of ``row`` to ``chosen`` if the limits and a free cluster allow it."""
-    job = stored_job(row)
-    customer = job.customer
+    customer = row["customer"]
     if (
         customer is not None
         and req.per_customer is not None
         and by_customer.get(customer, 0) >= req.per_customer
     ):
         return
-    routed = req.route(job, free)
+    routed = req.route(row, free)
     if routed is None:
         return
     cluster, reason = routed
     free[cluster] -= 1
     if customer is not None:
         by_customer[customer] = by_customer.get(customer, 0) + 1
-    chosen.append(
-        Claimed(
-            job,
-            int(row["attempts"]) + 1,
-            cluster,
-            reason,
-            _tokens(),
-            [] if (steps := row["steps"]) == "[]" else list(load_json(steps, [])),
-        )
-    )
+    chosen.append(Claimed(row, row["attempts"] + 1, cluster, reason, _tokens()))
 
 
 async def renew(
@@ -303,7 +323,7 @@ async def renew(
             conn,
             f"lease_expires = {now} + ?, progress = j.progress + v.p, updated_at = {now}",
             [lease_seconds],
-            [(claimed.job.id, claimed.token) for claimed, _ in leases],
+            [(claimed.id, claimed.token) for claimed, _ in leases],
             [("p", "bigint", [progress for _, progress in leases])],
         )
     held: set[int] = set()
@@ -314,7 +334,7 @@ async def renew(
             f"RETURNING id",
             lease_seconds,
             progress,
-            claimed.job.id,
+            claimed.id,
             claimed.token,
         )
         if row is not None:
@@ -448,7 +468,7 @@ async def release(conn: Connection, leases: Sequence[tuple[Claimed, int]]) -> No
             f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, run_at = {now}, "
             f"updated_at = {now}",
             [],
-            [(claimed.job.id, claimed.token) for claimed, _ in leases],
+            [(claimed.id, claimed.token) for claimed, _ in leases],
             [("p", "bigint", [progress for _, progress in leases])],
         )
         return
@@ -459,7 +479,7 @@ async def release(conn: Connection, leases: Sequence[tuple[Claimed, int]]) -> No
             f"lease_expires = NULL, run_at = {now}, updated_at = {now} "
             f"WHERE id = ? AND lease_token = ? AND state = 'in_progress'",
             progress,
-            claimed.job.id,
+            claimed.id,
             claimed.token,
         )
 
@@ -472,7 +492,7 @@ async def step_done(conn: Connection, claimed: Claimed, steps: list[str], progre
             conn,
             f"steps = ?, progress = j.progress + v.p, updated_at = {now}",
             [json.dumps(steps)],
-            [(claimed.job.id, claimed.token)],
+            [(claimed.id, claimed.token)],
             [("p", "bigint", [progress])],
         )
         return claimed.token in held
@@ -481,7 +501,7 @@ async def step_done(conn: Connection, claimed: Claimed, steps: list[str], progre
         f"WHERE id = ? AND lease_token = ? AND state = 'in_progress' RETURNING id",
         json.dumps(steps),
         progress,
-        claimed.job.id,
+        claimed.id,
         claimed.token,
     )
     return row is not None

@@ -493,12 +493,13 @@ class Processor:
 
         async def write(conn: Connection) -> Any:
             accepted = await _claims.finish(conn, batch)
+            if accepted and conn.dialect == "postgresql":
+                # Sent at commit; asked for before the claim, whose lock is held until then.
+                await conn.execute("SELECT pg_notify(?, '')", self._db.jobs.channel)
             claimed: list[_claims.Claimed] = []
             reclaimed: list[dict[str, Any]] = []
             if request is not None and request.limit > 0:
                 claimed, reclaimed = await _claims.claim(conn, request)
-            if accepted and conn.dialect == "postgresql":
-                await conn.execute("SELECT pg_notify(?, '')", self._db.jobs.channel)
             return accepted, claimed, reclaimed
 
         try:

@@ -4,49 +4,80 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from .._cluster import Cluster
-from ._model import Job
+from ._model import load_json
+from ._schema import NO_LABELS
 
-__all__ = ["Router", "route"]
+__all__ = ["Placement", "Router", "route"]
+
+
+class Routable(Protocol):
+    """What the scheduler reads of a job: a :class:`~corral.jobs.Job` has it."""
+
+    @property
+    def affinity(self) -> str | None: ...
+    @property
+    def region(self) -> str | None: ...
+    @property
+    def requires(self) -> frozenset[str]: ...
+
+
+class Placement(NamedTuple):
+    """What the scheduler reads of a job, taken from its stored row."""
+
+    affinity: str | None
+    region: str | None
+    requires: frozenset[str]
 
 
 class Router:
-    """:func:`route` over fixed clusters, with the common case remembered.
+    """:func:`route` over fixed clusters, for stored jobs, with the common case remembered.
 
-    When only one of the clusters has the labels a job requires, that cluster is the
-    job's only choice whatever the free slots, and so is its reason: both are kept per
-    (region, labels) and a job of that kind is placed with one lookup.
+    A stored job is placed from its row's ``affinity``, ``region`` and ``requires``
+    columns (the job itself is not rebuilt: a claim places jobs while it holds the
+    claim lock). When only one of the clusters has the labels a job requires, that
+    cluster is the job's only choice whatever the free slots, and so is its reason:
+    both are kept per kind of job, and a job of that kind is placed with one lookup.
     """
 
-    __slots__ = ("_clusters", "_only")
+    __slots__ = ("_clusters", "_known")
+
+    #: Kinds of job remembered at most (then forgotten, all at once).
+    LIMIT = 1024
 
     def __init__(self, clusters: Sequence[Cluster]) -> None:
         self._clusters = tuple(clusters)
-        self._only: dict[tuple[str | None, frozenset[str]], tuple[str, str] | None] = {}
+        self._known: dict[tuple[Any, Any, Any], tuple[Placement, tuple[str, str] | None]] = {}
 
-    def __call__(self, job: Job, free: Mapping[str, int]) -> tuple[str, str] | None:
-        """Choose a cluster with a free slot for ``job``, as :func:`route` does."""
-        if job.affinity is not None:
-            return route(job, self._clusters, free)
-        key = (job.region, frozenset(job.requires))
+    def __call__(self, row: Mapping[str, Any], free: Mapping[str, int]) -> tuple[str, str] | None:
+        """Choose a cluster with a free slot for the job of ``row``, as :func:`route` does."""
+        key = (row["affinity"], row["region"], row["requires"])
         try:
-            only = self._only[key]
+            place, only = self._known[key]
         except KeyError:
-            only = self._only[key] = self._single(job)
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            affinity, region, requires = key
+            labels = frozenset() if requires == NO_LABELS else frozenset(load_json(requires))
+            place = Placement(affinity, region, labels)
+            only = None if affinity is not None else self._single(place)
+            self._known[key] = (place, only)
         if only is None:
-            return route(job, self._clusters, free)
+            return route(place, self._clusters, free)
         return only if free.get(only[0], 0) > 0 else None
 
-    def _single(self, job: Job) -> tuple[str, str] | None:
-        requires = frozenset(job.requires)
-        able = [c for c in self._clusters if requires <= c.labels]
+    def _single(self, place: Placement) -> tuple[str, str] | None:
+        able = [c for c in self._clusters if place.requires <= c.labels]
         if len(able) != 1:
             return None
-        return route(job, self._clusters, {able[0].name: 1})
+        return route(place, self._clusters, {able[0].name: 1})
 
 
-def route(job: Job, clusters: Sequence[Cluster], free: Mapping[str, int]) -> tuple[str, str] | None:
+def route(
+    job: Routable, clusters: Sequence[Cluster], free: Mapping[str, int]
+) -> tuple[str, str] | None:
     """Choose a cluster with a free slot for ``job``; return (name, reason) or None.
 
     A job with ``affinity`` runs on that cluster only (manual placement). Otherwise the

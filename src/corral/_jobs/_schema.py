@@ -21,6 +21,7 @@ __all__ = [
     "FINISHED",
     "JOBS",
     "NO_LABELS",
+    "NO_STEPS",
     "WAITING",
     "ensure_schema",
     "fetch",
@@ -48,6 +49,8 @@ WAITING = "state IN ('ready', 'retrying')"
 FINISHED = ("completed", "failed", "dead")
 #: How a job requiring no labels stores them.
 NO_LABELS = "[]"
+#: How a job with no finished steps stores them.
+NO_STEPS = "[]"
 
 
 def now_sql(conn: Connection) -> str:
