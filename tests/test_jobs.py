@@ -6,6 +6,7 @@ Multi-process behaviour (SIGKILL, three workers) is in ``test_jobs_processes.py`
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections import Counter
@@ -948,3 +949,92 @@ async def test_purge_deletes_old_finished_jobs_only(db_url: str) -> None:
             await db.jobs.purge(older_than=-1)
         with pytest.raises(TypeError, match="seconds"):
             await db.jobs.purge(older_than="1d")  # type: ignore[arg-type]
+
+
+# -- runners: the tasks that run the claimed jobs -------------------------------------------------
+
+_seen: contextvars.ContextVar[str | None] = contextvars.ContextVar("_seen", default=None)
+
+
+async def test_jobs_waiting_in_their_handlers_each_get_a_runner(db_url: str) -> None:
+    """A batch of jobs that all wait for one another: each must be running at once."""
+    n = 20
+    arrived = 0
+    everyone = anyio.Event()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == n:
+            everyone.set()
+        await everyone.wait()
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job(f"j{i}") for i in range(n)])
+        processor = await run_all(db, handler, batch_size=n, max_concurrent=n)
+        assert processor.statistics().completed == n
+        assert (await db.jobs.depth()).completed == n
+
+
+async def test_each_job_runs_in_a_context_of_its_own(db_url: str) -> None:
+    """Jobs that never wait run one after another on one runner, yet a context variable
+    set by one of them is not seen by the next, as if each had a task of its own."""
+    seen: list[str | None] = []
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        seen.append(_seen.get())
+        _seen.set(ctx.job.id)
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job(f"j{i}") for i in range(200)])
+        await run_all(db, handler, batch_size=200, max_concurrent=200)
+    assert seen == [None] * 200
+    assert _seen.get() is None
+
+
+async def test_runners_go_on_after_a_job_whose_lease_was_lost(db_url: str) -> None:
+    """The runner of a job whose lease is taken over drops it, and runs later jobs."""
+    started = anyio.Event()
+    done: list[str] = []
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "stuck":
+            started.set()
+            await anyio.sleep_forever()
+        done.append(ctx.job.id)
+
+    async def take_over(conn: Any) -> None:
+        await conn.execute(
+            "UPDATE corral_jobs SET lease_token = 7, lease_owner = 'thief' WHERE id = 'stuck'"
+        )
+
+    class Watch(LostWatch):
+        def __init__(self) -> None:
+            super().__init__()
+            self.all_done = anyio.Event()
+
+        async def notify(self, event: jobs.JobEvent) -> None:
+            await super().notify(event)
+            if sum(e.kind is jobs.EventKind.COMPLETED for e in self.events) == 5:
+                self.all_done.set()
+
+    recorder = Watch()
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("stuck"))
+        processor = jobs.Processor(
+            db, handler, config=config(lease_seconds=0.3, poll_interval=0.05), notifier=recorder
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run)
+            with anyio.fail_after(20):
+                await started.wait()
+            await db._run(take_over)
+            with anyio.fail_after(20):
+                await recorder.lost.wait()
+            await db.jobs.enqueue_many([jobs.Job(f"after{i}") for i in range(5)])
+            with anyio.fail_after(20):
+                await recorder.all_done.wait()
+            tg.cancel_scope.cancel()
+        assert sorted(done) == [f"after{i}" for i in range(5)]
+        assert processor.statistics().lease_lost == 1
+        assert processor.statistics().completed == 5
