@@ -9,10 +9,9 @@ returns them), so that a job changed meanwhile all the same is left out, not cla
 twice.
 
 On PostgreSQL the statements that change many jobs at once join arrays (``unnest``) to
-the table, and name the ids again as ``id = ANY(...)``: whatever the planner thinks of
-the table (its statistics are stale: they were taken when every job was ready), the
-rows are reached through the primary key, never by scanning the jobs in progress or
-hashing the whole table.
+the table, and name the ids again (see ``_BY_ID``): whatever the planner thinks of the
+table, the rows are reached through the primary key, never by scanning the jobs in
+progress or hashing the whole table.
 
 Every change a worker makes to a job it claimed names the claim's lease token: a
 worker whose lease was taken over (it stopped renewing, another worker reclaimed the
@@ -258,6 +257,15 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     return chosen, reclaimed
 
 
+#: How the batch statements reach their rows: ``unnest``'s ``v.id`` joined to the jobs,
+#: whose ids are also named (the same list again) as ``id = ANY(...)`` of a subquery.
+#: The planner cannot see into the subquery, so it plans for a few ids and walks the
+#: primary key, whatever the table's statistics (stale: taken when every job was ready)
+#: and size, from the first run of the statement on; given the list itself, it would
+#: rather scan a small table whole and hash it.
+_BY_ID = "j.id = ANY((SELECT ?::text[])::text[]) AND j.id = v.id"
+
+
 async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claimed]) -> set[int]:
     """Mark the chosen jobs claimed, if they still wait; return the tokens of those marked.
 
@@ -275,7 +283,7 @@ async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claime
         f"lease_owner = ?, lease_expires = {now} + ?, "
         f"started_at = COALESCE(j.started_at, {now}), updated_at = {now} "
         f"FROM unnest(?::text[], ?::text[], ?::int[], ?::bigint[]) AS v(id, c, r, t) "
-        f"WHERE j.id = ANY(?::text[]) AND j.id = v.id AND j.{WAITING} RETURNING v.t",
+        f"WHERE {_BY_ID} AND j.{WAITING} RETURNING v.t",
         list(reasons),
         req.owner,
         req.lease_seconds,
@@ -448,7 +456,7 @@ async def _update_claimed(
         conn,
         f"UPDATE {JOBS} AS j SET {assignments} "
         f"FROM unnest(?::text[], ?::bigint[]{types}) AS v(id, t{names}) "
-        f"WHERE j.id = ANY(?::text[]) AND j.id = v.id AND j.lease_token = v.t RETURNING v.t",
+        f"WHERE {_BY_ID} AND j.lease_token = v.t RETURNING v.t",
         *args,
         ids,
         [token for _, token in claims],
