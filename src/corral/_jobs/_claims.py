@@ -257,15 +257,6 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     return chosen, reclaimed
 
 
-#: How the batch statements reach their rows: ``unnest``'s ``v.id`` joined to the jobs,
-#: whose ids are also named (the same list again) as ``id = ANY(...)`` of a subquery.
-#: The planner cannot see into the subquery, so it plans for a few ids and walks the
-#: primary key, whatever the table's statistics (stale: taken when every job was ready)
-#: and size, from the first run of the statement on; given the list itself, it would
-#: rather scan a small table whole and hash it.
-_BY_ID = "j.id = ANY((SELECT ?::text[])::text[]) AND j.id = v.id"
-
-
 async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claimed]) -> set[int]:
     """Mark the chosen jobs claimed, if they still wait; return the tokens of those marked.
 
@@ -275,25 +266,21 @@ async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claime
     reasons: dict[str, int] = {}
     for c in chosen:
         reasons.setdefault(c.route_reason, len(reasons) + 1)
-    ids = [c.id for c in chosen]
-    rows = await fetch(
+    return await _batch_update(
         conn,
-        f"UPDATE {JOBS} AS j SET state = 'in_progress', attempts = j.attempts + 1, "
-        f"cluster = v.c, route_reason = (?::text[])[v.r], lease_token = v.t, "
-        f"lease_owner = ?, lease_expires = {now} + ?, "
-        f"started_at = COALESCE(j.started_at, {now}), updated_at = {now} "
-        f"FROM unnest(?::text[], ?::text[], ?::int[], ?::bigint[]) AS v(id, c, r, t) "
-        f"WHERE {_BY_ID} AND j.{WAITING} RETURNING v.t",
-        list(reasons),
-        req.owner,
-        req.lease_seconds,
-        ids,
-        [c.cluster for c in chosen],
-        [reasons[c.route_reason] for c in chosen],
-        [c.token for c in chosen],
-        ids,
+        f"state = 'in_progress', attempts = j.attempts + 1, cluster = v.c, "
+        f"route_reason = ($1::text[])[v.r], lease_token = v.t, lease_owner = $2, "
+        f"lease_expires = {now} + $3, started_at = COALESCE(j.started_at, {now}), "
+        f"updated_at = {now}",
+        [list(reasons), req.owner, req.lease_seconds],
+        [c.id for c in chosen],
+        [
+            ("c", "text", [c.cluster for c in chosen]),
+            ("r", "int", [reasons[c.route_reason] for c in chosen]),
+            ("t", "bigint", [c.token for c in chosen]),
+        ],
+        f"j.{WAITING}",
     )
-    return {int(row["t"]) for row in rows}
 
 
 def _choose(
@@ -327,12 +314,13 @@ async def renew(
     """Extend the leases ``(claimed job, progress to add)``; return the tokens still held."""
     now = now_sql(conn)
     if conn.dialect == "postgresql":
+        add, values = _added([progress for _, progress in leases])
         return await _update_claimed(
             conn,
-            f"lease_expires = {now} + ?, progress = j.progress + v.p, updated_at = {now}",
+            f"{add}lease_expires = {now} + $1, updated_at = {now}",
             [lease_seconds],
             [(claimed.id, claimed.token) for claimed, _ in leases],
-            [("p", "bigint", [progress for _, progress in leases])],
+            values,
         )
     held: set[int] = set()
     for claimed, progress in leases:
@@ -369,14 +357,15 @@ async def finish(conn: Connection, outcomes: Sequence[Outcome]) -> set[int]:
             (done if o.state is State.COMPLETED and o.category is None else rest).append(o)
         accepted: set[int] = set()
         if done:
+            add, values = _added([o.progress for o in done])
             accepted |= await _update_claimed(
                 conn,
-                f"state = 'completed', run_at = {now}, progress = j.progress + v.p, "
-                f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, "
-                f"updated_at = {now}, finished_at = {now}",
+                f"{add}state = 'completed', run_at = {now}, lease_token = NULL, "
+                f"lease_owner = NULL, lease_expires = NULL, updated_at = {now}, "
+                f"finished_at = {now}",
                 [],
                 [(o.id, o.token) for o in done],
-                [("p", "bigint", [o.progress for o in done])],
+                values,
             )
         if rest:
             _, _, states, delays, categories, steps, messages, added = zip(
@@ -443,27 +432,64 @@ async def _update_claimed(
 ) -> set[int]:
     """Update the rows of claimed jobs ``(id, token)`` still leased; return their tokens.
 
-    ``assignments``: the ``SET`` list, with ``?`` for ``args`` and ``v.<name>`` for
-    each job's own ``values`` (``(name, SQL type, one value per job)``). The token
-    alone fences: every change that takes a job out of progress clears it, so a row
-    that still holds it is in progress under that lease (and testing the state too
-    would lead the planner to the index of the jobs in progress).
+    As :func:`_batch_update`, fenced by the token alone: every change that takes a job
+    out of progress clears it, so a row that still holds it is in progress under that
+    lease (and testing the state too would lead the planner to the index of the jobs
+    in progress).
     """
-    ids = [job_id for job_id, _ in claims]
-    names = "".join(f", {name}" for name, _, _ in values)
-    types = "".join(f", ?::{sql_type}[]" for _, sql_type, _ in values)
+    tokens = ("t", "bigint", [token for _, token in claims])
+    return await _batch_update(
+        conn,
+        assignments,
+        args,
+        [job_id for job_id, _ in claims],
+        [tokens, *values],
+        "j.lease_token = v.t",
+    )
+
+
+async def _batch_update(
+    conn: Connection,
+    assignments: str,
+    args: Sequence[object],
+    ids: list[str],
+    values: Sequence[tuple[str, str, list[Any]]],
+    where: str,
+) -> set[int]:
+    """Update the jobs ``ids`` where ``where`` holds; return the ``v.t`` of those updated.
+
+    ``assignments``: the ``SET`` list, with ``$1``, ``$2``... for ``args`` and
+    ``v.<name>`` for each job's own ``values`` (``(name, SQL type, one value per job)``,
+    one of them ``t``). The statement joins ``unnest`` of the arrays to the jobs, and
+    names the ids again (the same parameter) as ``id = ANY(...)`` of a subquery: the
+    planner cannot see into it, so it plans for a few ids and walks the primary key,
+    whatever the table's statistics (stale: taken when every job was ready) and size,
+    from the first run of the statement on; given the list itself, it would rather
+    scan a small table whole and hash it. The tokens come back as one array.
+    """
+    first = len(args) + 1  # the ids' parameter
+    arrays = ", ".join(
+        [f"${first}::text[]"]
+        + [f"${first + 1 + i}::{sql_type}[]" for i, (_, sql_type, _) in enumerate(values)]
+    )
+    names = ", ".join(["id", *(name for name, _, _ in values)])
     rows = await fetch(
         conn,
-        f"UPDATE {JOBS} AS j SET {assignments} "
-        f"FROM unnest(?::text[], ?::bigint[]{types}) AS v(id, t{names}) "
-        f"WHERE {_BY_ID} AND j.lease_token = v.t RETURNING v.t",
+        f"WITH u AS (UPDATE {JOBS} AS j SET {assignments} FROM unnest({arrays}) AS v({names}) "
+        f"WHERE j.id = ANY((SELECT ${first}::text[])::text[]) AND j.id = v.id AND {where} "
+        f"RETURNING v.t) SELECT array_agg(t) AS t FROM u",
         *args,
         ids,
-        [token for _, token in claims],
         *(column for _, _, column in values),
-        ids,
     )
-    return {int(row["t"]) for row in rows}
+    return set(rows[0]["t"] or ())
+
+
+def _added(progress: list[int]) -> tuple[str, list[tuple[str, str, list[Any]]]]:
+    """Return the assignment and values that add ``progress`` (nothing if all are 0)."""
+    if not any(progress):
+        return "", []
+    return "progress = j.progress + v.p, ", [("p", "bigint", progress)]
 
 
 async def release(conn: Connection, leases: Sequence[tuple[Claimed, int]]) -> None:
@@ -498,7 +524,7 @@ async def step_done(conn: Connection, claimed: Claimed, steps: list[str], progre
     if conn.dialect == "postgresql":
         held = await _update_claimed(
             conn,
-            f"steps = ?, progress = j.progress + v.p, updated_at = {now}",
+            f"steps = $1, progress = j.progress + v.p, updated_at = {now}",
             [json.dumps(steps)],
             [(claimed.id, claimed.token)],
             [("p", "bigint", [progress])],

@@ -366,5 +366,21 @@ def dump_payload(payload: object) -> str:
 
 
 def load_json(text: object, default: object = None) -> Any:
-    """Decode a stored JSON column."""
-    return default if text is None else json.loads(str(text))
+    """Decode a stored JSON column.
+
+    corral writes these columns with :func:`json.dumps` (no whitespace around the value),
+    so the decoder's own scanner reads them without :func:`json.loads`'s two passes for
+    whitespace; anything else it leaves over goes to :func:`json.loads`, which reads it
+    or raises as it always would.
+    """
+    if text is None:
+        return default
+    text = str(text)
+    try:
+        value, end = _raw_decode(text)
+    except ValueError:
+        end = -1
+    return value if end == len(text) else json.loads(text)
+
+
+_raw_decode = json.JSONDecoder().raw_decode
