@@ -9,9 +9,9 @@ returns them), so that a job changed meanwhile all the same is left out, not cla
 twice.
 
 On PostgreSQL the statements that change many jobs at once join arrays (``unnest``) to
-the table, and name the ids again (see ``_BY_ID``): whatever the planner thinks of the
-table, the rows are reached through the primary key, never by scanning the jobs in
-progress or hashing the whole table.
+the table, and name the ids again (see :func:`_batch_update`): whatever the planner
+thinks of the table, the rows are reached through the primary key, never by scanning the
+jobs in progress or hashing the whole table.
 
 Every change a worker makes to a job it claimed names the claim's lease token: a
 worker whose lease was taken over (it stopped renewing, another worker reclaimed the
