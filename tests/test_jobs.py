@@ -87,6 +87,17 @@ async def noop(ctx: jobs.JobContext) -> None:
     await anyio.lowlevel.checkpoint()
 
 
+async def take_over(db: corral.Database, job_id: str) -> None:
+    """Do what another worker reclaiming the job would: put its own token on the lease."""
+
+    async def steal(conn: Any) -> None:
+        await conn.execute(
+            "UPDATE corral_jobs SET lease_token = 7, lease_owner = 'thief' WHERE id = ?", job_id
+        )
+
+    await db._run(steal)
+
+
 # -- values and validation -------------------------------------------------------------------
 
 
@@ -903,11 +914,6 @@ async def test_a_refused_heartbeat_cancels_the_attempt(db_url: str) -> None:
         finally:
             stopped.set()
 
-    async def take_over(conn: Any) -> None:
-        await conn.execute(
-            "UPDATE corral_jobs SET lease_token = 7, lease_owner = 'thief' WHERE id = 'job'"
-        )
-
     recorder = LostWatch()
     async with database(db_url) as db:
         await db.jobs.enqueue(jobs.Job("job"))
@@ -918,7 +924,7 @@ async def test_a_refused_heartbeat_cancels_the_attempt(db_url: str) -> None:
             tg.start_soon(processor.run)
             with anyio.fail_after(20):
                 await started.wait()
-            await db._run(take_over)
+            await take_over(db, "job")
             with anyio.fail_after(20):
                 await stopped.wait()
                 await recorder.lost.wait()
@@ -1003,11 +1009,6 @@ async def test_runners_go_on_after_a_job_whose_lease_was_lost(db_url: str) -> No
             await anyio.sleep_forever()
         done.append(ctx.job.id)
 
-    async def take_over(conn: Any) -> None:
-        await conn.execute(
-            "UPDATE corral_jobs SET lease_token = 7, lease_owner = 'thief' WHERE id = 'stuck'"
-        )
-
     class Watch(LostWatch):
         def __init__(self) -> None:
             super().__init__()
@@ -1028,7 +1029,7 @@ async def test_runners_go_on_after_a_job_whose_lease_was_lost(db_url: str) -> No
             tg.start_soon(processor.run)
             with anyio.fail_after(20):
                 await started.wait()
-            await db._run(take_over)
+            await take_over(db, "stuck")
             with anyio.fail_after(20):
                 await recorder.lost.wait()
             await db.jobs.enqueue_many([jobs.Job(f"after{i}") for i in range(5)])
