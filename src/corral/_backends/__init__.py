@@ -16,7 +16,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._exceptions import IdentifierError, MissingDriverError, QueryError, SchemaError
 
@@ -96,6 +96,13 @@ class Connection(Protocol):
 
     async def fetch(self, sql: str, *args: object) -> list[dict[str, object]]:
         """Run a query and return its rows as dicts of column name to value."""
+
+    async def fetch_rows(self, sql: str, *args: object) -> Sequence[Mapping[str, Any]]:
+        """Run a query and return its rows, each read by column name (``row["name"]``).
+
+        Unlike :meth:`fetch`, the rows may be the driver's own (not copied into dicts):
+        for the many rows of a claim.
+        """
 
     async def fetchval(self, sql: str, *args: object) -> object:
         """Run a query and return the first column of its first row (``None`` if none)."""

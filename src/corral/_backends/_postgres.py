@@ -264,6 +264,13 @@ class PostgresConnection:
         records = await self._query(self._backend.conn.fetch, sql, *args)
         return [dict(record.items()) for record in records]
 
+    async def fetch_rows(self, sql: str, *args: object) -> Sequence[Mapping[str, Any]]:
+        """Run a query and return asyncpg's records (read by column name)."""
+        records: Sequence[Mapping[str, Any]] = await self._query(
+            self._backend.conn.fetch, sql, *args
+        )
+        return records
+
     async def fetchval(self, sql: str, *args: object) -> object:
         """Run a query and return the first column of its first row."""
         return await self._query(self._backend.conn.fetchval, sql, *args)

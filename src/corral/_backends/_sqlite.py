@@ -16,7 +16,7 @@ import datetime
 import decimal
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -163,6 +163,10 @@ class SqliteConnection:
                 cursor.close()
 
         return await self._query(sql, fetch)
+
+    async def fetch_rows(self, sql: str, *args: object) -> Sequence[Mapping[str, Any]]:
+        """Run a query and return its rows as dicts (as :meth:`fetch`)."""
+        return await self.fetch(sql, *args)
 
     async def fetchval(self, sql: str, *args: object) -> object:
         """Run a query and return the first column of its first row."""

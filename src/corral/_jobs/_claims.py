@@ -217,8 +217,7 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     scanned = 0
     while len(chosen) < room and scanned < MAX_SCAN:
         page = "" if after is None else "AND (priority, seq) > (?, ?) "
-        rows = await fetch(
-            conn,
+        rows = await conn.fetch_rows(
             f"SELECT seq, id, payload, priority, customer, affinity, region, requires, "
             f"max_retries, attempts, steps FROM {JOBS} "
             f"WHERE {where}{page}ORDER BY priority, seq LIMIT ?{skip}",
@@ -227,10 +226,10 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
             *(after or ()),
             window,
         )
-        for row in rows:
+        for candidate in rows:
             if len(chosen) >= room:
                 break
-            _choose(req, row, free, by_customer, chosen)
+            _choose(req, candidate, free, by_customer, chosen)
         scanned += len(rows)
         if len(rows) < window:
             break

@@ -386,7 +386,7 @@ class Processor:
         claimed, ctx = entry.claimed, entry.ctx
         job = claimed.job
         try:
-            refusal = await self._check(entry)
+            refusal = None if self._validate is None else await self._check(entry)
             if refusal is not None:
                 outcome = refusal
             else:
