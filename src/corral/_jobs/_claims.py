@@ -495,14 +495,14 @@ async def release(conn: Connection, leases: Sequence[tuple[Claimed, int]]) -> No
     """Give claimed jobs back, ready at once, their attempt not counted (a clean stop)."""
     now = now_sql(conn)
     if conn.dialect == "postgresql":
+        add, values = _added([progress for _, progress in leases])
         await _update_claimed(
             conn,
-            f"state = 'ready', attempts = j.attempts - 1, progress = j.progress + v.p, "
-            f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, run_at = {now}, "
-            f"updated_at = {now}",
+            f"{add}state = 'ready', attempts = j.attempts - 1, lease_token = NULL, "
+            f"lease_owner = NULL, lease_expires = NULL, run_at = {now}, updated_at = {now}",
             [],
             [(claimed.id, claimed.token) for claimed, _ in leases],
-            [("p", "bigint", [progress for _, progress in leases])],
+            values,
         )
         return
     for claimed, progress in leases:

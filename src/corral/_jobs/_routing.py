@@ -7,8 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from .._cluster import Cluster
-from ._model import load_json
-from ._schema import NO_LABELS
+from ._schema import stored_labels
 
 __all__ = ["Placement", "Router", "route"]
 
@@ -60,8 +59,7 @@ class Router:
             if len(self._known) >= self.LIMIT:
                 self._known.clear()
             affinity, region, requires = key
-            labels = frozenset() if requires == NO_LABELS else frozenset(load_json(requires))
-            place = Placement(affinity, region, labels)
+            place = Placement(affinity, region, stored_labels(requires))
             only = None if affinity is not None else self._single(place)
             self._known[key] = (place, only)
         if only is None:

@@ -27,6 +27,7 @@ __all__ = [
     "fetch",
     "now_sql",
     "stored_job",
+    "stored_labels",
 ]
 
 JOBS = "corral_jobs"
@@ -66,7 +67,6 @@ async def fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, Any
 def stored_job(row: Mapping[str, Any]) -> Job:
     """Rebuild the job a row stores, without checking it again (it was, when enqueued)."""
     job = object.__new__(Job)
-    requires = row["requires"]
     setattr_ = object.__setattr__
     setattr_(job, "id", row["id"])
     setattr_(job, "payload", load_json(row["payload"]))
@@ -74,13 +74,14 @@ def stored_job(row: Mapping[str, Any]) -> Job:
     setattr_(job, "customer", row["customer"])
     setattr_(job, "affinity", row["affinity"])
     setattr_(job, "region", row["region"])
-    setattr_(
-        job,
-        "requires",
-        _NO_LABELS_SET if requires == NO_LABELS else frozenset(load_json(requires)),
-    )
+    setattr_(job, "requires", stored_labels(row["requires"]))
     setattr_(job, "max_retries", int(row["max_retries"]))
     return job
+
+
+def stored_labels(requires: object) -> frozenset[str]:
+    """Decode a stored ``requires`` column: the labels a job needs."""
+    return _NO_LABELS_SET if requires == NO_LABELS else frozenset(load_json(requires))
 
 
 _NO_LABELS_SET: frozenset[str] = frozenset()
