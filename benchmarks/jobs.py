@@ -192,10 +192,9 @@ async def corral_latencies(url):
 
 #: Statements of the processor's transactions, told apart by a piece of their SQL.
 _STATEMENTS = (
-    ("pg_advisory_xact_lock", "advisory lock"),
+    ("corral_jobs_busy(", "lock, count in progress"),
     ("lease_expires < ", "reclaim expired"),
     ("ORDER BY priority, seq LIMIT", "select candidates"),
-    ("GROUP BY cluster", "count in progress"),
     ("SET state = 'in_progress'", "mark claimed"),
     ("COUNT(*) AS n, MIN(", "outlook count"),
     ("SET state = v.s", "write outcomes"),
@@ -212,7 +211,7 @@ class _TimedConnection:
 
     def __getattr__(self, name):
         value = getattr(self._conn, name)
-        if name not in ("execute", "executemany", "fetch", "fetchval", "fetchrow"):
+        if name not in ("execute", "executemany", "fetch", "fetch_rows", "fetchval"):
             return value
 
         async def timed(sql, *args, **kwargs):
@@ -225,7 +224,7 @@ class _TimedConnection:
             finally:
                 end = time.perf_counter()
                 self._timer.add(f"  {self._op}: {label}", end - start)
-                if "advisory_xact_lock" in sql and result is not False:
+                if "corral_jobs_busy(" in sql and not (result and result[0]["n"] < 0):
                     self._timer.locked_at = end  # the claim lock is held from here
 
         return timed

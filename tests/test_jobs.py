@@ -20,6 +20,7 @@ import pytest
 
 import corral
 from corral import jobs
+from corral._jobs import _claims
 
 FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
 
@@ -360,6 +361,66 @@ async def test_limits_are_never_exceeded_and_are_reached(db_url: str) -> None:
     assert peak["cluster:small"] == 2
     assert peak["cluster:big"] == 3
     assert peak["all"] == 5
+
+
+async def test_a_claim_that_waited_for_the_lock_counts_the_claim_before_it(
+    postgres_url: str,
+) -> None:
+    # The claim lock and the count of jobs in progress are one round trip: the count
+    # must still see what the claim that held the lock committed (a snapshot taken
+    # before the lock was granted would not, and the limit would be exceeded).
+    def request(limit: int) -> _claims.ClaimRequest:
+        return _claims.ClaimRequest(
+            owner="test",
+            limit=limit,
+            max_concurrent=4,
+            per_customer=None,
+            capacity={"default": 100},
+            local_free={"default": 100},
+            lease_seconds=30,
+            route=lambda row, free: ("default", "test"),
+        )
+
+    holding, release = anyio.Event(), anyio.Event()
+    claimed: dict[str, int] = {}
+
+    async def first(conn: Any) -> None:
+        taken, _, _ = await _claims.claim(conn, request(3))
+        claimed["first"] = len(taken)
+        holding.set()
+        await release.wait()  # the lock is held until this batch commits
+
+    async def second(conn: Any) -> None:
+        taken, _, _ = await _claims.claim(conn, request(3))
+        claimed["second"] = len(taken)
+
+    async def backend_pid(conn: Any) -> Any:
+        return await conn.fetchval("SELECT pg_backend_pid()")
+
+    async with (
+        database(postgres_url) as a,
+        database(postgres_url) as b,
+        database(postgres_url) as watcher,
+    ):
+        await a.jobs.enqueue_many(jobs.Job(f"j{i}") for i in range(10))
+        await b.jobs.depth()
+        pid = await b._run(backend_pid)
+
+        async def waits_for_the_lock(conn: Any) -> Any:
+            return await conn.fetchval(
+                "SELECT wait_event = 'advisory' FROM pg_stat_activity WHERE pid = ?", pid
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a._run, first)
+            await holding.wait()
+            tg.start_soon(b._run, second)
+            with anyio.fail_after(20):
+                while not await watcher._run(waits_for_the_lock):
+                    pass
+            release.set()
+        assert claimed == {"first": 3, "second": 1}
+        assert (await a.jobs.depth()).in_progress == 4
 
 
 async def test_transient_failures_retry_with_backoff_then_complete(db_url: str) -> None:

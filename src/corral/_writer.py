@@ -9,7 +9,8 @@ the database closes. Each batch is one transaction:
 1. rows, grouped into runs (same table, same columns, in order) and upserted in bulk,
    each run in a savepoint; a run that fails is written again row by row, each row in
    its own savepoint, so that only the failing rows are left out;
-2. operations, in queue order among the rows, each in its own savepoint;
+2. operations, in queue order among the rows, each in its own savepoint (an operation
+   alone in its batch runs in the transaction itself, rolled back if it fails);
 3. the registered sources that have something pending, each in its own savepoint;
 4. ``COMMIT``.
 
@@ -423,6 +424,17 @@ class Writer:
                     total = sum(len(run.rows) for run in runs)
                     failed = await backend.write(runs, begin=True, commit=True)
                     failures.extend((runs[n], i, exc) for n, i, exc in failed)
+            elif len(segments) == 1 and not sources:
+                # One call alone: no savepoint (two round trips, and a subtransaction,
+                # less); if it fails, the whole transaction is rolled back instead.
+                op = segments[0]
+                assert isinstance(op, _Op)
+                if not op.abandoned:
+                    await backend.begin()
+                    if await self._run_op(op, savepoint=False):
+                        await backend.commit()
+                    else:
+                        await backend.rollback()
             else:
                 await backend.begin()
                 for segment in segments:
@@ -460,21 +472,29 @@ class Writer:
         for marker in flushes:
             marker.event.set()
 
-    async def _run_op(self, op: _Op) -> None:
+    async def _run_op(self, op: _Op, *, savepoint: bool = True) -> bool:
+        """Call ``op`` (in a savepoint of its own); return whether its work is to be kept.
+
+        Without ``savepoint``, a call that failed or was abandoned leaves the
+        transaction to be rolled back by the caller.
+        """
         if op.abandoned:
-            return
+            return False
         backend = self._backend
-        await backend.savepoint("corral_op")
+        if savepoint:
+            await backend.savepoint("corral_op")
         with anyio.CancelScope() as op.scope:  # cancelled if the caller is
             try:
                 op.result = await op.fn(backend.connection)
             except Exception as exc:
                 op.error = exc
         op.scope = None
-        if op.error is not None or op.abandoned:
-            await backend.rollback_to("corral_op")
-        else:
+        kept = op.error is None and not op.abandoned
+        if savepoint and kept:
             await backend.release("corral_op")
+        elif savepoint:
+            await backend.rollback_to("corral_op")
+        return kept
 
     async def _write_source(self, source: Source) -> None:
         backend = self._backend

@@ -1,12 +1,13 @@
 """The processor's statements: claim jobs, renew leases, record how attempts ended.
 
 Claims are serialized (PostgreSQL: a transaction-level advisory lock keyed by the
-queue's table, taken before the in-progress jobs are counted; SQLite: the write lock
-every batch takes), so that the limits, counted from the jobs in progress, hold across
-every worker process and host. Candidates are read ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL; the statement that marks them claimed takes only those still waiting (and
-returns them), so that a job changed meanwhile all the same is left out, not claimed
-twice.
+queue's table, taken before the in-progress jobs are counted, both in one call of
+``corral_jobs_busy``; SQLite: the write lock every batch takes), so that the limits,
+counted from the jobs in progress, hold across every worker process and host.
+Candidates are read ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (by a claim that waits for
+the lock, a first page before it waits); the statement that marks them claimed takes
+only those still waiting (and returns them), so that a job changed meanwhile all the
+same is left out, not claimed twice.
 
 On PostgreSQL the statements that change many jobs at once join arrays (``unnest``) to
 the table, and name the ids again (see :func:`_batch_update`): whatever the planner
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._model import ErrorCategory, Job, State, load_json
 from ._schema import (
-    CLAIM_LOCK,
+    BUSY,
     FINISHED,
     JOBS,
     NO_LABELS,
@@ -141,10 +142,14 @@ class ClaimRequest:
     wait: bool = True
 
 
-async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], list[dict[str, Any]]]:
+async def claim(
+    conn: Connection, req: ClaimRequest
+) -> tuple[list[Claimed], list[dict[str, Any]], bool]:
     """Reclaim expired leases, then claim up to ``req.limit`` jobs within the limits.
 
-    Returns the claimed jobs and the reclaimed ones (id, previous owner, new state).
+    Returns the claimed jobs, the reclaimed ones (id, previous owner, new state), and
+    whether the claim stopped at a limit (the room it found, all taken) rather than for
+    want of jobs it could take.
     """
     now = now_sql(conn)
     pg = conn.dialect == "postgresql"
@@ -163,23 +168,47 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         f"AND lease_expires < {now}{skip}) "
         f"RETURNING id, state, error_message, attempts, cluster",
     )
-    if pg:
-        # Taken after the reclaim (which lowers the counts: it needs no lock), held until
-        # the batch commits. Keyed by the table's oid: other schemas' queues do not wait.
-        key = f"{CLAIM_LOCK}, '{JOBS}'::regclass::oid::int"
-        if not req.wait:
-            if not await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({key})"):
-                return [], reclaimed  # another worker is claiming: left to the claimer
-        else:
-            await conn.execute(f"SELECT pg_advisory_xact_lock({key})")
     if req.limit <= 0:
-        return [], reclaimed
-    # Per customer only if there is a limit per customer (fewer groups to make).
-    groups = "cluster" if req.per_customer is None else "cluster, customer"
-    busy = await fetch(
-        conn,
-        f"SELECT {groups}, COUNT(*) AS n FROM {JOBS} WHERE state = 'in_progress' GROUP BY {groups}",
+        return [], reclaimed, True
+    columns = (
+        "seq, id, payload, priority, customer, affinity, region, requires, max_retries, "
+        "attempts, steps"
     )
+
+    def runnable(clusters: list[str]) -> str:
+        """Return the condition: waiting, due now, and pinned to none but ``clusters``."""
+        marks = ", ".join("?" * len(clusters))
+        return f"{WAITING} AND run_at <= {now} AND (affinity IS NULL OR affinity IN ({marks})) "
+
+    prefetched: Sequence[Mapping[str, Any]] | None = None
+    if pg and req.wait:
+        # Read (and lock) a first page before waiting for the claim lock, so that the
+        # lock is held for less: with this worker's own free clusters for the counts
+        # it has yet to see, and no customer held back (both checked once it has).
+        mine = [name for name, n in req.local_free.items() if n > 0]
+        if not mine:
+            return [], reclaimed, True
+        prefetched = await conn.fetch_rows(
+            f"SELECT {columns} FROM {JOBS} WHERE {runnable(mine)}"
+            f"ORDER BY priority, seq LIMIT ?{skip}",
+            *mine,
+            req.limit,
+        )
+    # Per customer only if there is a limit per customer (fewer groups to make).
+    by_customers = req.per_customer is not None
+    if pg:
+        # The claim lock, taken after the reclaim (which lowers the counts: it needs no
+        # lock), held until the batch commits; and the count, in the same round trip.
+        busy = await fetch(conn, f"SELECT * FROM {BUSY}(?, ?)", req.wait, by_customers)
+        if busy and busy[0]["n"] < 0:
+            return [], reclaimed, False  # another worker is claiming: left to the claimer
+    else:
+        groups = "cluster, customer" if by_customers else "cluster"
+        busy = await fetch(
+            conn,
+            f"SELECT {groups}, COUNT(*) AS n FROM {JOBS} WHERE state = 'in_progress' "
+            f"GROUP BY {groups}",
+        )
     total = 0
     by_cluster: dict[str, int] = {}
     by_customer: dict[str, int] = {}
@@ -196,7 +225,7 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         for name, cap in req.capacity.items()
     }
     if room <= 0 or max(free.values(), default=0) <= 0:
-        return [], reclaimed
+        return [], reclaimed, True
     # Leave out in SQL the jobs no claim of this transaction can take (pinned to a full
     # cluster, of a customer at its limit), and page on past the window: jobs held back
     # at the head of the queue (by a limit, or needing labels no cluster here has) must
@@ -205,27 +234,28 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
     held = sorted(
         c for c, n in by_customer.items() if req.per_customer is not None and n >= req.per_customer
     )
-    where = f"{WAITING} AND run_at <= {now} "
-    where += f"AND (affinity IS NULL OR affinity IN ({', '.join('?' * len(names))})) "
+    where = runnable(names)
     if held:
         where += f"AND (customer IS NULL OR customer NOT IN ({', '.join('?' * len(held))})) "
     chosen: list[Claimed] = []
     # Rows read at a time: as many as there is room for (all of them, when none is held
     # back), then twice as many as the last page, to skip the held back jobs faster.
-    window = room
+    window = room if prefetched is None else req.limit
     after: tuple[int, int] | None = None
     scanned = 0
     while len(chosen) < room and scanned < MAX_SCAN:
-        page = "" if after is None else "AND (priority, seq) > (?, ?) "
-        rows = await conn.fetch_rows(
-            f"SELECT seq, id, payload, priority, customer, affinity, region, requires, "
-            f"max_retries, attempts, steps FROM {JOBS} "
-            f"WHERE {where}{page}ORDER BY priority, seq LIMIT ?{skip}",
-            *names,
-            *held,
-            *(after or ()),
-            window,
-        )
+        if prefetched is not None:
+            rows, prefetched = prefetched, None
+        else:
+            page = "" if after is None else "AND (priority, seq) > (?, ?) "
+            rows = await conn.fetch_rows(
+                f"SELECT {columns} FROM {JOBS} "
+                f"WHERE {where}{page}ORDER BY priority, seq LIMIT ?{skip}",
+                *names,
+                *held,
+                *(after or ()),
+                window,
+            )
         for candidate in rows:
             if len(chosen) >= room:
                 break
@@ -235,8 +265,9 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
             break
         after = (int(rows[-1]["priority"]), int(rows[-1]["seq"]))
         window = min(2 * window, MAX_SCAN)
+    limited = len(chosen) >= room
     if not chosen:
-        return [], reclaimed
+        return [], reclaimed, limited
     if pg:
         taken = await _mark_claimed(conn, req, chosen)
     else:
@@ -253,7 +284,7 @@ async def claim(conn: Connection, req: ClaimRequest) -> tuple[list[Claimed], lis
         taken = {c.token for c in chosen}
     if len(taken) < len(chosen):
         chosen = [c for c in chosen if c.token in taken]
-    return chosen, reclaimed
+    return chosen, reclaimed, limited
 
 
 async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claimed]) -> set[int]:
@@ -553,10 +584,14 @@ async def outlook(
     now = now_sql(conn)
     marks = ", ".join("?" * len(clusters))
     mine = f"(affinity IS NULL OR affinity IN ({marks}))"
+    # Read in the waiting index's order: the planner then walks that index (the
+    # outlook is asked for when few jobs wait), whatever its statistics (taken when the
+    # queue was full, they would lead it to scan the whole table).
     waiting = await fetch(
         conn,
-        f"SELECT requires, COUNT(*) AS n, MIN(run_at) - {now} AS due FROM {JOBS} "
-        f"WHERE {WAITING} AND {mine} GROUP BY requires",
+        f"SELECT requires, COUNT(*) AS n, MIN(run_at) - {now} AS due FROM (SELECT requires, "
+        f"run_at FROM {JOBS} WHERE {WAITING} AND {mine} ORDER BY priority, seq) AS w "
+        f"GROUP BY requires",
         *clusters,
     )
     running = await fetch(

@@ -83,7 +83,7 @@ class Step:
         if self.name in entered:
             raise ValueError(
                 f"step {self.name!r} was already used in this attempt of job "
-                f"{self._ctx.job.id!r}: step names must be unique within a job (a finished "
+                f"{self._ctx._claimed.id!r}: step names must be unique within a job (a finished "
                 f"step is skipped on retry by its name); give each step its own name"
             )
         entered.add(self.name)
@@ -114,8 +114,6 @@ class JobContext:
     def __init__(
         self, db: Database, worker: str, claimed: _claims.Claimed, cluster: Cluster
     ) -> None:
-        #: The job being run.
-        self.job: Job = claimed.job
         #: This attempt's number: 1 for the first.
         self.attempt: int = claimed.attempt
         #: The cluster it runs on.
@@ -128,12 +126,18 @@ class JobContext:
         self.worker: str = worker
         self._db = db
         self._claimed = claimed
-        self._steps: list[str] = list(claimed.steps_done)
+        self._steps: list[str] = claimed.steps_done
         self._entered: set[str] = set()
         self._failed_step: str | None = None
 
+    @property
+    def job(self) -> Job:
+        """The job being run (its payload decoded when first asked for)."""
+        return self._claimed.job
+
     def __repr__(self) -> str:
-        return f"<JobContext {self.job.id!r} attempt={self.attempt} cluster={self.cluster.name!r}>"
+        job_id, cluster = self._claimed.id, self.cluster.name
+        return f"<JobContext {job_id!r} attempt={self.attempt} cluster={cluster!r}>"
 
     @property
     def steps_done(self) -> tuple[str, ...]:
@@ -163,6 +167,6 @@ class JobContext:
             raise
         if not held:
             raise LeaseLostError(
-                f"job {claimed.job.id!r}: this worker's lease was taken over by another "
+                f"job {claimed.id!r}: this worker's lease was taken over by another "
                 f"worker (it was not renewed in time); this attempt stops here"
             )

@@ -285,24 +285,31 @@ class Processor:
         config = self.config
         names = list(self._by_name)
         labels = [c.labels for c in self.clusters]
+
+        async def outlook(conn: Connection) -> tuple[int, float | None]:
+            return await _claims.outlook(conn, names, labels)
+
         while True:
             request = self._request()
             self._claim_wakeup = anyio.Event()
 
             async def claim(conn: Connection, request: _claims.ClaimRequest = request) -> Any:
-                claimed, reclaimed = await _claims.claim(conn, request)
-                outlook = None
-                if len(claimed) < request.limit or request.limit <= 0:
-                    outlook = await _claims.outlook(conn, names, labels)
-                return claimed, reclaimed, outlook
+                return await _claims.claim(conn, request)
 
-            claimed, reclaimed, outlook = await self._db._run(claim)
+            claimed, reclaimed, limited = await self._db._run(claim)
             for item in claimed:
                 self._start(item)
             await self._reclaimed(reclaimed)
-            if outlook is None:
+            if 0 < request.limit <= len(claimed):
                 continue  # took all it asked for: there may be more
-            waiting, due = outlook
+            if limited and self._running:
+                # Stopped at a limit, with jobs of its own running: not idle, and nothing
+                # to claim before a slot frees (which wakes the claimer up).
+                waiting, due = 1, None
+            else:
+                # In a transaction of its own, not under the claim lock: it reads every
+                # job waiting.
+                waiting, due = await self._db._run(outlook)
             if until_idle and not self._running and waiting == 0:
                 return
             timeout = config.poll_interval
@@ -384,14 +391,13 @@ class Processor:
     async def _work(self, entry: _Running) -> None:
         """Run one job; its outcome goes to the reporter (cancellation propagates)."""
         claimed, ctx = entry.claimed, entry.ctx
-        job = claimed.job
         try:
             refusal = None if self._validate is None else await self._check(entry)
             if refusal is not None:
                 outcome = refusal
             else:
                 await _in_context(self._handler(ctx), contextvars.copy_context())
-                outcome = _claims.Outcome(job.id, claimed.token, State.COMPLETED)
+                outcome = _claims.Outcome(claimed.id, claimed.token, State.COMPLETED)
         except LeaseLostError:
             await self._dropped(entry)
             return
@@ -408,7 +414,7 @@ class Processor:
         self._counts["lease_lost"] += 1
         await self._notify(
             EventKind.LEASE_LOST,
-            claimed.job.id,
+            claimed.id,
             claimed.attempt,
             claimed.cluster,
             message="another worker took the lease over; this attempt was dropped",
@@ -454,7 +460,7 @@ class Processor:
         else:
             state = State.DEAD
         return _claims.Outcome(
-            claimed.job.id,
+            claimed.id,
             claimed.token,
             state,
             delay=delay,
@@ -499,7 +505,7 @@ class Processor:
             claimed: list[_claims.Claimed] = []
             reclaimed: list[dict[str, Any]] = []
             if request is not None and request.limit > 0:
-                claimed, reclaimed = await _claims.claim(conn, request)
+                claimed, reclaimed, _ = await _claims.claim(conn, request)
             return accepted, claimed, reclaimed
 
         try:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .._backends import Connection
 
 __all__ = [
+    "BUSY",
     "CHANNEL",
     "CLAIM_LOCK",
     "FINISHED",
@@ -114,3 +115,29 @@ async def ensure_schema(conn: Connection) -> None:
         f"CREATE INDEX IF NOT EXISTS {JOBS}_leases ON {JOBS} (lease_expires) "
         f"WHERE state = 'in_progress'"
     )
+    if conn.dialect == "postgresql":
+        await conn.execute(_BUSY_FUNCTION)
+
+
+#: ``corral_jobs_busy(wait, by_customer)``: take the claim lock (waiting for it, or
+#: else returning the one row ``(NULL, NULL, -1)`` if another claim holds it), then count
+#: the jobs in progress by cluster (and customer). One round trip: the count is a
+#: statement of its own in a VOLATILE function, so its snapshot is taken once the lock
+#: is held, and it sees every claim committed before.
+BUSY = f"{JOBS}_busy"
+_BUSY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {BUSY}(wait boolean, by_customer boolean)
+RETURNS TABLE (cluster text, customer text, n bigint)
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+BEGIN
+    IF wait THEN
+        PERFORM pg_advisory_xact_lock({CLAIM_LOCK}, '{JOBS}'::regclass::oid::int);
+    ELSIF NOT pg_try_advisory_xact_lock({CLAIM_LOCK}, '{JOBS}'::regclass::oid::int) THEN
+        RETURN QUERY SELECT NULL::text, NULL::text, -1::bigint;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT j.cluster, CASE WHEN by_customer THEN j.customer END, COUNT(*)
+        FROM {JOBS} AS j WHERE j.state = 'in_progress' GROUP BY 1, 2;
+END
+$fn$"""
