@@ -28,7 +28,7 @@ import random
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._model import ErrorCategory, Job, State, load_json
 from ._schema import (
@@ -109,9 +109,11 @@ class Claimed:
         return [] if steps == NO_STEPS else list(load_json(steps, []))
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How an attempt ended, to be written fenced by the claim's lease token."""
+class Outcome(NamedTuple):
+    """How an attempt ended, to be written fenced by the claim's lease token.
+
+    A named tuple: one is made for every job, and a tuple is the cheapest to make.
+    """
 
     id: str
     token: int

@@ -396,7 +396,9 @@ class Processor:
             if refusal is not None:
                 outcome = refusal
             else:
-                await _in_context(self._handler(ctx), contextvars.copy_context())
+                rest = _in_context(self._handler(ctx), contextvars.copy_context())
+                if rest is not None:
+                    await rest
                 outcome = _claims.Outcome(claimed.id, claimed.token, State.COMPLETED)
         except LeaseLostError:
             await self._dropped(entry)
@@ -515,11 +517,13 @@ class Processor:
             raise
         # First the bookkeeping, with no await in between: slots freed, successors started.
         events: list[JobEvent] = []
+        running, on_cluster = self._running, self._on_cluster
         for outcome in batch:
-            entry = self._running.get(outcome.token)
-            attempt = entry.claimed.attempt if entry is not None else 0
-            cluster = entry.claimed.cluster if entry is not None else None
-            self._forget(outcome.token, wake=request is None)
+            entry = running.pop(outcome.token, None)
+            attempt, cluster = 0, None
+            if entry is not None:  # as _forget does, the claimer woken below
+                attempt, cluster = entry.claimed.attempt, entry.claimed.cluster
+                on_cluster[cluster] -= 1
             if outcome.token in accepted:
                 self._counts[_COUNTERS[outcome.state]] += 1
                 kind = _KINDS[outcome.state]
@@ -531,7 +535,9 @@ class Processor:
             events.append(
                 JobEvent(kind, outcome.id, attempt, cluster, category, step, message, self.name)
             )
-        if request is not None:
+        if request is None:
+            self._claim_wakeup.set()  # slots freed: the claimer claims
+        else:
             for item in claimed:
                 self._start(item)
             if len(self._running) < self.config.max_concurrent:
@@ -649,33 +655,45 @@ async def _noop(conn: Connection) -> None:
     return None
 
 
-@types.coroutine
 def _in_context(
     awaitable: Awaitable[object], context: contextvars.Context
-) -> Generator[Any, Any, object]:
-    """Await ``awaitable`` with each of its steps run in ``context``.
+) -> Awaitable[object] | None:
+    """Start ``awaitable`` in ``context``; return what is left to await of it, or None.
 
     A runner runs many jobs, one after another; this gives each handler a context of
     its own, as a task of its own would have: a context variable it sets is not seen
-    by the next job. The event loop's requests (what the handler yields) and answers
-    (what it is sent or thrown) pass through unchanged.
+    by the next job. Its first step runs at once (most handlers of short jobs finish
+    there, and then there is nothing to await); its first error is raised from here.
     """
     steps: Any = awaitable.__await__()
+    try:
+        request = context.run(steps.send, None)
+    except StopIteration:
+        return None
+    return _resume_in(steps, context, request)
+
+
+@types.coroutine
+def _resume_in(
+    steps: Any, context: contextvars.Context, request: object
+) -> Generator[Any, Any, object]:
+    """Go on with the steps of an awaitable, each run in ``context``.
+
+    The event loop's requests (what the awaitable yields) and answers (what it is sent
+    or thrown) pass through unchanged.
+    """
     run = context.run
-    value: Any = None
-    error: BaseException | None = None
     while True:
-        try:
-            if error is None:
-                request = run(steps.send, value)
-            else:
-                request, error = run(steps.throw, error), None
-        except StopIteration as stop:
-            return stop.value
+        value: Any = None
+        error: BaseException | None = None
         try:
             value = yield request
         except GeneratorExit:
             steps.close()
             raise
         except BaseException as exc:
-            value, error = None, exc
+            error = exc
+        try:
+            request = run(steps.send, value) if error is None else run(steps.throw, error)
+        except StopIteration as stop:
+            return stop.value

@@ -92,7 +92,8 @@ async def ensure_schema(conn: Connection) -> None:
     """Create the jobs table and its indexes if they are missing."""
     if conn.dialect == "postgresql":
         await conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-        seq = "seq BIGINT GENERATED ALWAYS AS IDENTITY, id TEXT PRIMARY KEY"
+        # Ids compared byte by byte (no locale: the primary key is walked twice per job).
+        seq = 'seq BIGINT GENERATED ALWAYS AS IDENTITY, id TEXT COLLATE "C" PRIMARY KEY'
         real = "DOUBLE PRECISION"
     else:
         seq = "seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE"
