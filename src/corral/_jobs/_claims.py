@@ -142,6 +142,9 @@ class ClaimRequest:
     route: Callable[[Mapping[str, Any], Mapping[str, int]], tuple[str, str] | None]
     #: Wait for another worker's claim to commit (else claim nothing if one is running).
     wait: bool = True
+    #: Take back the expired leases first (the claimer's claims do, at least once per
+    #: ``poll_interval``; a report's claim leaves it to them).
+    reclaim: bool = True
 
 
 async def claim(
@@ -158,18 +161,21 @@ async def claim(
     # SKIP LOCKED: a row another worker is writing (its late outcome) or reclaiming is
     # left for the next claim: a claim never waits for a row lock.
     skip = " FOR UPDATE SKIP LOCKED" if pg else ""
-    reclaimed = await fetch(
-        conn,
-        f"UPDATE {JOBS} SET state = CASE WHEN attempts > max_retries THEN 'dead' "
-        f"ELSE 'ready' END, error_category = 'TRANSIENT', error_step = NULL, "
-        f"error_message = 'lease expired: worker ' || COALESCE(lease_owner, '?') || "
-        f"' stopped renewing it (killed or stuck)', error_attempt = attempts, "
-        f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, run_at = {now}, "
-        f"updated_at = {now}, finished_at = CASE WHEN attempts > max_retries THEN {now} END "
-        f"WHERE id IN (SELECT id FROM {JOBS} WHERE state = 'in_progress' "
-        f"AND lease_expires < {now}{skip}) "
-        f"RETURNING id, state, error_message, attempts, cluster",
-    )
+    reclaimed: list[dict[str, Any]] = []
+    if req.reclaim:
+        reclaimed = await fetch(
+            conn,
+            f"UPDATE {JOBS} SET state = CASE WHEN attempts > max_retries THEN 'dead' "
+            f"ELSE 'ready' END, error_category = 'TRANSIENT', error_step = NULL, "
+            f"error_message = 'lease expired: worker ' || COALESCE(lease_owner, '?') || "
+            f"' stopped renewing it (killed or stuck)', error_attempt = attempts, "
+            f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, run_at = {now}, "
+            f"updated_at = {now}, "
+            f"finished_at = CASE WHEN attempts > max_retries THEN {now} END "
+            f"WHERE id IN (SELECT id FROM {JOBS} WHERE state = 'in_progress' "
+            f"AND lease_expires < {now}{skip}) "
+            f"RETURNING id, state, error_message, attempts, cluster",
+        )
     if req.limit <= 0:
         return [], reclaimed, True
     columns = (
@@ -292,25 +298,28 @@ async def claim(
 async def _mark_claimed(conn: Connection, req: ClaimRequest, chosen: list[Claimed]) -> set[int]:
     """Mark the chosen jobs claimed, if they still wait; return the tokens of those marked.
 
-    The route reasons are few: each is sent once, and each job names its own by number.
+    The placements (cluster and reason) are few: each is sent once, and each job names
+    its own by number.
     """
     now = now_sql(conn)
-    reasons: dict[str, int] = {}
-    for c in chosen:
-        reasons.setdefault(c.route_reason, len(reasons) + 1)
+    placements: dict[tuple[str, str], int] = {}
+    numbers = [
+        placements.setdefault((c.cluster, c.route_reason), len(placements) + 1) for c in chosen
+    ]
     return await _batch_update(
         conn,
-        f"state = 'in_progress', attempts = j.attempts + 1, cluster = v.c, "
-        f"route_reason = ($1::text[])[v.r], lease_token = v.t, lease_owner = $2, "
-        f"lease_expires = {now} + $3, started_at = COALESCE(j.started_at, {now}), "
+        f"state = 'in_progress', attempts = j.attempts + 1, cluster = ($1::text[])[v.p], "
+        f"route_reason = ($2::text[])[v.p], lease_token = v.t, lease_owner = $3, "
+        f"lease_expires = {now} + $4, started_at = COALESCE(j.started_at, {now}), "
         f"updated_at = {now}",
-        [list(reasons), req.owner, req.lease_seconds],
-        [c.id for c in chosen],
         [
-            ("c", "text", [c.cluster for c in chosen]),
-            ("r", "int", [reasons[c.route_reason] for c in chosen]),
-            ("t", "bigint", [c.token for c in chosen]),
+            [cluster for cluster, _ in placements],
+            [reason for _, reason in placements],
+            req.owner,
+            req.lease_seconds,
         ],
+        [c.id for c in chosen],
+        [("p", "int", numbers), ("t", "bigint", [c.token for c in chosen])],
         f"j.{WAITING}",
     )
 

@@ -497,7 +497,7 @@ class Processor:
         request = self._request(freeing) if claim and self._tg is not None else None
         if request is not None:
             # A report never waits for another worker's claim: its outcomes go first.
-            request.wait = False
+            request.wait = request.reclaim = False
 
         async def write(conn: Connection) -> Any:
             accepted = await _claims.finish(conn, batch)
