@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["JobContext", "JobProgress", "Step"]
 
+#: Held while a context makes its progress counter (rare: once per job that counts).
+_MAKING = threading.Lock()
+
 
 class JobProgress:
     """The job's own progress counter: ``ctx.progress.increment()``.
@@ -80,6 +83,8 @@ class Step:
 
     async def __aenter__(self) -> Step:
         entered = self._ctx._entered
+        if entered is None:
+            entered = self._ctx._entered = set()
         if self.name in entered:
             raise ValueError(
                 f"step {self.name!r} was already used in this attempt of job "
@@ -109,7 +114,12 @@ class Step:
 
 
 class JobContext:
-    """What a handler is given: the job, its attempt, its cluster, steps and progress."""
+    """What a handler is given: the job, its attempt, its cluster, steps and progress.
+
+    What a handler may not use (the decoded job, the progress counter, the steps) is
+    made when first asked for: a processor makes one context per job, and keeps it
+    until the job's outcome is written.
+    """
 
     def __init__(
         self, db: Database, worker: str, claimed: _claims.Claimed, cluster: Cluster
@@ -120,20 +130,41 @@ class JobContext:
         self.cluster: Cluster = cluster
         #: Why the scheduler chose that cluster.
         self.route_reason: str = claimed.route_reason
-        #: The job's own progress counter.
-        self.progress = JobProgress()
         #: The processor's worker name (host:pid:random).
         self.worker: str = worker
         self._db = db
         self._claimed = claimed
-        self._steps: list[str] = claimed.steps_done
-        self._entered: set[str] = set()
+        self._progress: JobProgress | None = None
+        self._steps_list: list[str] | None = None
+        self._entered: set[str] | None = None
         self._failed_step: str | None = None
 
     @property
     def job(self) -> Job:
         """The job being run (its payload decoded when first asked for)."""
         return self._claimed.job
+
+    @property
+    def progress(self) -> JobProgress:
+        """The job's own progress counter."""
+        progress = self._progress
+        if progress is None:
+            with _MAKING:  # threads may ask at once: they must share one counter
+                progress = self._progress
+                if progress is None:
+                    progress = self._progress = JobProgress()
+        return progress
+
+    def _take_progress(self) -> int:
+        """Return the progress counted since last asked (0 if none)."""
+        return 0 if self._progress is None else self._progress._take()
+
+    @property
+    def _steps(self) -> list[str]:
+        steps = self._steps_list
+        if steps is None:
+            steps = self._steps_list = self._claimed.steps_done
+        return steps
 
     def __repr__(self) -> str:
         job_id, cluster = self._claimed.id, self.cluster.name
@@ -154,7 +185,7 @@ class JobContext:
         if name not in self._steps:
             self._steps.append(name)
         claimed = self._claimed
-        progress = self.progress._take()
+        progress = self._take_progress()
         steps = list(self._steps)
 
         async def record(conn: Connection) -> bool:

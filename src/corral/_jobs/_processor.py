@@ -405,7 +405,7 @@ class Processor:
             return
         except Exception as exc:
             outcome = self._failure(entry, exc)
-        entry.outcome = _with_progress(outcome, ctx.progress._take())
+        entry.outcome = _with_progress(outcome, ctx._take_progress())
         self._outcomes.append(entry.outcome)
         self._report_wakeup.set()
 
@@ -553,7 +553,7 @@ class Processor:
             entries = [e for e in self._running.values() if e.outcome is None]
             if not entries:
                 continue
-            leases = [(e.claimed, e.ctx.progress._take()) for e in entries]
+            leases = [(e.claimed, e.ctx._take_progress()) for e in entries]
 
             async def renew(conn: Connection, leases: list[Any] = leases) -> set[int]:
                 return await _claims.renew(conn, leases, self.config.lease_seconds)
@@ -577,7 +577,7 @@ class Processor:
             await self._report()
             left = [e for e in self._running.values() if e.outcome is None]
             if left:
-                leases = [(e.claimed, e.ctx.progress._take()) for e in left]
+                leases = [(e.claimed, e.ctx._take_progress()) for e in left]
 
                 async def give_back(conn: Connection) -> None:
                     await _claims.release(conn, leases)
