@@ -138,6 +138,12 @@ class JobContext:
         self._steps_list: list[str] | None = None
         self._entered: set[str] | None = None
         self._failed_step: str | None = None
+        # The processor's, while the job is its: the runner's cancel scope while it
+        # runs the job (cancelled if the lease is taken over), whether the lease was
+        # lost before it ran, and how it ended.
+        self._scope: anyio.CancelScope | None = None
+        self._lost = False
+        self._outcome: _claims.Outcome | None = None
 
     @property
     def job(self) -> Job:

@@ -81,19 +81,6 @@ class ProcessorStatistics:
     """Attempts dropped because another worker took their lease over."""
 
 
-class _Running:
-    __slots__ = ("claimed", "ctx", "lost", "outcome", "scope")
-
-    def __init__(self, claimed: _claims.Claimed, ctx: JobContext) -> None:
-        self.claimed = claimed
-        self.ctx = ctx
-        #: The cancel scope of the runner while it runs this job: cancelled if the lease
-        #: is taken over. ``lost`` tells a runner not to start the job at all.
-        self.scope: anyio.CancelScope | None = None
-        self.lost = False
-        self.outcome: _claims.Outcome | None = None
-
-
 class Processor:
     """Run stored jobs with ``handler``, on ``clusters``, within ``config``'s limits.
 
@@ -180,12 +167,12 @@ class Processor:
         self.name: str = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         #: The attempts running here, by lease token (one job may have two: an attempt
         #: whose lease expired and was reclaimed, here or elsewhere, and the new one).
-        self._running: dict[int, _Running] = {}
+        self._running: dict[int, JobContext] = {}
         self._on_cluster = dict.fromkeys(self._by_name, 0)
         self._outcomes: list[_claims.Outcome] = []
         #: Claimed jobs no runner has started yet, the wake-up events of the runners
         #: waiting for one, and how many runners are about to look at the queue.
-        self._queued: deque[_Running] = deque()
+        self._queued: deque[JobContext] = deque()
         self._idle: list[anyio.Event] = []
         self._starting = 0
         # Made by run(), inside an event loop.
@@ -261,14 +248,14 @@ class Processor:
     def _wake_claimer(self) -> None:
         self._claim_wakeup.set()
 
-    def _request(self, freeing: Iterable[_Running] = ()) -> _claims.ClaimRequest:
+    def _request(self, freeing: Iterable[JobContext] = ()) -> _claims.ClaimRequest:
         """Return what a claim may take now, once the attempts ``freeing`` have left."""
         config = self.config
         running = len(self._running)
         on_cluster = dict(self._on_cluster)
         for entry in freeing:
             running -= 1
-            on_cluster[entry.claimed.cluster] -= 1
+            on_cluster[entry._claimed.cluster] -= 1
         room = min(config.batch_size, config.max_concurrent - running)
         return _claims.ClaimRequest(
             owner=self.name,
@@ -333,7 +320,7 @@ class Processor:
 
     def _start(self, claimed: _claims.Claimed) -> None:
         cluster = self._by_name[claimed.cluster]
-        entry = _Running(claimed, JobContext(self._db, self.name, claimed, cluster))
+        entry = JobContext(self._db, self.name, claimed, cluster)
         self._running[claimed.token] = entry
         self._on_cluster[cluster.name] += 1
         self._counts["claimed"] += 1
@@ -365,32 +352,32 @@ class Processor:
                 # One cancel scope for a run of jobs, not one per job (entering a scope
                 # costs more than a short job): the renewer cancels it to drop the job
                 # running in it, and the jobs after that one get a new scope.
-                entry: _Running | None = None
+                entry: JobContext | None = None
                 with anyio.CancelScope() as scope:
                     while self._queued and not scope.cancel_called:
                         entry = self._queued.popleft()
                         if self._queued:
                             self._dispatch()
-                        if entry.lost:
+                        if entry._lost:
                             await self._dropped(entry)
                         else:
-                            entry.scope = scope
+                            entry._scope = scope
                             await self._work(entry)
-                            entry.scope = None
+                            entry._scope = None
                         entry = None
                         runs += 1
                         if runs % _RUNS_PER_CHECKPOINT == 0:
                             await anyio.lowlevel.checkpoint()
                 if entry is not None:  # cancelled by the renewer: the lease was taken over
-                    entry.scope = None
+                    entry._scope = None
                     await self._dropped(entry)
             wakeup = anyio.Event()
             self._idle.append(wakeup)
             await wakeup.wait()
 
-    async def _work(self, entry: _Running) -> None:
+    async def _work(self, entry: JobContext) -> None:
         """Run one job; its outcome goes to the reporter (cancellation propagates)."""
-        claimed, ctx = entry.claimed, entry.ctx
+        claimed, ctx = entry._claimed, entry  # the job, and the context its handler gets
         try:
             refusal = None if self._validate is None else await self._check(entry)
             if refusal is not None:
@@ -405,13 +392,13 @@ class Processor:
             return
         except Exception as exc:
             outcome = self._failure(entry, exc)
-        entry.outcome = _with_progress(outcome, ctx._take_progress())
-        self._outcomes.append(entry.outcome)
+        entry._outcome = _with_progress(outcome, ctx._take_progress())
+        self._outcomes.append(entry._outcome)
         self._report_wakeup.set()
 
-    async def _dropped(self, entry: _Running) -> None:
+    async def _dropped(self, entry: JobContext) -> None:
         """Forget a job whose lease was taken over: record nothing, tell the notifier."""
-        claimed = entry.claimed
+        claimed = entry._claimed
         self._forget(claimed.token)
         self._counts["lease_lost"] += 1
         await self._notify(
@@ -422,10 +409,10 @@ class Processor:
             message="another worker took the lease over; this attempt was dropped",
         )
 
-    async def _check(self, entry: _Running) -> _claims.Outcome | None:
+    async def _check(self, entry: JobContext) -> _claims.Outcome | None:
         if self._validate is None:
             return None
-        job = entry.claimed.job
+        job = entry._claimed.job
         try:
             result = self._validate(job)
             if inspect.isawaitable(result):
@@ -438,7 +425,7 @@ class Processor:
             )
             return _claims.Outcome(
                 job.id,
-                entry.claimed.token,
+                entry._claimed.token,
                 State.FAILED,
                 category=category,
                 step="validate",
@@ -446,8 +433,8 @@ class Processor:
             )
         return None
 
-    def _failure(self, entry: _Running, exc: Exception) -> _claims.Outcome:
-        claimed = entry.claimed
+    def _failure(self, entry: JobContext, exc: Exception) -> _claims.Outcome:
+        claimed = entry._claimed
         try:
             category = ErrorCategory(self._classify(exc))
         except Exception as bad:
@@ -467,14 +454,14 @@ class Processor:
             state,
             delay=delay,
             category=category,
-            step=entry.ctx._failed_step,
+            step=entry._failed_step,
             message=_message(exc),
         )
 
     def _forget(self, token: int, *, wake: bool = True) -> None:
         entry = self._running.pop(token, None)
         if entry is not None:
-            self._on_cluster[entry.claimed.cluster] -= 1
+            self._on_cluster[entry._claimed.cluster] -= 1
             if wake:
                 self._claim_wakeup.set()
 
@@ -522,7 +509,7 @@ class Processor:
             entry = running.pop(outcome.token, None)
             attempt, cluster = 0, None
             if entry is not None:  # as _forget does, the claimer woken below
-                attempt, cluster = entry.claimed.attempt, entry.claimed.cluster
+                attempt, cluster = entry._claimed.attempt, entry._claimed.cluster
                 on_cluster[cluster] -= 1
             if outcome.token in accepted:
                 self._counts[_COUNTERS[outcome.state]] += 1
@@ -550,10 +537,10 @@ class Processor:
         period = self.config.lease_seconds / 3
         while True:
             await anyio.sleep(period)
-            entries = [e for e in self._running.values() if e.outcome is None]
+            entries = [e for e in self._running.values() if e._outcome is None]
             if not entries:
                 continue
-            leases = [(e.claimed, e.ctx._take_progress()) for e in entries]
+            leases = [(e._claimed, e._take_progress()) for e in entries]
 
             async def renew(conn: Connection, leases: list[Any] = leases) -> set[int]:
                 return await _claims.renew(conn, leases, self.config.lease_seconds)
@@ -562,22 +549,22 @@ class Processor:
                 held = await self._db._run(renew)
             except BaseException:
                 for entry, lease in zip(entries, leases, strict=True):
-                    entry.ctx.progress._give_back(lease[1])
+                    entry.progress._give_back(lease[1])
                 raise
             for entry in entries:
-                lost = entry.claimed.token not in held and entry.outcome is None
+                lost = entry._claimed.token not in held and entry._outcome is None
                 if lost:
-                    entry.lost = True
-                    if entry.scope is not None:
-                        entry.scope.cancel()
+                    entry._lost = True
+                    if entry._scope is not None:
+                        entry._scope.cancel()
 
     async def _settle(self, listening: bool) -> None:
         """Write what is left (outcomes, give back unfinished jobs), stop listening."""
         try:
             await self._report()
-            left = [e for e in self._running.values() if e.outcome is None]
+            left = [e for e in self._running.values() if e._outcome is None]
             if left:
-                leases = [(e.claimed, e.ctx._take_progress()) for e in left]
+                leases = [(e._claimed, e._take_progress()) for e in left]
 
                 async def give_back(conn: Connection) -> None:
                     await _claims.release(conn, leases)
