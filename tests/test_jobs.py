@@ -20,7 +20,7 @@ import pytest
 
 import corral
 from corral import jobs
-from corral._jobs import _claims
+from corral._jobs import _claims, _routing
 
 FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
 
@@ -363,46 +363,51 @@ async def test_limits_are_never_exceeded_and_are_reached(db_url: str) -> None:
     assert peak["all"] == 5
 
 
-async def test_a_claim_that_waited_for_the_lock_counts_the_claim_before_it(
-    postgres_url: str,
-) -> None:
-    # The claim lock and the count of jobs in progress are one round trip: the count
-    # must still see what the claim that held the lock committed (a snapshot taken
-    # before the lock was granted would not, and the limit would be exceeded).
-    def request(limit: int) -> _claims.ClaimRequest:
-        return _claims.ClaimRequest(
-            owner="test",
-            limit=limit,
-            max_concurrent=4,
-            per_customer=None,
-            capacity={"default": 100},
-            local_free={"default": 100},
-            lease_seconds=30,
-            route=lambda row, free: ("default", "test"),
-        )
+def claim_request(
+    limit: int,
+    max_concurrent: int,
+    clusters: list[corral.Cluster],
+    local_free: dict[str, int],
+) -> _claims.ClaimRequest:
+    return _claims.ClaimRequest(
+        owner="test",
+        limit=limit,
+        max_concurrent=max_concurrent,
+        per_customer=None,
+        capacity={c.name: c.capacity for c in clusters},
+        local_free=local_free,
+        lease_seconds=30,
+        route=_routing.Router(clusters),
+    )
 
-    holding, release = anyio.Event(), anyio.Event()
-    claimed: dict[str, int] = {}
+
+async def claim_while_another_claims(
+    url: str,
+    queued: list[jobs.Job],
+    holding: _claims.ClaimRequest,
+    waiting: _claims.ClaimRequest,
+) -> tuple[int, int]:
+    """Claim with ``holding`` and keep its transaction open until a claim with
+    ``waiting``, in another connection, waits for the claim lock; then commit. Returns
+    how many jobs each claimed."""
+    held, release = anyio.Event(), anyio.Event()
+    claimed: list[int] = []
 
     async def first(conn: Any) -> None:
-        taken, _, _ = await _claims.claim(conn, request(3))
-        claimed["first"] = len(taken)
-        holding.set()
-        await release.wait()  # the lock is held until this batch commits
+        taken, _, _ = await _claims.claim(conn, holding)
+        claimed.append(len(taken))
+        held.set()
+        await release.wait()  # the claim lock is held until this batch commits
 
     async def second(conn: Any) -> None:
-        taken, _, _ = await _claims.claim(conn, request(3))
-        claimed["second"] = len(taken)
+        taken, _, _ = await _claims.claim(conn, waiting)
+        claimed.append(len(taken))
 
     async def backend_pid(conn: Any) -> Any:
         return await conn.fetchval("SELECT pg_backend_pid()")
 
-    async with (
-        database(postgres_url) as a,
-        database(postgres_url) as b,
-        database(postgres_url) as watcher,
-    ):
-        await a.jobs.enqueue_many(jobs.Job(f"j{i}") for i in range(10))
+    async with database(url) as a, database(url) as b, database(url) as watcher:
+        await a.jobs.enqueue_many(queued)
         await b.jobs.depth()
         pid = await b._run(backend_pid)
 
@@ -413,14 +418,40 @@ async def test_a_claim_that_waited_for_the_lock_counts_the_claim_before_it(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(a._run, first)
-            await holding.wait()
+            await held.wait()
             tg.start_soon(b._run, second)
             with anyio.fail_after(20):
                 while not await watcher._run(waits_for_the_lock):
                     pass
             release.set()
-        assert claimed == {"first": 3, "second": 1}
-        assert (await a.jobs.depth()).in_progress == 4
+        depth = await a.jobs.depth()
+    assert depth.in_progress == sum(claimed)
+    return claimed[0], claimed[1]
+
+
+async def test_a_claim_that_waited_for_the_lock_counts_the_claim_before_it(
+    postgres_url: str,
+) -> None:
+    # The claim lock and the count of jobs in progress are one round trip: the count
+    # must still see what the claim that held the lock committed (a snapshot taken
+    # before the lock was granted would not, and the limit would be exceeded).
+    clusters = [corral.Cluster("default", 100)]
+    request = claim_request(3, 4, clusters, {"default": 100})
+    queued = [jobs.Job(f"j{i}") for i in range(10)]
+    assert await claim_while_another_claims(postgres_url, queued, request, request) == (3, 1)
+
+
+async def test_jobs_another_claim_locked_and_left_are_claimed_by_the_next(
+    postgres_url: str,
+) -> None:
+    # The first claim reads (and locks) all three jobs, pinned to x, but has one slot
+    # on x; the second, waiting for the lock, read none of them (they were locked),
+    # and must find the two left once the first has committed.
+    x, y = corral.Cluster("x", 10), corral.Cluster("y", 10)
+    queued = [jobs.Job(f"j{i}", affinity="x") for i in range(3)]
+    holding = claim_request(10, 100, [x, y], {"x": 1, "y": 10})
+    waiting = claim_request(5, 100, [x], {"x": 5})
+    assert await claim_while_another_claims(postgres_url, queued, holding, waiting) == (1, 2)
 
 
 async def test_transient_failures_retry_with_backoff_then_complete(db_url: str) -> None:

@@ -196,11 +196,12 @@ async def claim(
         mine = [name for name, n in req.local_free.items() if n > 0]
         if not mine:
             return [], reclaimed, True
+        ahead = min(req.limit, sum(req.local_free[name] for name in mine))
         prefetched = await conn.fetch_rows(
             f"SELECT {columns} FROM {JOBS} WHERE {runnable(mine)}"
             f"ORDER BY priority, seq LIMIT ?{skip}",
             *mine,
-            req.limit,
+            ahead,
         )
     # Per customer only if there is a limit per customer (fewer groups to make).
     by_customers = req.per_customer is not None
@@ -248,20 +249,25 @@ async def claim(
     chosen: list[Claimed] = []
     # Rows read at a time: as many as there is room for (all of them, when none is held
     # back), then twice as many as the last page, to skip the held back jobs faster.
-    window = room if prefetched is None else req.limit
+    window = room if prefetched is None else ahead
     after: tuple[int, int] | None = None
     scanned = 0
+    seen: list[str] = []  # ids of a short first page, read again: left out
     while len(chosen) < room and scanned < MAX_SCAN:
+        first = prefetched is not None
         if prefetched is not None:
             rows, prefetched = prefetched, None
         else:
             page = "" if after is None else "AND (priority, seq) > (?, ?) "
+            if seen:
+                page += "AND NOT (id = ANY(?::text[])) "
             rows = await conn.fetch_rows(
                 f"SELECT {columns} FROM {JOBS} "
                 f"WHERE {where}{page}ORDER BY priority, seq LIMIT ?{skip}",
                 *names,
                 *held,
                 *(after or ()),
+                *([seen] if seen else []),
                 window,
             )
         for candidate in rows:
@@ -270,7 +276,14 @@ async def claim(
             _choose(req, candidate, free, by_customer, chosen)
         scanned += len(rows)
         if len(rows) < window:
-            break
+            if not first:
+                break
+            # The first page, read before the lock, came up short: rows that another
+            # claim had locked then (skipped) may be waiting still, released when it
+            # committed. Read once more, under the lock, leaving out the rows read.
+            seen = [row["id"] for row in rows]
+            window = room
+            continue
         after = (int(rows[-1]["priority"]), int(rows[-1]["seq"]))
         window = min(2 * window, MAX_SCAN)
     limited = len(chosen) >= room
