@@ -13,7 +13,7 @@ default, with ``--pgq-batch-sizes 10,50,100,500,1000``: on a queue of 100,000 it
 about 1,000 jobs/s, so one round takes minutes); the ratio is corral's best against
 pgqueuer's best. The queue holds 100,000 jobs by default, so that a drain lasts seconds
 and measures the rate the tools keep up rather than their start and their tail (with
-20,000, corral's drain lasts about a second, and its ratio to pgqueuer is lower: see the
+20,000, corral's drain lasts about half a second, and its ratio to pgqueuer is lower: see the
 README).
 Besides the time, each row shows the CPU the worker processes spent per job, and the CPU
 the rest of the machine spent meanwhile (PostgreSQL, and anything else running).
