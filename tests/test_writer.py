@@ -360,6 +360,10 @@ async def test_a_failing_operation_rolls_back_only_itself(db_url: str) -> None:
             await db._run(bad_sql)
         await t.put({"k": 3})
         await db.flush()  # the operations' errors are theirs alone
+        # Alone in its batch (nothing else queued), an operation runs without a savepoint:
+        # its failure rolls the batch back, its insert with it.
+        with pytest.raises(Boom, match="after an insert"):
+            await db._run(half_done)
         rows = await fetch(db, 'SELECT "k" FROM "t" ORDER BY "k"')
     assert [r["k"] for r in rows] == [1, 2, 3]
 

@@ -116,8 +116,8 @@ class Step:
 class JobContext:
     """What a handler is given: the job, its attempt, its cluster, steps and progress.
 
-    What a handler may not use (the decoded job, the progress counter, the steps) is
-    made when first asked for: a processor makes one context per job, and keeps it
+    What a handler might not need (the decoded job, the progress counter, the steps)
+    is made when first asked for: a processor makes one context per job, and keeps it
     until the job's outcome is written.
     """
 
