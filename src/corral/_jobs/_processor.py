@@ -375,11 +375,11 @@ class Processor:
             self._idle.append(wakeup)
             await wakeup.wait()
 
-    async def _work(self, entry: JobContext) -> None:
+    async def _work(self, ctx: JobContext) -> None:
         """Run one job; its outcome goes to the reporter (cancellation propagates)."""
-        claimed, ctx = entry._claimed, entry  # the job, and the context its handler gets
+        claimed = ctx._claimed
         try:
-            refusal = None if self._validate is None else await self._check(entry)
+            refusal = None if self._validate is None else await self._check(ctx)
             if refusal is not None:
                 outcome = refusal
             else:
@@ -388,12 +388,12 @@ class Processor:
                     await rest
                 outcome = _claims.Outcome(claimed.id, claimed.token, State.COMPLETED)
         except LeaseLostError:
-            await self._dropped(entry)
+            await self._dropped(ctx)
             return
         except Exception as exc:
-            outcome = self._failure(entry, exc)
-        entry._outcome = _with_progress(outcome, ctx._take_progress())
-        self._outcomes.append(entry._outcome)
+            outcome = self._failure(ctx, exc)
+        ctx._outcome = _with_progress(outcome, ctx._take_progress())
+        self._outcomes.append(ctx._outcome)
         self._report_wakeup.set()
 
     async def _dropped(self, entry: JobContext) -> None:
