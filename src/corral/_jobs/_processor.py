@@ -458,12 +458,14 @@ class Processor:
             message=_message(exc),
         )
 
-    def _forget(self, token: int, *, wake: bool = True) -> None:
+    def _forget(self, token: int, *, wake: bool = True) -> JobContext | None:
+        """Drop the attempt of ``token`` from those running (freeing its slot); return it."""
         entry = self._running.pop(token, None)
         if entry is not None:
             self._on_cluster[entry._claimed.cluster] -= 1
             if wake:
                 self._claim_wakeup.set()
+        return entry
 
     async def _reporter(self) -> None:
         while True:
@@ -504,13 +506,11 @@ class Processor:
             raise
         # First the bookkeeping, with no await in between: slots freed, successors started.
         events: list[JobEvent] = []
-        running, on_cluster = self._running, self._on_cluster
         for outcome in batch:
-            entry = running.pop(outcome.token, None)
+            entry = self._forget(outcome.token, wake=False)  # the claimer is woken below
             attempt, cluster = 0, None
-            if entry is not None:  # as _forget does, the claimer woken below
+            if entry is not None:
                 attempt, cluster = entry._claimed.attempt, entry._claimed.cluster
-                on_cluster[cluster] -= 1
             if outcome.token in accepted:
                 self._counts[_COUNTERS[outcome.state]] += 1
                 kind = _KINDS[outcome.state]
