@@ -397,3 +397,24 @@ def test_cli_errors_name_the_fix(tmp_path: Path, db_url: str) -> None:
     assert unknown.returncode != 0
     assert "no run with id 999999" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+async def test_increment_after_the_block_ended_raises_database_closed(db_url: str) -> None:
+    # Every other call on a closed database raises DatabaseClosedError; an increment
+    # must too, rather than count into a tally that nobody will ever write.
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "closed")
+        sub = await run.start_subtask(1, "count")
+        sub.increment()
+        sub.increment(2)
+    with pytest.raises(corral.DatabaseClosedError, match="block has ended"):
+        sub.increment()
+    with pytest.raises(corral.DatabaseClosedError, match="block has ended"):
+        sub.increment(5)
+    with pytest.raises(corral.DatabaseClosedError, match="block has ended"):
+        await anyio.to_thread.run_sync(sub.increment)
+    with pytest.raises(corral.DatabaseClosedError, match="block has ended"):
+        sub.increment(0)
+    async with corral.connect(db_url) as db:
+        [row] = await db.progress.get(run.id)
+        assert row.items_complete == 3

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -117,3 +121,42 @@ async def test_calls_run_concurrently() -> None:
         for i in range(3):
             tg.start_soon(call, i)
     assert sorted(results) == [0, 1, 2]
+
+
+async def coroutine_function(x: int) -> int:
+    return x
+
+
+class AsyncCall:
+    async def __call__(self, x: int) -> int:
+        return x
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [coroutine_function, AsyncCall(), functools.partial(coroutine_function)],
+    ids=["function", "async __call__", "partial"],
+)
+async def test_an_async_function_is_refused_before_it_runs(fn: Callable[[int], int]) -> None:
+    # map and to_process refuse coroutine functions; to_thread must too, instead of
+    # returning an unawaited coroutine (and a RuntimeWarning later).
+    with pytest.raises(TypeError, match="is an async function") as info:
+        await corral.to_thread(fn, 1)
+    assert "to_thread" in str(info.value)
+    assert "await it" in str(info.value)
+
+
+async def test_a_function_that_returns_a_coroutine_is_refused_and_the_coroutine_closed() -> None:
+    made: list[Coroutine[Any, Any, int]] = []
+
+    def sneaky(x: int) -> Coroutine[Any, Any, int]:
+        coro = coroutine_function(x)
+        made.append(coro)
+        return coro
+
+    with pytest.raises(TypeError, match="returned a coroutine") as info:
+        await corral.to_thread(sneaky, 1)
+    assert "sneaky" in str(info.value)
+    [coro] = made
+    assert coro.cr_frame is None  # closed: no "never awaited" warning either
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED

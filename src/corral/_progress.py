@@ -459,10 +459,11 @@ class Subtask:
     ``corral.map(..., progress=subtask)`` counts every completed item.
     """
 
-    __slots__ = ("_count", "_key", "_tracker", "name", "number", "run_id")
+    __slots__ = ("_count", "_key", "_tracker", "_writer", "name", "number", "run_id")
 
     def __init__(self, tracker: ProgressTracker, run_id: int, number: int, name: str) -> None:
         self._tracker = tracker
+        self._writer = tracker._db._writer
         self._key = (run_id, number)
         self._count = tracker._counter(self._key)
         #: The run it belongs to.
@@ -481,8 +482,13 @@ class Subtask:
         A plain call that never blocks and is safe from any task or thread. The count is
         added in memory and written by the database's writer as one atomic addition,
         within one flush interval; it is never lost while the database is open, and
-        the writer writes what is left when ``connect`` exits.
+        the writer writes what is left when ``connect`` exits. Once the ``connect``
+        block has ended (or its writer stopped on an error), it raises
+        :class:`~corral.DatabaseClosedError` and counts nothing, as every other write
+        does.
         """
+        if self._writer.closed:
+            self._writer._raise_closed()
         if n == 1 and n.__class__ is int:
             next(self._count)  # atomic: no lock needed
             return
