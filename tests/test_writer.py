@@ -667,3 +667,72 @@ async def test_a_body_cancelled_before_the_writer_ran_loses_nothing(db_url: str)
             await anyio.sleep(1)
     assert db.statistics().committed == 2
     assert await count(db_url, "t") == 2
+
+
+# -- runs of one table on both sides of an operation, in one batch -------------------------------
+
+
+async def test_runs_of_a_table_around_an_operation_write_only_their_own_rows(db_url: str) -> None:
+    # One batch holds: a run of (k, b), an operation, a run of (k, a). On PostgreSQL both
+    # runs go through the table's staging table: the second must not upsert the first's
+    # rows again (with its own columns: `a` NULL for key 1).
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 1, "a": 1, "b": 1})
+        await t.put({"k": 2, "a": 2, "b": 2})
+        await db.flush()
+        gate = Gate()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(db._run, gate)  # holds the writer: the rest queues into one batch
+            await gate.entered.wait()
+            await t.put({"k": 1, "b": 10})
+            tg.start_soon(db._run, lambda conn: conn.fetchval("SELECT 1"))
+            await anyio.wait_all_tasks_blocked()
+            await t.put({"k": 2, "a": 20})
+            gate.release.set()
+        await db.flush()
+        rows = await fetch(db, 'SELECT "k", "a", "b" FROM "t" ORDER BY "k"')
+    assert rows == [{"k": 1, "a": 1, "b": 10}, {"k": 2, "a": 20, "b": 2}]
+
+
+async def test_the_last_put_of_each_key_wins_with_operations_interleaved(db_url: str) -> None:
+    # Ten producers upsert partial rows (random columns) on keys of their own and, now and
+    # then, run an operation (as a job handler reports progress): the batches hold runs of
+    # the table on both sides of operations. Each key ends as its puts, applied in order,
+    # leave it.
+    import random
+
+    rng = random.Random(20261203)
+    producers, puts, keys = 10, 150, 50
+    plans = [
+        [
+            (rng.randrange(keys), rng.sample(["a", "b", "c"], rng.randint(1, 3)), rng.random())
+            for _ in range(puts)
+        ]
+        for _ in range(producers)
+    ]
+    expected: dict[int, dict[str, object]] = {}
+    operations = 0
+    async with corral.connect(db_url, flush_interval=0.001) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1, "a": 0, "b": 0, "c": 0})
+        await db.flush()
+
+        async def produce(p: int) -> None:
+            nonlocal operations
+            for n, (key, columns, dice) in enumerate(plans[p]):
+                k = p * keys + key
+                row: dict[str, object] = {"k": k} | {c: p * 100_000 + n for c in columns}
+                expected.setdefault(k, {"k": k, "a": None, "b": None, "c": None}).update(row)
+                await t.put(row)
+                if dice < 0.2:
+                    await db._run(lambda conn: conn.fetchval("SELECT 1"))
+                    operations += 1
+
+        async with anyio.create_task_group() as tg:
+            for p in range(producers):
+                tg.start_soon(produce, p)
+        await db.flush()
+        rows = await fetch(db, 'SELECT "k", "a", "b", "c" FROM "t" WHERE "k" >= 0')
+    assert operations > 200
+    assert {row["k"]: row for row in rows} == expected

@@ -332,6 +332,10 @@ class PostgresBackend:
         self.conn = conn
         self._runner = runner
         self._stages = itertools.count()
+        #: The staging tables written to in the current transaction: they may hold rows
+        #: (``ON COMMIT DELETE ROWS`` empties them at the commit only), so the next copy
+        #: into one empties it first. Forgotten at every BEGIN, COMMIT and ROLLBACK.
+        self._staged: set[str] = set()
         self.connection = PostgresConnection(self)
         #: LISTEN callbacks by (channel, callback): see PostgresConnection.listen.
         self.listeners: dict[tuple[str, Callable[[], object]], Callable[..., None]] = {}
@@ -396,23 +400,25 @@ class PostgresBackend:
     async def _write(self, runs: Sequence[Run], begin: bool, commit: bool) -> list[Failure]:
         conn = self.conn
         failures: list[Failure] = []
-        staged: set[str] = set()
+        if begin:
+            self._staged.clear()
         if begin and not runs:
             await conn.execute("BEGIN")
         for number, run in enumerate(runs):
             first = "BEGIN; " if begin and number == 0 else ""
             await conn.execute(f"{first}SAVEPOINT corral_run")
             try:
-                await self._bulk(run, staged)
+                await self._bulk(run)
             except Exception:
                 await conn.execute("ROLLBACK TO SAVEPOINT corral_run")
                 await self._one_by_one(number, run, failures)
                 await conn.execute("RELEASE SAVEPOINT corral_run")
         if commit:
+            self._staged.clear()
             await conn.execute("COMMIT")
         return failures
 
-    async def _bulk(self, run: Run, staged: set[str]) -> None:
+    async def _bulk(self, run: Run) -> None:
         table = run.table
         stage = table.cache["stage"]
         assert isinstance(stage, str)
@@ -437,7 +443,7 @@ class PostgresBackend:
         if skip:
             table.cache["skip"] = skip - 1
         else:
-            await self._stage(stage, run.rows, run.columns, staged)
+            await self._stage(stage, run.rows, run.columns)
             try:
                 await self.conn.execute(insert)
             except asyncpg.UniqueViolationError:
@@ -457,17 +463,22 @@ class PostgresBackend:
             latest = dict(zip(map(operator.itemgetter(*where), rows), rows, strict=True))
             if len(latest) < len(rows):
                 rows = list(latest.values())
-        await self._stage(stage, rows, run.columns, staged)
+        await self._stage(stage, rows, run.columns)
         await self.conn.execute(upsert)
 
     async def _stage(
-        self, stage: str, rows: list[tuple[object, ...]], columns: tuple[str, ...], staged: set[str]
+        self, stage: str, rows: list[tuple[object, ...]], columns: tuple[str, ...]
     ) -> None:
-        """Copy ``rows`` into the (emptied) staging table."""
-        if stage in staged:
+        """Copy ``rows`` into the staging table, emptied first if this transaction used it.
+
+        Emptied per transaction, not per :meth:`write`: a batch with operations writes
+        its runs in several calls, and rows left from an earlier one would be upserted
+        again (with this run's columns).
+        """
+        if stage in self._staged:
             await self.conn.execute(f"DELETE FROM {quote(stage)}")
         await self.conn.copy_records_to_table(stage, records=rows, columns=columns)
-        staged.add(stage)
+        self._staged.add(stage)
 
     async def _one_by_one(self, number: int, run: Run, failures: list[Failure]) -> None:
         conn = self.conn
@@ -488,14 +499,17 @@ class PostgresBackend:
 
     async def begin(self) -> None:
         """Open the batch transaction."""
+        self._staged.clear()
         await self.call(self.conn.execute, "BEGIN")
 
     async def commit(self) -> None:
         """Commit the batch transaction."""
+        self._staged.clear()
         await self.call(self.conn.execute, "COMMIT")
 
     async def rollback(self) -> None:
         """Roll the batch transaction back, if one is open; never raises."""
+        self._staged.clear()
 
         async def rollback() -> None:
             if self.conn.is_closed() or not self.conn.is_in_transaction():
