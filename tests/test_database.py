@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import random
 import sys
 import threading
 from collections.abc import Mapping
@@ -596,3 +597,123 @@ async def test_a_refused_statement_is_a_query_error_naming_it(db_url: str) -> No
         # The database goes on working.
         await db.jobs.enqueue(corral.jobs.Job("after"))
         assert (await db.jobs.depth()).ready == 1
+
+
+# -- cancellation: a put that raised Cancelled did not happen -----------------------------
+
+
+async def _committed_keys(db: corral.Database, table: str) -> set[int]:
+    await db.flush()
+    rows = await fetch(db, f'SELECT "k" FROM "{table}"')
+    return {int(str(row["k"])) for row in rows}
+
+
+async def test_a_put_in_a_cancelled_scope_either_raised_or_accepted(db_url: str) -> None:
+    # trio's rule: an operation that raises Cancelled did not happen. A put that finds
+    # room does not check for cancellation, so it accepts its row and returns, every
+    # one of them: the 128th, 256th ... put (which yields) included.
+    async with corral.connect(db_url) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1})  # resolves the table
+        returned: set[int] = set()
+        raised: set[int] = set()
+        for k in range(3 * _database._CHECKPOINT_EVERY + 5):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                try:
+                    await t.put({"k": k})
+                except anyio.get_cancelled_exc_class():
+                    raised.add(k)
+                    raise
+                returned.add(k)
+        assert raised == set()
+        assert await _committed_keys(db, "t") == returned | {-1}
+        assert db.statistics().accepted == len(returned) + 1
+
+
+async def test_puts_cancelled_at_random_points_on_a_full_queue(db_url: str) -> None:
+    # Producers put into a small queue (so that they wait for room), and are cancelled
+    # after a seeded random number of scheduling points: while they wait for room, while
+    # they yield at a 128th put, or in a scope cancelled before their next put. Whatever
+    # raised Cancelled left no row; whatever returned is committed.
+    rng = random.Random(20261203)
+    async with corral.connect(db_url, max_pending=400, batch_size=100) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1})
+        returned: set[int] = set()
+        raised: set[int] = set()
+
+        async def produce(base: int, scope: anyio.CancelScope) -> None:
+            with scope:
+                for j in range(300):
+                    try:
+                        await t.put({"k": base + j})
+                    except anyio.get_cancelled_exc_class():
+                        raised.add(base + j)
+                        raise
+                    returned.add(base + j)
+
+        for round_ in range(30):
+            scopes = [anyio.CancelScope() for _ in range(2)]
+            async with anyio.create_task_group() as tg:
+                for p, scope in enumerate(scopes):
+                    tg.start_soon(produce, (round_ * 2 + p) * 1000, scope)
+                for scope in scopes:
+                    for _ in range(rng.randrange(40)):
+                        await anyio.lowlevel.checkpoint()
+                    scope.cancel()
+            await db.flush()  # each round starts with room for 400 rows
+        committed = await _committed_keys(db, "t")
+        assert raised, "no put was cancelled: the test did not test anything"
+        assert raised.isdisjoint(committed), sorted(raised & committed)[:10]
+        assert committed == returned | {-1}
+        stats = db.statistics()
+        assert (stats.accepted, stats.committed) == (len(returned) + 1, len(returned) + 1)
+
+
+async def test_put_many_cancelled_says_how_many_rows_it_accepted(db_url: str) -> None:
+    rng = random.Random(7)
+    async with corral.connect(db_url, max_pending=50, batch_size=20) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1})
+        expected: set[int] = {-1}
+        outcomes: list[tuple[int, BaseException | None]] = []
+
+        async def produce(base: int, scope: anyio.CancelScope) -> None:
+            with scope:
+                try:
+                    n = await t.put_many({"k": base + j} for j in range(200))
+                except anyio.get_cancelled_exc_class() as exc:
+                    outcomes.append((exc.corral_accepted, exc))  # type: ignore[union-attr]
+                    raise
+                outcomes.append((n, None))
+
+        for round_ in range(40):
+            scope = anyio.CancelScope()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce, round_ * 1000, scope)
+                for _ in range(rng.randrange(120)):
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel()
+            await db.flush()  # each round starts with room for 50 rows
+            n, error = outcomes[-1]
+            assert (error is None) == (n == 200)
+            if error is not None:
+                assert (
+                    f"corral: put_many() was cancelled after accepting {n} rows"
+                    in (error.__notes__[0])
+                )
+            expected |= {round_ * 1000 + j for j in range(n)}  # the first n rows, only them
+        assert any(0 < n < 200 for n, _ in outcomes), "no put_many was interrupted midway"
+        assert await _committed_keys(db, "t") == expected
+        assert db.statistics().committed == len(expected)
+
+
+async def test_put_many_refused_says_how_many_rows_it_accepted(db_url: str) -> None:
+    async with corral.connect(db_url) as db:
+        t = db.table("t", key="k")
+        rows: list[Mapping[str, Any]] = [{"k": 0}, {"k": 1}, {"k": 2, "x": 1}, {"k": 3}]
+        with pytest.raises(corral.UnknownColumnError) as caught:
+            await t.put_many(rows)
+        assert caught.value.corral_accepted == 2  # type: ignore[attr-defined]
+        assert await _committed_keys(db, "t") == {0, 1}

@@ -246,10 +246,13 @@ class Table:
         :class:`~corral.DatabaseClosedError` once the database is closed. If ``put`` is
         cancelled while it waits for room, the row was not accepted.
 
-        For speed, a row that finds room is accepted without yielding to the event loop,
-        so ``put`` is a cancellation point only when it waits, and on every 128th such
-        ``put`` on a table, which yields all the same: cancelled there, it has accepted
-        its row (which is committed like any other).
+        For speed, a row that finds room is accepted without yielding to the event loop
+        and without checking for cancellation, even in a cancelled scope; every 128th
+        such ``put`` on a table yields all the same, shielded from cancellation. So
+        ``put`` is a cancellation point only while it waits for room (and while the
+        first ``put`` on a table reads its columns), and follows trio's rule: a ``put``
+        that raised the cancellation did not accept its row; one that returned did, and
+        the row is committed like any other.
         """
         schema = self._schema
         if schema is None:
@@ -261,25 +264,46 @@ class Table:
             # yield now and then all the same, so that a producer cannot starve it.
             self._puts += 1
             if self._puts % _CHECKPOINT_EVERY == 0:
-                await anyio.lowlevel.checkpoint()
+                await anyio.lowlevel.cancel_shielded_checkpoint()  # accepted: no Cancelled
             return
         await writer.put(schema, columns, values)
 
     async def put_many(self, rows: Iterable[Mapping[str, object]]) -> int:
         """Put every row of ``rows`` in order, as :meth:`put` does; return how many.
 
-        Rows are accepted one by one (the iterable is read lazily); if one is refused,
-        the rows before it stay accepted and the error has a note with its index.
+        Rows are accepted one by one (the iterable is read lazily). If ``put_many`` is
+        interrupted, the rows before the interruption stay accepted (and are committed
+        like any other), and the exception it raises says how many they were in an
+        attribute, ``corral_accepted`` (an int: the first ``corral_accepted`` rows of
+        ``rows`` were accepted, no other), and in a note. That is so for a row that is
+        refused (the note names its index) or an error from the iterable, and for a
+        cancellation while it waits for room, which is raised as it is (never turned
+        into another exception), with the attribute set::
+
+            try:
+                await table.put_many(rows)
+            except anyio.get_cancelled_exc_class() as exc:
+                log.info("%d rows accepted before the cancellation", exc.corral_accepted)
+                raise
+
+        A ``put_many`` that returns was not cancelled after it accepted its last row.
         """
         count = 0
-        for row in rows:
-            try:
+        try:
+            for row in rows:
                 await self.put(row)
-            except Exception as exc:
+                count += 1
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                exc.add_note(
+                    f"corral: put_many() was cancelled after accepting {count} rows (its "
+                    f"first {count}, which will be committed); the rest were not accepted"
+                )
+            else:
                 exc.add_note(f"corral: raised for row {count} of put_many()")
-                raise
-            count += 1
-        await anyio.lowlevel.checkpoint()
+            exc.corral_accepted = count  # type: ignore[attr-defined]
+            raise
+        await anyio.lowlevel.cancel_shielded_checkpoint()  # every row accepted: no Cancelled
         return count
 
     def put_from_thread(self, row: Mapping[str, object]) -> None:

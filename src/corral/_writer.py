@@ -219,9 +219,14 @@ class Writer:
     async def put(
         self, table: TableSchema, columns: tuple[str, ...], values: tuple[object, ...]
     ) -> None:
-        """Queue a row, waiting (first come, first served) while the queue is full."""
+        """Queue a row, waiting (first come, first served) while the queue is full.
+
+        Raises the cancellation only while it waits, and then the row was not queued;
+        once it is queued, it returns (trio's rule: what raised ``Cancelled`` did not
+        happen).
+        """
         if self.put_nowait(table, columns, values):
-            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # accepted: no Cancelled
             return
         self._check_not_writer("put() on a full queue")
         waiter = _SpaceWaiter()
