@@ -45,6 +45,22 @@ def test_bad_cluster_arguments(
         corral.Cluster(*args, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"name": "a\x00"},
+        {"name": "a\udfff"},
+        {"name": "a", "region": "e\x00u"},
+        {"name": "a", "labels": {"g\x00pu"}},
+    ],
+)
+def test_cluster_names_refuse_what_a_database_cannot_store(kwargs: dict[str, object]) -> None:
+    """A cluster's name, region and labels are stored with the jobs it runs (issue 11,
+    item 18): NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8) are refused."""
+    with pytest.raises(corral.UnstorableTextError, match=r"Cluster (name|region|label)"):
+        corral.Cluster(capacity=1, **kwargs)  # type: ignore[arg-type]
+
+
 async def test_two_maps_share_a_cluster_capacity_exactly() -> None:
     cluster = corral.Cluster("shared", capacity=3)
     release = anyio.Event()

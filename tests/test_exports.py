@@ -37,6 +37,7 @@ EXPECTED = {
     "SchemaError",
     "Table",
     "UnknownColumnError",
+    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",
@@ -92,6 +93,7 @@ def test_errors_are_corral_errors() -> None:
         corral.DatabaseClosedError,
         corral.MissingDriverError,
         corral.ConnectError,
+        corral.UnstorableTextError,
     ):
         assert issubclass(error, corral.CorralError)
     assert issubclass(corral.NotPicklableError, TypeError)

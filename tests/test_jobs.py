@@ -1131,3 +1131,123 @@ async def test_runners_go_on_after_a_job_whose_lease_was_lost(db_url: str) -> No
         assert sorted(done) == [f"after{i}" for i in range(5)]
         assert processor.statistics().lease_lost == 1
         assert processor.statistics().completed == 5
+
+
+# -- enqueue races, values no database stores (issue 11, items 6 and 18) ---------------------
+
+
+async def test_two_databases_enqueueing_the_same_ids_at_once(db_url: str) -> None:
+    """Of two connections enqueueing the same ids at once, one wins; the other is refused.
+
+    Two writers' enqueues of the same ids race: each checks the ids are new, then
+    inserts. The loser must get DuplicateJobError naming an id (not the driver's unique
+    violation), every id must be stored once, and nothing of the loser's call stored.
+    """
+    async with corral.connect(db_url) as one, corral.connect(db_url) as two:
+        await one.jobs.depth()  # both writers have made (or seen) the table
+        await two.jobs.depth()
+        for round_ in range(20):
+            ids = [f"r{round_}-{i}" for i in range(40)]
+            outcomes: list[BaseException | None] = []
+
+            async def enqueue(
+                db: corral.Database,
+                ids: list[str] = ids,
+                outcomes: list[BaseException | None] = outcomes,
+            ) -> None:
+                try:
+                    await db.jobs.enqueue_many([jobs.Job(i) for i in ids])
+                except Exception as exc:
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(enqueue, one)
+                tg.start_soon(enqueue, two)
+            errors = [e for e in outcomes if e is not None]
+            assert len(errors) == 1, outcomes
+            assert isinstance(errors[0], jobs.DuplicateJobError), repr(errors[0])
+            assert f"job id 'r{round_}-" in str(errors[0])
+        assert (await one.jobs.depth()).ready == 20 * 40
+        assert len({r.id for r in await two.jobs.list(limit=1000)}) == 20 * 40
+
+
+def nested(depth: int) -> object:
+    """Return a list nested ``depth`` levels deep."""
+    value: object = None
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("field", ["id", "customer", "affinity", "region", "requires"])
+@pytest.mark.parametrize(("text", "problem"), [("a\x00b", "NUL"), ("a\ud800b", "surrogate")])
+def test_job_names_refuse_what_a_database_cannot_store(field: str, text: str, problem: str) -> None:
+    """NUL (SQLite stores it, PostgreSQL refuses it) and lone surrogates (neither can
+    encode them) are refused when the job is made, naming the field and the fix."""
+    kwargs: dict[str, Any] = {"id": "ok", field: {text} if field == "requires" else text}
+    with pytest.raises(corral.UnstorableTextError, match=rf"Job {field}.*{problem}") as info:
+        jobs.Job(**kwargs)
+    assert isinstance(info.value, ValueError)
+
+
+def test_a_payload_nested_too_deep_is_a_payload_error() -> None:
+    """json.dumps raised RecursionError; the limit is now one, stated, depth."""
+    jobs.Job("deep-enough", nested(jobs.Job.MAX_PAYLOAD_DEPTH))
+    for depth in (jobs.Job.MAX_PAYLOAD_DEPTH + 1, 100_000):
+        with pytest.raises(jobs.PayloadError, match="nests deeper than") as info:
+            jobs.Job("deep", nested(depth))
+        assert isinstance(info.value, TypeError | ValueError)
+    with pytest.raises(jobs.PayloadError, match="JSON-serializable"):
+        jobs.Job("a", payload={1, 2})
+
+
+async def test_text_the_databases_store_alike_and_what_they_refuse(db_url: str) -> None:
+    """Both databases store payload strings with NUL and lone surrogates as given (as
+    JSON escapes), and refuse alike what they cannot store, before anything is written."""
+    async with database(db_url) as db:
+        payload = {"nul": "a\x00b", "lone": "\ud800", "emoji": "\U0001f600", "k\x00": [1]}
+        await db.jobs.enqueue(jobs.Job("text", payload, customer="é\u00e9", requires={"λ"}))
+        record = await db.jobs.get("text")
+        assert record.payload == payload
+        assert (record.customer, record.requires) == ("é\u00e9", frozenset({"λ"}))
+        # A payload changed after its job was made is checked again by enqueue, and a
+        # refused job refuses the whole call: none of its jobs is written.
+        late = jobs.Job("late", {"items": []})
+        late.payload["items"].append(nested(100_000))
+        with pytest.raises(jobs.PayloadError, match=r"'late'.*nests deeper"):
+            await db.jobs.enqueue_many([jobs.Job("first"), late, jobs.Job("last")])
+        odd = jobs.Job("odd", {"items": []})
+        odd.payload["items"].append({1, 2})
+        with pytest.raises(jobs.PayloadError, match=r"'odd'.*JSON-serializable"):
+            await db.jobs.enqueue_many([jobs.Job("first"), odd])
+        assert [r.id for r in await db.jobs.list()] == ["text"]
+
+
+async def test_what_a_handler_gives_that_a_database_cannot_store(db_url: str) -> None:
+    """An error message with NUL or a lone surrogate is stored escaped (it made the
+    outcome's UPDATE fail, which stopped the processor); a step name or a worker name
+    with one is refused, as a job's names are."""
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(
+            [jobs.Job("msg", max_retries=0), jobs.Job("step", max_retries=0)]
+        )
+
+        async def handler(ctx: jobs.JobContext) -> None:
+            if ctx.job.id == "msg":
+                raise jobs.DataError("bad \x00 byte, lone \ud800")
+            async with ctx.step("s\x00"):
+                raise AssertionError("not reached")
+
+        await run_all(db, handler)
+        msg, step = await db.jobs.get("msg"), await db.jobs.get("step")
+        assert msg.state is jobs.State.FAILED
+        assert msg.last_error is not None
+        assert msg.last_error.message == "DataError: bad \\x00 byte, lone \\ud800"
+        assert step.state is jobs.State.DEAD
+        assert step.last_error is not None
+        assert step.last_error.message.startswith("UnstorableTextError: step name 's\\x00'")
+        assert step.last_error.step is None
+        with pytest.raises(corral.UnstorableTextError, match="Processor name"):
+            jobs.Processor(db, noop, name="w\ud800")

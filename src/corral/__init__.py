@@ -31,6 +31,7 @@ from ._exceptions import ProgressNotFoundError as ProgressNotFoundError
 from ._exceptions import QueryError as QueryError
 from ._exceptions import SchemaError as SchemaError
 from ._exceptions import UnknownColumnError as UnknownColumnError
+from ._exceptions import UnstorableTextError as UnstorableTextError
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._exceptions import WorkerInitializerError as WorkerInitializerError
 from ._exceptions import WriteError as WriteError
@@ -89,6 +90,7 @@ __all__ = (
     "SubtaskProgress",
     "Table",
     "UnknownColumnError",
+    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",

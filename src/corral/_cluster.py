@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._sync import LoopSafeSemaphore
-from ._validate import check_offload, check_positive_int
+from ._validate import check_offload, check_positive_int, check_text
 
 __all__ = ["Cluster", "ClusterStatistics", "Offload"]
 
@@ -63,11 +63,14 @@ class Cluster:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"Cluster name must be a non-empty str, got {name!r}")
+        check_text("Cluster name", name)
         check_positive_int("capacity", capacity)
         if offload is not None:
             check_offload(offload)
         if region is not None and not isinstance(region, str):
             raise TypeError(f"Cluster region must be a str or None, got {region!r}")
+        if region is not None:
+            check_text("Cluster region", region)
         if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
             raise TypeError(f"Cluster cost must be a number or None, got {cost!r}")
         if isinstance(labels, str):
@@ -79,6 +82,7 @@ class Cluster:
         for label in label_set:
             if not isinstance(label, str):
                 raise TypeError(f"Cluster labels must be str, got {label!r}")
+            check_text("Cluster label", label)
         self.name = name
         self.offload: Offload | None = offload
         self.region = region

@@ -18,6 +18,7 @@ __all__ = [
     "MissingDriverError",
     "MissingKeyError",
     "NotPicklableError",
+    "PayloadError",
     "PermanentError",
     "PoolClosedError",
     "ProgressNotFoundError",
@@ -26,6 +27,7 @@ __all__ = [
     "SchemaError",
     "TransientError",
     "UnknownColumnError",
+    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",
@@ -103,6 +105,18 @@ class IdentifierError(CorralError, ValueError):
 
     Names must match ``[A-Za-z_][A-Za-z0-9_]*`` (at most 63 characters), so that no
     name can carry SQL; corral also quotes every name it writes into a statement.
+    """
+
+
+class UnstorableTextError(CorralError, ValueError):
+    """A name holds a character that a database cannot store as text.
+
+    A NUL (U+0000: SQLite stores it, PostgreSQL refuses it) or a lone surrogate (U+D800
+    to U+DFFF alone: not UTF-8, so neither database can encode it), in a job's id,
+    customer, affinity, region or labels, a step's name, a processor's name, or a
+    cluster's name, region or labels. Raised when the object is made, before anything
+    is written; the message names the field. (A payload's strings may hold any
+    character: they are stored as JSON escapes.)
     """
 
 
@@ -214,6 +228,16 @@ class PermanentError(JobError):
     """Any other failure that a retry cannot fix: failed at once, never retried."""
 
     category = "PERMANENT"
+
+
+class PayloadError(CorralError, TypeError, ValueError):
+    """A job's payload cannot be stored as JSON.
+
+    It holds something ``json.dumps`` does not take (a set, an object, a circular
+    reference), or it nests deeper than ``Job.MAX_PAYLOAD_DEPTH`` levels. Raised when
+    the job is made, and again by ``enqueue`` if the payload was changed since (then
+    no job of that call is stored).
+    """
 
 
 class JobNotFoundError(CorralError, LookupError):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_offload", "check_positive_int", "check_timeout"]
+from ._exceptions import UnstorableTextError
+
+__all__ = ["check_offload", "check_positive_int", "check_text", "check_timeout", "storable_text"]
 
 _OFFLOADS = ("thread", "process")
 
@@ -16,6 +18,37 @@ def check_positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive int (1 or more), got {value}")
     return value
+
+
+def check_text(what: str, value: str) -> str:
+    """Return ``value`` unless it holds what no database stores as text: NUL, lone surrogates."""
+    if "\x00" in value:
+        raise UnstorableTextError(
+            f"{what} {value!r} holds a NUL character ('\\x00'), which PostgreSQL cannot "
+            f"store in text (SQLite would, so the two would disagree); remove it"
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UnstorableTextError(
+                f"{what} {value!r} holds a lone surrogate ({value[exc.start]!r} at index "
+                f"{exc.start}), which is not UTF-8, so no database can store it; decode "
+                f"the bytes it came from with errors='replace', or remove it"
+            ) from None
+    return value
+
+
+def storable_text(value: str) -> str:
+    r"""Return ``value`` with NUL and lone surrogates escaped (``\x00``, ``\ud800``).
+
+    For text corral stores but does not check, such as an exception's message.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_timeout(value: object) -> float | None:

@@ -24,6 +24,7 @@ from ._exceptions import JobError as JobError
 from ._exceptions import JobNotFoundError as JobNotFoundError
 from ._exceptions import JobStateError as JobStateError
 from ._exceptions import LeaseLostError as LeaseLostError
+from ._exceptions import PayloadError as PayloadError
 from ._exceptions import PermanentError as PermanentError
 from ._exceptions import ResourceError as ResourceError
 from ._exceptions import TransientError as TransientError
@@ -67,6 +68,7 @@ __all__ = (
     "LeaseLostError",
     "LoggingNotifier",
     "Notifier",
+    "PayloadError",
     "PermanentError",
     "Priority",
     "ProcessorConfig",

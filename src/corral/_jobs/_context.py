@@ -10,6 +10,7 @@ import anyio
 
 from .._cluster import Cluster
 from .._exceptions import LeaseLostError
+from .._validate import check_text
 from . import _claims
 from ._model import Job
 
@@ -185,6 +186,7 @@ class JobContext:
         """Return the step ``name`` of this job, for ``async with``; see :class:`Step`."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"a step name must be a non-empty str, got {name!r}")
+        check_text("step name", name)
         return Step(self, name)
 
     async def _finish_step(self, name: str) -> None:

@@ -6,12 +6,14 @@ import enum
 import json
 import math
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from .._exceptions import JobError
+from .._exceptions import JobError, PayloadError
+from .._validate import check_text
 
 __all__ = [
     "ErrorCategory",
@@ -106,7 +108,7 @@ def _check_name(what: str, value: object, *, optional: bool = True) -> str | Non
         raise TypeError(
             f"Job {what} must be a non-empty str of at most 200 characters, got {value!r}"
         )
-    return value
+    return check_text(f"Job {what}", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,9 @@ class Job:
     Args:
         id: Unique in the database; enqueueing an id that exists raises
             :class:`~corral.jobs.DuplicateJobError` (so an id is an idempotency key).
-        payload: Anything ``json.dumps`` takes (dicts, lists, str, numbers, bools, None).
+        payload: Anything ``json.dumps`` takes (dicts, lists, str, numbers, bools, None),
+            nested at most :attr:`MAX_PAYLOAD_DEPTH` levels deep; its strings may hold
+            any character (stored as JSON escapes). Else :class:`~corral.jobs.PayloadError`.
         priority: ``"urgent"``, ``"high"``, ``"normal"`` (the default) or ``"low"``.
         customer: Whose job it is; ``ProcessorConfig.per_customer`` bounds how many of
             one customer's jobs run at once.
@@ -127,7 +131,15 @@ class Job:
         max_retries: How many times a retryable failure is tried again (so at most
             ``max_retries + 1`` attempts) before the job goes to the dead letter queue.
 
+    The id, customer, affinity, region and labels are names: a str that holds a NUL or
+    a lone surrogate (which a database cannot store as text) raises
+    :class:`~corral.UnstorableTextError`.
+
     """
+
+    #: The deepest a payload may nest (lists and dicts in one another), so that every
+    #: worker can decode it whatever its own call stack.
+    MAX_PAYLOAD_DEPTH: ClassVar[int] = 500
 
     id: str
     payload: Any = None
@@ -160,6 +172,7 @@ class Job:
         for label in labels:
             if not isinstance(label, str) or not label:
                 raise TypeError(f"Job requires labels must be non-empty str, got {label!r}")
+            check_text("Job requires label", label)
         object.__setattr__(self, "requires", labels)
         if (
             isinstance(self.max_retries, bool)
@@ -167,14 +180,7 @@ class Job:
             or self.max_retries < 0
         ):
             raise TypeError(f"Job max_retries must be an int >= 0, got {self.max_retries!r}")
-        try:
-            json.dumps(self.payload)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"Job {self.id!r}: payload must be JSON-serializable (dicts, lists, str, "
-                f"numbers, bools, None): {exc}; convert it, or store a reference (a path, a "
-                f"key) in the payload instead"
-            ) from None
+        dump_payload(self.payload, self.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,9 +366,48 @@ def timestamp(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def dump_payload(payload: object) -> str:
-    """Encode a payload as stored."""
-    return json.dumps(payload, separators=(",", ":"))
+def dump_payload(payload: object, job_id: str) -> str:
+    """Encode the payload of job ``job_id`` as stored; PayloadError if it cannot be."""
+    limit = Job.MAX_PAYLOAD_DEPTH
+    try:
+        text = json.dumps(payload, separators=(",", ":"))
+    except RecursionError:
+        text = None
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(
+            f"Job {job_id!r}: payload must be JSON-serializable (dicts, lists, str, "
+            f"numbers, bools, None): {exc}; convert it, or store a reference (a path, a "
+            f"key) in the payload instead"
+        ) from exc
+    if text is None or _nests_deeper(text, limit):
+        raise PayloadError(
+            f"Job {job_id!r}: payload nests deeper than {limit} levels (lists and dicts "
+            f"in one another), which not every worker could decode; flatten it, or store "
+            f"a reference (a path, a key) in the payload instead"
+        )
+    return text
+
+
+#: A JSON string or a bracket: what matters to a payload's depth.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _nests_deeper(text: str, limit: int) -> bool:
+    """Return whether the JSON ``text`` nests deeper than ``limit`` levels."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case: too few brackets, wherever they are
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            continue
+        if token in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def load_json(text: object, default: object = None) -> Any:

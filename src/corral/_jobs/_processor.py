@@ -32,6 +32,7 @@ import anyio.lowlevel
 
 from .._cluster import Cluster
 from .._exceptions import ConfigurationError, LeaseLostError
+from .._validate import check_text, storable_text
 from . import _claims
 from ._context import JobContext
 from ._model import ErrorCategory, Job, ProcessorConfig, State, classify
@@ -145,6 +146,8 @@ class Processor:
                 raise TypeError(f"{what} must be a function, got {fn!r}")
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if name is not None:
+            check_text("Processor name", name)
         from .._database import Database
 
         if not isinstance(db, Database):
@@ -619,7 +622,7 @@ def _default_classify(exc: BaseException) -> ErrorCategory:
 
 
 def _message(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    text = storable_text(f"{type(exc).__name__}: {exc}")
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 

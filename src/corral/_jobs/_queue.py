@@ -150,7 +150,7 @@ class JobQueue:
         rows = [
             (
                 job.id,
-                dump_payload(job.payload),
+                dump_payload(job.payload, job.id),
                 Priority(job.priority).rank,
                 job.customer,
                 job.affinity,
@@ -164,31 +164,36 @@ class JobQueue:
         async def insert(conn: Connection) -> None:
             now = now_sql(conn)
             ids = [row[0] for row in rows]
-            existing = await _existing(conn, ids)
-            if existing:
-                raise DuplicateJobError(
-                    f"job id {existing[0]!r} is already stored ({len(existing)} of the "
-                    f"{len(ids)} ids are), so no job of this call was stored; ids are "
-                    f"unique: pick new ids (a stored job that is dead or failed can be run "
-                    f"again with db.jobs.requeue(id))"
-                )
             columns = (
                 "id, payload, priority, customer, affinity, region, requires, max_retries, "
                 "state, created_at, run_at, updated_at"
             )
             if conn.dialect == "postgresql":
-                await conn.execute(
+                # No check first: another connection may insert the same ids between a
+                # check and the insert. A conflicting row waits for the other insert to
+                # commit (or roll back), then is left out; raising rolls back the rest.
+                stored = await fetch(
+                    conn,
                     f"INSERT INTO {JOBS} ({columns}) SELECT v.*, 'ready', {now}, {now}, {now} "
                     f"FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], "
-                    f"?::text[], ?::text[], ?::int[]) AS v",
+                    f"?::text[], ?::text[], ?::int[]) AS v ON CONFLICT (id) DO NOTHING "
+                    f"RETURNING id",
                     *(list(column) for column in zip(*rows, strict=True)),
                 )
+                if len(stored) < len(ids):
+                    inserted = {row["id"] for row in stored}
+                    raise _duplicates([i for i in ids if i not in inserted], len(ids))
                 if len(rows) >= _ANALYZE_AFTER:
                     # Fresh statistics: a claim walks the queue's index, not a sort of
                     # every waiting row (autovacuum would analyze too, but later).
                     await conn.execute(f"ANALYZE {JOBS}")
                 await conn.execute("SELECT pg_notify(?, '')", self.channel)
             else:
+                # BEGIN IMMEDIATE: no other connection writes between the check and the
+                # insert.
+                existing = await _existing(conn, ids)
+                if existing:
+                    raise _duplicates(existing, len(ids))
                 await conn.executemany(
                     f"INSERT INTO {JOBS} ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
                     f"'ready', {now}, {now}, {now})",
@@ -352,10 +357,17 @@ def _state(value: object) -> State:
         ) from None
 
 
+def _duplicates(existing: list[str], of: int) -> DuplicateJobError:
+    """Return the error for an enqueue of ``of`` ids, of which ``existing`` are stored."""
+    return DuplicateJobError(
+        f"job id {existing[0]!r} is already stored ({len(existing)} of the {of} ids are), "
+        f"so no job of this call was stored; ids are unique: pick new ids (a stored job "
+        f"that is dead or failed can be run again with db.jobs.requeue(id))"
+    )
+
+
 async def _existing(conn: Connection, ids: list[str]) -> list[str]:
-    if conn.dialect == "postgresql":
-        rows = await fetch(conn, f"SELECT id FROM {JOBS} WHERE id = ANY(?::text[])", ids)
-        return sorted(str(row["id"]) for row in rows)
+    """Return which of ``ids`` are stored, sorted (SQLite)."""
     found: list[str] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
