@@ -28,6 +28,7 @@ EXPECTED = {
     "ProgressSink",
     "ProgressTracker",
     "QueryError",
+    "RemoteError",
     "Run",
     "RunProgress",
     "Status",
@@ -37,7 +38,6 @@ EXPECTED = {
     "SchemaError",
     "Table",
     "UnknownColumnError",
-    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",
@@ -84,6 +84,7 @@ def test_errors_are_corral_errors() -> None:
         corral.WorkerCrashed,
         corral.WorkerInitializerError,
         corral.PoolClosedError,
+        corral.RemoteError,
         corral.WriteError,
         corral.SchemaError,
         corral.UnknownColumnError,
@@ -93,7 +94,6 @@ def test_errors_are_corral_errors() -> None:
         corral.DatabaseClosedError,
         corral.MissingDriverError,
         corral.ConnectError,
-        corral.UnstorableTextError,
     ):
         assert issubclass(error, corral.CorralError)
     assert issubclass(corral.NotPicklableError, TypeError)

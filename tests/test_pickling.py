@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import decimal
 import functools
 import io
+import pickle
 import sys
 import threading
 import types
@@ -15,6 +17,7 @@ import corral
 import corral.blocking
 import helpers
 import proc_helpers
+from corral._pickling import pickled_globals
 
 # -- is_picklable ---------------------------------------------------------------------------
 
@@ -208,3 +211,29 @@ async def test_function_from_an_interactive_main_is_rejected(
     typed_at_the_prompt.__qualname__ = "typed_at_the_prompt"
     with pytest.raises(corral.NotPicklableError, match="interactive session"):
         await pool.run(typed_at_the_prompt, 1)
+
+
+# -- naming what a pickle refers to ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_pickled_globals_names_the_classes_a_pickle_refers_to(protocol: int) -> None:
+    value = [
+        decimal.Decimal(1),
+        proc_helpers.CodedError(1, "a"),
+        proc_helpers.CodedError(2, "b"),  # named once
+        proc_helpers.Multiplier(3),  # the module's name comes from the memo
+    ]
+    names = pickled_globals(pickle.dumps(value, protocol), limit=10)
+    assert "decimal.Decimal" in names
+    assert names.count("proc_helpers.CodedError") == 1
+    assert "proc_helpers.Multiplier" in names
+
+
+def test_pickled_globals_of_plain_values_and_of_garbage() -> None:
+    assert pickled_globals(pickle.dumps([1, "a", (2.0, None)])) == []
+    assert pickled_globals(pickle.dumps(proc_helpers.CodedError(1, "a"))[:-3]) == [
+        "proc_helpers.CodedError"
+    ]
+    assert pickled_globals(b"not a pickle") == []
+    assert len(pickled_globals(pickle.dumps([ValueError(), KeyError(), TypeError()]), 2)) == 2

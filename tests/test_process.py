@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -38,6 +42,30 @@ async def wait_until_gone(pid: int) -> None:
             return
         await anyio.sleep(0.01)
     pytest.fail(f"process {pid} is still alive")
+
+
+async def wait_for_exit(pid: int) -> None:
+    """Wait until process ``pid`` has exited: its pidfd turns readable then, no polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # already exited and reaped
+        return
+    try:
+        with anyio.fail_after(30):  # the bound only keeps a hang from lasting forever
+            await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def started_signal() -> Iterator[tuple[str, socket.socket]]:
+    """A listening Unix socket (abstract address) that a worker's call connects to."""
+    address = f"\0corral-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(address)
+        listener.listen()
+        listener.setblocking(False)
+        yield address, listener
 
 
 async def start_two_workers(pool: corral.ProcessPool) -> set[int]:
@@ -114,8 +142,10 @@ async def test_to_process_raises_the_worker_exception_type() -> None:
 
 async def test_exception_that_cannot_be_pickled_is_replaced_by_a_corral_error() -> None:
     async with corral.ProcessPool(1) as pool:
-        with pytest.raises(corral.CorralError) as info:
+        with pytest.raises(corral.RemoteError) as info:
             await pool.run(proc_helpers.raise_unpicklable)
+        assert info.value.type_name == "proc_helpers.UnpicklableError"
+        assert info.value.original_message == "cannot travel"
         message = str(info.value)
         assert "UnpicklableError" in message
         assert "cannot travel" in message
@@ -177,6 +207,86 @@ async def test_unpicklable_item_in_map_fails_its_item_only() -> None:
         assert results[0] == 1
         assert isinstance(results[1], corral.NotPicklableError)
         assert results[2] == 9
+
+
+async def test_an_exception_that_does_not_unpickle_fails_its_own_item_only() -> None:
+    async with corral.ProcessPool(1) as pool:
+        first = await pool.run(helpers.pid)
+        results = await corral.map(
+            proc_helpers.coded_fail_on, range(10), offload=pool, chunksize=5, return_exceptions=True
+        )
+        error = results[3]
+        assert isinstance(error, corral.RemoteError)
+        assert error.type_name == "proc_helpers.CodedError"
+        assert error.original_message == "bad item 3"
+        assert "proc_helpers.CodedError: bad item 3" in str(error)
+        assert "does not unpickle" in str(error)
+        assert "super().__init__" in str(error)  # the fix
+        assert "in coded_fail_on" in error.remote_traceback
+        assert "in coded_fail_on" in str(error.__cause__)
+        assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+        # The worker survived, and served the rest of its chunk.
+        assert await pool.run(helpers.pid) == first
+        statistics = pool.statistics()
+        assert (statistics.started, statistics.crashed, statistics.killed) == (1, 0, 0)
+
+
+async def test_an_exception_that_does_not_unpickle_is_raised_by_map_and_run() -> None:
+    async with corral.ProcessPool(1) as pool:
+        with pytest.raises(corral.RemoteError, match="CodedError: bad item 3"):
+            await corral.map(proc_helpers.coded_fail_on, range(10), offload=pool, chunksize=5)
+        with pytest.raises(corral.RemoteError, match="CodedError: bad item 4"):
+            await pool.run(proc_helpers.coded_fail_on, 4, bad=4)
+        assert pool.statistics().crashed == 0
+
+
+async def test_to_process_raises_a_remote_error_for_an_exception_that_does_not_unpickle() -> None:
+    try:
+        with pytest.raises(corral.RemoteError) as info:
+            await corral.to_process(proc_helpers.coded_fail_on, 2, bad=2)
+        assert info.value.type_name == "proc_helpers.CodedError"
+        assert info.value.original_message == "bad item 2"
+        assert await corral.to_process(proc_helpers.coded_fail_on, 1, bad=2) == 1
+        assert default_pool().statistics().crashed == 0
+    finally:
+        default_pool().close()
+
+
+async def test_an_exception_that_unpickles_in_the_worker_only_becomes_a_remote_error() -> None:
+    async with corral.ProcessPool(1) as pool:
+        with pytest.raises(corral.RemoteError) as info:
+            await pool.run(proc_helpers.raise_worker_only)
+        assert info.value.type_name == "proc_helpers.WorkerOnlyError"
+        assert info.value.original_message == "only travels one way"
+        assert "could not unpickle" in str(info.value)
+        assert "unpickles in worker processes only" in str(info.value)
+        assert "in raise_worker_only" in str(info.value.__cause__)
+        assert pool.statistics().crashed == 0
+
+
+async def test_a_result_that_does_not_unpickle_fails_its_own_item_only() -> None:
+    async with corral.ProcessPool(1) as pool:
+        first = await pool.run(helpers.pid)
+        results = await corral.map(
+            proc_helpers.coded_result_on,
+            range(10),
+            offload=pool,
+            chunksize=5,
+            return_exceptions=True,
+        )
+        error = results[3]
+        assert isinstance(error, corral.NotPicklableError)
+        message = str(error)
+        assert "return value" in message
+        assert "proc_helpers.CodedError" in message
+        assert "unpickle" in message
+        assert isinstance(error.__cause__, TypeError)
+        assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+        with pytest.raises(corral.NotPicklableError, match="CodedError"):
+            await pool.run(proc_helpers.coded_result_on, 3)
+        assert await pool.run(helpers.pid) == first
+        statistics = pool.statistics()
+        assert (statistics.started, statistics.crashed, statistics.killed) == (1, 0, 0)
 
 
 def nested_in_module() -> object:
@@ -278,25 +388,94 @@ async def test_an_external_sigkill_of_a_busy_worker_fails_its_call() -> None:
         worker = await pool.run(helpers.pid)  # the only worker, now idle
         errors: list[corral.WorkerCrashed] = []
 
-        async def call() -> None:
+        async def call(address: str) -> None:
             with pytest.raises(corral.WorkerCrashed) as info:
-                await pool.run(helpers.wait_forever)
+                await pool.run(proc_helpers.connect_then_wait, address)
             errors.append(info.value)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(call)
-            # Once every task is blocked, the call has been sent and waits for its answer
-            # (whether the worker has already read it does not matter: it dies either way).
-            await anyio.wait_all_tasks_blocked()
-            assert pool.statistics().busy == 1
-            os.kill(worker, signal.SIGKILL)
+        # The bound only keeps a hang from lasting until pytest-timeout.
+        with started_signal() as (address, listener), anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, address)
+                # The call connects once it runs in the worker: it has started there.
+                await anyio.wait_readable(listener)
+                assert pool.statistics().busy == 1
+                os.kill(worker, signal.SIGKILL)
         [error] = errors
         assert error.pid == worker
         assert error.exitcode == -signal.SIGKILL
         assert "SIGKILL" in str(error)
+        assert "connect_then_wait" in str(error)
         statistics = pool.statistics()
         assert (statistics.crashed, statistics.killed, statistics.busy) == (1, 0, 0)
+        assert statistics.started == 1  # a call the worker had started is not run again
         assert await pool.run(helpers.square, 4) == 16
+
+
+async def test_a_worker_killed_while_idle_is_not_handed_the_next_call() -> None:
+    async with corral.ProcessPool(1) as pool:
+        first = await pool.run(helpers.pid)
+        os.kill(first, signal.SIGKILL)
+        await wait_for_exit(first)
+        assert await pool.run(helpers.square, 3) == 9
+        assert await pool.run(helpers.pid) != first
+        statistics = pool.statistics()
+        assert (statistics.started, statistics.crashed, statistics.killed) == (2, 1, 0)
+        assert statistics.workers == 1
+
+
+async def test_workers_killed_while_idle_are_replaced_for_a_map() -> None:
+    async with corral.ProcessPool(2) as pool:
+        pids = await start_two_workers(pool)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            await wait_for_exit(pid)
+        results = await corral.map(helpers.pid, range(20), offload=pool, chunksize=1)
+        assert not set(results) & pids
+        statistics = pool.statistics()
+        assert statistics.crashed == 2
+        assert statistics.started > 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ECONNRESET on unread data")
+async def test_a_call_sent_to_a_worker_that_dies_before_reading_it_is_retried() -> None:
+    async with corral.ProcessPool(1) as pool:
+        stopped = await pool.run(proc_helpers.stop_before_next_request)
+        results: list[int] = []
+
+        async def call() -> None:
+            results.append(await pool.run(helpers.square, 5))
+
+        with anyio.fail_after(30):  # the bound only keeps a hang from lasting forever
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                # The call is sent and waits for its answer; the worker, stopped, never
+                # read it.
+                await anyio.wait_all_tasks_blocked()
+                os.kill(stopped, signal.SIGKILL)
+        assert results == [25]
+        statistics = pool.statistics()
+        assert (statistics.started, statistics.crashed, statistics.killed) == (2, 1, 0)
+
+
+async def test_a_call_whose_worker_dies_while_it_is_being_sent_is_retried() -> None:
+    async with corral.ProcessPool(1) as pool:
+        stopped = await pool.run(proc_helpers.stop_before_next_request)
+        data = bytes(8 * 2**20)  # far more than a socket buffer: the send must wait
+        results: list[int] = []
+
+        async def call() -> None:
+            results.append(await pool.run(proc_helpers.length, data))
+
+        with anyio.fail_after(30):  # the bound only keeps a hang from lasting forever
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await anyio.wait_all_tasks_blocked()  # blocked sending: nobody reads
+                os.kill(stopped, signal.SIGKILL)
+        assert results == [len(data)]
+        statistics = pool.statistics()
+        assert (statistics.started, statistics.crashed, statistics.killed) == (2, 1, 0)
 
 
 # -- cancellation and timeouts -------------------------------------------------------------

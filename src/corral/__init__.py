@@ -29,9 +29,9 @@ from ._exceptions import NotPicklableError as NotPicklableError
 from ._exceptions import PoolClosedError as PoolClosedError
 from ._exceptions import ProgressNotFoundError as ProgressNotFoundError
 from ._exceptions import QueryError as QueryError
+from ._exceptions import RemoteError as RemoteError
 from ._exceptions import SchemaError as SchemaError
 from ._exceptions import UnknownColumnError as UnknownColumnError
-from ._exceptions import UnstorableTextError as UnstorableTextError
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._exceptions import WorkerInitializerError as WorkerInitializerError
 from ._exceptions import WriteError as WriteError
@@ -82,6 +82,7 @@ __all__ = (
     "ProgressSink",
     "ProgressTracker",
     "QueryError",
+    "RemoteError",
     "Run",
     "RunProgress",
     "SchemaError",
@@ -90,7 +91,6 @@ __all__ = (
     "SubtaskProgress",
     "Table",
     "UnknownColumnError",
-    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",

@@ -18,16 +18,15 @@ __all__ = [
     "MissingDriverError",
     "MissingKeyError",
     "NotPicklableError",
-    "PayloadError",
     "PermanentError",
     "PoolClosedError",
     "ProgressNotFoundError",
     "QueryError",
+    "RemoteError",
     "ResourceError",
     "SchemaError",
     "TransientError",
     "UnknownColumnError",
-    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",
@@ -80,6 +79,49 @@ class PoolClosedError(CorralError):
     """A call was made on a :class:`~corral.ProcessPool` that was already closed."""
 
 
+class RemoteError(CorralError):
+    """An exception raised in a worker process could not travel back as itself.
+
+    It did not pickle in the worker, or it pickled but did not unpickle (the common
+    ``__init__(self, code, message)`` that passes only ``message`` to
+    ``super().__init__``). Only that call fails; the worker lives on. The remote
+    traceback is chained as ``__cause__``, as for any exception raised in a worker.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type_name: str = "",
+        original_message: str = "",
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message)
+        #: The qualified name of the original exception's class (``module.Class``).
+        self.type_name = type_name
+        #: ``str()`` of the original exception.
+        self.original_message = original_message
+        #: The original exception's traceback, formatted in the worker.
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_remote_error,
+            (str(self), self.type_name, self.original_message, self.remote_traceback),
+        )
+
+
+def _rebuild_remote_error(
+    message: str, type_name: str, original_message: str, remote_traceback: str
+) -> RemoteError:
+    return RemoteError(
+        message,
+        type_name=type_name,
+        original_message=original_message,
+        remote_traceback=remote_traceback,
+    )
+
+
 # -- databases ---------------------------------------------------------------------------
 
 
@@ -105,18 +147,6 @@ class IdentifierError(CorralError, ValueError):
 
     Names must match ``[A-Za-z_][A-Za-z0-9_]*`` (at most 63 characters), so that no
     name can carry SQL; corral also quotes every name it writes into a statement.
-    """
-
-
-class UnstorableTextError(CorralError, ValueError):
-    """A name holds a character that a database cannot store as text.
-
-    A NUL (U+0000: SQLite stores it, PostgreSQL refuses it) or a lone surrogate (U+D800
-    to U+DFFF alone: not UTF-8, so neither database can encode it), in a job's id,
-    customer, affinity, region or labels, a step's name, a processor's name, or a
-    cluster's name, region or labels. Raised when the object is made, before anything
-    is written; the message names the field. (A payload's strings may hold any
-    character: they are stored as JSON escapes.)
     """
 
 
@@ -228,16 +258,6 @@ class PermanentError(JobError):
     """Any other failure that a retry cannot fix: failed at once, never retried."""
 
     category = "PERMANENT"
-
-
-class PayloadError(CorralError, TypeError, ValueError):
-    """A job's payload cannot be stored as JSON.
-
-    It holds something ``json.dumps`` does not take (a set, an object, a circular
-    reference), or it nests deeper than ``Job.MAX_PAYLOAD_DEPTH`` levels. Raised when
-    the job is made, and again by ``enqueue`` if the payload was changed since (then
-    no job of that call is stored).
-    """
 
 
 class JobNotFoundError(CorralError, LookupError):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import pickletools
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exceptions import NotPicklableError
 
-__all__ = ["check_process_function", "describe", "dumps_args", "is_picklable"]
+__all__ = [
+    "check_process_function",
+    "describe",
+    "dumps_args",
+    "is_picklable",
+    "pickled_globals",
+]
 
 _FIX = "define it at module level, or pass offload='thread'"
 
@@ -89,3 +96,51 @@ def _check_value(fn: Callable[..., Any], where: str, value: object) -> None:
             f"pickled to send it to a worker process ({exc}); pass offload='thread' to run "
             f"it in a thread, or pass something picklable"
         ) from exc
+
+
+_STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+
+
+def pickled_globals(data: bytes, limit: int = 3) -> list[str]:
+    """Return the first ``limit`` classes and functions (``module.name``) a pickle names.
+
+    Read from the opcodes without unpickling anything, to name what a pickle that fails
+    to unpickle was made of. Best effort: an unreadable pickle yields what was read.
+    """
+    found: list[str] = []
+    memo: dict[int, object] = {}
+    last: list[object] = [None, None]  # the two values pushed last (strings or None)
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            op = opcode.name
+            pushed: object = None
+            if op in _STRINGS:
+                pushed = arg
+            elif op == "MEMOIZE":
+                memo[len(memo)] = last[-1]
+                continue
+            elif op in _PUTS and isinstance(arg, int):
+                memo[arg] = last[-1]
+                continue
+            elif op in _GETS and isinstance(arg, int):
+                pushed = memo.get(arg)
+            elif op == "FRAME" or op == "PROTO":
+                continue
+            elif op == "GLOBAL" or op == "INST":
+                name = str(arg).replace(" ", ".")
+                if name not in found:
+                    found.append(name)
+            elif op == "STACK_GLOBAL":
+                module, qualname = last
+                if isinstance(module, str) and isinstance(qualname, str):
+                    name = f"{module}.{qualname}"
+                    if name not in found:
+                        found.append(name)
+            if len(found) >= limit:
+                break
+            last = [last[-1], pushed]
+    except Exception:  # a truncated or foreign pickle: keep what was read
+        pass
+    return found

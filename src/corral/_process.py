@@ -10,6 +10,17 @@ once (SIGKILL) so that nothing keeps running behind the caller; the pool starts 
 replacement when it next needs one. A worker that dies on its own fails the call it was
 running with :class:`~corral.WorkerCrashed`; calls sent to it in the same chunk whose
 results had not come back are run again one at a time, so only the culprit fails.
+
+A call is run again only when it cannot have started: an idle worker is checked before it
+is handed a call (a dead one has closed its end of the socket), and a call whose worker
+died before it read the request (the send failed, or, on Linux, the kernel reports the
+request unread with ``ECONNRESET``) goes to another worker. A call the worker may have
+read is never run twice.
+
+Each result (unless of a plain built-in type) and each exception comes back pickled on its
+own (see :mod:`corral._worker`): one that cannot be unpickled here fails its own call only, with
+:class:`~corral.NotPicklableError` for a result and :class:`~corral.RemoteError` for an
+exception, and the worker lives on.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -32,11 +44,17 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
-from ._exceptions import PoolClosedError, WorkerCrashed, WorkerInitializerError
-from ._pickling import check_process_function, dumps_args
+from ._exceptions import (
+    NotPicklableError,
+    PoolClosedError,
+    RemoteError,
+    WorkerCrashed,
+    WorkerInitializerError,
+)
+from ._pickling import check_process_function, dumps_args, pickled_globals
 from ._sync import LoopSafeSemaphore
 from ._validate import check_positive_int
-from ._worker import HEADER, worker_main
+from ._worker import HEADER, PICKLED, VALUE, EncodedError, worker_main
 
 __all__ = [
     "Call",
@@ -77,7 +95,16 @@ class _RemoteTraceback(Exception):
 
 
 class _WorkerDied(Exception):
-    pass
+    def __init__(self, *, unread: bool = False) -> None:
+        super().__init__()
+        #: The worker died before it read the whole request: the call never started.
+        self.unread = unread
+
+
+#: Linux reports ECONNRESET, not EOF, to a reader whose peer closed with data unread.
+_UNREAD_RESETS = sys.platform.startswith("linux")
+#: How many times a call goes to another worker because its worker died before reading it.
+_RESENDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +145,11 @@ class _Worker:
                 await anyio.wait_writable(sock)
                 continue
             except OSError as exc:  # the worker closed its end: it died
-                raise _WorkerDied from exc
+                # The rest of the request was never sent: the call cannot have started.
+                raise _WorkerDied(unread=True) from exc
             view = view[sent:]
 
-    async def _recv_into(self, view: memoryview) -> None:
+    async def _recv_into(self, view: memoryview, *, first: bool = False) -> None:
         sock = self.sock
         got = 0
         size = len(view)
@@ -132,7 +160,12 @@ class _Worker:
                 await anyio.wait_readable(sock)
                 continue
             except OSError as exc:
-                raise _WorkerDied from exc
+                # A reset before any byte of the answer: the worker died with our
+                # request still unread in its socket, so it never started the call.
+                unread = (
+                    first and got == 0 and _UNREAD_RESETS and isinstance(exc, ConnectionResetError)
+                )
+                raise _WorkerDied(unread=unread) from exc
             if n == 0:
                 raise _WorkerDied
             got += n
@@ -140,11 +173,26 @@ class _Worker:
     async def receive(self) -> Any:
         header = bytearray(HEADER.size)
         await anyio.wait_readable(self.sock)
-        await self._recv_into(memoryview(header))
+        await self._recv_into(memoryview(header), first=True)
         (size,) = HEADER.unpack(header)
         payload = bytearray(size)
         await self._recv_into(memoryview(payload))
         return pickle.loads(payload)
+
+    def seems_alive(self) -> bool:
+        """Whether an idle worker still holds its end of the socket open.
+
+        A worker that died while idle (a signal, the OOM killer) has closed its end: the
+        socket reads as end-of-file or reset. An idle worker never sends anything, so
+        bytes waiting here mean it cannot be trusted either.
+        """
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def kill(self) -> None:
         """Kill the process at once (no-op if it already ended) and close our end."""
@@ -257,9 +305,12 @@ class ProcessPool:
         """Run ``fn(*args, **kwargs)`` in a worker process and return its result.
 
         Raises whatever ``fn`` raised (its remote traceback chained as ``__cause__``),
-        :class:`~corral.WorkerCrashed` if the worker died while running it, or
-        :class:`~corral.NotPicklableError` if ``fn``, an argument or the result cannot
-        be pickled. Cancelling the caller kills the worker running the call.
+        or :class:`~corral.RemoteError` in its place when that exception cannot be
+        pickled or unpickled; :class:`~corral.WorkerCrashed` if the worker died while
+        running it (a worker found dead before it read the call is replaced, and the
+        call sent again); :class:`~corral.NotPicklableError` if ``fn``, an argument or
+        the result cannot be pickled or unpickled. Cancelling the caller kills the worker
+        running the call.
         """
         check_process_function(fn)
         call: Call = (args, kwargs or None)
@@ -325,56 +376,68 @@ class ProcessPool:
             raise PoolClosedError("this ProcessPool is closed; create a new one")
         await self._slots.acquire()
         try:
-            worker = await self._checkout()
-            try:
-                with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                    await worker.send(HEADER.pack(len(data)) + data)
-                    outcomes, seconds = await worker.receive()
-                if scope.cancelled_caught:
-                    self._discard(worker, crashed=False)
+            resends = 0
+            while True:
+                worker = await self._checkout()
+                try:
+                    with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                        await worker.send(HEADER.pack(len(data)) + data)
+                        outcomes, seconds = await worker.receive()
+                    if scope.cancelled_caught:
+                        self._discard(worker, crashed=False)
+                        name = getattr(fn, "__qualname__", repr(fn))
+                        timed_out = TimeoutError(
+                            f"{name} ran over the timeout of {timeout:g} s in worker process "
+                            f"{worker.pid}, which was killed"
+                        )
+                        return [(False, timed_out)] * count, 0.0
+                except _WorkerDied as died:
+                    if self._closed:
+                        worker.kill()
+                        raise PoolClosedError(
+                            "the ProcessPool was closed while this call was running in it"
+                        ) from None
+                    with anyio.CancelScope(shield=True):
+                        how, code = await anyio.to_thread.run_sync(worker.describe_death)
+                    self._discard(worker, crashed=True)
+                    if died.unread and resends < _RESENDS:
+                        resends += 1  # it never started: another worker runs it
+                        continue
+                    if count > 1:
+                        raise _CrashedChunk from None
                     name = getattr(fn, "__qualname__", repr(fn))
-                    timed_out = TimeoutError(
-                        f"{name} ran over the timeout of {timeout:g} s in worker process "
-                        f"{worker.pid}, which was killed"
+                    when = "before it received" if died.unread else "while running"
+                    error = WorkerCrashed(
+                        f"worker process {worker.pid} died ({how}) {when} {name}; "
+                        f"the pool replaces it, and only this call failed",
+                        pid=worker.pid,
+                        exitcode=code,
                     )
-                    return [(False, timed_out)] * count, 0.0
-            except _WorkerDied:
-                if self._closed:
-                    worker.kill()
-                    raise PoolClosedError(
-                        "the ProcessPool was closed while this call was running in it"
-                    ) from None
-                with anyio.CancelScope(shield=True):
-                    how, code = await anyio.to_thread.run_sync(worker.describe_death)
-                self._discard(worker, crashed=True)
-                if count > 1:
-                    raise _CrashedChunk from None
-                name = getattr(fn, "__qualname__", repr(fn))
-                error = WorkerCrashed(
-                    f"worker process {worker.pid} died ({how}) while running {name}; "
-                    f"the pool replaces it, and only this call failed",
-                    pid=worker.pid,
-                    exitcode=code,
-                )
-                return [(False, error)], 0.0
-            except BaseException:
-                # Cancelled or failed mid-call: the worker's state is unknown, and it may
-                # still be computing. Kill it so nothing runs behind the caller's back.
-                self._discard(worker, crashed=False)
-                raise
-            self._checkin(worker)
+                    return [(False, error)], 0.0
+                except BaseException:
+                    # Cancelled or failed mid-call: the worker's state is unknown, and it
+                    # may still be computing. Kill it so nothing runs behind the caller's
+                    # back.
+                    self._discard(worker, crashed=False)
+                    raise
+                self._checkin(worker)
+                break
         finally:
             self._slots.release()
         if isinstance(outcomes, tuple):  # the worker could not load the request
-            _, exc, text = outcomes
-            exc.__cause__ = _RemoteTraceback(text)
-            return [(False, exc)] * count, seconds
-        return _attach_tracebacks(outcomes), seconds
+            return [(False, _decode_error(outcomes[1:]))] * count, seconds
+        return _decode_outcomes(fn, outcomes), seconds
 
     async def _checkout(self) -> _Worker:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        """Return an idle worker that is still alive, or start one."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                worker = self._idle.pop()
+            if worker.seems_alive():
+                return worker
+            self._discard(worker, crashed=True)  # it died while idle: no call is lost
         return await self._start_worker()
 
     def _checkin(self, worker: _Worker) -> None:
@@ -428,8 +491,7 @@ class ProcessPool:
             raise
         if kind == "init-error":
             self._discard(worker, crashed=None)  # it exits by itself; nothing was killed
-            exc, text = detail
-            exc.__cause__ = _RemoteTraceback(text)
+            exc = _decode_error(detail)
             name = getattr(self._initializer, "__qualname__", repr(self._initializer))
             raise WorkerInitializerError(
                 f"the pool's initializer {name} raised {type(exc).__name__}: {exc}; it runs "
@@ -494,17 +556,64 @@ class _CrashedChunk(Exception):
     pass
 
 
-def _attach_tracebacks(outcomes: list[tuple[Any, ...]]) -> list[Outcome]:
+def _decode_outcomes(fn: Callable[..., Any], outcomes: list[tuple[Any, ...]]) -> list[Outcome]:
+    """Unpickle each call's value or exception on its own: a bad one fails itself only."""
+    loads = pickle.loads
     result: list[Outcome] = []
+    append = result.append
     for outcome in outcomes:
-        if outcome[0]:
-            result.append((True, outcome[1]))
+        kind = outcome[0]
+        if kind == VALUE:
+            append((True, outcome[1]))
+        elif kind == PICKLED:
+            try:
+                append((True, loads(outcome[1])))
+            except Exception as exc:
+                append((False, _undecodable_value(fn, outcome[1], exc)))
         else:
-            _, exc, text = outcome
-            if text:
-                exc.__cause__ = _RemoteTraceback(text)
-            result.append((False, exc))
+            append((False, _decode_error(outcome[1:])))
     return result
+
+
+def _decode_error(error: EncodedError) -> BaseException:
+    """Rebuild an exception raised in a worker, or a RemoteError that stands in for it."""
+    data, text, type_name, message, why = error
+    exc: object = None
+    if data is not None:
+        try:
+            exc = pickle.loads(data)
+        except Exception as problem:
+            why = f"this process could not unpickle it ({type(problem).__name__}: {problem})"
+        else:
+            if not isinstance(exc, BaseException):
+                why = f"it unpickles here as a {type(exc).__qualname__}"
+    if not isinstance(exc, BaseException):
+        short = type_name.rpartition(".")[2]
+        exc = RemoteError(
+            f"{type_name}: {message} (raised in a worker process; {why}, so corral raises "
+            f"RemoteError in its place; make {short} picklable, for instance by passing "
+            f"every argument of its __init__ on to super().__init__(), or give it a "
+            f"__reduce__)",
+            type_name=type_name,
+            original_message=message,
+            remote_traceback=text,
+        )
+    if text:
+        exc.__cause__ = _RemoteTraceback(text)
+    return exc
+
+
+def _undecodable_value(fn: Callable[..., Any], data: bytes, exc: Exception) -> NotPicklableError:
+    name = getattr(fn, "__qualname__", repr(fn))
+    refers = ", ".join(pickled_globals(data)) or "no class"
+    error = NotPicklableError(
+        f"a return value of {name} was pickled in the worker process but cannot be "
+        f"unpickled in this one ({type(exc).__name__}: {exc}; its pickle refers to "
+        f"{refers}); return something that unpickles (an exception's __init__ must pass "
+        f"every argument on to super().__init__()), or pass offload='thread'"
+    )
+    error.__cause__ = exc
+    return error
 
 
 _live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()

@@ -2,11 +2,14 @@
 
 Wire format, both ways: an 8-byte big-endian length, then a pickle. The parent sends
 ``(fn, calls)`` with ``calls`` a list of ``(args, kwargs)``; the worker answers
-``(outcomes, seconds)`` with one ``(True, value)`` or ``(False, exception, traceback)``
-per call, in order, and the seconds it spent computing; when the request itself cannot
-be unpickled, ``outcomes`` is a single ``(False, exception, traceback)`` for all calls.
-The worker's first message is ``("ready", pid)`` or ``("init-error", (exception,
-traceback))``.
+``(outcomes, seconds)`` with one outcome per call, in order, and the seconds it spent
+computing. A value that could fail to unpickle in the parent is pickled on its own, so
+that it fails its own call only: an outcome is ``(VALUE, value)`` for a value of a plain
+built-in type (``int``, ``str``...), ``(PICKLED, pickled value)`` for any other value, or
+``(ERROR, *error)``, where an error is ``(pickled exception or None, traceback, type
+name, message, why)`` (see :func:`encode_error`). When the request itself cannot be
+unpickled, ``outcomes`` is a single ``(ERROR, *error)`` for all calls. The worker's
+first message is ``("ready", pid)`` or ``("init-error", error)``.
 """
 
 from __future__ import annotations
@@ -22,10 +25,30 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["HEADER", "recv_message_blocking", "send_message_blocking", "worker_main"]
+__all__ = [
+    "ERROR",
+    "HEADER",
+    "PICKLED",
+    "VALUE",
+    "EncodedError",
+    "encode_error",
+    "recv_message_blocking",
+    "send_message_blocking",
+    "worker_main",
+]
 
 HEADER = struct.Struct("!Q")
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+#: The kinds of outcome (see the module docstring).
+VALUE, PICKLED, ERROR = 0, 1, 2
+#: Types whose values always unpickle: sent as they are, in the answer's own pickle.
+_PLAIN = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+#: An exception on the wire: its pickle (``None`` when it cannot travel as itself), its
+#: formatted traceback, the qualified name of its class, ``str()`` of it, and why it
+#: cannot travel ("" when it can).
+EncodedError = tuple[bytes | None, str, str, str, str]
 
 
 def send_message_blocking(sock: socket.socket, obj: object) -> None:
@@ -72,18 +95,34 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="corral-parent-watch", daemon=True).start()
 
 
-def _portable_error(exc: BaseException) -> tuple[bool, BaseException, str]:
-    text = "".join(traceback.format_exception(exc))
-    try:
-        pickle.dumps(exc, _PROTOCOL)
-    except Exception as why:
-        from ._exceptions import CorralError
+def encode_error(exc: BaseException, text: str | None = None) -> EncodedError:
+    """Encode ``exc`` for the parent, checking that its pickle also unpickles.
 
-        exc = CorralError(
-            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
-            f"(the worker could not pickle the original exception: {why})"
-        )
-    return (False, exc, text)
+    ``text`` is its formatted traceback (formatted here when omitted).
+    """
+    if text is None:
+        text = "".join(traceback.format_exception(exc))
+    cls = type(exc)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception as why:
+        message = f"<str() failed: {type(why).__name__}>"
+    try:
+        data = pickle.dumps(exc, _PROTOCOL)
+    except Exception as why:
+        return (None, text, name, message, f"the worker could not pickle it ({_name(why)})")
+    try:
+        copy = pickle.loads(data)
+    except Exception as why:
+        return (None, text, name, message, f"it pickles but does not unpickle ({_name(why)})")
+    if not isinstance(copy, BaseException):
+        return (None, text, name, message, f"it unpickles as a {type(copy).__qualname__}")
+    return (data, text, name, message, "")
+
+
+def _name(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _run_calls(
@@ -95,32 +134,33 @@ def _run_calls(
         try:
             value = fn(*args, **kwargs) if kwargs else fn(*args)
         except Exception as exc:
-            append(_portable_error(exc))
+            append((ERROR, *encode_error(exc)))
         else:
-            append((True, value))
+            append((VALUE, value))
     return outcomes
 
 
 def _encode_outcomes(outcomes: list[tuple[Any, ...]], seconds: float) -> bytes:
-    try:
-        return pickle.dumps((outcomes, seconds), _PROTOCOL)
-    except Exception:
-        from ._exceptions import NotPicklableError
-
-        fixed: list[tuple[Any, ...]] = []
-        for outcome in outcomes:
+    """Pickle each value that is not plain on its own (see the module docstring)."""
+    dumps = pickle.dumps
+    plain = _PLAIN
+    encoded: list[tuple[Any, ...]] = []
+    append = encoded.append
+    for outcome in outcomes:
+        if outcome[0] == VALUE and type(outcome[1]) not in plain:
             try:
-                pickle.dumps(outcome, _PROTOCOL)
+                outcome = (PICKLED, dumps(outcome[1], _PROTOCOL))
             except Exception as exc:
+                from ._exceptions import NotPicklableError
+
                 error = NotPicklableError(
                     f"the return value {type(outcome[1]).__qualname__} cannot be pickled to "
                     f"send it back from the worker process ({exc}); return something "
                     f"picklable, or pass offload='thread'"
                 )
-                fixed.append((False, error, ""))
-            else:
-                fixed.append(outcome)
-        return pickle.dumps((fixed, seconds), _PROTOCOL)
+                outcome = (ERROR, *encode_error(error, ""))
+        append(outcome)
+    return dumps((encoded, seconds), _PROTOCOL)
 
 
 def worker_main(
@@ -135,7 +175,7 @@ def worker_main(
         try:
             initializer(*initargs)
         except Exception as exc:
-            send_message_blocking(sock, ("init-error", _portable_error(exc)[1:]))
+            send_message_blocking(sock, ("init-error", encode_error(exc)))
             return
     send_message_blocking(sock, ("ready", os.getpid()))
     clock = time.perf_counter
@@ -146,7 +186,7 @@ def worker_main(
         try:
             fn, calls = pickle.loads(payload)
         except Exception as exc:  # e.g. fn's module cannot be imported here
-            data = pickle.dumps((_portable_error(exc), 0.0), _PROTOCOL)
+            data = pickle.dumps(((ERROR, *encode_error(exc)), 0.0), _PROTOCOL)
         else:
             started = clock()
             outcomes = _run_calls(fn, calls)
