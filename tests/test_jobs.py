@@ -7,7 +7,9 @@ Multi-process behaviour (SIGKILL, three workers) is in ``test_jobs_processes.py`
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
+import random
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -724,6 +726,92 @@ async def test_cancelling_run_gives_running_jobs_back(db_url: str) -> None:
         await run_all(db, noop)
         rec = await db.jobs.get("long")
         assert (rec.state, rec.attempts) == (jobs.State.COMPLETED, 1)
+
+
+async def test_cancelling_run_at_random_points_strands_no_job_and_reports_each_once(
+    db_url: str,
+) -> None:
+    """Hundreds of cancellations of run(), each after a random number of checkpoints.
+
+    After each: no job is left in progress, no attempt is counted for a job whose
+    handler did not return, and nothing is reported twice (a second write of an outcome
+    is refused, as a lost lease). At the end every job completes once, with one
+    COMPLETED event, and the progress stored is exactly what the handlers counted.
+    """
+    rng = random.Random(2)
+    returned: Counter[str] = Counter()
+    counted = 0
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        nonlocal counted
+        ctx.progress.increment()
+        counted += 1
+        async with ctx.step("one"):
+            await anyio.lowlevel.checkpoint()
+        ctx.progress.increment(2)
+        counted += 2
+        returned[ctx.job.id] += 1
+
+    recorder = Recorder()
+    total = 0
+    async with database(db_url) as db:
+        for i in range(150):
+            n = rng.randint(1, 4)
+            await db.jobs.enqueue_many(jobs.Job(f"j{i}-{k}", max_retries=0) for k in range(n))
+            total += n
+            batch = rng.choice([1, 2, 4])
+            processor = jobs.Processor(
+                db,
+                handler,
+                config=config(batch_size=batch, max_concurrent=4),
+                notifier=recorder,
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(processor.run, until_idle=True))
+                for _ in range(rng.randrange(3000)):
+                    await anyio.lowlevel.checkpoint()
+                tg.cancel_scope.cancel()
+            depth = await db.jobs.depth()
+            assert depth.in_progress == 0, f"iteration {i}: {depth}"
+            assert depth.dead == depth.failed == depth.retrying == 0, f"iteration {i}: {depth}"
+            assert processor.statistics().lease_lost == 0, f"iteration {i}"
+        await run_all(db, handler, recorder=recorder)
+        records = await db.jobs.list(limit=10_000)
+    assert len(records) == total
+    assert {(r.state, r.attempts) for r in records} == {(jobs.State.COMPLETED, 1)}
+    assert set(returned.values()) == {1}
+    kinds = Counter(e.kind for e in recorder.events)
+    assert kinds == {jobs.EventKind.COMPLETED: total}
+    assert Counter(e.job_id for e in recorder.events) == Counter(r.id for r in records)
+    assert sum(r.progress for r in records) == counted
+
+
+async def test_a_renewal_committed_as_run_is_cancelled_counts_its_progress_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run() is cancelled once a renewal has run, before its commit: the progress it
+    wrote is not written again when the job is given back."""
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        ctx.progress.increment(5)
+        await anyio.sleep_forever()
+
+    scope = anyio.CancelScope()
+    real = _claims.renew
+
+    async def renew_then_cancel(conn: Any, leases: Any, lease_seconds: float) -> set[int]:
+        held = await real(conn, leases, lease_seconds)
+        scope.cancel()
+        return held
+
+    monkeypatch.setattr(_claims, "renew", renew_then_cancel)
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("a"))
+        processor = jobs.Processor(db, handler, config=config(lease_seconds=0.3))
+        with scope:
+            await processor.run()
+        rec = await db.jobs.get("a")
+        assert (rec.state, rec.attempts, rec.progress) == (jobs.State.READY, 0, 5)
 
 
 async def test_a_processor_may_be_made_outside_the_event_loop(db_url: str) -> None:

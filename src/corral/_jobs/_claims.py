@@ -17,6 +17,9 @@ jobs in progress or hashing the whole table.
 Every change a worker makes to a job it claimed names the claim's lease token: a
 worker whose lease was taken over (it stopped renewing, another worker reclaimed the
 job) matches no row, so its late completion or heartbeat is refused: the token fences.
+
+The processor runs these statements through :class:`Call`, which tells a caller that
+was cancelled whether its statements are committed all the same.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import random
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from ._model import ErrorCategory, Job, State, load_json
 from ._schema import (
@@ -44,9 +47,13 @@ from ._schema import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from .._backends import Connection
+    from .._database import Database
 
 __all__ = [
+    "Call",
     "ClaimRequest",
     "Claimed",
     "Outcome",
@@ -68,6 +75,48 @@ MAX_SCAN = 5_000
 _random = random.Random(secrets.randbits(128))
 os.register_at_fork(after_in_child=lambda: _random.seed(secrets.randbits(128)))
 _tokens = functools.partial(_random.getrandbits, 62)
+
+T = TypeVar("T")
+
+
+class Call(Generic[T]):
+    """One call of ``fn(connection)`` in the writer that knows what it did if cancelled.
+
+    ``Database._run`` commits the work of a function that returned, even if its caller
+    is cancelled before the commit, and the caller then gets the cancellation, not the
+    result: a claim's jobs, or a report's outcomes, would be committed with nobody
+    knowing. So the function keeps its result here as its last step, unless its caller
+    has given up by then (in which case the writer rolls it back: it checks at the same
+    point, with no ``await`` in between). After :meth:`run` raised, :attr:`committing`
+    says which it was.
+    """
+
+    __slots__ = ("_fn", "_given_up", "committing", "result")
+
+    def __init__(self, fn: Callable[[Connection], Awaitable[T]]) -> None:
+        self._fn = fn
+        self._given_up = False
+        #: The function returned before its caller gave up: its work is committed with
+        #: its batch (unless the writer itself stops), and :attr:`result` is its result.
+        self.committing = False
+        self.result: T | None = None
+
+    async def run(self, db: Database) -> T:
+        """Run the function in ``db``'s writer; return its result once committed."""
+        try:
+            return await db._run(self._call)
+        except BaseException as exc:
+            self._given_up = True
+            if isinstance(exc, Exception):  # it raised, or the writer stopped: rolled back
+                self.committing = False
+            raise
+
+    async def _call(self, conn: Connection) -> T:
+        result = await self._fn(conn)
+        if not self._given_up:
+            self.result = result
+            self.committing = True
+        return result
 
 
 class Claimed:

@@ -199,10 +199,12 @@ class JobContext:
         async def record(conn: Connection) -> bool:
             return await _claims.step_done(conn, claimed, steps, progress)
 
+        call = _claims.Call(record)
         try:
-            held = await self._db._run(record)
+            held = await call.run(self._db)
         except BaseException:
-            self.progress._give_back(progress)
+            if not call.committing:  # else its progress is committed with the step
+                self.progress._give_back(progress)
             raise
         if not held:
             raise LeaseLostError(

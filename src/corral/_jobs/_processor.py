@@ -173,6 +173,8 @@ class Processor:
         self._running: dict[int, JobContext] = {}
         self._on_cluster = dict.fromkeys(self._by_name, 0)
         self._outcomes: list[_claims.Outcome] = []
+        #: The events of writes committed after their caller was cancelled (sent at exit).
+        self._late: list[JobEvent] = []
         #: Claimed jobs no runner has started yet, the wake-up events of the runners
         #: waiting for one, and how many runners are about to look at the queue.
         self._queued: deque[JobContext] = deque()
@@ -217,8 +219,11 @@ class Processor:
         try:
             await queue._call(_noop)
             if self._db.dialect == "postgresql":
-                await self._db._run(self._listen)
-                listening = True
+                listen = _claims.Call(self._listen)
+                try:
+                    await listen.run(self._db)
+                finally:
+                    listening = listen.committing
             try:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
@@ -286,10 +291,21 @@ class Processor:
             async def claim(conn: Connection, request: _claims.ClaimRequest = request) -> Any:
                 return await _claims.claim(conn, request)
 
-            claimed, reclaimed, limited = await self._db._run(claim)
+            call = _claims.Call(claim)
+            try:
+                claimed, reclaimed, limited = await call.run(self._db)
+            except BaseException:
+                if call.committing:  # cancelled, claimed all the same: give them back
+                    assert call.result is not None
+                    claimed, reclaimed, _ = call.result
+                    for item in claimed:
+                        self._start(item, run=False)
+                    self._late.extend(self._reclaim_events(reclaimed))
+                raise
             for item in claimed:
                 self._start(item)
-            await self._reclaimed(reclaimed)
+            for event in self._reclaim_events(reclaimed):
+                await self._send(event)
             if 0 < request.limit <= len(claimed):
                 continue  # took all it asked for: there may be more
             if limited and self._running:
@@ -308,27 +324,35 @@ class Processor:
             with anyio.move_on_after(timeout):
                 await self._claim_wakeup.wait()
 
-    async def _reclaimed(self, reclaimed: list[dict[str, Any]]) -> None:
-        """Count and notify the expired leases a claim just took back."""
+    def _reclaim_events(self, reclaimed: list[dict[str, Any]]) -> list[JobEvent]:
+        """Count the expired leases a claim just took back; return their events."""
+        events = []
         for row in reclaimed:
             self._counts["reclaimed"] += 1
-            await self._notify(
-                EventKind.RECLAIMED if row["state"] != State.DEAD else EventKind.DEAD,
-                str(row["id"]),
-                int(row["attempts"]),
-                row["cluster"],
-                category=ErrorCategory.TRANSIENT,
-                message=row["error_message"],
+            events.append(
+                JobEvent(
+                    EventKind.RECLAIMED if row["state"] != State.DEAD else EventKind.DEAD,
+                    str(row["id"]),
+                    int(row["attempts"]),
+                    row["cluster"],
+                    ErrorCategory.TRANSIENT,
+                    None,
+                    row["error_message"],
+                    self.name,
+                )
             )
+        return events
 
-    def _start(self, claimed: _claims.Claimed) -> None:
+    def _start(self, claimed: _claims.Claimed, *, run: bool = True) -> None:
+        """Take a claimed job on: queue it to run, or (not ``run``) to be given back."""
         cluster = self._by_name[claimed.cluster]
         entry = JobContext(self._db, self.name, claimed, cluster)
         self._running[claimed.token] = entry
         self._on_cluster[cluster.name] += 1
         self._counts["claimed"] += 1
-        self._queued.append(entry)
-        self._dispatch()
+        if run:
+            self._queued.append(entry)
+            self._dispatch()
 
     def _dispatch(self) -> None:
         """See that a runner will look at the queue: one about to, an idle one, or a new one.
@@ -502,12 +526,35 @@ class Processor:
                 claimed, reclaimed, _ = await _claims.claim(conn, request)
             return accepted, claimed, reclaimed
 
+        call = _claims.Call(write)
         try:
-            accepted, claimed, reclaimed = await self._db._run(write)
+            accepted, claimed, reclaimed = await call.run(self._db)
         except BaseException:
-            self._outcomes[:0] = batch
+            if call.committing:  # cancelled, written all the same: never written twice
+                assert call.result is not None
+                self._late.extend(self._reported(batch, request, *call.result, run=False))
+            else:
+                self._outcomes[:0] = batch
             raise
-        # First the bookkeeping, with no await in between: slots freed, successors started.
+        for event in self._reported(batch, request, accepted, claimed, reclaimed):
+            await self._send(event)
+
+    def _reported(
+        self,
+        batch: list[_claims.Outcome],
+        request: _claims.ClaimRequest | None,
+        accepted: set[int],
+        claimed: list[_claims.Claimed],
+        reclaimed: list[dict[str, Any]],
+        *,
+        run: bool = True,
+    ) -> list[JobEvent]:
+        """Account for a written report; return the events to send.
+
+        Not ``run``: the report was cancelled in its commit; the successors it claimed
+        are given back at exit.
+        """
+        # The bookkeeping, with no await: slots freed, successors started.
         events: list[JobEvent] = []
         for outcome in batch:
             entry = self._forget(outcome.token, wake=False)  # the claimer is woken below
@@ -529,12 +576,11 @@ class Processor:
             self._claim_wakeup.set()  # slots freed: the claimer claims
         else:
             for item in claimed:
-                self._start(item)
+                self._start(item, run=run)
             if len(self._running) < self.config.max_concurrent:
                 self._claim_wakeup.set()  # room left: the claimer claims, or checks for idleness
-        for event in events:
-            await self._send(event)
-        await self._reclaimed(reclaimed)
+        events.extend(self._reclaim_events(reclaimed))
+        return events
 
     async def _renewer(self) -> None:
         period = self.config.lease_seconds / 3
@@ -548,11 +594,13 @@ class Processor:
             async def renew(conn: Connection, leases: list[Any] = leases) -> set[int]:
                 return await _claims.renew(conn, leases, self.config.lease_seconds)
 
+            call = _claims.Call(renew)
             try:
-                held = await self._db._run(renew)
+                held = await call.run(self._db)
             except BaseException:
-                for entry, lease in zip(entries, leases, strict=True):
-                    entry.progress._give_back(lease[1])
+                if not call.committing:  # its progress is to be written with the next
+                    for entry, lease in zip(entries, leases, strict=True):
+                        entry.progress._give_back(lease[1])
                 raise
             for entry in entries:
                 lost = entry._claimed.token not in held and entry._outcome is None
@@ -563,6 +611,7 @@ class Processor:
 
     async def _settle(self, listening: bool) -> None:
         """Write what is left (outcomes, give back unfinished jobs), stop listening."""
+        late, self._late = self._late, []
         try:
             await self._report()
             left = [e for e in self._running.values() if e._outcome is None]
@@ -575,6 +624,10 @@ class Processor:
                 await self._db._run(give_back)
             if listening:
                 await self._db._run(self._unlisten)
+            if late:  # the events of writes cancelled in their commit: sent once committed
+                await self._db._run(_noop)
+                for event in late:
+                    await self._send(event)
         except Exception as exc:
             log.warning("%r: could not settle its jobs at exit: %r", self, exc)
         finally:
