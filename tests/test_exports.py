@@ -38,6 +38,7 @@ EXPECTED = {
     "SchemaError",
     "Table",
     "UnknownColumnError",
+    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",
@@ -94,6 +95,7 @@ def test_errors_are_corral_errors() -> None:
         corral.DatabaseClosedError,
         corral.MissingDriverError,
         corral.ConnectError,
+        corral.UnstorableTextError,
     ):
         assert issubclass(error, corral.CorralError)
     assert issubclass(corral.NotPicklableError, TypeError)

@@ -32,6 +32,7 @@ from ._exceptions import QueryError as QueryError
 from ._exceptions import RemoteError as RemoteError
 from ._exceptions import SchemaError as SchemaError
 from ._exceptions import UnknownColumnError as UnknownColumnError
+from ._exceptions import UnstorableTextError as UnstorableTextError
 from ._exceptions import WorkerCrashed as WorkerCrashed
 from ._exceptions import WorkerInitializerError as WorkerInitializerError
 from ._exceptions import WriteError as WriteError
@@ -91,6 +92,7 @@ __all__ = (
     "SubtaskProgress",
     "Table",
     "UnknownColumnError",
+    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",

@@ -18,6 +18,7 @@ __all__ = [
     "MissingDriverError",
     "MissingKeyError",
     "NotPicklableError",
+    "PayloadError",
     "PermanentError",
     "PoolClosedError",
     "ProgressNotFoundError",
@@ -27,6 +28,7 @@ __all__ = [
     "SchemaError",
     "TransientError",
     "UnknownColumnError",
+    "UnstorableTextError",
     "WorkerCrashed",
     "WorkerInitializerError",
     "WriteError",
@@ -150,6 +152,18 @@ class IdentifierError(CorralError, ValueError):
     """
 
 
+class UnstorableTextError(CorralError, ValueError):
+    """A name holds a character that a database cannot store as text.
+
+    A NUL (U+0000: SQLite stores it, PostgreSQL refuses it) or a lone surrogate (U+D800
+    to U+DFFF alone: not UTF-8, so neither database can encode it), in a job's id,
+    customer, affinity, region or labels, a step's name, a processor's name, or a
+    cluster's name, region or labels. Raised when the object is made, before anything
+    is written; the message names the field. (A payload's strings may hold any
+    character: they are stored as JSON escapes.)
+    """
+
+
 class SchemaError(CorralError, ValueError):
     """A row or a key does not fit the table it is written to.
 
@@ -258,6 +272,16 @@ class PermanentError(JobError):
     """Any other failure that a retry cannot fix: failed at once, never retried."""
 
     category = "PERMANENT"
+
+
+class PayloadError(CorralError, TypeError, ValueError):
+    """A job's payload cannot be stored as JSON.
+
+    It holds something ``json.dumps`` does not take (a set, an object, a circular
+    reference), or it nests deeper than ``Job.MAX_PAYLOAD_DEPTH`` levels. Raised when
+    the job is made, and again by ``enqueue`` if the payload was changed since (then
+    no job of that call is stored).
+    """
 
 
 class JobNotFoundError(CorralError, LookupError):
