@@ -1,15 +1,25 @@
-"""The backends' pure parts: URLs, identifiers, SQL text, type mapping."""
+"""The backends: URLs, identifiers, SQL text, type mapping, and what each database stores."""
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import math
+import os
+import re
+import shutil
+import traceback
+import typing
+import urllib.parse
 import uuid
+from pathlib import Path
 
 import pytest
 
 import corral
 from corral._backends import (
+    Connection,
+    SqliteOptions,
     TableSchema,
     _postgres,
     _sqlite,
@@ -17,6 +27,8 @@ from corral._backends import (
     parse_url,
     quote,
     redact,
+    scrub,
+    sqlite_options,
     upsert_sql,
 )
 
@@ -50,6 +62,117 @@ def test_redact() -> None:
     assert redact("postgresql://u:pw@h:5/db?x=1") == "postgresql://u:***@h:5/db?x=1"
     assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
     assert redact("sqlite:///x.db") == "sqlite:///x.db"
+
+
+# -- URLs: query parameters, secrets, refusals (issue 11: items 17, 18, 19) -------------------
+
+#: A password, and every form of a PostgreSQL URL that can carry it (or another secret).
+SECRET = "s3cr3t-Pw"
+SECRET_FORMS = [
+    f"postgresql://postgres:{SECRET}@127.0.0.1:1/test",
+    f"postgres://postgres:{SECRET}@127.0.0.1:1/test?sslmode=disable",
+    f"postgresql://postgres:{SECRET}%40x@127.0.0.1:1/test",  # percent-encoded (p@x)
+    f"postgresql://postgres:{SECRET}@127.0.0.1:1,127.0.0.1:2/test",  # several hosts
+    f"postgresql://postgres@127.0.0.1:1/test?password={SECRET}",
+    f"postgresql://postgres@127.0.0.1:1/test?sslmode=disable&password={SECRET}",
+    f"postgresql://postgres@127.0.0.1:1/test?pass%77ord={SECRET}",  # the key encoded
+    f"postgresql://postgres@127.0.0.1:1/test?password={SECRET}&password={SECRET}2",
+    f"postgresql://postgres@127.0.0.1:1/test?sslmode=disable&sslpassword={SECRET}",
+]
+
+
+@pytest.mark.parametrize("url", SECRET_FORMS)
+def test_redact_hides_every_form_of_a_password(url: str) -> None:
+    redacted = redact(url)
+    assert SECRET not in redacted
+    assert "***" in redacted
+    assert "127.0.0.1:1" in redacted  # the rest of the URL stays readable
+
+
+def test_redact_keeps_what_is_not_secret() -> None:
+    url = "postgresql://u@h/db?passfile=/home/u/.pgpass&search_path=s&application_name=pw"
+    assert redact(url) == url
+
+
+@pytest.mark.parametrize("url", SECRET_FORMS)
+def test_scrub_hides_the_passwords_in_a_drivers_message(url: str) -> None:
+    password = f"{SECRET}@x" if "%40x" in url else SECRET  # as asyncpg decodes it
+    message = f"could not log in as postgres with {password} ({urllib.parse.quote(password)})"
+    assert SECRET not in scrub(message, url)
+    assert scrub("connection refused", url) == "connection refused"
+
+
+@pytest.mark.parametrize("url", SECRET_FORMS)
+async def test_connect_error_hides_the_password(url: str) -> None:
+    with pytest.raises(corral.ConnectError, match="could not connect to PostgreSQL") as info:
+        async with corral.connect(url):
+            pass
+    shown = "".join(traceback.format_exception_only(info.value))
+    assert SECRET not in shown
+    assert "127.0.0.1:1" in shown
+
+
+async def test_repr_of_a_database_hides_the_password(postgres_url: str) -> None:
+    """Trust authentication ignores the password: the connections are real."""
+    assert postgres_url.startswith("postgresql://postgres@")
+    for url in [
+        postgres_url.replace("postgres@", f"postgres:{SECRET}@", 1),
+        f"{postgres_url}&password={SECRET}",
+        f"{postgres_url}&sslpassword={SECRET}",
+    ]:
+        async with corral.connect(url) as db:
+            for shown in (repr(db), repr(db.jobs), repr(db.progress)):
+                assert SECRET not in shown
+                assert "***" in shown
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", SqliteOptions()),
+        ("?mode=ro", SqliteOptions(mode="ro")),
+        ("?mode=RW&synchronous=full", SqliteOptions(mode="rw", synchronous="FULL")),
+        ("?synchronous=extra&timeout=2.5", SqliteOptions(synchronous="EXTRA", timeout=2.5)),
+        ("?synchronous=Normal&mode=rwc", SqliteOptions()),
+    ],
+)
+def test_sqlite_url_parameters(query: str, expected: SqliteOptions) -> None:
+    assert parse_url(f"sqlite:///x.db{query}") == ("sqlite", "x.db")
+    assert sqlite_options(f"sqlite:///x.db{query}") == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "match"),
+    [
+        ("?mod=ro", r"unknown parameter 'mod'.*takes mode=ro\|rw\|rwc, synchronous="),
+        ("?mode=readonly", r"mode='readonly'.*mode=ro \(read only\), rw .*rwc"),
+        ("?synchronous=sometimes", r"synchronous='sometimes'.*normal, full or extra"),
+        ("?timeout=soon", r"timeout='soon'.*seconds"),
+        ("?timeout=-1", r"timeout='-1'.*seconds"),
+        ("?timeout=nan", r"timeout='nan'.*seconds"),
+        ("?mode=ro&mode=rw", r"gives 'mode' twice"),
+        ("?mode", r"mode=''"),
+    ],
+)
+def test_sqlite_url_refuses_unknown_and_bad_parameters(query: str, match: str) -> None:
+    with pytest.raises(corral.DatabaseURLError, match=match):
+        parse_url(f"sqlite:///x.db{query}")
+
+
+@pytest.mark.parametrize("url", ["sqlite:///a%00b.db", "sqlite:///a\x00b.db"])
+async def test_a_nul_in_a_sqlite_path_is_a_url_error(url: str) -> None:
+    with pytest.raises(corral.DatabaseURLError, match=r"NUL character.*no file name"):
+        parse_url(url)
+    with pytest.raises(corral.DatabaseURLError):
+        async with corral.connect(url):
+            pass
+
+
+def test_url_errors_are_value_errors_and_hide_passwords() -> None:
+    with pytest.raises(corral.DatabaseURLError) as info:
+        parse_url(f"mysql://root:{SECRET}@h/db")
+    assert isinstance(info.value, ValueError)  # as before: a bad value
+    assert SECRET not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["a", "_a", "A_1", "prices", "x" * 63])
@@ -154,6 +277,190 @@ def test_sqlite_converts_dates_and_decimals_to_text() -> None:
     assert convert(datetime.date(2026, 1, 2)) == "2026-01-02"
     assert convert(decimal.Decimal("1.50")) == "1.50"
     assert convert("as is") == "as is"
+
+
+# -- SQLite: what it cannot store faithfully is refused (issue 11: item 8) --------------------
+
+
+async def _fetch(db: corral.Database, sql: str) -> list[dict[str, object]]:
+    async def read(conn: Connection) -> list[dict[str, object]]:
+        return await conn.fetch(sql)
+
+    return await db._run(read)
+
+
+async def _execute(db: corral.Database, sql: str) -> None:
+    async def run(conn: Connection) -> None:
+        await conn.execute(sql)
+
+    await db._run(run)
+
+
+def _sqlite_url(tmp_path: Path, query: str = "") -> str:
+    return f"sqlite:///{tmp_path / 'test.db'}{query}"
+
+
+async def test_sqlite_refuses_nan_in_any_column(tmp_path: Path) -> None:
+    async with corral.connect(_sqlite_url(tmp_path)) as db:
+        await _execute(db, "CREATE TABLE t (k REAL PRIMARY KEY, v REAL, n NUMERIC, u)")
+        t = db.table("t", key="k")
+        for row, column in [
+            ({"k": float("nan"), "v": 1.0}, "k"),  # a NULL key: every put a new row
+            ({"k": 1.0, "v": float("nan")}, "v"),
+            ({"k": 1.0, "n": float("nan")}, "n"),
+            ({"k": 1.0, "u": float("nan")}, "u"),
+        ]:
+            with pytest.raises(
+                corral.SchemaError,
+                match=rf"column '{column}' of table 't' got NaN, which SQLite stores as NULL",
+            ):
+                await t.put(row)
+        await t.put({"k": 1.0, "v": float("inf"), "n": float("-inf"), "u": 2.5})
+        await db.flush()
+        assert db.statistics().accepted == 1  # the refused rows were never accepted
+        rows = await _fetch(db, "SELECT k, v, n, u FROM t")
+    assert rows == [{"k": 1.0, "v": float("inf"), "n": float("-inf"), "u": 2.5}]
+
+
+async def test_sqlite_numeric_takes_only_the_decimals_it_keeps(tmp_path: Path) -> None:
+    kept = [decimal.Decimal("1.50"), decimal.Decimal("0.1"), decimal.Decimal(-(2**63))]
+    lost = ["3.14159265358979323846", "12345678901234567890", "1E+400", "NaN", "-Infinity"]
+    async with corral.connect(_sqlite_url(tmp_path)) as db:
+        t = db.table("d", key="k")
+        for k, value in enumerate(kept):
+            await t.put({"k": k, "n": value})  # the first creates n NUMERIC
+        assert t.columns == {"k": "INTEGER", "n": "NUMERIC"}
+        for text in lost:
+            shown = re.escape(repr(decimal.Decimal(text)))
+            with pytest.raises(
+                corral.SchemaError,
+                match=rf"column 'n' of table 'd' is NUMERIC.*{shown}.*TEXT column",
+            ):
+                await t.put({"k": 9, "n": decimal.Decimal(text)})
+        await db.flush()
+        rows = await _fetch(db, "SELECT n FROM d ORDER BY k")
+    assert [decimal.Decimal(str(row["n"])) for row in rows] == kept  # same values
+    assert db.statistics().accepted == len(kept)
+
+
+async def test_sqlite_keeps_a_decimal_as_text_in_an_untyped_column(tmp_path: Path) -> None:
+    value = decimal.Decimal("3.14159265358979323846")
+    async with corral.connect(_sqlite_url(tmp_path)) as db:
+        await _execute(db, "CREATE TABLE u (k INTEGER PRIMARY KEY, v)")
+        await db.table("u", key="k").put({"k": 1, "v": value})
+        await db.flush()
+        assert await _fetch(db, "SELECT v FROM u") == [{"v": str(value)}]
+
+
+async def test_postgres_stores_nan_and_every_digit(postgres_url: str) -> None:
+    """What SQLite refuses, PostgreSQL stores faithfully (docs/database.md says both)."""
+    digits = decimal.Decimal("3.14159265358979323846")
+    async with corral.connect(postgres_url) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": float("nan"), "v": float("nan"), "n": digits})
+        await t.put({"k": float("nan"), "v": 2.0, "n": digits})  # the same key: NaN = NaN
+        await db.flush()
+        await t.put({"k": float("nan"), "v": 3.0, "n": digits})
+        await db.flush()
+        rows = await _fetch(db, "SELECT k, v, n FROM t")
+    assert len(rows) == 1
+    assert math.isnan(typing.cast(float, rows[0]["k"]))
+    assert (rows[0]["v"], rows[0]["n"]) == (3.0, digits)
+
+
+# -- SQLite: URL parameters, a file that goes away, limits (issue 11: items 9, 18, 19) --------
+
+
+@pytest.mark.parametrize(
+    ("query", "level"),
+    [("", 1), ("?synchronous=full", 2), ("?synchronous=EXTRA", 3), ("?synchronous=normal", 1)],
+)
+async def test_sqlite_synchronous_from_the_url(tmp_path: Path, query: str, level: int) -> None:
+    async with corral.connect(_sqlite_url(tmp_path, query)) as db:
+        [row] = await _fetch(db, "PRAGMA synchronous")
+        assert row == {"synchronous": level}  # 1 NORMAL, 2 FULL, 3 EXTRA
+
+
+async def test_sqlite_timeout_from_the_url(tmp_path: Path) -> None:
+    async with corral.connect(_sqlite_url(tmp_path, "?timeout=2.5")) as db:
+        assert await _fetch(db, "PRAGMA busy_timeout") == [{"timeout": 2500}]
+
+
+async def test_sqlite_mode_ro_refuses_writes(tmp_path: Path) -> None:
+    url = _sqlite_url(tmp_path)
+    async with corral.connect(url) as db:
+        await db.table("t", key="k").put({"k": 1, "v": 1})
+    async with corral.connect(f"{url}?mode=ro") as db:
+        assert await _fetch(db, "SELECT k, v FROM t") == [{"k": 1, "v": 1}]
+        t = db.table("t", key="k")
+        with pytest.raises(corral.ReadOnlyError, match=r"read-only \(mode=ro\).*table 't'"):
+            await t.put({"k": 2, "v": 2})
+        with pytest.raises(corral.ReadOnlyError, match=r"read-only \(mode=ro\).*table 'new'"):
+            await db.table("new", key="k").put({"k": 1})
+        with pytest.raises(corral.ReadOnlyError, match=r"read-only \(mode=ro\)"):
+            await db.progress.start_run("STATIC", "x")  # a write through the writer
+        await db.flush()
+        assert db.statistics().accepted == 0
+    async with corral.connect(url) as db:
+        assert await _fetch(db, "SELECT k, v FROM t") == [{"k": 1, "v": 1}]
+        tables = await _fetch(db, "SELECT name FROM sqlite_master WHERE type = 'table'")
+        assert tables == [{"name": "t"}]
+
+
+async def test_sqlite_mode_rw_does_not_create_the_file(tmp_path: Path) -> None:
+    with pytest.raises(corral.ConnectError, match="unable to open database file"):
+        async with corral.connect(_sqlite_url(tmp_path, "?mode=rw")):
+            pass
+    assert not (tmp_path / "test.db").exists()
+    async with corral.connect(_sqlite_url(tmp_path, "?mode=rwc")):
+        pass
+    assert (tmp_path / "test.db").exists()
+
+
+async def test_sqlite_path_with_url_characters(tmp_path: Path) -> None:
+    folder = tmp_path / "a b?c#d%e"
+    folder.mkdir()
+    url = f"sqlite:///{urllib.parse.quote(str(folder / 'x.db'))}?mode=rwc"
+    async with corral.connect(url) as db:
+        await db.table("t", key="k").put({"k": 1})
+    assert (folder / "x.db").exists()
+
+
+@pytest.mark.parametrize("how", ["rmtree", "replace", "rename"])
+async def test_sqlite_file_removed_while_open_stops_the_writer(tmp_path: Path, how: str) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "x.db"
+
+    async def run() -> None:
+        async with corral.connect(f"sqlite:///{path}") as db:
+            t = db.table("t", key="k")
+            await t.put({"k": 1})
+            await db.flush()
+            if how == "rmtree":
+                shutil.rmtree(folder)
+            elif how == "replace":
+                (folder / "other.db").write_bytes(b"")
+                os.replace(folder / "other.db", path)
+            else:
+                os.rename(path, folder / "moved.db")
+            await t.put({"k": 2})
+            await db.flush()  # raises, and so does connect's exit: the writer stopped
+
+    with pytest.raises(corral.WriteError, match="moved, replaced or deleted") as info:
+        await run()
+    assert isinstance(info.value.__cause__, corral.DatabaseMovedError)
+    assert "rows not committed before" in str(info.value.__cause__)
+    assert str(path) in str(info.value.__cause__)
+
+
+async def test_sqlite_too_many_columns_is_a_schema_error(tmp_path: Path) -> None:
+    async with corral.connect(_sqlite_url(tmp_path)) as db:
+        row = {"k": 1, **{f"c{i}": i for i in range(2000)}}
+        with pytest.raises(corral.SchemaError, match=r"2001 columns.*at most 2000"):
+            await db.table("wide", key="k").put(row)
+        await db.table("ok", key="k").put({"k": 1, **{f"c{i}": i for i in range(1999)}})
+        await db.flush()
 
 
 @pytest.mark.parametrize(

@@ -302,6 +302,26 @@ def test_worker_stops_on_a_signal_and_gives_its_job_back(
     assert given_back.lease_owner is None
 
 
+def test_worker_and_commands_hide_the_password(postgres_url: str, tmp_path: Path) -> None:
+    """Trust authentication ignores the password: the connections are real."""
+    secret = "s3cr3t-Pw"
+    url = f"{postgres_url}&password={secret}"
+    _enqueue(url, jobs.Job("one"))
+    result = _corral(
+        *("worker", "--db", url, "--handler", "handlers:handle", "--until-idle"),
+        *("--poll-interval", "0.05", "--name", "cli-test"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "worker cli-test stopped: 1 claimed, 1 completed" in result.stderr
+    assert "&password=***" in result.stderr  # the log line names the database
+    assert secret not in result.stderr + result.stdout
+    for args in (["jobs", "status"], ["jobs", "list"], ["jobs", "enqueue", "two"]):
+        out = _ok(*args, "--db", url)
+        assert "&password=***" in out
+        assert secret not in out
+
+
 @pytest.mark.parametrize(
     ("args", "code", "expected"),
     [

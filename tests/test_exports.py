@@ -13,6 +13,8 @@ EXPECTED = {
     "CorralError",
     "Database",
     "DatabaseClosedError",
+    "DatabaseMovedError",
+    "DatabaseURLError",
     "DatabaseStatistics",
     "IMap",
     "IdentifierError",
@@ -28,6 +30,7 @@ EXPECTED = {
     "ProgressSink",
     "ProgressTracker",
     "QueryError",
+    "ReadOnlyError",
     "RemoteError",
     "Run",
     "RunProgress",
@@ -95,6 +98,9 @@ def test_errors_are_corral_errors() -> None:
         corral.DatabaseClosedError,
         corral.MissingDriverError,
         corral.ConnectError,
+        corral.DatabaseURLError,
+        corral.ReadOnlyError,
+        corral.DatabaseMovedError,
         corral.UnstorableTextError,
     ):
         assert issubclass(error, corral.CorralError)
@@ -103,6 +109,7 @@ def test_errors_are_corral_errors() -> None:
         assert issubclass(error, corral.SchemaError)
     assert issubclass(corral.SchemaError, ValueError)
     assert issubclass(corral.IdentifierError, ValueError)
+    assert issubclass(corral.DatabaseURLError, ValueError)
     assert issubclass(corral.ColumnTypeError, TypeError)
     assert issubclass(corral.MissingDriverError, ImportError)
     assert issubclass(corral.ConnectError, ConnectionError)

@@ -22,6 +22,8 @@ from ._exceptions import ColumnTypeError as ColumnTypeError
 from ._exceptions import ConnectError as ConnectError
 from ._exceptions import CorralError as CorralError
 from ._exceptions import DatabaseClosedError as DatabaseClosedError
+from ._exceptions import DatabaseMovedError as DatabaseMovedError
+from ._exceptions import DatabaseURLError as DatabaseURLError
 from ._exceptions import IdentifierError as IdentifierError
 from ._exceptions import MissingDriverError as MissingDriverError
 from ._exceptions import MissingKeyError as MissingKeyError
@@ -29,6 +31,7 @@ from ._exceptions import NotPicklableError as NotPicklableError
 from ._exceptions import PoolClosedError as PoolClosedError
 from ._exceptions import ProgressNotFoundError as ProgressNotFoundError
 from ._exceptions import QueryError as QueryError
+from ._exceptions import ReadOnlyError as ReadOnlyError
 from ._exceptions import RemoteError as RemoteError
 from ._exceptions import SchemaError as SchemaError
 from ._exceptions import UnknownColumnError as UnknownColumnError
@@ -68,6 +71,8 @@ __all__ = (
     "CorralError",
     "Database",
     "DatabaseClosedError",
+    "DatabaseMovedError",
+    "DatabaseURLError",
     "DatabaseStatistics",
     "IMap",
     "IdentifierError",
@@ -83,6 +88,7 @@ __all__ = (
     "ProgressSink",
     "ProgressTracker",
     "QueryError",
+    "ReadOnlyError",
     "RemoteError",
     "Run",
     "RunProgress",

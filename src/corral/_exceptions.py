@@ -9,6 +9,8 @@ __all__ = [
     "CorralError",
     "DataError",
     "DatabaseClosedError",
+    "DatabaseMovedError",
+    "DatabaseURLError",
     "DuplicateJobError",
     "IdentifierError",
     "JobError",
@@ -23,6 +25,7 @@ __all__ = [
     "PoolClosedError",
     "ProgressNotFoundError",
     "QueryError",
+    "ReadOnlyError",
     "RemoteError",
     "ResourceError",
     "SchemaError",
@@ -144,6 +147,33 @@ class ConnectError(CorralError, ConnectionError):
     """
 
 
+class DatabaseURLError(CorralError, ValueError):
+    """A database URL is malformed, or asks for something corral does not support.
+
+    An unknown scheme, an SQLite URL without its three slashes or with a NUL in its
+    path, an unknown or bad query parameter (``sqlite:///x.db?mode=...``). The message
+    names what is supported; it shows the URL without its password.
+    """
+
+
+class ReadOnlyError(CorralError):
+    """A write was asked of a database opened read-only (``?mode=ro`` in an SQLite URL).
+
+    Raised by ``put()`` before the row is accepted, and by the writes of corral's
+    domains (progress, jobs); open the database without ``mode=ro`` to write to it.
+    """
+
+
+class DatabaseMovedError(CorralError):
+    """The SQLite database file was moved, replaced or deleted while it was open.
+
+    SQLite would go on committing into the file it holds open, where nobody could read
+    the rows again. corral checks the path before every commit instead, and stops the
+    writer: raised as the ``__cause__`` of the writer's :class:`WriteError`; the rows
+    not committed before the file went away are not stored.
+    """
+
+
 class IdentifierError(CorralError, ValueError):
     """A table or column name is not a plain identifier.
 
@@ -170,7 +200,9 @@ class SchemaError(CorralError, ValueError):
     The base class of :class:`UnknownColumnError`, :class:`MissingKeyError` and
     :class:`ColumnTypeError`; raised itself when a table's schema cannot serve as asked
     (a key that is not the table's primary key or a unique index, or a type that cannot
-    be inferred from ``None``). Raised by ``put()`` before the row is accepted.
+    be inferred from ``None``), or a value the database cannot store faithfully (NaN on
+    SQLite, a ``Decimal`` with more digits than SQLite's NUMERIC keeps). Raised by
+    ``put()`` before the row is accepted.
     """
 
 

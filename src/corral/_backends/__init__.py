@@ -12,13 +12,20 @@ into a statement, so no name can carry SQL.
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .._exceptions import IdentifierError, MissingDriverError, QueryError, SchemaError
+from .._exceptions import (
+    DatabaseURLError,
+    IdentifierError,
+    MissingDriverError,
+    QueryError,
+    SchemaError,
+)
 
 __all__ = [
     "BYTES_TYPES",
@@ -27,6 +34,7 @@ __all__ = [
     "Connection",
     "Failure",
     "Run",
+    "SqliteOptions",
     "TableSchema",
     "check_identifier",
     "check_key",
@@ -37,6 +45,9 @@ __all__ = [
     "query_error",
     "quote",
     "redact",
+    "scrub",
+    "sqlite_options",
+    "tables_exist",
     "upsert_sql",
 ]
 
@@ -273,44 +284,182 @@ def check_key(
         )
 
 
+#: Query parameters whose value is a secret: asyncpg's (and libpq's) names for them.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def redact(url: str) -> str:
-    """Return ``url`` with its password, if any, replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    """Return ``url`` with every secret in it replaced by ``***``.
+
+    The password of ``user:password@host``, and the value of every ``password=`` and
+    ``sslpassword=`` query parameter, however its name is percent-encoded (asyncpg
+    decodes the names). A URL that cannot be parsed is hidden whole but for its scheme.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # say, an unbalanced [ in the host
+        return f"{url.partition(':')[0]}://***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        auth, host = netloc.rsplit("@", 1)
+        if ":" in auth:
+            netloc = f"{auth.split(':', 1)[0]}:***@{host}"
+    query = "&".join(
+        f"{piece.partition('=')[0]}=***"
+        if urllib.parse.unquote_plus(piece.partition("=")[0]) in _SECRET_PARAMETERS
+        else piece
+        for piece in parts.query.split("&")
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _secrets(url: str) -> set[str]:
+    """Every secret in ``url``, as written and decoded (see :func:`redact`)."""
+    found: set[str] = set()
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return found
+    if "@" in parts.netloc:
+        auth = parts.netloc.rsplit("@", 1)[0]
+        if ":" in auth:
+            # asyncpg takes the password up to the first @; redact() hides up to the last.
+            for password in (auth.split(":", 1)[1], auth.split("@", 1)[0].partition(":")[2]):
+                found.update((password, urllib.parse.unquote(password)))
+    for piece in parts.query.split("&"):
+        name, _, value = piece.partition("=")
+        if urllib.parse.unquote_plus(name) in _SECRET_PARAMETERS:
+            found.update((value, urllib.parse.unquote_plus(value)))
+    found.discard("")
+    return found
+
+
+def scrub(text: str, url: str) -> str:
+    """Return ``text`` (a driver's message) with every secret of ``url`` replaced by ``***``."""
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteOptions:
+    """What the query string of an ``sqlite:///`` URL asks for (see :func:`sqlite_options`)."""
+
+    #: ``ro`` (read only), ``rw`` (read and write an existing file) or ``rwc`` (create it).
+    mode: str = "rwc"
+    #: ``PRAGMA synchronous``: ``NORMAL``, ``FULL`` or ``EXTRA``.
+    synchronous: str = "NORMAL"
+    #: Seconds a statement waits for another connection's lock before it fails.
+    timeout: float = 30.0
+
+
+_SQLITE_PARAMETERS = (
+    "mode=ro|rw|rwc, synchronous=normal|full|extra and timeout=SECONDS "
+    "(e.g. sqlite:///jobs.db?mode=ro or sqlite:///jobs.db?synchronous=full)"
+)
+
+
+def sqlite_options(url: str) -> SqliteOptions:
+    """Read the query parameters of an ``sqlite:///`` URL; refuse unknown or bad ones.
+
+    ``mode=ro`` opens the file read-only (writes raise :class:`~corral.ReadOnlyError`),
+    ``mode=rw`` opens it only if it exists, ``mode=rwc`` (the default) creates it if
+    need be. ``synchronous=full`` (or ``extra``) makes every commit durable across an
+    operating-system crash or a power cut, at the cost of an fsync per batch; the
+    default ``normal`` keeps the database consistent then, but may lose the last
+    commits. ``timeout`` is the seconds a statement waits for another process's lock
+    (30 by default). Raises :class:`~corral.DatabaseURLError`.
+    """
+    query = url.partition("?")[2]
+    given: dict[str, str] = {}
+    for piece in query.split("&") if query else ():
+        raw, _, raw_value = piece.partition("=")
+        name = urllib.parse.unquote_plus(raw)
+        value = urllib.parse.unquote_plus(raw_value)
+        if name not in ("mode", "synchronous", "timeout"):
+            raise DatabaseURLError(
+                f"{url!r}: unknown parameter {name!r}; an SQLite URL takes {_SQLITE_PARAMETERS}"
+            )
+        if name in given:
+            raise DatabaseURLError(f"{url!r} gives {name!r} twice: give it once")
+        given[name] = value
+    mode = given.get("mode", "rwc").lower()
+    if mode not in ("ro", "rw", "rwc"):
+        raise DatabaseURLError(
+            f"{url!r}: mode={given['mode']!r} is not a mode; write mode=ro (read only), rw "
+            f"(read and write, the file must exist) or rwc (create it if need be, the default)"
+        )
+    synchronous = given.get("synchronous", "normal").upper()
+    if synchronous not in ("NORMAL", "FULL", "EXTRA"):
+        raise DatabaseURLError(
+            f"{url!r}: synchronous={given['synchronous']!r} is not a level; write normal, "
+            f"full or extra (full: every commit survives an operating-system crash)"
+        )
+    timeout = 30.0
+    if "timeout" in given:
+        try:
+            timeout = float(given["timeout"])
+        except ValueError:
+            timeout = math.nan
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise DatabaseURLError(
+                f"{url!r}: timeout={given['timeout']!r} is not a number of seconds >= 0; "
+                f"write e.g. timeout=30 (how long a statement waits for another's lock)"
+            )
+    return SqliteOptions(mode, synchronous, timeout)
 
 
 def parse_url(url: object) -> tuple[str, str]:
     """Return ``(dialect, target)``: an SQLite path or a PostgreSQL DSN.
 
-    ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``;
-    ``postgresql://user@host:port/dbname`` (``postgres://`` too, query parameters go to
-    asyncpg). Anything else raises ``ValueError`` naming what is supported.
+    ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``,
+    with the query parameters :func:`sqlite_options` reads; ``postgresql://user@host:port/dbname``
+    (``postgres://`` too, query parameters go to asyncpg). Anything else raises
+    :class:`~corral.DatabaseURLError` naming what is supported.
     """
     if not isinstance(url, str):
         raise TypeError(f"database URL must be a str, got {type(url).__name__} {url!r}")
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise ValueError(f"{url!r} is not a database URL; corral supports {_SCHEMES}")
+        raise DatabaseURLError(f"{redact(url)!r} is not a database URL; corral supports {_SCHEMES}")
     if scheme == "sqlite":
         if not rest.startswith("/"):
-            raise ValueError(
+            raise DatabaseURLError(
                 f"{url!r}: an SQLite URL has no host and three slashes before the path: "
                 f"sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         path = urllib.parse.unquote(rest[1:].split("?", 1)[0])
         if not path:
-            raise ValueError(f"{url!r} names no file: write sqlite:///path.db")
+            raise DatabaseURLError(f"{url!r} names no file: write sqlite:///path.db")
+        if "\x00" in path:
+            raise DatabaseURLError(
+                f"{url!r}: the path holds a NUL character (%00), which no file name can "
+                f"hold; remove it from the URL"
+            )
+        sqlite_options(url)
         return "sqlite", path
     if scheme in ("postgresql", "postgres"):
         return "postgresql", url
-    raise ValueError(
+    raise DatabaseURLError(
         f"unsupported database URL scheme {scheme!r} in {redact(url)!r}; corral supports {_SCHEMES}"
     )
+
+
+async def tables_exist(conn: Connection, *names: str) -> bool:
+    """Return whether every table of ``names`` exists (PostgreSQL: on the search path)."""
+    for name in names:
+        if conn.dialect == "postgresql":
+            found = await conn.fetchval("SELECT to_regclass(?) IS NOT NULL", quote(name))
+        else:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", name
+            )
+        if not found:
+            return False
+    return True
 
 
 async def open_backend(url: str) -> Backend:
@@ -325,7 +474,7 @@ async def open_backend(url: str) -> Backend:
                 "it: install your platform's SQLite development package and rebuild "
                 "Python, or use a postgresql:// URL"
             ) from exc
-        return await _sqlite.SqliteBackend.open(target)
+        return await _sqlite.SqliteBackend.open(target, sqlite_options(url))
     try:
         from . import _postgres
     except ImportError as exc:

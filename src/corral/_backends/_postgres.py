@@ -49,6 +49,7 @@ from . import (
     query_error,
     quote,
     redact,
+    scrub,
     upsert_sql,
 )
 
@@ -354,7 +355,7 @@ class PostgresBackend:
             if isinstance(exc, Exception):
                 raise ConnectError(
                     f"could not connect to PostgreSQL at {redact(dsn)!r}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {scrub(str(exc), dsn)}"
                 ) from exc
             raise
         return cls(conn, runner)

@@ -7,26 +7,42 @@ asyncio futures, which trio cannot await). A batch is one thread call: ``BEGIN
 IMMEDIATE``, an ``executemany`` of ``INSERT ... ON CONFLICT DO UPDATE`` per run, each in
 a savepoint, and ``COMMIT``. The database is in WAL mode with ``synchronous=NORMAL``:
 readers in other processes never block the writer, and a committed batch survives a
-crash of the process (an operating-system crash or power cut may lose the last ones).
+crash of the process (an operating-system crash or power cut may lose the last ones;
+``?synchronous=full`` in the URL keeps them too, at an fsync per batch).
+
+The URL's query (:func:`~corral._backends.sqlite_options`) also sets the open mode
+(``mode=ro`` refuses every write with :class:`~corral.ReadOnlyError`) and the busy
+timeout. Before every commit the path is checked to still name the file that was
+opened (same device and inode): SQLite would go on committing into a deleted or
+replaced file, and the writer stops with :class:`~corral.DatabaseMovedError` instead.
+
+SQLite cannot store some values faithfully, and they are refused by ``put()`` (a
+:class:`~corral.SchemaError`): NaN, which it stores as NULL (in a key, NULL makes a new
+row at every put), and in a NUMERIC column a ``Decimal`` that its 64-bit integer or
+float would round (``Decimal("3.14159265358979323846")``), or a non-finite one.
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import math
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from .._exceptions import ConnectError, SchemaError
+from .._exceptions import ConnectError, DatabaseMovedError, ReadOnlyError, SchemaError
 from . import (
     BYTES_TYPES,
     Column,
     Failure,
     Run,
+    SqliteOptions,
     TableSchema,
     check_key,
     create_table_sql,
@@ -40,8 +56,8 @@ __all__ = ["SqliteBackend", "column_for", "infer_type"]
 
 T = TypeVar("T")
 
-#: Seconds a statement waits for another process's lock before failing.
-BUSY_TIMEOUT = 30.0
+#: Seconds a statement waits for another process's lock before failing (``?timeout=``).
+BUSY_TIMEOUT = SqliteOptions().timeout
 
 
 def _to_text(value: object) -> object:
@@ -81,10 +97,79 @@ def infer_type(column: str, value: object) -> str:
     return sql_type
 
 
-def column_for(name: str, declared: str) -> Column:
+def _where(name: str, table: str | None) -> str:
+    return f"column {name!r}" + ("" if table is None else f" of table {table!r}")
+
+
+def _refuse_nan(name: str, table: str | None) -> Callable[[object], object]:
+    """Return the convert of a column that takes floats: NaN would be stored as NULL."""
+
+    def convert(value: object) -> object:
+        if value != value:  # NaN, the one value unequal to itself
+            raise SchemaError(
+                f"{_where(name, table)} got NaN, which SQLite stores as NULL (as a key, "
+                f"a new row at every put): write None for a missing value, or keep NaN "
+                f"on PostgreSQL, which stores it"
+            )
+        return value
+
+    return convert
+
+
+def _any_value(name: str, table: str | None) -> Callable[[object], object]:
+    """Return the convert of a column without affinity: dates as text, and no NaN."""
+    refuse_nan = _refuse_nan(name, table)
+
+    def convert(value: object) -> object:
+        if type(value) is float:
+            return refuse_nan(value)
+        return _to_text(value)
+
+    return convert
+
+
+#: SQLite's INTEGER: what a NUMERIC column keeps an integral value as.
+_INT64 = range(-(2**63), 2**63)
+
+
+def _numeric(name: str, declared: str, table: str | None) -> Callable[[object], object]:
+    """Return the convert of a NUMERIC column: the number SQLite keeps, or a SchemaError.
+
+    SQLite stores a NUMERIC value as a 64-bit integer or float: a ``Decimal`` that one
+    of those cannot hold exactly (to the shortest repr of the float) would come back
+    rounded, and a non-finite one as text. Those are refused; the others are bound as
+    the int or float SQLite would keep.
+    """
+    refuse_nan = _refuse_nan(name, table)
+
+    def convert(value: object) -> object:
+        if not isinstance(value, decimal.Decimal):
+            return refuse_nan(value)
+        kept: float | int | None = None
+        if value.is_finite():
+            if value == value.to_integral_value() and int(value) in _INT64:
+                kept = int(value)
+            else:
+                number = float(value)
+                if math.isfinite(number) and decimal.Decimal(repr(number)) == value:
+                    kept = number
+        if kept is None:
+            raise SchemaError(
+                f"{_where(name, table)} is {declared}, which SQLite stores as a 64-bit "
+                f"integer or float: {value!r} would not come back as it is (at most 15 "
+                f"to 17 significant digits, finite); store str(value) in a TEXT column "
+                f"to keep every digit, or round it first"
+            )
+        return kept
+
+    return convert
+
+
+def column_for(name: str, declared: str, table: str | None = None) -> Column:
     """Return the column with the Python types its declared SQL type takes.
 
     SQLite's type affinity rules decide, with the usual names for dates and booleans.
+    ``table`` is named in the errors of values SQLite cannot store faithfully.
     """
     d = declared.upper()
     if "INT" in d:
@@ -94,9 +179,11 @@ def column_for(name: str, declared: str) -> Column:
     if "BLOB" in d:
         return Column(name, declared, BYTES_TYPES)
     if not d:
-        return Column(name, declared, None, convert=_to_text)
+        return Column(name, declared, None, convert=_any_value(name, table))
     if "REAL" in d or "FLOA" in d or "DOUB" in d:
-        return Column(name, declared, (float, int), exclude=(bool,))
+        return Column(
+            name, declared, (float, int), exclude=(bool,), convert=_refuse_nan(name, table)
+        )
     if "BOOL" in d:
         return Column(name, declared, (bool, int))
     if "TIMESTAMP" in d or "DATETIME" in d:
@@ -109,22 +196,44 @@ def column_for(name: str, declared: str) -> Column:
         return Column(name, declared, (datetime.time, str), convert=_to_text)
     if "DEC" in d or "NUM" in d:
         return Column(
-            name, declared, (decimal.Decimal, int, float), exclude=(bool,), convert=_to_text
+            name,
+            declared,
+            (decimal.Decimal, int, float),
+            exclude=(bool,),
+            convert=_numeric(name, declared, table),
         )
-    return Column(name, declared, None, convert=_to_text)
+    return Column(name, declared, None, convert=_any_value(name, table))
 
 
-def _open(path: str) -> sqlite3.Connection:
+def _identity(path: str) -> tuple[int, int] | None:
+    """Return the (device, inode) of the file at ``path``; None if no file is there."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _open(path: str, options: SqliteOptions) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
+    """Connect; return the connection and the identity of its file (None in memory)."""
+    memory = path == ":memory:"
+    target = ":memory:" if memory else urllib.parse.quote(os.path.abspath(path))
     conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        f"file:{target}?mode={options.mode}",
+        uri=True,
+        timeout=options.timeout,
+        isolation_level=None,
+        check_same_thread=False,
     )
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        if options.mode != "ro":  # a read-only connection cannot change the journal
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={options.synchronous}")
+        identity = None if memory else _identity(os.path.abspath(path))
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, identity
 
 
 class SqliteConnection:
@@ -136,10 +245,13 @@ class SqliteConnection:
         self._backend = backend
 
     async def _query(self, sql: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._backend.conn
+        backend = self._backend
+        conn = backend.conn
         try:
-            return await self._backend.call(lambda: fn(conn))
+            return await backend.call(lambda: fn(conn))
         except sqlite3.Error as exc:
+            if backend.read_only and exc.sqlite_errorcode == sqlite3.SQLITE_READONLY:
+                raise backend.read_only_error(f"it refused {' '.join(sql.split())[:80]!r}") from exc
             raise query_error("SQLite", sql, exc) from exc
 
     async def execute(self, sql: str, *args: object) -> None:
@@ -187,20 +299,55 @@ class SqliteBackend:
 
     dialect = "sqlite"
 
-    def __init__(self, conn: sqlite3.Connection, limiter: anyio.CapacityLimiter) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        limiter: anyio.CapacityLimiter,
+        *,
+        path: str = ":memory:",
+        read_only: bool = False,
+        identity: tuple[int, int] | None = None,
+    ) -> None:
         self.conn = conn
         self._limiter = limiter
         self.connection = SqliteConnection(self)
+        #: The file's path, as given in the URL.
+        self.path = path
+        #: Opened with ``mode=ro``: every write is refused.
+        self.read_only = read_only
+        #: The (device, inode) of the file opened; checked before every commit.
+        self._identity = identity
 
     @classmethod
-    async def open(cls, path: str) -> SqliteBackend:
-        """Open (or create) the database file at ``path``."""
+    async def open(cls, path: str, options: SqliteOptions | None = None) -> SqliteBackend:
+        """Open the database file at ``path`` as ``options`` ask (create it by default)."""
+        options = SqliteOptions() if options is None else options
         limiter = anyio.CapacityLimiter(1)
         try:
-            conn = await anyio.to_thread.run_sync(_open, path, limiter=limiter)
+            conn, identity = await anyio.to_thread.run_sync(_open, path, options, limiter=limiter)
         except sqlite3.Error as exc:
             raise ConnectError(f"could not open SQLite database {path!r}: {exc}") from exc
-        return cls(conn, limiter)
+        read_only = options.mode == "ro"
+        return cls(conn, limiter, path=path, read_only=read_only, identity=identity)
+
+    def read_only_error(self, what: str) -> ReadOnlyError:
+        """Return the error for a write refused because the database is open read-only."""
+        return ReadOnlyError(
+            f"SQLite database {self.path!r} is open read-only (mode=ro): {what}; open it "
+            f"without mode=ro in its URL to write to it"
+        )
+
+    def _check_file(self) -> None:
+        """Raise :class:`DatabaseMovedError` unless the path still names the open file."""
+        if self._identity is None or _identity(os.path.abspath(self.path)) == self._identity:
+            return
+        raise DatabaseMovedError(
+            f"the SQLite database file {os.path.abspath(self.path)!r} was moved, replaced or "
+            f"deleted while it was open (its folder removed, say): SQLite would go on "
+            f"committing into the file it holds open, where nobody can read it again, so "
+            f"the rows not committed before it went away are not stored. Put the file "
+            f"back, or point the URL at its new place, and run again"
+        )
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` in the connection's worker thread."""
@@ -215,14 +362,28 @@ class SqliteBackend:
         return await self.call(lambda: self._resolve(name, key, row))
 
     def _resolve(self, name: str, key: tuple[str, ...], row: Mapping[str, object]) -> TableSchema:
+        if self.read_only:
+            raise self.read_only_error(f"table {name!r} cannot be written")
         info = self.conn.execute("SELECT name, type, pk FROM pragma_table_info(?)", (name,))
         described = info.fetchall()
         if not described:
-            self.conn.execute(create_table_sql(name, key, row, infer_type))
+            limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
+            if len(row) > limit:
+                raise SchemaError(
+                    f"table {name!r} would have {len(row)} columns, and this SQLite takes "
+                    f"at most {limit} in a table (SQLITE_MAX_COLUMN): split the row over "
+                    f"tables that share its key, or store the values in a TEXT column "
+                    f"as JSON"
+                )
+            sql = create_table_sql(name, key, row, infer_type)
+            try:
+                self.conn.execute(sql)
+            except sqlite3.Error as exc:
+                raise query_error("SQLite", sql, exc) from exc
             described = self.conn.execute(
                 "SELECT name, type, pk FROM pragma_table_info(?)", (name,)
             ).fetchall()
-        columns_by_name = {col: column_for(col, declared) for col, declared, _ in described}
+        columns_by_name = {col: column_for(col, declared, name) for col, declared, _ in described}
         unique = [{col for col, _, pk in described if pk}]
         for _, index, is_unique, _, partial in self.conn.execute(
             'SELECT seq, name, "unique", origin, partial FROM pragma_index_list(?)', (name,)
@@ -273,16 +434,23 @@ class SqliteBackend:
                     conn.execute("RELEASE corral_row")
             conn.execute("RELEASE corral_run")
         if commit:
+            self._check_file()
             conn.execute("COMMIT")
         return failures
 
     async def begin(self) -> None:
-        """Open the batch transaction, taking the write lock at once."""
-        await self.call(lambda: self.conn.execute("BEGIN IMMEDIATE").close())
+        """Open the batch transaction, taking the write lock at once (unless read-only)."""
+        begin = "BEGIN" if self.read_only else "BEGIN IMMEDIATE"
+        await self.call(lambda: self.conn.execute(begin).close())
 
     async def commit(self) -> None:
-        """Commit the batch transaction."""
-        await self.call(lambda: self.conn.execute("COMMIT").close())
+        """Commit the batch transaction, if the file is still where it was opened."""
+
+        def commit() -> None:
+            self._check_file()
+            self.conn.execute("COMMIT")
+
+        await self.call(commit)
 
     async def rollback(self) -> None:
         """Roll the batch transaction back, if one is open; never raises."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -11,30 +12,43 @@ import anyio
 import anyio.abc
 import click
 
+from .._backends import parse_url, redact, tables_exist
 from .._database import Database, connect
 from .._exceptions import CorralError
 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["_db_option", "_limit_option", "_open", "cli", "log"]
+__all__ = ["_db_option", "_limit_option", "_open", "_tables_exist", "cli", "log"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("corral.worker")
 
 
-def _open(url: str, work: Callable[[Database], Awaitable[T]], *, create: bool = False) -> T:
+def _open(
+    url: str,
+    work: Callable[[Database], Awaitable[T]],
+    *,
+    create: bool = False,
+    read_only: bool = False,
+) -> T:
     """Run ``work(db)`` on an event loop with ``url`` open; errors become click errors.
 
-    A SQLite file must exist unless ``create``.
+    A SQLite file must exist unless ``create``. ``read_only``: the command only reads,
+    and an SQLite file is opened with ``mode=ro`` (whatever mode its URL names).
     """
-    if url.startswith("sqlite:///") and not create:
-        path = url.removeprefix("sqlite:///")
+    try:
+        dialect, path = parse_url(url)
+    except CorralError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if dialect == "sqlite" and not create:
         if path != ":memory:" and not os.path.exists(path):
             raise click.ClickException(
-                f"no database at {path!r} (from {url}); pass --db URL or set CORRAL_DB"
+                f"no database at {path!r} (from {redact(url)}); pass --db URL or set CORRAL_DB"
             )
+        if read_only:
+            url = _read_only(url)
 
     async def main() -> T:
         async with connect(url) as db:
@@ -51,6 +65,22 @@ def _open(url: str, work: Callable[[Database], Awaitable[T]], *, create: bool = 
         if isinstance(leaf, Exception):
             raise leaf from None  # an unexpected error: its own traceback, not the group's
         raise
+
+
+def _read_only(url: str) -> str:
+    """Return the SQLite ``url`` with ``mode=ro`` in place of any mode it names."""
+    base, _, query = url.partition("?")
+    kept = [
+        piece
+        for piece in query.split("&")
+        if piece and urllib.parse.unquote_plus(piece.partition("=")[0]) != "mode"
+    ]
+    return f"{base}?{'&'.join([*kept, 'mode=ro'])}"
+
+
+async def _tables_exist(db: Database, *names: str) -> bool:
+    """Return whether ``names`` all exist: a reading command creates no table."""
+    return await db._run(lambda conn: tables_exist(conn, *names))
 
 
 def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

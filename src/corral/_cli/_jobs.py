@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-from ._common import _db_option, _limit_option, _open, cli
+from .._jobs._schema import JOBS
+from ._common import _db_option, _limit_option, _open, _tables_exist, cli
 
 __all__: list[str] = []
 
@@ -40,6 +41,22 @@ _STATES = (
     State.FAILED,
     State.DEAD,
 )
+
+
+async def _has_jobs(db: Database) -> bool:
+    """Return whether the jobs table exists; if so, the queue reads it as it is.
+
+    The reading commands create nothing: without the table there is nothing to show,
+    and with it the queue is told not to create (or update) its schema.
+    """
+    if not await _tables_exist(db, JOBS):
+        return False
+    db.jobs._ready = True  # read as it is: no CREATE ... IF NOT EXISTS, no lock
+    return True
+
+
+def _nothing_yet(url: str) -> str:
+    return f"no jobs in {redact(url)} yet"
 
 
 @cli.group("jobs", short_help="Read and change the job queue.")
@@ -58,10 +75,15 @@ def jobs_status(url: str | None, cluster: str | None) -> None:
     """
     url = url or default_url()
 
-    async def read(db: Database) -> QueueDepth:
+    async def read(db: Database) -> QueueDepth | None:
+        if not await _has_jobs(db):
+            return None
         return await (db.jobs.depth() if cluster is None else db.jobs.by_cluster(cluster))
 
-    depth = _open(url, read)
+    depth = _open(url, read, read_only=True)
+    if depth is None:
+        click.echo(_nothing_yet(url))
+        return
     click.echo(f"jobs {'' if cluster is None else f'on cluster {cluster} '}in {redact(url)}")
     _print(_depth_table(depth))
 
@@ -79,10 +101,16 @@ def jobs_list(url: str | None, state: str | None, limit: int) -> None:
     """List jobs in claim order (higher priority first, then oldest first)."""
     url = url or default_url()
 
-    async def read(db: Database) -> tuple[list[JobRecord], QueueDepth]:
+    async def read(db: Database) -> tuple[list[JobRecord], QueueDepth] | None:
+        if not await _has_jobs(db):
+            return None
         return await db.jobs.list(state, limit=limit), await db.jobs.depth()
 
-    records, depth = _open(url, read)
+    found = _open(url, read, read_only=True)
+    if found is None:
+        click.echo(_nothing_yet(url))
+        return
+    records, depth = found
     matching = depth.total if state is None else getattr(depth, state)
     which = "jobs" if state is None else f"{state} jobs"
     if not records:
@@ -101,12 +129,14 @@ def jobs_show(job_id: str, url: str | None) -> None:
     url = url or default_url()
 
     async def read(db: Database) -> JobRecord:
+        if not await _has_jobs(db):
+            raise click.ClickException(f"no job with id {job_id!r}: {_nothing_yet(url)}")
         try:
             return await db.jobs.get(job_id)
         except JobNotFoundError as exc:
             raise click.ClickException(f"{exc}; corral jobs list shows the ids") from exc
 
-    _print(_record_table(_open(url, read)))
+    _print(_record_table(_open(url, read, read_only=True)))
 
 
 @jobs_group.command("requeue", short_help="Put dead or failed jobs back in the queue.")

@@ -6,15 +6,16 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .._backends import redact
 from .._database import Database, default_url
 from .._display import runs_table, subtasks_table
 from .._display import watch as watch_run
-from .._progress import Status
+from .._progress import RUNS, SUBTASKS, Status
 
 if TYPE_CHECKING:
     pass
 
-from ._common import _db_option, _limit_option, _open, cli
+from ._common import _db_option, _limit_option, _open, _tables_exist, cli
 
 __all__: list[str] = []
 
@@ -41,20 +42,28 @@ def progress(run_id: int | None, url: str | None, watch: bool, refresh: float, l
     console = Console()
     url = url or default_url()
 
+    nothing_yet = f"no runs recorded in {redact(url)} yet"
+
     async def show(db: Database) -> None:
-        tracker = db.progress
         nonlocal run_id
+        if not await _tables_exist(db, RUNS, SUBTASKS):  # a reader creates nothing
+            if run_id is not None:
+                raise click.ClickException(f"no run {run_id}: {nothing_yet}")
+            console.print(nothing_yet, markup=False, highlight=False)
+            return
+        tracker = db.progress
+        tracker._schema_ready = True  # read the tables as they are: no CREATE, no lock
         if run_id is None:
             runs = await tracker.runs(limit=limit)
             if not watch:
                 if not runs:
-                    console.print(f"no runs recorded in {db.url} yet")
+                    console.print(nothing_yet, markup=False, highlight=False)
                 else:
                     console.print(runs_table(runs))
                 return
             running = [run for run in runs if run.status is Status.RUNNING]
             if not running:
-                console.print(f"no run is running in {db.url}")
+                console.print(f"no run is running in {redact(url)}", markup=False, highlight=False)
                 return
             run_id = running[0].id
         if watch:
@@ -64,4 +73,4 @@ def progress(run_id: int | None, url: str | None, watch: bool, refresh: float, l
         run = await tracker.run_progress(run_id)
         console.print(subtasks_table(run, await tracker.get(run_id)))
 
-    _open(url, show)
+    _open(url, show, read_only=True)
