@@ -87,6 +87,57 @@ async def test_two_maps_share_a_cluster_capacity_exactly() -> None:
     assert cluster.statistics().waiting == 0
 
 
+async def test_a_running_job_holds_a_unit_and_lends_it_to_calls_on_its_cluster() -> None:
+    """The unit a job holds (issue 11, item 11): a call on the job's cluster takes the
+    job's unit, else a free one, else waits for the job's; other clusters are untouched;
+    a job waits in line for its unit like any call."""
+    cluster = corral.Cluster("c", capacity=2)
+    other = corral.Cluster("o", capacity=1)
+    async with cluster._job_unit():
+        assert cluster.statistics().borrowed == 1
+        async with cluster.slot():  # the job's own unit
+            assert cluster.statistics().borrowed == 1
+            async with cluster.slot():  # the free one
+                assert cluster.statistics().borrowed == 2
+                entered = anyio.Event()
+
+                async def third() -> None:
+                    async with cluster.slot():
+                        entered.set()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(third)
+                    await anyio.wait_all_tasks_blocked()
+                    assert not entered.is_set()  # it waits for the job's unit
+                    assert cluster.statistics().waiting == 0  # not in the cluster's line
+                    tg.cancel_scope.cancel()
+                async with other.slot():
+                    assert other.statistics().borrowed == 1
+            assert cluster.statistics().borrowed == 1
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(third)  # the job's unit is free again: it runs there
+        assert entered.is_set()
+    assert cluster.statistics().borrowed == 0
+
+    holder = anyio.Event()
+
+    async def job() -> None:
+        async with cluster._job_unit():
+            holder.set()
+
+    # Every unit taken by calls: a job waits in line for one.
+    async with cluster.slot(), cluster.slot(), anyio.create_task_group() as tg:
+        tg.start_soon(job)
+        await anyio.wait_all_tasks_blocked()
+        assert cluster.statistics().waiting == 1
+        assert not holder.is_set()
+        tg.cancel_scope.cancel()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(job)
+    assert holder.is_set()
+    assert cluster.statistics() == corral.ClusterStatistics("c", 2, 0, 0)
+
+
 async def test_cluster_limit_holds_under_many_tasks() -> None:
     cluster = corral.Cluster("busy", capacity=5)
     running = 0

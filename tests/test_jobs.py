@@ -1339,3 +1339,108 @@ async def test_what_a_handler_gives_that_a_database_cannot_store(db_url: str) ->
         assert step.last_error.step is None
         with pytest.raises(corral.UnstorableTextError, match="Processor name"):
             jobs.Processor(db, noop, name="w\ud800")
+
+
+# -- a cluster's capacity: one meaning for jobs and maps (issue 11, item 11) ------------------
+
+
+async def test_running_jobs_and_the_maps_in_them_share_their_cluster_capacity(
+    db_url: str,
+) -> None:
+    """Capacity 2, two jobs running: the jobs hold the cluster's two units, so a map in
+    one of them runs on its job's unit while the other job works: never three at once.
+
+    Job a maps while job b does work of its own, then b maps while a does. A unit of
+    work is a handler at work outside a map, or a map call running.
+    """
+    cluster = corral.Cluster("c", capacity=2)
+    arrived = {"a": anyio.Event(), "b": anyio.Event()}
+    mapped = {"a": anyio.Event(), "b": anyio.Event()}
+    own = calls = peak = 0
+    borrowed: list[int] = []
+    both_running: list[int] = []
+
+    def note() -> None:
+        nonlocal peak
+        peak = max(peak, own + calls)
+        borrowed.append(cluster.statistics().borrowed)
+
+    async def work(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        note()
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        calls -= 1
+        return x
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        nonlocal own
+        me = ctx.job.id
+        other = "b" if me == "a" else "a"
+        own += 1
+        note()
+        arrived[me].set()
+        await arrived[other].wait()
+        both_running.append(cluster.statistics().borrowed)
+        if me == "b":
+            await mapped["a"].wait()  # b works while a maps
+        own -= 1
+        assert await corral.map(work, range(50), cluster=ctx.cluster) == list(range(50))
+        own += 1
+        note()
+        mapped[me].set()
+        if me == "a":
+            await mapped["b"].wait()  # a works while b maps
+        own -= 1
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job(i, max_retries=0) for i in "ab"])
+        processor = await run_all(db, handler, clusters=[cluster])
+        assert processor.statistics().completed == 2, await db.jobs.list()
+    assert both_running == [2, 2]  # each running job holds one of the two units
+    assert peak == 2
+    assert max(borrowed) == 2
+    assert cluster.statistics() == corral.ClusterStatistics("c", 2, 0, 0)
+
+
+async def test_a_job_maps_on_its_own_unit_and_on_the_free_ones(db_url: str) -> None:
+    """A job mapping on a capacity-1 cluster runs its map on its own unit (it cannot
+    wait for itself); on a capacity-3 cluster with no other work, on all three."""
+    small = corral.Cluster("small", capacity=1)
+    big = corral.Cluster("big", capacity=3)
+    running = 0
+    full = anyio.Event()
+    seen: list[tuple[str, int]] = []
+
+    async def work(x: int) -> int:
+        nonlocal running
+        cluster = small if x < 100 else big
+        running += 1
+        seen.append((cluster.name, cluster.statistics().borrowed))
+        if cluster is big and running == 3:
+            full.set()
+        if cluster is big:
+            await full.wait()  # three run at once, or this never returns
+        await anyio.lowlevel.checkpoint()
+        running -= 1
+        return x
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        start = 0 if ctx.cluster is small else 100
+        items = range(start, start + 20)
+        assert await corral.map(work, items, cluster=ctx.cluster) == list(items)
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("on-small", affinity="small"))
+        await db.jobs.enqueue(jobs.Job("on-big", affinity="big"))
+        processor = jobs.Processor(db, handler, clusters=[small], config=config())
+        with anyio.fail_after(20):
+            await processor.run(until_idle=True)
+        processor = jobs.Processor(db, handler, clusters=[big], config=config())
+        with anyio.fail_after(20):
+            await processor.run(until_idle=True)
+        assert (await db.jobs.depth()).completed == 2
+    assert {b for name, b in seen if name == "small"} == {1}
+    assert max(b for name, b in seen if name == "big") == 3
+    assert small.statistics().borrowed == big.statistics().borrowed == 0

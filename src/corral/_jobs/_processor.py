@@ -90,9 +90,10 @@ class Processor:
         handler: ``async def handler(ctx: JobContext)``; returning completes the job,
             raising fails the attempt (see ``classify``).
         clusters: Where jobs run: each :class:`corral.Cluster`'s ``capacity`` bounds
-            the jobs in progress on it (over every processor), and its ``region``,
-            ``cost`` and ``labels`` guide the scheduler. Default: one cluster named
-            ``"default"`` with ``config.max_concurrent`` slots.
+            the jobs in progress on it (over every processor), and a running job holds
+            one of its units, which the maps of its handler on that cluster share; its
+            ``region``, ``cost`` and ``labels`` guide the scheduler. Default: one
+            cluster named ``"default"`` with ``config.max_concurrent`` slots.
         config: Limits and timings (:class:`ProcessorConfig`).
         classify: Maps a handler's exception to an :class:`ErrorCategory` (or its name);
             default :func:`corral.jobs.classify`.
@@ -389,7 +390,8 @@ class Processor:
                             await self._dropped(entry)
                         else:
                             entry._scope = scope
-                            await self._work(entry)
+                            async with entry.cluster._job_unit():  # one of its capacity
+                                await self._work(entry)
                             entry._scope = None
                         entry = None
                         runs += 1
