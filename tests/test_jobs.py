@@ -1311,6 +1311,16 @@ async def test_text_the_databases_store_alike_and_what_they_refuse(db_url: str) 
         with pytest.raises(jobs.PayloadError, match=r"'odd'.*JSON-serializable"):
             await db.jobs.enqueue_many([jobs.Job("first"), odd])
         assert [r.id for r in await db.jobs.list()] == ["text"]
+        # Asking for a job by a name no job can have: the same error on both databases
+        # (SQLite said not found, PostgreSQL QueryError; both UnicodeEncodeError for a
+        # surrogate).
+        for bad in ("a\x00b", "a\ud800b"):
+            with pytest.raises(corral.UnstorableTextError, match="job id"):
+                await db.jobs.get(bad)
+            with pytest.raises(corral.UnstorableTextError, match="job id"):
+                await db.jobs.requeue(bad)
+            with pytest.raises(corral.UnstorableTextError, match="cluster"):
+                await db.jobs.by_cluster(bad)
 
 
 async def test_what_a_handler_gives_that_a_database_cannot_store(db_url: str) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
+from .._validate import check_text
 from ._model import (
     ErrorCategory,
     Job,
@@ -208,6 +209,7 @@ class JobQueue:
         """Return a snapshot of job ``job_id``; :class:`~corral.jobs.JobNotFoundError` if none."""
         if not isinstance(job_id, str):
             raise TypeError(f"job id must be a str, got {job_id!r}")
+        check_text("job id", job_id)
 
         async def read(conn: Connection) -> list[dict[str, Any]]:
             return await fetch(conn, f"SELECT * FROM {JOBS} WHERE id = ?", job_id)
@@ -233,6 +235,7 @@ class JobQueue:
         """
         if not isinstance(cluster, str):
             raise TypeError(f"cluster must be a cluster's name (a str), got {cluster!r}")
+        check_text("cluster name", cluster)
 
         async def read(conn: Connection) -> list[dict[str, Any]]:
             return await fetch(
@@ -321,6 +324,7 @@ class JobQueue:
         """
         if not isinstance(job_id, str):
             raise TypeError(f"job id must be a str, got {job_id!r}")
+        check_text("job id", job_id)
 
         async def update(conn: Connection) -> str | None:
             now = now_sql(conn)
