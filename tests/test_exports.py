@@ -9,7 +9,9 @@ EXPECTED = {
     "Cluster",
     "ClusterStatistics",
     "ColumnTypeError",
+    "CommitUnknownError",
     "ConnectError",
+    "ConnectionLostError",
     "CorralError",
     "Database",
     "DatabaseClosedError",
@@ -98,10 +100,12 @@ def test_errors_are_corral_errors() -> None:
         corral.DatabaseClosedError,
         corral.MissingDriverError,
         corral.ConnectError,
+        corral.ConnectionLostError,
+        corral.CommitUnknownError,
+        corral.UnstorableTextError,
         corral.DatabaseURLError,
         corral.ReadOnlyError,
         corral.DatabaseMovedError,
-        corral.UnstorableTextError,
     ):
         assert issubclass(error, corral.CorralError)
     assert issubclass(corral.NotPicklableError, TypeError)

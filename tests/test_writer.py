@@ -536,8 +536,11 @@ async def test_a_failed_commit_stops_the_writer_and_is_raised(db_url: str) -> No
 
 
 async def test_a_lost_postgresql_connection_is_raised(postgres_url: str) -> None:
+    # Not reconnecting (tests/test_postgres_resilience.py has the reconnections).
+    url = f"{postgres_url}&reconnect_timeout=0"
+
     async def body() -> None:
-        async with corral.connect(postgres_url, flush_interval=3600) as db:
+        async with corral.connect(url, flush_interval=3600) as db:
             t = db.table("t", key="k")
             await t.put({"k": 0})
             await db.flush()

@@ -19,7 +19,9 @@ from ._database import Table as Table
 from ._database import connect as connect
 from ._display import show_progress as show_progress
 from ._exceptions import ColumnTypeError as ColumnTypeError
+from ._exceptions import CommitUnknownError as CommitUnknownError
 from ._exceptions import ConnectError as ConnectError
+from ._exceptions import ConnectionLostError as ConnectionLostError
 from ._exceptions import CorralError as CorralError
 from ._exceptions import DatabaseClosedError as DatabaseClosedError
 from ._exceptions import DatabaseMovedError as DatabaseMovedError
@@ -67,7 +69,9 @@ __all__ = (
     "Cluster",
     "ClusterStatistics",
     "ColumnTypeError",
+    "CommitUnknownError",
     "ConnectError",
+    "ConnectionLostError",
     "CorralError",
     "Database",
     "DatabaseClosedError",

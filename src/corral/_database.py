@@ -498,8 +498,10 @@ async def connect(
         url: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
             ``sqlite:///:memory:``, or ``postgresql://user@host:port/dbname``
             (``postgres://`` too; query parameters such as ``?search_path=...`` go to
-            the server). ``None``: :func:`default_url`, the ``CORRAL_DB`` environment
-            variable or ``sqlite:///corral.db``.
+            the server, except corral's own timeouts in seconds: ``connect_timeout``
+            (10), ``command_timeout`` (60, per statement) and ``reconnect_timeout``
+            (30; 0 never reconnects)). ``None``: :func:`default_url`, the ``CORRAL_DB``
+            environment variable or ``sqlite:///corral.db``.
         batch_size: The most rows in one transaction.
         flush_interval: The most seconds a row waits for its batch to fill before it is
             committed anyway; also how often registered sources are polled.
@@ -515,7 +517,18 @@ async def connect(
     block exits. If the body itself raised, that exception propagates with a note
     naming the write errors. A failure outside a row (the connection breaks, ``COMMIT``
     fails) stops the writer: the body is cancelled and ``connect`` raises it as a
-    ``WriteError``; rows not yet committed are counted as failed.
+    ``WriteError`` counting the rows and operations not committed; those rows are
+    counted as failed.
+
+    On PostgreSQL a lost connection (a restart, ``pg_terminate_backend``, a network
+    failure, a statement past ``command_timeout``) does not stop the writer: it
+    connects again with exponential backoff, for up to ``reconnect_timeout`` seconds,
+    and writes the batch the server rolled back again. A batch that lost its
+    connection after its ``COMMIT`` was sent may have committed: its operations fail
+    with :class:`~corral.CommitUnknownError`, and its rows are written again only if it
+    held nothing else (else they are raised as a ``WriteError``). Since no statement
+    waits past ``command_timeout`` and no reconnection past ``reconnect_timeout``, the
+    drain at exit cannot hang on a stalled server.
 
     SQLite runs through the standard library's ``sqlite3`` in a worker thread, in WAL
     mode; PostgreSQL through asyncpg (``pip install 'corral[postgres]'``), copying

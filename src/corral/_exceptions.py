@@ -4,8 +4,10 @@ from __future__ import annotations
 
 __all__ = [
     "ColumnTypeError",
+    "CommitUnknownError",
     "ConfigurationError",
     "ConnectError",
+    "ConnectionLostError",
     "CorralError",
     "DataError",
     "DatabaseClosedError",
@@ -171,6 +173,33 @@ class DatabaseMovedError(CorralError):
     the rows again. corral checks the path before every commit instead, and stops the
     writer: raised as the ``__cause__`` of the writer's :class:`WriteError`; the rows
     not committed before the file went away are not stored.
+    """
+
+
+class ConnectionLostError(CorralError, ConnectionError):
+    """The connection to the database broke, or its server stopped answering.
+
+    The server restarted or was shut down, the backend was terminated, the network
+    dropped the connection, or a statement got no answer within ``command_timeout``
+    (a PostgreSQL URL parameter). The writer reconnects by itself, with backoff, for up
+    to ``reconnect_timeout`` seconds; this error is raised once it has given up. The
+    driver's error is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, commit_sent: bool = False) -> None:
+        super().__init__(message)
+        #: Whether the connection broke after ``COMMIT`` was sent, before its answer
+        #: came: the transaction may or may not have committed.
+        self.commit_sent = commit_sent
+
+
+class CommitUnknownError(ConnectionLostError):
+    """The connection broke after ``COMMIT`` was sent: the operation may have committed.
+
+    Raised to the caller of an operation (an enqueue, a claim, a report) whose batch
+    was committing when the connection was lost. Its effect may or may not be in the
+    database: read it back before doing it again. The writer has reconnected and goes
+    on; nothing else of the batch is retried.
     """
 
 

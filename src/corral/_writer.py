@@ -19,6 +19,15 @@ A row that fails becomes a :class:`~corral.WriteError`, raised by the next ``put
 commit) is fatal: the batch and everything queued behind it are counted as failed, the
 ``connect`` body is cancelled, and ``connect`` raises the error.
 
+Except a lost connection (:class:`~corral.ConnectionLostError`, from a backend that can
+reconnect): the writer has the backend reconnect (with backoff, for a bounded time) and
+writes the batch again, since the server rolled it back. If ``COMMIT`` had been sent
+when the connection broke, the batch may have committed: its operations are not run
+again, their callers get :class:`~corral.CommitUnknownError`, and its rows are written
+again only when the batch held nothing else (upserting the same rows twice leaves
+what once would). What a lost transaction took from a source cannot be written again:
+it is reported as a ``WriteError``.
+
 Everything here runs on the event loop's thread; the writer's own loop is shielded
 from cancellation and ends only when the database closes, after the queue is drained.
 """
@@ -33,7 +42,7 @@ import anyio
 import anyio.lowlevel
 
 from ._backends import Backend, Connection, Run, TableSchema
-from ._exceptions import DatabaseClosedError, WriteError
+from ._exceptions import CommitUnknownError, ConnectionLostError, DatabaseClosedError, WriteError
 
 __all__ = ["Source", "Writer"]
 
@@ -105,6 +114,22 @@ class _SpaceWaiter:
 _Item = Run | _Op | _Flush
 
 
+def _counted(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _lost_connection(exc: BaseException) -> ConnectionLostError | None:
+    """Return the ConnectionLostError that ``exc`` is, or was raised from, if any."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConnectionLostError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _row_repr(columns: tuple[str, ...], values: tuple[object, ...]) -> str:
     text = repr(dict(zip(columns, values, strict=True)))
     return text if len(text) <= _ROW_REPR else text[: _ROW_REPR - 5] + " ...}"
@@ -148,6 +173,8 @@ class Writer:
         self._errors: deque[WriteError] = deque()
         self._sources: list[Source] = []
         self._inflight: list[_Item] = []
+        #: The sources whose write() ran in the current transaction.
+        self._written: list[Source] = []
         self._done = anyio.Event()
         self._task_id: int | None = None
 
@@ -338,7 +365,7 @@ class Writer:
                     items = await self._collect()
                     if items is None:
                         break
-                    await self._commit(items)
+                    await self._commit_reconnecting(items)
             except BaseException as exc:
                 self._stop(exc)
             finally:
@@ -396,9 +423,69 @@ class Writer:
                 return items
             timed_out = await self._wait(remaining)
 
+    async def _commit_reconnecting(self, items: list[_Item]) -> None:
+        """Commit ``items``; after a lost connection, reconnect and retry what is safe to."""
+        while True:
+            try:
+                await self._commit(items)
+                return
+            except ConnectionLostError as exc:
+                # Backends that raise it can reconnect; reconnect() raises (fatally)
+                # once it gives up.
+                reconnect = getattr(self._backend, "reconnect", None)
+                if reconnect is None:
+                    raise
+                items = self._inflight = self._after_loss(items, exc)
+                await reconnect()
+                if not items:
+                    return
+
+    def _after_loss(self, items: list[_Item], lost: ConnectionLostError) -> list[_Item]:
+        """Answer what the lost transaction cannot retry; return what it can, in order."""
+        ops = [item for item in items if isinstance(item, _Op)]
+        written, self._written = self._written, []
+        if lost.commit_sent and (ops or written):
+            # It may have committed: run nothing of it again.
+            rows = sum(len(item.rows) for item in items if type(item) is Run)
+            error = CommitUnknownError(
+                f"{lost}: the batch may or may not have committed; read back what this "
+                f"operation wrote before doing it again"
+            )
+            error.__cause__ = lost
+            for op in ops:
+                op.error = error
+                op.event.set()
+            if rows:
+                self.failed += rows
+                failure = WriteError(
+                    f"{rows} rows were written in a batch whose COMMIT was sent when the "
+                    f"connection was lost ({lost}): they may or may not be committed"
+                )
+                failure.__cause__ = lost
+                self._errors.append(failure)
+            self._report_sources(written, lost, "may or may not have been committed")
+            for item in items:
+                if isinstance(item, _Flush):
+                    item.event.set()
+            return []
+        self._report_sources(written, lost, "were rolled back and are lost")
+        for op in ops:
+            op.result = op.error = None
+        return items
+
+    def _report_sources(self, sources: list[Source], lost: ConnectionLostError, what: str) -> None:
+        for source in sources:
+            error = WriteError(
+                f"what {source!r}.write() wrote in a transaction that lost its connection "
+                f"{what}: {lost}"
+            )
+            error.__cause__ = lost
+            self._errors.append(error)
+
     async def _commit(self, items: list[_Item]) -> None:
         """Write one batch in one transaction; see the module docstring."""
         self._inflight = items
+        self._written = []
         backend = self._backend
         segments: list[list[Run] | _Op] = []
         rows: list[Run] = []
@@ -493,6 +580,9 @@ class Writer:
                 op.result = await op.fn(backend.connection)
             except Exception as exc:
                 op.error = exc
+                lost = _lost_connection(exc)
+                if lost is not None:  # not the operation's error: the batch's
+                    raise lost from None
         op.scope = None
         kept = op.error is None and not op.abandoned
         if savepoint and kept:
@@ -512,6 +602,7 @@ class Writer:
             error.__cause__ = exc
             self._errors.append(error)
         else:
+            self._written.append(source)
             await backend.release("corral_source")
 
     def _stop(self, exc: BaseException) -> None:
@@ -520,11 +611,13 @@ class Writer:
         self._inflight = []
         self._queue.clear()
         rows = sum(len(item.rows) for item in lost if isinstance(item, Run))
+        ops = sum(1 for item in lost if isinstance(item, _Op) and not item.abandoned)
         fatal: BaseException = exc
         if isinstance(exc, Exception):
             fatal = WriteError(
-                f"the database writer stopped: {type(exc).__name__}: {exc}; the "
-                f"{rows} rows of its current batch and queue were not written"
+                f"the database writer stopped: {type(exc).__name__}: {exc}; "
+                f"{_counted(rows, 'row')} and {_counted(ops, 'operation')} of its current "
+                f"batch and queue were not committed"
             )
             fatal.__cause__ = exc
         self.fatal = fatal

@@ -12,6 +12,15 @@ keys are new, and ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE`` when tha
 a key that exists already (or straight away, for a while, after such a conflict). Rows
 with the same key in one run are collapsed to the last one first (``ON CONFLICT`` may
 touch a row only once per statement), which is what writing them in order would leave.
+
+Stalls and restarts: every statement has a timeout (``command_timeout``) and so has
+connecting (``connect_timeout``), both read from the URL's query (see
+:func:`split_settings`). A call that fails because the connection broke or timed out
+terminates the connection and raises :class:`~corral.ConnectionLostError` (saying
+whether ``COMMIT`` had been sent); every call after it raises the same at once, until
+the writer asks for :meth:`PostgresBackend.reconnect`, which connects again with
+exponential backoff for up to ``reconnect_timeout`` seconds and restores the
+session's staging tables and ``LISTEN`` registrations.
 """
 
 from __future__ import annotations
@@ -23,11 +32,16 @@ import datetime
 import decimal
 import functools
 import itertools
+import logging
+import math
 import operator
 import re
 import threading
+import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -35,7 +49,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import asyncpg  # type: ignore[import-untyped]
 
-from .._exceptions import ConnectError, SchemaError
+from .._exceptions import ConnectError, ConnectionLostError, DatabaseURLError, SchemaError
 from .._sync import loop_scheduler
 from . import (
     BYTES_TYPES,
@@ -53,9 +67,11 @@ from . import (
     upsert_sql,
 )
 
-__all__ = ["PostgresBackend", "column_for", "infer_type", "numbered"]
+__all__ = ["SETTINGS", "PostgresBackend", "Settings", "column_for", "infer_type", "numbered"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("corral.database")
 
 _INFERRED: list[tuple[type, str]] = [
     (bool, "BOOLEAN"),
@@ -138,6 +154,97 @@ def numbered(sql: str) -> str:
         return f"${next(counter)}" if text == "?" else text
 
     return _PLACEHOLDER.sub(replace, sql)
+
+
+# -- settings from the URL --------------------------------------------------------------
+
+#: The query parameters of a PostgreSQL URL that corral reads itself (they are not sent
+#: to the server), with their defaults in seconds.
+SETTINGS: dict[str, float] = {
+    "connect_timeout": 10.0,
+    "command_timeout": 60.0,
+    "reconnect_timeout": 30.0,
+}
+#: A reconnection waits this long before its second attempt, twice as long before each
+#: next one, and never more than _MAX_DELAY (the first attempt is at once).
+_FIRST_DELAY = 0.05
+_MAX_DELAY = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The timeouts of one database, in seconds (see :data:`SETTINGS`)."""
+
+    connect_timeout: float
+    """The most that opening a connection (TCP, TLS, authentication) may take."""
+    command_timeout: float
+    """The most that one statement (or one ``COPY``) may wait for the server."""
+    reconnect_timeout: float
+    """How long the writer keeps trying to connect again after losing its connection
+    (0: it does not reconnect)."""
+
+
+def split_settings(dsn: str) -> tuple[str, Settings]:
+    """Return ``dsn`` without corral's own query parameters, and their values.
+
+    Raises :class:`~corral.DatabaseURLError` for a value that is not a number of
+    seconds (> 0; ``reconnect_timeout`` may be 0).
+    """
+    parts = urllib.parse.urlsplit(dsn)
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    values = dict(SETTINGS)
+    kept: list[tuple[str, str]] = []
+    for name, text in pairs:
+        if name not in SETTINGS:
+            kept.append((name, text))
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        least = 0.0 if name == "reconnect_timeout" else math.ulp(0.0)
+        if not (math.isfinite(value) and value >= least):
+            bound = ">= 0" if least == 0 else "> 0"
+            raise DatabaseURLError(
+                f"{name}={text!r} in {redact(dsn)!r} is not a finite number of seconds "
+                f"{bound}; write it like ?{name}={SETTINGS[name]:g}"
+            )
+        values[name] = value
+    if len(kept) < len(pairs):
+        dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
+    return dsn, Settings(**values)
+
+
+async def _connect(dsn: str, settings: Settings) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        dsn, timeout=settings.connect_timeout, command_timeout=settings.command_timeout
+    )
+
+
+def _broke(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) means that ``conn`` is unusable."""
+    if conn.is_closed():
+        return True
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, _BROKEN):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+#: Errors after which the connection is not used again: it broke, the server is going
+#: away (a restart, pg_terminate_backend), or it did not answer in time.
+_BROKEN: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionError, TimeoutError (asyncpg's timeouts) and the like
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
 
 
 # -- running asyncpg from any event loop -------------------------------------------------
@@ -245,9 +352,22 @@ class PostgresConnection:
     def __init__(self, backend: PostgresBackend) -> None:
         self._backend = backend
 
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Await ``fn(*args)`` on the backend; if cancelled, only once the server stopped.
+
+        Only an operation's calls can be cancelled (the writer's own are shielded); see
+        :func:`_finish_cancel` for why the wait is here.
+        """
+        try:
+            return await self._backend.call(fn, *args)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._backend.call(_finish_cancel, self._backend.conn)
+            raise
+
     async def _query(self, method: Callable[..., Awaitable[T]], sql: str, *args: Any) -> T:
         try:
-            return await self._backend.call(method, numbered(sql), *args)
+            return await self._call(method, numbered(sql), *args)
         except asyncpg.PostgresError as exc:
             raise query_error("PostgreSQL", sql, exc) from exc
 
@@ -286,10 +406,10 @@ class PostgresConnection:
         schedule = loop_scheduler(anyio.lowlevel.current_token())
         here = threading.get_ident()
 
-        own = self._backend.conn.get_server_pid()
+        backend = self._backend
 
         def on_notify(_conn: object, pid: int, *_: object) -> None:
-            if pid == own:  # this connection's own NOTIFY: its users know already
+            if pid == backend.pid:  # this connection's own NOTIFY: its users know already
                 return
             if threading.get_ident() == here:
                 callback()
@@ -298,13 +418,47 @@ class PostgresConnection:
                 schedule(callback)
 
         self._backend.listeners[(channel, callback)] = on_notify
-        await self._backend.call(self._backend.conn.add_listener, channel, on_notify)
+        await self._call(self._backend.conn.add_listener, channel, on_notify)
 
     async def unlisten(self, channel: str, callback: Callable[[], object]) -> None:
         """Stop calling ``callback`` for ``channel`` (see :meth:`listen`)."""
         on_notify = self._backend.listeners.pop((channel, callback), None)
         if on_notify is not None:
-            await self._backend.call(self._backend.conn.remove_listener, channel, on_notify)
+            await self._call(self._backend.conn.remove_listener, channel, on_notify)
+
+
+#: After a statement's caller was cancelled, the cancel request is sent again after this
+#: many seconds while the statement runs, then at twice the interval, up to the most.
+_CANCEL_AGAIN_AFTER = 0.1
+_CANCEL_AGAIN_MOST = 2.0
+
+
+async def _finish_cancel(conn: asyncpg.Connection) -> None:
+    """Return once the server has ended the statement whose caller was cancelled.
+
+    Cancelled in a statement, asyncpg sends the server one cancel request (on a
+    connection of its own) and leaves the statement to end. A request that arrives
+    before the server has read the statement finds it idle and is ignored, and the
+    statement runs to its end, holding the connection (the writer) that long: so while
+    it runs, send the request again. An empty query, queued behind the cancellation
+    (and allowed in a failed transaction), tells when it has ended; the requests sent
+    are waited for, so that none arrives at the server later, in another statement.
+    """
+    loop = asyncio.get_running_loop()
+    probe = loop.create_task(conn.execute(""))
+    sent: list[asyncio.Future[None]] = []
+    delay = _CANCEL_AGAIN_AFTER
+    again = getattr(conn, "_cancel_current_command", None)  # asyncpg's, private
+    while again is not None:
+        done, _ = await asyncio.wait({probe}, timeout=delay)
+        if done:
+            break
+        waiter: asyncio.Future[None] = loop.create_future()
+        again(waiter)
+        sent.append(waiter)
+        delay = min(2 * delay, _CANCEL_AGAIN_MOST)
+    await asyncio.gather(probe, *sent, return_exceptions=True)  # a broken connection:
+    # the writer's next statement raises it
 
 
 _DESCRIBE = """
@@ -329,9 +483,29 @@ class PostgresBackend:
 
     dialect = "postgresql"
 
-    def __init__(self, conn: asyncpg.Connection, runner: _Direct | _LoopThread) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        runner: _Direct | _LoopThread,
+        dsn: str = "",
+        settings: Settings | None = None,
+    ) -> None:
         self.conn = conn
+        #: The server process of the connection (it changes with a reconnection).
+        self.pid: int = conn.get_server_pid()
         self._runner = runner
+        self._dsn = dsn
+        self.settings = settings or Settings(**SETTINGS)
+        #: Set when the connection broke: every call raises it until reconnect().
+        self._lost: ConnectionLostError | None = None
+        #: Whether the current transaction's COMMIT has been sent.
+        self._commit_sent = False
+        #: When the connection was first lost, since a COMMIT last succeeded; and the
+        #: wait before the next attempt to connect again.
+        self._outage: float | None = None
+        self._delay = 0.0
+        #: The session's own statements (temporary tables), run again on a new connection.
+        self._session: list[str] = []
         self._stages = itertools.count()
         #: The staging tables written to in the current transaction: they may hold rows
         #: (``ON COMMIT DELETE ROWS`` empties them at the commit only), so the next copy
@@ -343,12 +517,13 @@ class PostgresBackend:
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresBackend:
-        """Connect to the server at ``dsn``."""
+        """Connect to the server at ``dsn`` (its timeouts read from its query)."""
+        server_dsn, settings = split_settings(dsn)
         native = anyio.lowlevel.current_token().native_token
         runner: _Direct | _LoopThread
         runner = _Direct() if isinstance(native, asyncio.AbstractEventLoop) else _LoopThread()
         try:
-            conn = await runner.call(asyncpg.connect, dsn)
+            conn = await runner.call(_connect, server_dsn, settings)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await runner.close()
@@ -358,11 +533,109 @@ class PostgresBackend:
                     f"{type(exc).__name__}: {scrub(str(exc), dsn)}"
                 ) from exc
             raise
-        return cls(conn, runner)
+        return cls(conn, runner, server_dsn, settings)
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Await ``fn(*args)`` on the event loop that owns the connection."""
-        return await self._runner.call(fn, *args)
+        """Await ``fn(*args)`` on the event loop that owns the connection.
+
+        Raises :class:`~corral.ConnectionLostError` if the connection broke (or timed
+        out) in the call, or before it and :meth:`reconnect` was not called since.
+        """
+        lost = self._lost
+        if lost is not None:
+            raise ConnectionLostError(str(lost), commit_sent=lost.commit_sent) from lost
+        return await self._runner.call(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(*args)`` (on the connection's loop); a broken connection is dropped."""
+        conn = self.conn
+        try:
+            return await fn(*args)
+        except Exception as exc:
+            if not _broke(conn, exc):
+                raise
+            conn.terminate()  # nothing waits on it again: a stalled server stays stalled
+            if self._outage is None:
+                self._outage = time.monotonic()
+            if isinstance(exc, TimeoutError):
+                why = (
+                    f"no answer within command_timeout={self.settings.command_timeout:g} s "
+                    f"(TimeoutError)"
+                )
+            else:
+                why = f"{type(exc).__name__}: {scrub(str(exc), self._dsn)}"
+            when = "after COMMIT was sent" if self._commit_sent else "before COMMIT"
+            lost = self._lost = ConnectionLostError(
+                f"lost the connection to PostgreSQL at {redact(self._dsn)!r} ({when}): {why}",
+                commit_sent=self._commit_sent,
+            )
+            raise lost from exc
+
+    async def reconnect(self) -> None:
+        """Connect again after the connection was lost, with backoff; restore the session.
+
+        The first attempt is at once, the next after 0.05 s, twice as long after each
+        failure (5 s at most), for as long as ``reconnect_timeout`` seconds since the
+        connection was first lost without a COMMIT succeeding since. On the new
+        connection, the staging tables are made again and every ``LISTEN`` is
+        registered again. Raises :class:`~corral.ConnectionLostError` once that time
+        is spent (at once if ``reconnect_timeout`` is 0).
+        """
+        lost = self._lost
+        if lost is None:
+            return
+        budget = self.settings.reconnect_timeout
+        start = self._outage if self._outage is not None else time.monotonic()
+        attempts = 0
+        last: BaseException = lost
+        if budget:
+            log.warning("%s; reconnecting (for up to %g s)", lost, budget)
+        while True:
+            delay = self._delay
+            elapsed = time.monotonic() - start
+            if budget == 0 or elapsed + delay > budget:
+                tried = (
+                    "reconnect_timeout=0: not reconnecting"
+                    if budget == 0
+                    else f"gave up reconnecting after {attempts} attempts in {elapsed:.1f} s "
+                    f"(reconnect_timeout={budget:g})"
+                )
+                raise ConnectionLostError(f"{lost}; {tried}", commit_sent=lost.commit_sent) from (
+                    last
+                )
+            await anyio.sleep(delay)
+            self._delay = min(max(2 * delay, _FIRST_DELAY), _MAX_DELAY)
+            attempts += 1
+            try:
+                conn = await self._runner.call(self._reopen)
+            except Exception as exc:
+                last = exc
+                continue
+            log.warning("reconnected to PostgreSQL after %d attempts; the writer goes on", attempts)
+            self.conn = conn
+            self.pid = conn.get_server_pid()
+            self._lost = None
+            self._commit_sent = False
+            self._staged.clear()
+            return
+
+    async def _reopen(self) -> asyncpg.Connection:
+        """Open a new connection with the session's temporary tables and LISTENs in place."""
+        conn = await _connect(self._dsn, self.settings)
+        try:
+            for sql in self._session:
+                await conn.execute(sql)
+            for (channel, _), on_notify in self.listeners.items():
+                await conn.add_listener(channel, on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    def _committed(self) -> None:
+        """Note that a COMMIT succeeded: the connection is well again."""
+        self._outage = None
+        self._delay = 0.0
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -384,10 +657,12 @@ class PostgresBackend:
         unique = [set(r[0]) for r in await conn.fetch(_UNIQUE, quote(name))]
         check_key(name, key, columns_by_name, unique)
         stage = f"_corral_stage_{next(self._stages)}"
-        await conn.execute(
+        create_stage = (
             f"CREATE TEMPORARY TABLE {quote(stage)} ON COMMIT DELETE ROWS "
             f"AS SELECT * FROM {quote(name)} WITH NO DATA"
         )
+        await conn.execute(create_stage)
+        self._session.append(create_stage)  # made again on a new connection
         schema = TableSchema(name, key, columns_by_name)
         schema.cache["stage"] = stage
         return schema
@@ -396,7 +671,12 @@ class PostgresBackend:
 
     async def write(self, runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
         """Upsert every run; see :class:`~corral._backends.Backend`."""
-        return await self.call(self._write, runs, begin, commit)
+        if begin:
+            self._commit_sent = False
+        failures = await self.call(self._write, runs, begin, commit)
+        if commit:
+            self._committed()
+        return failures
 
     async def _write(self, runs: Sequence[Run], begin: bool, commit: bool) -> list[Failure]:
         conn = self.conn
@@ -416,6 +696,7 @@ class PostgresBackend:
                 await conn.execute("RELEASE SAVEPOINT corral_run")
         if commit:
             self._staged.clear()
+            self._commit_sent = True
             await conn.execute("COMMIT")
         return failures
 
@@ -501,16 +782,21 @@ class PostgresBackend:
     async def begin(self) -> None:
         """Open the batch transaction."""
         self._staged.clear()
+        self._commit_sent = False
         await self.call(self.conn.execute, "BEGIN")
 
     async def commit(self) -> None:
         """Commit the batch transaction."""
         self._staged.clear()
+        self._commit_sent = True
         await self.call(self.conn.execute, "COMMIT")
+        self._committed()
 
     async def rollback(self) -> None:
         """Roll the batch transaction back, if one is open; never raises."""
         self._staged.clear()
+        if self._lost is not None:  # the server rolled it back when the connection went
+            return
 
         async def rollback() -> None:
             if self.conn.is_closed() or not self.conn.is_in_transaction():
@@ -536,10 +822,23 @@ class PostgresBackend:
         await self.call(self.conn.execute, sql)
 
     async def close(self) -> None:
-        """Close the connection, then the loop thread if there is one."""
+        """Close the connection, then the loop thread if there is one; never raises.
+
+        A server that does not answer within ``command_timeout`` has its connection
+        dropped instead.
+        """
+        conn = self.conn
+        timeout = self.settings.command_timeout
+
+        async def close() -> None:
+            try:
+                await conn.close(timeout=timeout)
+            except Exception:
+                conn.terminate()
+
         try:
             with anyio.CancelScope(shield=True):
-                await self.call(self.conn.close)
+                await self._runner.call(close)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._runner.close()

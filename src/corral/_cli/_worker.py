@@ -21,6 +21,7 @@ import click
 from .._backends import redact
 from .._cluster import Cluster
 from .._database import Database, default_url
+from .._exceptions import CommitUnknownError
 from ..jobs import (
     JobContext,
     LoggingNotifier,
@@ -254,7 +255,9 @@ def worker(
 
     Ctrl-C or SIGTERM stops it cleanly: the jobs still running are cancelled and given
     back to the queue, ready at once, the attempt not counted. Any number of workers
-    may share a database (PostgreSQL: on any number of hosts).
+    may share a database (PostgreSQL: on any number of hosts). On PostgreSQL it
+    outlives a server restart: its writer reconnects, with backoff, for up to
+    ``reconnect_timeout`` seconds (a URL parameter, 30 by default).
     """
     url = url or default_url()
     if name is not None and not name.strip():
@@ -301,10 +304,18 @@ def worker(
         failure: Exception | None = None
         async with anyio.create_task_group() as tg:
             await tg.start(_stop_on_signal, tg.cancel_scope)
-            try:
-                await processor.run(until_idle=until_idle)
-            except Exception as exc:  # raised below, outside the task group
-                failure = exc
+            while True:
+                try:
+                    await processor.run(until_idle=until_idle)
+                except CommitUnknownError as exc:
+                    # The connection broke while a claim, a renewal or an outcome was
+                    # committing; the writer has reconnected. What that write did is
+                    # unknown: its jobs are reclaimed when their leases expire.
+                    log.warning("worker %s: %s; running on", processor.name, exc)
+                    continue
+                except Exception as exc:  # raised below, outside the task group
+                    failure = exc
+                break
             tg.cancel_scope.cancel()
         stats = processor.statistics()
         log.info(
