@@ -502,3 +502,44 @@ async def test_a_bad_timeout_in_the_url_is_refused(
     with pytest.raises(corral.DatabaseURLError, match=f"{param}='{value}'.*number of seconds"):
         async with corral.connect(f"{postgres_url}&{param}={value}"):
             pass
+
+
+async def test_a_batch_cut_off_before_its_commit_is_written_again_whole(postgres_url: str) -> None:
+    inside = anyio.Event()
+    go_on = anyio.Event()
+    calls = 0
+
+    async def operation(conn: Connection) -> int:
+        nonlocal calls
+        calls += 1
+        await conn.execute('INSERT INTO "t" ("k", "v") VALUES (?, ?)', 1000, calls)
+        if calls == 1:  # the first time, the connection is cut while it runs
+            inside.set()
+            await go_on.wait()
+        value = await conn.fetchval('SELECT COUNT(*) FROM "t"')
+        assert isinstance(value, int)
+        return value
+
+    async with proxy() as p, corral.connect(p.url(postgres_url)) as db:
+        table = db.table("t", key="k")
+        await table.put({"k": 0, "v": 0})
+        await db.flush()
+        result: list[int] = []
+
+        async def run() -> None:
+            result.append(await db._run(operation))
+
+        async with anyio.create_task_group() as tg:
+            for k in range(1, 6):
+                await table.put({"k": k, "v": 0})  # in the operation's batch, before it
+            tg.start_soon(run)
+            await inside.wait()
+            await p.cut()
+            go_on.set()
+        for k in range(6, 11):
+            await table.put({"k": k, "v": 0})
+        await db.flush()
+        assert calls == 2  # run again, on the new connection
+        assert result == [7]  # 6 rows and its own: the first attempt was rolled back
+        assert db.statistics().committed == 11
+    assert await count(postgres_url, "t") == 12
