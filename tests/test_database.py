@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+import sniffio
 
 import corral
 import corral.jobs
@@ -717,3 +718,138 @@ async def test_put_many_refused_says_how_many_rows_it_accepted(db_url: str) -> N
             await t.put_many(rows)
         assert caught.value.corral_accepted == 2  # type: ignore[attr-defined]
         assert await _committed_keys(db, "t") == {0, 1}
+
+
+# -- the writer stops while the body runs a task group ---------------------------------------
+
+
+def _break_writes(db: corral.Database) -> None:
+    """Make every later batch fail as a broken disk would: a fatal error for the writer."""
+
+    async def broken(*args: object, **kwargs: object) -> list[object]:
+        raise OSError("disk on fire")
+
+    db._backend.write = broken  # type: ignore[method-assign,assignment]
+    db._backend.commit = broken  # type: ignore[method-assign,assignment]
+
+
+def _task_group(kind: str) -> Any:
+    """An anyio task group, or the event loop's own (a trio nursery, an asyncio.TaskGroup)."""
+    if kind == "anyio":
+        return anyio.create_task_group()
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.open_nursery()
+    import asyncio
+
+    return asyncio.TaskGroup()
+
+
+@pytest.mark.parametrize("group", ["anyio", "native"])
+@pytest.mark.parametrize("trigger", ["timer", "flush", "operation"])
+async def test_the_writer_stopping_under_a_task_group_raises_the_write_error(
+    db_url: str, trigger: str, group: str
+) -> None:
+    # On trio the body's nursery raises a group of the Cancelled that the writer's stop
+    # delivered (with the WriteError of a task that flushed or ran an operation, on
+    # both loops): connect must raise the documented WriteError itself, not a group,
+    # and not a Cancelled outside its scope.
+    started = 0
+
+    async def sleeper() -> None:
+        nonlocal started
+        started += 1
+        await anyio.sleep_forever()
+
+    async def body() -> None:
+        # The timer: the writer commits the row on its own, flush_interval after it.
+        interval = 0.01 if trigger == "timer" else 3600
+        async with corral.connect(db_url, flush_interval=interval) as db:
+            t = db.table("t", key="k")
+            await t.put({"k": 0})
+            await db.flush()
+            _break_writes(db)
+            async with _task_group(group) as tg:
+                if hasattr(tg, "start_soon"):  # anyio, trio
+                    start = tg.start_soon
+                else:  # asyncio.TaskGroup
+                    start = lambda fn, *args: tg.create_task(fn(*args))  # noqa: E731
+                for _ in range(3):
+                    start(sleeper)
+                await anyio.wait_all_tasks_blocked()
+                await t.put({"k": 1})
+                if trigger == "flush":
+                    start(db.flush)
+                elif trigger == "operation":
+                    start(db._run, lambda conn: conn.fetchval("SELECT 1"))
+                await anyio.sleep_forever()
+            pytest.fail("the body went on after the writer stopped")
+
+    with pytest.raises(corral.WriteError, match="writer stopped: OSError: disk on fire") as info:
+        await body()
+    assert type(info.value) is corral.WriteError
+    assert isinstance(info.value.__cause__, OSError)
+    assert started == 3
+
+
+async def test_a_postgresql_writer_that_cannot_reconnect_under_a_task_group(
+    postgres_url: str,
+) -> None:
+    # The real thing: the server ends the writer's session and reconnecting is off.
+    url = f"{postgres_url}&reconnect_timeout=0"
+
+    async def body() -> None:
+        async with corral.connect(url, flush_interval=3600) as db:
+            t = db.table("t", key="k")
+            await t.put({"k": 0})
+            await db.flush()
+            pid = await db._run(lambda conn: conn.fetchval("SELECT pg_backend_pid()"))
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(anyio.sleep_forever)
+                async with corral.connect(postgres_url) as admin:
+                    terminate = "SELECT pg_terminate_backend(CAST(? AS INTEGER))"
+                    await admin._run(lambda conn: conn.execute(terminate, pid))
+                await t.put({"k": 1})
+                tg.start_soon(db.flush)
+                await anyio.sleep_forever()
+
+    with pytest.raises(corral.WriteError, match="writer stopped") as info:
+        await body()
+    assert type(info.value) is corral.WriteError
+    assert await read_table(postgres_url, 'SELECT "k" FROM "t"') == [{"k": 0}]
+
+
+async def test_the_body_s_own_error_under_a_stopped_writer_keeps_only_its_own_leaves(
+    db_url: str,
+) -> None:
+    async def cleanup_fails() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise ValueError("cleanup failed")  # the body's own error
+
+    async def body() -> None:
+        async with corral.connect(db_url, flush_interval=0.01) as db:
+            t = db.table("t", key="k")
+            await t.put({"k": 0})
+            await db.flush()
+            _break_writes(db)
+            async with _task_group("native") as tg:
+                if hasattr(tg, "start_soon"):
+                    tg.start_soon(anyio.sleep_forever)
+                    tg.start_soon(cleanup_fails)
+                else:
+                    tg.create_task(anyio.sleep_forever())
+                    tg.create_task(cleanup_fails())
+                await anyio.wait_all_tasks_blocked()
+                await t.put({"k": 1})
+                await anyio.sleep_forever()
+
+    with pytest.raises(ExceptionGroup) as info:
+        await body()
+    leaves = info.value.exceptions
+    assert [type(leaf) for leaf in leaves] == [ValueError]
+    notes = getattr(info.value, "__notes__", [])
+    assert any("also, a write failed: WriteError" in note for note in notes)

@@ -37,6 +37,7 @@ from ._backends import (
 )
 from ._exceptions import (
     ColumnTypeError,
+    DatabaseClosedError,
     MissingKeyError,
     UnknownColumnError,
 )
@@ -484,6 +485,29 @@ def _check_interval(value: object) -> float:
     return float(value)
 
 
+def _without_consequences(error: BaseException, fatal: BaseException) -> BaseException | None:
+    """Return the body's ``error`` less what the writer's stop caused in it, or None.
+
+    The stop cancelled the body (through the task group's scope, which has exited by
+    the time ``connect`` raises: a ``Cancelled`` raised from there would be outside its
+    scope), and tasks of the body may have raised ``fatal`` itself (a ``flush`` or an
+    operation) or a ``DatabaseClosedError`` chained from it. Groups (a task group in
+    the body, a trio nursery) lose those leaves; what is left is the body's own.
+    """
+    cancelled = anyio.get_cancelled_exc_class()
+
+    def caused(exc: BaseException) -> bool:
+        return (
+            isinstance(exc, cancelled)
+            or exc is fatal
+            or (isinstance(exc, DatabaseClosedError) and exc.__cause__ is fatal)
+        )
+
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(caused)[1]
+    return None if caused(error) else error
+
+
 @asynccontextmanager
 async def connect(
     url: str | None = None,
@@ -575,6 +599,8 @@ async def connect(
         with anyio.CancelScope(shield=True):
             await backend.close()
     assert writer is not None
+    if writer.fatal is not None and body_error is not None:
+        body_error = _without_consequences(body_error, writer.fatal)
     errors: list[BaseException] = [*([writer.fatal] if writer.fatal else []), *writer.take_errors()]
     errors = [error for error in errors if error is not body_error]
     cancelled = isinstance(body_error, anyio.get_cancelled_exc_class())
