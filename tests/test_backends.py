@@ -454,6 +454,39 @@ async def test_sqlite_file_removed_while_open_stops_the_writer(tmp_path: Path, h
     assert str(path) in str(info.value.__cause__)
 
 
+async def test_sqlite_a_relative_path_survives_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is the one opened, wherever the process moves: not 'moved'."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    async with corral.connect("sqlite:///test.db") as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 1})
+        await db.flush()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        await t.put({"k": 2})
+        await db.flush()
+        assert await _fetch(db, "SELECT k FROM t") == [{"k": 1}, {"k": 2}]
+
+
+class _Float(float):
+    """A float subclass, as numpy's float64 is."""
+
+
+async def test_sqlite_refuses_nan_of_a_float_subclass_and_huge_decimals(tmp_path: Path) -> None:
+    async with corral.connect(_sqlite_url(tmp_path)) as db:
+        await _execute(db, "CREATE TABLE t (k INTEGER PRIMARY KEY, v REAL, n NUMERIC, u)")
+        t = db.table("t", key="k")
+        for column in ("v", "n", "u"):
+            with pytest.raises(corral.SchemaError, match=f"column '{column}' .* got NaN"):
+                await t.put({"k": 1, column: _Float("nan")})
+        for huge in ("1E+100000000", "-1E+100000000", "1E-100000000"):
+            with pytest.raises(corral.SchemaError, match="would not come back as it is"):
+                await t.put({"k": 1, "n": decimal.Decimal(huge)})  # refused at once
+        assert db.statistics().accepted == 0
+
+
 async def test_sqlite_too_many_columns_is_a_schema_error(tmp_path: Path) -> None:
     async with corral.connect(_sqlite_url(tmp_path)) as db:
         row = {"k": 1, **{f"c{i}": i for i in range(2000)}}

@@ -121,7 +121,7 @@ def _any_value(name: str, table: str | None) -> Callable[[object], object]:
     refuse_nan = _refuse_nan(name, table)
 
     def convert(value: object) -> object:
-        if type(value) is float:
+        if isinstance(value, float):
             return refuse_nan(value)
         return _to_text(value)
 
@@ -147,8 +147,9 @@ def _numeric(name: str, declared: str, table: str | None) -> Callable[[object], 
             return refuse_nan(value)
         kept: float | int | None = None
         if value.is_finite():
-            if value == value.to_integral_value() and int(value) in _INT64:
-                kept = int(value)
+            # adjusted(): the exponent of the first digit (int() of 1E+100000000 is slow).
+            if value.adjusted() < 19 and value == value.to_integral_value():
+                kept = int(value) if int(value) in _INT64 else None
             else:
                 number = float(value)
                 if math.isfinite(number) and decimal.Decimal(repr(number)) == value:
@@ -214,10 +215,17 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _open(path: str, options: SqliteOptions) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
-    """Connect; return the connection and the identity of its file (None in memory)."""
-    memory = path == ":memory:"
-    target = ":memory:" if memory else urllib.parse.quote(os.path.abspath(path))
+def _open(
+    path: str, options: SqliteOptions
+) -> tuple[sqlite3.Connection, str | None, tuple[int, int] | None]:
+    """Connect; return the connection, the file's absolute path and its identity.
+
+    The path is made absolute once, here: a process that changes its directory still
+    has its file. In memory, there is no file (None, None).
+    """
+    file = None if path == ":memory:" else os.path.abspath(path)
+    # file:///abs/path, an empty authority: a path that starts with // is no host.
+    target = ":memory:" if file is None else f"//{urllib.parse.quote(file)}"
     conn = sqlite3.connect(
         f"file:{target}?mode={options.mode}",
         uri=True,
@@ -229,11 +237,11 @@ def _open(path: str, options: SqliteOptions) -> tuple[sqlite3.Connection, tuple[
         if options.mode != "ro":  # a read-only connection cannot change the journal
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={options.synchronous}")
-        identity = None if memory else _identity(os.path.abspath(path))
+        identity = None if file is None else _identity(file)
     except BaseException:
         conn.close()
         raise
-    return conn, identity
+    return conn, file, identity
 
 
 class SqliteConnection:
@@ -305,6 +313,7 @@ class SqliteBackend:
         limiter: anyio.CapacityLimiter,
         *,
         path: str = ":memory:",
+        file: str | None = None,
         read_only: bool = False,
         identity: tuple[int, int] | None = None,
     ) -> None:
@@ -315,7 +324,9 @@ class SqliteBackend:
         self.path = path
         #: Opened with ``mode=ro``: every write is refused.
         self.read_only = read_only
-        #: The (device, inode) of the file opened; checked before every commit.
+        #: The absolute path of the file (None in memory), and its (device, inode) as
+        #: opened: checked before every commit.
+        self._file = file
         self._identity = identity
 
     @classmethod
@@ -324,11 +335,13 @@ class SqliteBackend:
         options = SqliteOptions() if options is None else options
         limiter = anyio.CapacityLimiter(1)
         try:
-            conn, identity = await anyio.to_thread.run_sync(_open, path, options, limiter=limiter)
+            conn, file, identity = await anyio.to_thread.run_sync(
+                _open, path, options, limiter=limiter
+            )
         except sqlite3.Error as exc:
             raise ConnectError(f"could not open SQLite database {path!r}: {exc}") from exc
         read_only = options.mode == "ro"
-        return cls(conn, limiter, path=path, read_only=read_only, identity=identity)
+        return cls(conn, limiter, path=path, file=file, read_only=read_only, identity=identity)
 
     def read_only_error(self, what: str) -> ReadOnlyError:
         """Return the error for a write refused because the database is open read-only."""
@@ -339,10 +352,10 @@ class SqliteBackend:
 
     def _check_file(self) -> None:
         """Raise :class:`DatabaseMovedError` unless the path still names the open file."""
-        if self._identity is None or _identity(os.path.abspath(self.path)) == self._identity:
+        if self._file is None or _identity(self._file) == self._identity:
             return
         raise DatabaseMovedError(
-            f"the SQLite database file {os.path.abspath(self.path)!r} was moved, replaced or "
+            f"the SQLite database file {self._file!r} was moved, replaced or "
             f"deleted while it was open (its folder removed, say): SQLite would go on "
             f"committing into the file it holds open, where nobody can read it again, so "
             f"the rows not committed before it went away are not stored. Put the file "
