@@ -323,7 +323,8 @@ async def test_sqlite_refuses_nan_in_any_column(tmp_path: Path) -> None:
 
 
 async def test_sqlite_numeric_takes_only_the_decimals_it_keeps(tmp_path: Path) -> None:
-    kept = [decimal.Decimal("1.50"), decimal.Decimal("0.1"), decimal.Decimal(-(2**63))]
+    kept = [decimal.Decimal(text) for text in ("1.50", "0.1", "1E+19", "9.3E+18", "-1E-300")]
+    kept.append(decimal.Decimal(-(2**63)))
     lost = ["3.14159265358979323846", "12345678901234567890", "1E+400", "NaN", "-Infinity"]
     async with corral.connect(_sqlite_url(tmp_path)) as db:
         t = db.table("d", key="k")

@@ -148,8 +148,12 @@ def _numeric(name: str, declared: str, table: str | None) -> Callable[[object], 
         kept: float | int | None = None
         if value.is_finite():
             # adjusted(): the exponent of the first digit (int() of 1E+100000000 is slow).
-            if value.adjusted() < 19 and value == value.to_integral_value():
-                kept = int(value) if int(value) in _INT64 else None
+            if (
+                value.adjusted() < 19
+                and value == value.to_integral_value()
+                and int(value) in _INT64
+            ):
+                kept = int(value)
             else:
                 number = float(value)
                 if math.isfinite(number) and decimal.Decimal(repr(number)) == value:
