@@ -3,12 +3,15 @@ draining on every exit, hooks (operations and sources), fatal errors."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 import corral
@@ -368,6 +371,17 @@ async def test_a_failing_operation_rolls_back_only_itself(db_url: str) -> None:
     assert [r["k"] for r in rows] == [1, 2, 3]
 
 
+async def _wait_until_running(url: str, pid: object, text: str) -> None:
+    """Return once PostgreSQL server process ``pid`` runs a statement containing ``text``."""
+    running = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE pid = ? AND state = 'active' AND strpos(query, ?) > 0"
+    )
+    async with corral.connect(url) as admin:
+        while not await admin._run(lambda conn: conn.fetchval(running, pid, text)):
+            pass
+
+
 async def test_cancelling_the_caller_of_a_running_operation_rolls_it_back(db_url: str) -> None:
     # On PostgreSQL the operation is cancelled inside a query, which the driver must have
     # finished cancelling before the writer rolls back (under trio, on its loop thread).
@@ -376,6 +390,8 @@ async def test_cancelling_the_caller_of_a_running_operation_rolls_it_back(db_url
         await t.put({"k": 1})
         await db.flush()
         entered = anyio.Event()
+        if db.dialect == "postgresql":
+            pid = await db._run(lambda conn: conn.fetchval("SELECT pg_backend_pid()"))
 
         async def slow(conn: Connection) -> None:
             await conn.execute('INSERT INTO "t" ("k") VALUES (?)', 100)
@@ -388,6 +404,8 @@ async def test_cancelling_the_caller_of_a_running_operation_rolls_it_back(db_url
             async with anyio.create_task_group() as tg:
                 tg.start_soon(db._run, slow)
                 await entered.wait()
+                if db.dialect == "postgresql":  # cancel it once the server is running it
+                    await _wait_until_running(db_url, pid, "pg_sleep")
                 await anyio.wait_all_tasks_blocked()
                 scope.cancel()
         await t.put({"k": 2})
@@ -739,3 +757,81 @@ async def test_the_last_put_of_each_key_wins_with_operations_interleaved(db_url:
         rows = await fetch(db, 'SELECT "k", "a", "b", "c" FROM "t" WHERE "k" >= 0')
     assert operations > 200
     assert {row["k"]: row for row in rows} == expected
+
+
+# -- a cancel request the server ignores -------------------------------------------------------
+
+
+class _HoldingProxy:
+    """A TCP proxy to the test server that can hold back the next thing a client sends.
+
+    A cancel request that reaches the server before it has read the statement is
+    ignored (the backend is idle): holding the statement here until the server has
+    answered the cancel request (by closing its connection) makes that happen every time.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self.hold = False
+        self.held = anyio.Event()
+        self.release = anyio.Event()
+        self.cancels_answered = 0
+        self.cancel_answered = anyio.Event()
+        self._first = True
+
+    async def handle(self, client: anyio.abc.SocketStream) -> None:
+        main, self._first = self._first, False
+        server = await anyio.connect_tcp(*self._upstream)
+        async with client, server, anyio.create_task_group() as tg:
+            tg.start_soon(self._pump, client, server, main)
+            await self._pump(server, client, False)
+            tg.cancel_scope.cancel()
+        if not main:  # a cancel request, answered
+            self.cancels_answered += 1
+            self.cancel_answered.set()
+
+    async def _pump(
+        self, source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, holds: bool
+    ) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            while True:
+                data = await source.receive()
+                if holds and self.hold:
+                    self.hold = False
+                    self.held.set()
+                    await self.release.wait()
+                await sink.send(data)
+
+
+async def test_a_cancel_request_the_server_ignored_is_sent_again(postgres_url: str) -> None:
+    parts = urllib.parse.urlsplit(postgres_url)
+    proxy = _HoldingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    user = f"{parts.username}@" if parts.username else ""
+    url = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
+    async with listener, anyio.create_task_group() as serving:
+        serving.start_soon(listener.serve, proxy.handle)
+        async with corral.connect(url) as db:
+            t = db.table("t", key="k")
+            await t.put({"k": 1})
+            await db.flush()
+
+            async def slow(conn: Connection) -> None:
+                await conn.execute('INSERT INTO "t" ("k") VALUES (?)', 100)
+                proxy.hold = True  # the proxy holds the next statement back
+                await conn.execute("SELECT pg_sleep(60)")
+
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(db._run, slow)
+                    await proxy.held.wait()
+                    scope.cancel()  # the driver sends a cancel request ...
+            await proxy.cancel_answered.wait()  # ... which the idle server ignored
+            proxy.release.set()  # and now the statement runs
+            await t.put({"k": 2})
+            await db.flush()  # returns once the statement was cancelled again
+            rows = await fetch(db, 'SELECT "k" FROM "t" ORDER BY "k"')
+        serving.cancel_scope.cancel()
+    assert [r["k"] for r in rows] == [1, 2]
+    assert proxy.cancels_answered >= 2
