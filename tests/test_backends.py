@@ -173,6 +173,9 @@ def test_url_errors_are_value_errors_and_hide_passwords() -> None:
         parse_url(f"mysql://root:{SECRET}@h/db")
     assert isinstance(info.value, ValueError)  # as before: a bad value
     assert SECRET not in str(info.value)
+    with pytest.raises(corral.DatabaseURLError, match="has no host") as info:
+        parse_url(f"sqlite://root:{SECRET}@h/x.db")
+    assert SECRET not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["a", "_a", "A_1", "prices", "x" * 63])

@@ -428,8 +428,8 @@ def parse_url(url: object) -> tuple[str, str]:
     if scheme == "sqlite":
         if not rest.startswith("/"):
             raise DatabaseURLError(
-                f"{url!r}: an SQLite URL has no host and three slashes before the path: "
-                f"sqlite:///relative/path.db or sqlite:////absolute/path.db"
+                f"{redact(url)!r}: an SQLite URL has no host and three slashes before the "
+                f"path: sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         path = urllib.parse.unquote(rest[1:].split("?", 1)[0])
         if not path:
