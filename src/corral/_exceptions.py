@@ -170,7 +170,7 @@ class DatabaseMovedError(CorralError):
     """The SQLite database file was moved, replaced or deleted while it was open.
 
     SQLite would go on committing into the file it holds open, where nobody could read
-    the rows again. corral checks the path before every commit instead, and stops the
+    the rows again. corral checks the path after every commit instead, and stops the
     writer: raised as the ``__cause__`` of the writer's :class:`WriteError`; the rows
     not committed before the file went away are not stored.
     """

@@ -12,9 +12,11 @@ crash of the process (an operating-system crash or power cut may lose the last o
 
 The URL's query (:func:`~corral._backends.sqlite_options`) also sets the open mode
 (``mode=ro`` refuses every write with :class:`~corral.ReadOnlyError`) and the busy
-timeout. Before every commit the path is checked to still name the file that was
+timeout. After every commit the path is checked to still name the file that was
 opened (same device and inode): SQLite would go on committing into a deleted or
-replaced file, and the writer stops with :class:`~corral.DatabaseMovedError` instead.
+replaced file, and the writer stops with :class:`~corral.DatabaseMovedError` instead
+(checked after the commit, so that a batch committed as the file went away is counted
+as failed, not committed).
 
 SQLite cannot store some values faithfully, and they are refused by ``put()`` (a
 :class:`~corral.SchemaError`): NaN, which it stores as NULL (in a key, NULL makes a new
@@ -329,7 +331,7 @@ class SqliteBackend:
         #: Opened with ``mode=ro``: every write is refused.
         self.read_only = read_only
         #: The absolute path of the file (None in memory), and its (device, inode) as
-        #: opened: checked before every commit.
+        #: opened: checked after every commit.
         self._file = file
         self._identity = identity
 
@@ -451,8 +453,8 @@ class SqliteBackend:
                     conn.execute("RELEASE corral_row")
             conn.execute("RELEASE corral_run")
         if commit:
-            self._check_file()
             conn.execute("COMMIT")
+            self._check_file()
         return failures
 
     async def begin(self) -> None:
@@ -461,11 +463,11 @@ class SqliteBackend:
         await self.call(lambda: self.conn.execute(begin).close())
 
     async def commit(self) -> None:
-        """Commit the batch transaction, if the file is still where it was opened."""
+        """Commit the batch transaction; raise if the file is no longer where it was opened."""
 
         def commit() -> None:
-            self._check_file()
             self.conn.execute("COMMIT")
+            self._check_file()
 
         await self.call(commit)
 
