@@ -15,6 +15,7 @@ import anyio.abc
 import pytest
 
 import corral
+from corral import _writer
 from corral._backends import Connection, Failure, Run
 
 pytestmark = pytest.mark.timeout(60)
@@ -835,3 +836,84 @@ async def test_a_cancel_request_the_server_ignored_is_sent_again(postgres_url: s
         serving.cancel_scope.cancel()
     assert [r["k"] for r in rows] == [1, 2]
     assert proxy.cancels_answered >= 2
+
+
+# -- refused rows: a bounded number of errors is kept ----------------------------------------
+
+
+async def _checked(db: corral.Database) -> corral.Table:
+    """A table whose CHECK constraint refuses every row with a negative v."""
+    await db._run(
+        lambda conn: conn.execute(
+            'CREATE TABLE "c" ("k" INTEGER PRIMARY KEY, "v" INTEGER CHECK ("v" >= 0))'
+        )
+    )
+    return db.table("c", key="k")
+
+
+async def test_many_refused_rows_keep_a_bounded_number_of_errors(db_url: str) -> None:
+    # 100,000 CHECK violations used to keep 100,000 WriteErrors (88 MiB): only the first
+    # _MAX_ERRORS are kept to be raised, the rest are counted, exactly.
+    kept = _writer._MAX_ERRORS
+    bad = 10 * kept
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        t = await _checked(db)
+        for k in range(bad):  # queued before the writer commits any of them
+            await t.put({"k": k, "v": -1})
+        for k in range(bad, bad + 50):
+            await t.put({"k": k, "v": 1})
+        raised: list[corral.WriteError] = []
+        while True:
+            try:
+                await db.flush()
+            except corral.WriteError as exc:
+                raised.append(exc)
+            else:
+                break
+        assert len(raised) == kept
+        assert [error.row for error in raised[:2]] == [{"k": 0, "v": -1}, {"k": 1, "v": -1}]
+        notes = [note for error in raised for note in getattr(error, "__notes__", [])]
+        assert notes == [
+            f"corral: also, {bad - kept} more writes failed whose errors were not kept (at "
+            f"most {kept} wait to be raised); statistics().failed counts every failed row"
+        ]
+        stats = db.statistics()
+        assert (stats.failed, stats.errors_dropped, stats.committed) == (bad, bad - kept, 50)
+        assert len(await fetch(db, 'SELECT "k" FROM "c"')) == 50
+
+
+async def test_refused_rows_at_exit_make_a_bounded_number_of_notes(db_url: str) -> None:
+    kept = _writer._MAX_ERRORS
+    bad = 5 * kept
+    databases: list[corral.Database] = []
+
+    async def left_to_the_exit() -> None:
+        async with corral.connect(db_url, flush_interval=3600) as db:
+            databases.append(db)
+            t = await _checked(db)
+            for k in range(bad):
+                await t.put({"k": k, "v": -1})
+
+    async def the_body_raises() -> None:
+        async with corral.connect(db_url, flush_interval=3600) as db:
+            t = db.table("c", key="k")
+            for k in range(bad, 2 * bad):
+                await t.put({"k": k, "v": -1})
+            await db._run(lambda conn: conn.fetchval("SELECT 1"))  # commits them
+            raise ValueError("the body's own")
+
+    with pytest.raises(corral.WriteError) as caught:
+        await left_to_the_exit()
+    notes = caught.value.__notes__
+    assert len(notes) == kept  # the other kept errors, and one for those not kept
+    assert notes[-1] == (
+        f"corral: also, {bad - kept} more writes failed whose errors were not kept (at most "
+        f"{kept} wait to be raised); statistics().failed counts every failed row"
+    )
+    assert databases[0].statistics().failed == bad
+    assert databases[0].statistics().errors_dropped == bad - kept
+
+    with pytest.raises(ValueError, match="the body's own") as body:
+        await the_body_raises()
+    assert len(body.value.__notes__) == kept + 1  # every kept error, and the count
+    assert "400 more writes failed" in body.value.__notes__[-1]

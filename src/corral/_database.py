@@ -83,7 +83,9 @@ class DatabaseStatistics:
     pending: int
     """Accepted rows neither committed nor failed yet: queued or being written."""
     failed: int
-    """Accepted rows that could not be written (each raised as a ``WriteError``)."""
+    """Accepted rows that could not be written (each a ``WriteError``, kept or dropped)."""
+    errors_dropped: int = 0
+    """Write errors not kept, as 100 waited to be raised already (a note says how many)."""
 
 
 class _Plan:
@@ -420,6 +422,7 @@ class Database:
             batches=w.batches,
             pending=w.accepted - w.committed - w.failed,
             failed=w.failed,
+            errors_dropped=w.errors_dropped,
         )
 
     @property
@@ -604,14 +607,19 @@ async def connect(
     errors: list[BaseException] = [*([writer.fatal] if writer.fatal else []), *writer.take_errors()]
     errors = [error for error in errors if error is not body_error]
     cancelled = isinstance(body_error, anyio.get_cancelled_exc_class())
+    dropped = writer.take_dropped_note()  # those not kept: counted, in one note
     if body_error is not None and not cancelled:
         for error in errors:
             body_error.add_note(f"corral: also, a write failed: {type(error).__name__}: {error}")
+        if dropped is not None:
+            body_error.add_note(dropped)
         raise body_error
     if errors:
         first = errors[0]
         for error in errors[1:]:
             first.add_note(f"corral: also, a write failed: {type(error).__name__}: {error}")
+        if dropped is not None:
+            first.add_note(dropped)
         raise first
     if body_error is not None:
         raise body_error

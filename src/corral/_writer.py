@@ -15,9 +15,12 @@ the database closes. Each batch is one transaction:
 4. ``COMMIT``.
 
 A row that fails becomes a :class:`~corral.WriteError`, raised by the next ``put`` or
-``flush`` or when ``connect`` exits. A failure outside a row (the connection, the
-commit) is fatal: the batch and everything queued behind it are counted as failed, the
-``connect`` body is cancelled, and ``connect`` raises the error.
+``flush`` or when ``connect`` exits; at most ``_MAX_ERRORS`` wait to be raised, and
+failures beyond them are only counted (``errors_dropped``, and a note on the next error
+raised), so that any number of refused rows keeps the memory bounded. A failure
+outside a row (the connection, the commit) is fatal: the batch and everything queued
+behind it are counted as failed, the ``connect`` body is cancelled, and ``connect``
+raises the error.
 
 Except a lost connection (:class:`~corral.ConnectionLostError`, from a backend that can
 reconnect): the writer has the backend reconnect (with backoff, for a bounded time) and
@@ -49,6 +52,9 @@ __all__ = ["Source", "Writer"]
 
 #: A row shown in an error message is cut to this many characters.
 _ROW_REPR = 300
+#: At most this many write errors wait to be raised; failures beyond them are counted
+#: (``errors_dropped``), not kept, so that refused rows cannot fill the memory.
+_MAX_ERRORS = 100
 
 
 class Source(Protocol):
@@ -170,7 +176,12 @@ class Writer:
         self.closed = False
         #: The error that stopped the writer, if one did.
         self.fatal: BaseException | None = None
+        #: Write errors waiting to be raised, at most _MAX_ERRORS of them.
         self._errors: deque[WriteError] = deque()
+        #: Write errors not kept (the queue of errors was full): all, and those not
+        #: told of yet in a note of a raised error.
+        self.errors_dropped = 0
+        self._dropped_untold = 0
         self._sources: list[Source] = []
         self._inflight: list[_Item] = []
         #: The sources whose write() ran in the current transaction.
@@ -183,7 +194,7 @@ class Writer:
     def check_open(self) -> None:
         """Raise the oldest unreported write error, or if the database is closed."""
         if self._errors:
-            raise self._errors.popleft()
+            raise self._next_error()
         if self.closed:
             self._raise_closed()
 
@@ -284,7 +295,7 @@ class Writer:
         if marker.error is not None:
             raise marker.error
         if self._errors:
-            raise self._errors.popleft()
+            raise self._next_error()
 
     async def run_op(self, fn: Callable[[Connection], Awaitable[Any]]) -> Any:
         """Queue ``fn``; return its result once its batch is committed."""
@@ -315,6 +326,37 @@ class Writer:
         errors = list(self._errors)
         self._errors.clear()
         return errors
+
+    def take_dropped_note(self) -> str | None:
+        """Return (and forget) a note on the write errors not kept and not told of yet."""
+        n, self._dropped_untold = self._dropped_untold, 0
+        if not n:
+            return None
+        return (
+            f"corral: also, {n} more writes failed whose errors were not kept (at most "
+            f"{_MAX_ERRORS} wait to be raised); statistics().failed counts every failed row"
+        )
+
+    def _next_error(self) -> WriteError:
+        """Pop the oldest write error, with a note on those not kept since the last one."""
+        error = self._errors.popleft()
+        note = self.take_dropped_note()
+        if note is not None:
+            error.add_note(note)
+        return error
+
+    def _room_for_error(self) -> bool:
+        """Return whether one more write error can be kept; if not, count it as dropped."""
+        if len(self._errors) < _MAX_ERRORS:
+            return True
+        self.errors_dropped += 1
+        self._dropped_untold += 1
+        return False
+
+    def _keep(self, error: WriteError) -> None:
+        """Keep ``error`` to be raised, unless _MAX_ERRORS wait already (then count it)."""
+        if self._room_for_error():
+            self._errors.append(error)
 
     async def close(self) -> None:
         """Stop accepting rows, drain and commit the queue, and wait for the writer."""
@@ -462,7 +504,7 @@ class Writer:
                     f"connection was lost ({lost}): they may or may not be committed"
                 )
                 failure.__cause__ = lost
-                self._errors.append(failure)
+                self._keep(failure)
             self._report_sources(written, lost, "may or may not have been committed")
             for item in items:
                 if isinstance(item, _Flush):
@@ -480,7 +522,7 @@ class Writer:
                 f"{what}: {lost}"
             )
             error.__cause__ = lost
-            self._errors.append(error)
+            self._keep(error)
 
     async def _commit(self, items: list[_Item]) -> None:
         """Write one batch in one transaction; see the module docstring."""
@@ -549,6 +591,8 @@ class Writer:
         self.committed += total - len(failures)
         self.failed += len(failures)
         for run, index, exc in failures:
+            if not self._room_for_error():
+                continue  # counted: statistics().failed and errors_dropped
             values = run.rows[index]
             row = dict(zip(run.columns, values, strict=True))
             error = WriteError(
@@ -600,7 +644,7 @@ class Writer:
             await backend.rollback_to("corral_source")
             error = WriteError(f"{source!r}.write() failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
-            self._errors.append(error)
+            self._keep(error)
         else:
             self._written.append(source)
             await backend.release("corral_source")
