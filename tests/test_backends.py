@@ -14,6 +14,7 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 
 import corral
@@ -528,3 +529,97 @@ def test_postgres_columns_take_what_asyncpg_encodes(
         assert _accepts(column, value), (sql_type, value)
     for value in bad:
         assert not _accepts(column, value), (sql_type, value)
+
+
+# -- PostgreSQL: the driver's errors, translated ----------------------------------------------
+
+
+async def test_postgresql_a_row_with_too_many_columns_is_a_schema_error(postgres_url: str) -> None:
+    async with corral.connect(postgres_url) as db:
+        wide = db.table("wide", key="c0")
+        with pytest.raises(corral.SchemaError, match=r"at most 1600 columns.*1601") as caught:
+            await wide.put({f"c{i}": i for i in range(1601)})
+        assert type(caught.value.__cause__).__name__ == "TooManyColumnsError"
+        narrow = db.table("narrow", key="k")
+        await narrow.put({"k": 1})  # the database goes on
+        await db.flush()
+
+
+async def test_postgresql_a_statement_timeout_is_a_query_error(postgres_url: str) -> None:
+    # Another transaction creates the table and holds on: creating it here waits for that
+    # one, until the server's statement_timeout cancels it.
+    timeout = urllib.parse.quote("-c statement_timeout=200")
+    url = f"{postgres_url}&options={timeout}"
+    async with corral.connect(postgres_url) as other, corral.connect(url) as db:
+        creating, release = anyio.Event(), anyio.Event()
+
+        async def create(conn: Connection) -> None:
+            await conn.execute('CREATE TABLE "t" ("k" BIGINT PRIMARY KEY)')
+            creating.set()
+            await release.wait()
+            raise RuntimeError("rolled back")
+
+        async def hold() -> None:
+            with pytest.raises(RuntimeError, match="rolled back"):
+                await other._run(create)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold)
+            await creating.wait()
+            try:
+                with pytest.raises(corral.QueryError, match="statement timeout") as caught:
+                    await db.table("t", key="k").put({"k": 1})
+            finally:
+                release.set()
+        assert type(caught.value.__cause__).__name__ == "QueryCanceledError"
+
+        async def sleeps(conn: Connection) -> None:
+            await conn.execute("SELECT pg_sleep(60)")
+
+        with pytest.raises(corral.QueryError, match="statement timeout") as caught:
+            await db._run(sleeps)
+        assert type(caught.value.__cause__).__name__ == "QueryCanceledError"
+
+
+async def test_postgresql_a_dropped_connection_names_its_cause(postgres_url: str) -> None:
+    # The writer's INSERT waits for a key another transaction holds, and its server process
+    # is terminated meanwhile: the error names the termination, not what the writer tried
+    # next on the dead connection (a savepoint's rollback: "connection is closed").
+    url = f"{postgres_url}&reconnect_timeout=0"
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = ? AND wait_event_type = 'Lock'"
+    terminate = "SELECT pg_terminate_backend(CAST(? AS INTEGER))"
+    async with corral.connect(postgres_url) as other, corral.connect(postgres_url) as admin:
+        holding = anyio.Event()
+
+        async def hold(conn: Connection) -> None:
+            await conn.execute('INSERT INTO "t" VALUES (5)')
+            holding.set()
+            await anyio.sleep_forever()  # until cancelled: rolled back
+
+        async def flush(db: corral.Database) -> None:
+            with pytest.raises(corral.WriteError):
+                await db.flush()
+
+        async def body() -> None:
+            async with corral.connect(url, flush_interval=3600) as db:
+                t = db.table("t", key="k")
+                await t.put({"k": 0})
+                await db.flush()
+                pid = await db._run(lambda conn: conn.fetchval("SELECT pg_backend_pid()"))
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(other._run, hold)
+                    await holding.wait()
+                    for k in range(1, 10):
+                        await t.put({"k": k})
+                    tg.start_soon(flush, db)
+                    while not await admin._run(lambda conn: conn.fetchval(waiting, pid)):
+                        pass
+                    await admin._run(lambda conn: conn.execute(terminate, pid))
+                    await anyio.sleep_forever()  # cancelled when the writer stops
+
+        with pytest.raises(corral.WriteError, match="writer stopped") as caught:
+            await body()
+    message = str(caught.value)
+    assert "administrator command" in message, message
+    assert "connection is closed" not in message, message
+    assert "cannot switch to state" not in message, message

@@ -49,7 +49,13 @@ import anyio.lowlevel
 import anyio.to_thread
 import asyncpg  # type: ignore[import-untyped]
 
-from .._exceptions import ConnectError, ConnectionLostError, DatabaseURLError, SchemaError
+from .._exceptions import (
+    ConnectError,
+    ConnectionLostError,
+    DatabaseURLError,
+    QueryError,
+    SchemaError,
+)
 from .._sync import loop_scheduler
 from . import (
     BYTES_TYPES,
@@ -642,8 +648,25 @@ class PostgresBackend:
     async def resolve(
         self, name: str, key: tuple[str, ...], row: Mapping[str, object]
     ) -> TableSchema:
-        """Describe table ``name``, creating it from ``row`` when it does not exist."""
-        return await self.call(self._resolve, name, key, row)
+        """Describe table ``name``, creating it from ``row`` when it does not exist.
+
+        Raises :class:`~corral.SchemaError` for a row with more columns than a table
+        can have, :class:`~corral.QueryError` for any other refusal (a
+        ``statement_timeout``, missing privileges), the driver's error chained.
+        """
+        try:
+            return await self.call(self._resolve, name, key, row)
+        except asyncpg.TooManyColumnsError as exc:
+            raise SchemaError(
+                f"table {name!r} cannot be created from this row: PostgreSQL tables have "
+                f"at most 1600 columns and the row has {len(row)}; split the columns over "
+                f"several tables with the same key, or create the table yourself with some "
+                f"of them in one JSONB or array column"
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            raise QueryError(
+                f"PostgreSQL refused to read or create table {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def _resolve(
         self, name: str, key: tuple[str, ...], row: Mapping[str, object]
@@ -690,7 +713,9 @@ class PostgresBackend:
             await conn.execute(f"{first}SAVEPOINT corral_run")
             try:
                 await self._bulk(run)
-            except Exception:
+            except Exception as exc:
+                if _broke(conn, exc):  # raise what broke it, not a rollback's failure
+                    raise
                 await conn.execute("ROLLBACK TO SAVEPOINT corral_run")
                 await self._one_by_one(number, run, failures)
                 await conn.execute("RELEASE SAVEPOINT corral_run")
@@ -775,6 +800,8 @@ class PostgresBackend:
             try:
                 await conn.execute(sql, *row)
             except Exception as exc:
+                if _broke(conn, exc):
+                    raise
                 await conn.execute("ROLLBACK TO SAVEPOINT corral_row")
                 failures.append((number, index, exc))
             await conn.execute("RELEASE SAVEPOINT corral_row")
