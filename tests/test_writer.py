@@ -872,6 +872,13 @@ async def test_many_refused_rows_keep_a_bounded_number_of_errors(db_url: str) ->
                 break
         assert len(raised) == kept
         assert [error.row for error in raised[:2]] == [{"k": 0, "v": -1}, {"k": 1, "v": -1}]
+        # A kept error does not keep its batch alive through its cause's frames.
+        assert raised[0].__cause__ is not None
+        tb = raised[0].__cause__.__traceback__
+        assert tb is not None
+        while tb is not None:
+            assert not tb.tb_frame.f_locals, tb.tb_frame
+            tb = tb.tb_next
         notes = [note for error in raised for note in getattr(error, "__notes__", [])]
         assert notes == [
             f"corral: also, {bad - kept} more writes failed whose errors were not kept (at "

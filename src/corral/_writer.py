@@ -37,6 +37,7 @@ from cancellation and ends only when the database closes, after the queue is dra
 
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -601,6 +602,9 @@ class Writer:
                 table=run.table.name,
                 row=row,
             )
+            # Its traceback's frames would keep the whole batch (and every failure of
+            # it) alive: keep the lines, drop their locals.
+            traceback.clear_frames(exc.__traceback__)
             error.__cause__ = exc
             self._errors.append(error)
         for op in ops:
