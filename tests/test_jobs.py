@@ -6,13 +6,16 @@ Multi-process behaviour (SIGKILL, three workers) is in ``test_jobs_processes.py`
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import logging
 import random
 import threading
+import urllib.parse
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -1454,3 +1457,60 @@ async def test_a_job_maps_on_its_own_unit_and_on_the_free_ones(db_url: str) -> N
     assert {b for name, b in seen if name == "small"} == {1}
     assert max(b for name, b in seen if name == "big") == 3
     assert small.statistics().borrowed == big.statistics().borrowed == 0
+
+
+# -- PostgreSQL: the NOTIFY channel of a queue in a schema with a long name --------------------
+
+
+@contextlib.contextmanager
+def _schemas(*names: str) -> Iterator[list[str]]:
+    """Create schemas named ``names`` (quoted) and yield URLs in them; drop them after."""
+    from conftest import POSTGRES_URL, postgres_admin, with_search_path
+
+    made: list[str] = []
+    try:
+        for name in names:
+            postgres_admin(f'CREATE SCHEMA "{name}"')
+            made.append(name)
+        yield [with_search_path(POSTGRES_URL, urllib.parse.quote(f'"{n}"')) for n in names]
+    finally:
+        for name in made:
+            postgres_admin(f'DROP SCHEMA "{name}" CASCADE')
+
+
+async def test_jobs_in_a_schema_whose_name_is_long_in_bytes(postgres_url: str) -> None:
+    # 37 characters, 62 bytes: "corral_jobs_" and the name do not fit the 63 bytes of a
+    # PostgreSQL channel name.
+    name = f"ct_{uuid.uuid4().hex[:8]}_" + "ü" * 25
+    done = anyio.Event()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        done.set()
+
+    with _schemas(name) as [url]:
+        async with database(url) as db, database(url) as other:
+            assert await db._run(lambda conn: conn.fetchval("SELECT current_schema()")) == name
+            processor = jobs.Processor(db, handler, config=config(poll_interval=60))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(processor.run)
+                await db.jobs.depth()
+                await other.jobs.depth()
+                await anyio.wait_all_tasks_blocked()
+                await other.jobs.enqueue(jobs.Job("remote"))  # NOTIFY wakes the processor
+                with anyio.fail_after(20):
+                    await done.wait()
+                tg.cancel_scope.cancel()
+            assert len(db.jobs.channel.encode()) <= 63
+            assert (await db.jobs.get("remote")).state is jobs.State.COMPLETED
+
+
+async def test_schemas_sharing_a_long_prefix_have_their_own_channels(postgres_url: str) -> None:
+    prefix = f"ct_{uuid.uuid4().hex[:12]}_".ljust(55, "x")
+    with _schemas(prefix + "_one", prefix + "_two") as urls:
+        channels = []
+        for url in urls:
+            async with database(url) as db:
+                await db.jobs.enqueue(jobs.Job("j"))
+                channels.append(db.jobs.channel)
+    assert channels[0] != channels[1]
+    assert all(len(channel.encode()) <= 63 for channel in channels)

@@ -21,7 +21,16 @@ from ._model import (
     load_json,
     timestamp,
 )
-from ._schema import CHANNEL, FINISHED, JOBS, ensure_schema, fetch, now_sql, stored_job
+from ._schema import (
+    CHANNEL,
+    FINISHED,
+    JOBS,
+    channel_for,
+    ensure_schema,
+    fetch,
+    now_sql,
+    stored_job,
+)
 
 if TYPE_CHECKING:
     from .._backends import Connection
@@ -114,7 +123,7 @@ class JobQueue:
                 await ensure_schema(conn)
                 if conn.dialect == "postgresql":
                     schema = await conn.fetchval("SELECT current_schema()")
-                    self.channel = f"{CHANNEL}_{schema}"[:63]
+                    self.channel = channel_for(str(schema))
             return await fn(conn)
 
         result = await self._db._run(op)

@@ -7,6 +7,7 @@ runs through the database's writer (``Database._run``): one transaction per batc
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "NO_LABELS",
     "NO_STEPS",
     "WAITING",
+    "channel_for",
     "ensure_schema",
     "fetch",
     "now_sql",
@@ -35,6 +37,8 @@ JOBS = "corral_jobs"
 #: The PostgreSQL channel a job's arrival (or a freed slot) is announced on, followed
 #: by the table's schema: queues in two schemas of one database do not wake each other.
 CHANNEL = "corral_jobs"
+#: The most bytes in a PostgreSQL channel name (NAMEDATALEN - 1; longer ones are refused).
+_MAX_CHANNEL = 63
 #: pg_advisory_xact_lock keys: one serializes claims, one creating the table.
 CLAIM_LOCK = 7262018
 SCHEMA_LOCK = 7262019
@@ -53,6 +57,23 @@ FINISHED = ("completed", "failed", "dead")
 NO_LABELS = "[]"
 #: How a job with no finished steps stores them.
 NO_STEPS = "[]"
+
+
+def channel_for(schema: str) -> str:
+    """Return the NOTIFY channel of the queue in ``schema``: one per schema, <= 63 bytes.
+
+    ``corral_jobs_<schema>`` when that fits in PostgreSQL's 63 bytes; else as much of it
+    as fits (cut on a character boundary) and a hash of the whole schema name, so that
+    schemas whose names are long in bytes (multibyte characters), or share a long
+    prefix, each have a channel of their own.
+    """
+    channel = f"{CHANNEL}_{schema}"
+    encoded = channel.encode()
+    if len(encoded) <= _MAX_CHANNEL:
+        return channel
+    digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
+    head = encoded[: _MAX_CHANNEL - len(digest) - 1].decode(errors="ignore")
+    return f"{head}_{digest}"
 
 
 def now_sql(conn: Connection) -> str:
