@@ -367,7 +367,8 @@ class PostgresConnection:
         try:
             return await self._backend.call(fn, *args)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
+            # A broken connection is the writer's to raise, at its next statement.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self._backend.call(_finish_cancel, self._backend.conn)
             raise
 
