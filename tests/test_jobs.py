@@ -682,6 +682,66 @@ async def test_notifier_errors_are_logged_not_raised(
             await processor.run(until_idle=True)
         assert (await db.jobs.get("a")).state is jobs.State.COMPLETED
         assert "the notifier raised" in caplog.text
+        assert processor.statistics().notifications_failed == 1
+
+
+async def test_a_notifier_that_blocks_holds_back_no_job(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its notify() never returns: the jobs complete all the same, run() returns once
+    notify_timeout has passed after the end, and what was not delivered is counted."""
+    release = anyio.Event()
+
+    class Stuck:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def notify(self, event: jobs.JobEvent) -> None:
+            self.calls += 1
+            await release.wait()
+
+    stuck = Stuck()
+    try:
+        async with database(db_url) as db:
+            await db.jobs.enqueue_many(jobs.Job(f"j{i}") for i in range(5))
+            processor = jobs.Processor(
+                db, noop, config=config(notify_buffer=2, notify_timeout=0.05), notifier=stuck
+            )
+            with caplog.at_level(logging.WARNING, "corral.jobs"), anyio.fail_after(20):
+                await processor.run(until_idle=True)
+            assert (await db.jobs.depth()).completed == 5
+            stats = processor.statistics()
+            assert (stats.completed, stats.notifications_dropped) == (5, 5)
+            assert stuck.calls == 1
+            assert "dropping the oldest" in caplog.text
+            assert "not delivered within notify_timeout" in caplog.text
+    finally:
+        release.set()
+
+
+async def test_a_full_notification_buffer_drops_the_oldest(db_url: str) -> None:
+    """The notifier is stuck on the first event until the last job runs: of the events
+    in between, the newest notify_buffer are delivered, the older ones dropped."""
+    release = anyio.Event()
+
+    class Held(Recorder):
+        async def notify(self, event: jobs.JobEvent) -> None:
+            if not self.events:
+                await release.wait()
+            await super().notify(event)
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "j9":
+            release.set()
+
+    held = Held()
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(jobs.Job(f"j{i}") for i in range(10))
+        processor = await run_all(
+            db, handler, recorder=held, batch_size=1, max_concurrent=1, notify_buffer=3
+        )
+    assert [e.job_id for e in held.events] == ["j0", "j6", "j7", "j8", "j9"]
+    assert processor.statistics().notifications_dropped == 5
 
 
 async def test_the_logging_notifier(db_url: str, caplog: pytest.LogCaptureFixture) -> None:

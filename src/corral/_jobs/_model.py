@@ -344,9 +344,15 @@ class ProcessorConfig:
     """Jobs claimed in one transaction, at most."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     """Backoff between retries."""
+    notify_buffer: int = 1000
+    """Notifications waiting for the notifier, at most; when it falls further behind,
+    the oldest waiting is dropped (counted, and logged)."""
+    notify_timeout: float = 5.0
+    """Seconds ``run()`` gives the notifier, once its jobs are settled, for the
+    notifications still waiting; those left are dropped (counted, and logged)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent", "batch_size"):
+        for name in ("max_concurrent", "batch_size", "notify_buffer"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TypeError(f"ProcessorConfig {name} must be an int >= 1, got {value!r}")
@@ -357,6 +363,7 @@ class ProcessorConfig:
             )
         _check_seconds("ProcessorConfig lease_seconds", self.lease_seconds)
         _check_seconds("ProcessorConfig poll_interval", self.poll_interval)
+        _check_seconds("ProcessorConfig notify_timeout", self.notify_timeout, zero=True)
         if not isinstance(self.retry, RetryPolicy):
             raise TypeError(f"ProcessorConfig retry must be a RetryPolicy, got {self.retry!r}")
 

@@ -54,8 +54,12 @@ class JobEvent:
 class Notifier(Protocol):
     """Told about completions, failures, dead letters and reclaimed leases.
 
-    Called by the processor after the change is committed. An exception raised here is
-    logged and otherwise ignored: a notification never changes what happens to a job.
+    Called by the processor after the change is committed, from a task of its own that
+    takes the events from a bounded buffer (``ProcessorConfig.notify_buffer``), one at a
+    time, oldest first: a slow notifier holds back no job, but past that many events
+    behind the oldest are dropped (counted in ``ProcessorStatistics``, and logged). An
+    exception raised here is logged and counted, and otherwise ignored: a notification
+    never changes what happens to a job.
     """
 
     async def notify(self, event: JobEvent) -> None:

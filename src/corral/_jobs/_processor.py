@@ -1,16 +1,19 @@
 """The processor: claims jobs, runs their handler, records how each attempt ended.
 
-One processor is four kinds of task in one task group: the *claimer* (claims batches
+One processor is five kinds of task: the *claimer* (claims batches
 of jobs within the limits and queues them to run), the *runners* (each runs queued
 jobs one at a time, each in a copy of the context of its own, as a task of its own
 would have, and in a cancel scope that is cancelled if its lease is lost; there are
 as many runners as jobs waiting in a handler at once, reused from job to job, since
 starting a task costs more than a short job), the *reporter* (writes how attempts
-ended, many per transaction, fenced by their lease tokens) and the *renewer* (extends
+ended, many per transaction, fenced by their lease tokens), the *renewer* (extends
 the leases of the running jobs every third of ``lease_seconds`` and cancels a job
-whose lease was taken over). Nothing outlives
+whose lease was taken over) and, in a task group around theirs, the *deliverer* (hands
+notifications to the notifier from a bounded buffer, so that a slow notifier holds
+back no job). Nothing outlives
 :meth:`Processor.run`: when it is cancelled, the jobs still running are cancelled and
-given back (ready at once, the attempt not counted), in a shielded last transaction.
+given back (ready at once, the attempt not counted), in a shielded last transaction,
+and the notifier is given ``notify_timeout`` for the notifications left.
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ class ProcessorStatistics:
     """Jobs with an expired lease that this processor put back in the queue."""
     lease_lost: int
     """Attempts dropped because another worker took their lease over."""
+    notifications_dropped: int
+    """Notifications never given to the notifier: dropped, oldest first, when it was
+    ``notify_buffer`` behind, or left when ``run()`` ended and ``notify_timeout`` passed."""
+    notifications_failed: int
+    """Notifications whose ``notify`` raised (each logged on ``corral.jobs``)."""
 
 
 class Processor:
@@ -186,8 +194,25 @@ class Processor:
         self._report_wakeup: anyio.Event
         self._active = False
         self._tg: anyio.abc.TaskGroup | None = None
+        #: Notifications for the notifier's task (see _deliver), whether it was told
+        #: of the last, and whether the buffer overflowed since it was last empty.
+        self._events: deque[JobEvent] = deque()
+        self._events_wakeup: anyio.Event | None = None
+        self._events_end = False
+        self._overflowing = False
         self._counts = dict.fromkeys(
-            ("claimed", "completed", "retried", "failed", "dead", "reclaimed", "lease_lost"), 0
+            (
+                "claimed",
+                "completed",
+                "retried",
+                "failed",
+                "dead",
+                "reclaimed",
+                "lease_lost",
+                "notifications_dropped",
+                "notifications_failed",
+            ),
+            0,
         )
 
     def __repr__(self) -> str:
@@ -217,35 +242,49 @@ class Processor:
         listening = False
         queue = self._db.jobs
         queue._watchers.add(self._wake_claimer)
+        self._events_end = False
+        delivery = anyio.CancelScope(shield=True)
         try:
-            await queue._call(_noop)
-            if self._db.dialect == "postgresql":
-                listen = _claims.Call(self._listen)
+            async with anyio.create_task_group() as notifying:
+                # The notifier is called from a task of its own, never from the tasks
+                # that claim and report: a slow one holds back no job.
+                notifying.start_soon(self._deliver, delivery)
                 try:
-                    await listen.run(self._db)
+                    await queue._call(_noop)
+                    if self._db.dialect == "postgresql":
+                        listen = _claims.Call(self._listen)
+                        try:
+                            await listen.run(self._db)
+                        finally:
+                            listening = listen.committing
+                    async with anyio.create_task_group() as tg:
+                        self._tg = tg
+                        tg.start_soon(self._renewer)
+                        tg.start_soon(self._reporter)
+                        await self._claimer(until_idle)
+                        tg.cancel_scope.cancel()
                 finally:
-                    listening = listen.committing
-            try:
-                async with anyio.create_task_group() as tg:
-                    self._tg = tg
-                    tg.start_soon(self._renewer)
-                    tg.start_soon(self._reporter)
-                    await self._claimer(until_idle)
-                    tg.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                # One of its own tasks failed (say, the database broke): raise that error
-                # itself, as the caller of run() knows of no task group.
-                if len(group.exceptions) == 1:
-                    raise group.exceptions[0] from group.exceptions[0].__cause__
+                    queue._watchers.discard(self._wake_claimer)
+                    self._tg = None
+                    self._queued.clear()
+                    self._idle.clear()
+                    self._starting = 0
+                    with anyio.CancelScope(shield=True):
+                        await self._settle(listening)
+                    # What the notifier has yet to take, it gets notify_timeout for.
+                    self._events_end = True
+                    self._wake_deliverer()
+                    delivery.deadline = anyio.current_time() + self.config.notify_timeout
+        except BaseExceptionGroup as group:
+            # One of its own tasks failed (say, the database broke): raise that error
+            # itself, as the caller of run() knows of no task group.
+            error: BaseException = group
+            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]
+            if error is group:
                 raise
+            raise error from error.__cause__
         finally:
-            queue._watchers.discard(self._wake_claimer)
-            self._tg = None
-            self._queued.clear()
-            self._idle.clear()
-            self._starting = 0
-            with anyio.CancelScope(shield=True):
-                await self._settle(listening)
             self._active = False
 
     async def _listen(self, conn: Connection) -> None:
@@ -306,7 +345,7 @@ class Processor:
             for item in claimed:
                 self._start(item)
             for event in self._reclaim_events(reclaimed):
-                await self._send(event)
+                self._send(event)
             if 0 < request.limit <= len(claimed):
                 continue  # took all it asked for: there may be more
             if limited and self._running:
@@ -387,7 +426,7 @@ class Processor:
                         if self._queued:
                             self._dispatch()
                         if entry._lost:
-                            await self._dropped(entry)
+                            self._dropped(entry)
                         else:
                             entry._scope = scope
                             async with entry.cluster._job_unit():  # one of its capacity
@@ -399,7 +438,7 @@ class Processor:
                             await anyio.lowlevel.checkpoint()
                 if entry is not None:  # cancelled by the renewer: the lease was taken over
                     entry._scope = None
-                    await self._dropped(entry)
+                    self._dropped(entry)
             wakeup = anyio.Event()
             self._idle.append(wakeup)
             await wakeup.wait()
@@ -417,7 +456,7 @@ class Processor:
                     await rest
                 outcome = _claims.Outcome(claimed.id, claimed.token, State.COMPLETED)
         except LeaseLostError:
-            await self._dropped(ctx)
+            self._dropped(ctx)
             return
         except Exception as exc:
             outcome = self._failure(ctx, exc)
@@ -425,17 +464,23 @@ class Processor:
         self._outcomes.append(ctx._outcome)
         self._report_wakeup.set()
 
-    async def _dropped(self, entry: JobContext) -> None:
+    def _dropped(self, entry: JobContext) -> None:
         """Forget a job whose lease was taken over: record nothing, tell the notifier."""
         claimed = entry._claimed
         self._forget(claimed.token)
         self._counts["lease_lost"] += 1
-        await self._notify(
-            EventKind.LEASE_LOST,
-            claimed.id,
-            claimed.attempt,
-            claimed.cluster,
-            message="another worker took the lease over; this attempt was dropped",
+        message = "another worker took the lease over; this attempt was dropped"
+        self._send(
+            JobEvent(
+                EventKind.LEASE_LOST,
+                claimed.id,
+                claimed.attempt,
+                claimed.cluster,
+                None,
+                None,
+                message,
+                self.name,
+            )
         )
 
     async def _check(self, entry: JobContext) -> _claims.Outcome | None:
@@ -539,7 +584,7 @@ class Processor:
                 self._outcomes[:0] = batch
             raise
         for event in self._reported(batch, request, accepted, claimed, reclaimed):
-            await self._send(event)
+            self._send(event)
 
     def _reported(
         self,
@@ -629,33 +674,75 @@ class Processor:
             if late:  # the events of writes cancelled in their commit: sent once committed
                 await self._db._run(_noop)
                 for event in late:
-                    await self._send(event)
+                    self._send(event)
         except Exception as exc:
             log.warning("%r: could not settle its jobs at exit: %r", self, exc)
         finally:
             self._running.clear()
             self._on_cluster = dict.fromkeys(self._by_name, 0)
 
-    async def _notify(
-        self,
-        kind: EventKind,
-        job_id: str,
-        attempt: int,
-        cluster: str | None,
-        *,
-        category: ErrorCategory | None = None,
-        step: str | None = None,
-        message: str | None = None,
-    ) -> None:
-        await self._send(
-            JobEvent(kind, job_id, attempt, cluster, category, step, message, self.name)
-        )
+    # -- notifications ------------------------------------------------------------------
 
-    async def _send(self, event: JobEvent) -> None:
-        try:
-            await self._notifier.notify(event)
-        except Exception:
-            log.exception("%r: the notifier raised on %r; ignored", self, event)
+    def _send(self, event: JobEvent) -> None:
+        """Queue ``event`` for the notifier; never waits (if it is behind, drop the oldest)."""
+        events = self._events
+        if len(events) >= self.config.notify_buffer:
+            events.popleft()
+            self._counts["notifications_dropped"] += 1
+            if not self._overflowing:
+                self._overflowing = True
+                log.warning(
+                    "%r: the notifier is %d notifications behind (notify_buffer): dropping "
+                    "the oldest until it catches up (counted in statistics()."
+                    "notifications_dropped)",
+                    self,
+                    len(events) + 1,
+                )
+        events.append(event)
+        self._wake_deliverer()
+
+    def _wake_deliverer(self) -> None:
+        wakeup = self._events_wakeup
+        if wakeup is not None:
+            self._events_wakeup = None
+            wakeup.set()
+
+    async def _deliver(self, scope: anyio.CancelScope) -> None:
+        """Hand the queued notifications to the notifier, oldest first, one at a time.
+
+        In ``scope``, shielded: the end of ``run()`` cuts no notification short, but
+        the deadline it then sets (``notify_timeout``) does. A notification that
+        raises is logged and counted.
+        """
+        events = self._events
+        current: JobEvent | None = None
+        with scope:
+            while True:
+                if not events:
+                    self._overflowing = False
+                    if self._events_end:
+                        break
+                    wakeup = self._events_wakeup = anyio.Event()
+                    await wakeup.wait()
+                    continue
+                current = events.popleft()
+                try:
+                    await self._notifier.notify(current)
+                except Exception:
+                    self._counts["notifications_failed"] += 1
+                    log.exception("%r: the notifier raised on %r; ignored", self, current)
+                current = None
+        left = len(events) + (current is not None)
+        if left:
+            events.clear()
+            self._counts["notifications_dropped"] += left
+            log.warning(
+                "%r: %d notifications were not delivered within notify_timeout (%s s) "
+                "after run() ended; dropped",
+                self,
+                left,
+                self.config.notify_timeout,
+            )
 
 
 _KINDS = {
