@@ -144,6 +144,11 @@ def test_config_and_processor_arguments_are_checked(tmp_path: Any) -> None:
         jobs.ProcessorConfig(max_concurrent=0)
     with pytest.raises(TypeError, match="per_customer"):
         jobs.ProcessorConfig(per_customer=0)
+    with pytest.raises(TypeError, match="notify_buffer"):
+        jobs.ProcessorConfig(notify_buffer=0)
+    with pytest.raises(ValueError, match="notify_timeout"):
+        jobs.ProcessorConfig(notify_timeout=-1)
+    assert jobs.ProcessorConfig(notify_timeout=0).notify_timeout == 0
     with pytest.raises(ValueError, match="lease_seconds"):
         jobs.ProcessorConfig(lease_seconds=0)
     db: Any = object()
