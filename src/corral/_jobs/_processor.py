@@ -232,7 +232,9 @@ class Processor:
         the leases of dead workers). A job it could take: not pinned to a cluster it
         lacks, and requiring only labels one of its clusters has. Cancelling ``run``
         cancels the running handlers and gives their jobs back to the queue, ready at
-        once, the attempt not counted.
+        once, the attempt not counted. Either way, once its jobs are settled, the
+        notifier is given ``config.notify_timeout`` seconds for the notifications still
+        waiting before ``run`` returns.
         """
         if self._active:
             raise RuntimeError(f"{self!r} is already running: one run() at a time")
