@@ -244,7 +244,7 @@ class Processor:
         listening = False
         queue = self._db.jobs
         queue._watchers.add(self._wake_claimer)
-        self._events_end = False
+        self._events_end = self._overflowing = False
         delivery = anyio.CancelScope(shield=True)
         try:
             async with anyio.create_task_group() as notifying:
