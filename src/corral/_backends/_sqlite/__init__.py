@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._exceptions import ConnectError, DatabaseMovedError, ReadOnlyError, SchemaError
-from . import (
+from ..._exceptions import ConnectError, DatabaseMovedError, ReadOnlyError, SchemaError
+from .. import (
     BYTES_TYPES,
     Column,
     Failure,
@@ -53,6 +53,7 @@ from . import (
     quote,
     upsert_sql,
 )
+from .._sql import SqlSession
 
 __all__ = ["SqliteBackend", "column_for", "infer_type"]
 
@@ -250,7 +251,7 @@ def _open(
     return conn, file, identity
 
 
-class SqliteConnection:
+class SqliteConnection(SqlSession):
     """The :class:`~corral._backends.Connection` on an SQLite connection."""
 
     dialect = "sqlite"

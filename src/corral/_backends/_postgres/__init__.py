@@ -49,15 +49,15 @@ import anyio.lowlevel
 import anyio.to_thread
 import asyncpg  # type: ignore[import-untyped]
 
-from .._exceptions import (
+from ..._exceptions import (
     ConnectError,
     ConnectionLostError,
     DatabaseURLError,
     QueryError,
     SchemaError,
 )
-from .._sync import loop_scheduler
-from . import (
+from ..._sync import loop_scheduler
+from .. import (
     BYTES_TYPES,
     Column,
     Failure,
@@ -72,6 +72,7 @@ from . import (
     scrub,
     upsert_sql,
 )
+from .._sql import SqlSession
 
 __all__ = ["SETTINGS", "PostgresBackend", "Settings", "column_for", "infer_type", "numbered"]
 
@@ -350,7 +351,7 @@ async def _wait(future: concurrent.futures.Future[T], cancel: Callable[[], objec
 # -- the backend -------------------------------------------------------------------------
 
 
-class PostgresConnection:
+class PostgresConnection(SqlSession):
     """The :class:`~corral._backends.Connection` on an asyncpg connection."""
 
     dialect = "postgresql"
