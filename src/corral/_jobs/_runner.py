@@ -1,0 +1,274 @@
+"""The runners: run a processor's claimed jobs, each in a context of its own.
+
+A claimed job is taken on with :func:`start` and queued; a runner (a task of the
+processor's) runs queued jobs one at a time, each in a copy of the context of its own,
+as a task of its own would have, and in a cancel scope that the renewer cancels if its
+lease is lost. There are as many runners as jobs waiting in a handler at once, reused
+from job to job, since starting a task costs more than a short job. How each attempt
+ended goes to the reporter as an ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import types
+from collections.abc import Awaitable, Generator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from .._exceptions import ConfigurationError, LeaseLostError
+from .._validate import storable_text
+from . import _claims
+from ._context import JobContext
+from ._deliverer import send
+from ._model import ErrorCategory, State
+from ._notify import EventKind, JobEvent
+from ._state import ProcessorState
+
+__all__ = ["dispatch", "forget", "runner", "start"]
+
+log = logging.getLogger("corral.jobs")
+
+_MESSAGE_LIMIT = 2000
+#: A runner checks for cancellation (and lets other tasks run) after this many jobs in
+#: a row that did not wait on anything.
+_RUNS_PER_CHECKPOINT = 64
+
+
+def start(state: ProcessorState, claimed: _claims.Claimed, *, run: bool = True) -> None:
+    """Take a claimed job on: queue it to run, or (not ``run``) to be given back."""
+    cluster = state.by_name[claimed.cluster]
+    entry = JobContext(state.db, state.name, claimed, cluster)
+    state.running[claimed.token] = entry
+    state.on_cluster[cluster.name] += 1
+    state.counts["claimed"] += 1
+    if run:
+        state.queued.append(entry)
+        dispatch(state)
+
+
+def dispatch(state: ProcessorState) -> None:
+    """See that a runner will look at the queue: one about to, an idle one, or a new one.
+
+    One at a time: a runner that takes a job while more wait dispatches again, so a
+    batch of jobs that wait in their handlers gets a runner each, and a batch of
+    jobs that return at once is run by one or two.
+    """
+    if state.starting:
+        return
+    state.starting += 1
+    if state.idle:
+        state.idle.pop().set()
+    else:
+        tg = state.tg
+        assert tg is not None
+        tg.start_soon(runner, state, name=f"corral jobs runner of {state.name}")
+
+
+async def runner(state: ProcessorState) -> None:
+    """Run queued jobs, one at a time; wait (idle) when none is queued."""
+    queued = state.queued
+    runs = 0
+    while True:
+        state.starting -= 1
+        while queued:
+            # One cancel scope for a run of jobs, not one per job (entering a scope
+            # costs more than a short job): the renewer cancels it to drop the job
+            # running in it, and the jobs after that one get a new scope.
+            entry: JobContext | None = None
+            with anyio.CancelScope() as scope:
+                while queued and not scope.cancel_called:
+                    entry = queued.popleft()
+                    if queued:
+                        dispatch(state)
+                    if entry._lost:
+                        dropped(state, entry)
+                    else:
+                        entry._scope = scope
+                        async with entry.cluster._job_unit():  # one of its capacity
+                            await work(state, entry)
+                        entry._scope = None
+                    entry = None
+                    runs += 1
+                    if runs % _RUNS_PER_CHECKPOINT == 0:
+                        await anyio.lowlevel.checkpoint()
+            if entry is not None:  # cancelled by the renewer: the lease was taken over
+                entry._scope = None
+                dropped(state, entry)
+        wakeup = anyio.Event()
+        state.idle.append(wakeup)
+        await wakeup.wait()
+
+
+async def work(state: ProcessorState, ctx: JobContext) -> None:
+    """Run one job; its outcome goes to the reporter (cancellation propagates)."""
+    claimed = ctx._claimed
+    try:
+        refusal = None if state.validate is None else await check(state, ctx)
+        if refusal is not None:
+            outcome = refusal
+        else:
+            rest = _in_context(state.handler(ctx), contextvars.copy_context())
+            if rest is not None:
+                await rest
+            outcome = _claims.Outcome(claimed.id, claimed.token, State.COMPLETED)
+    except LeaseLostError:
+        dropped(state, ctx)
+        return
+    except Exception as exc:
+        outcome = failure(state, ctx, exc)
+    ctx._outcome = _with_progress(outcome, ctx._take_progress())
+    state.outcomes.append(ctx._outcome)
+    state.report_wakeup.set()
+
+
+def dropped(state: ProcessorState, entry: JobContext) -> None:
+    """Forget a job whose lease was taken over: record nothing, tell the notifier."""
+    claimed = entry._claimed
+    forget(state, claimed.token)
+    state.counts["lease_lost"] += 1
+    message = "another worker took the lease over; this attempt was dropped"
+    send(
+        state,
+        JobEvent(
+            EventKind.LEASE_LOST,
+            claimed.id,
+            claimed.attempt,
+            claimed.cluster,
+            None,
+            None,
+            message,
+            state.name,
+        ),
+    )
+
+
+async def check(state: ProcessorState, entry: JobContext) -> _claims.Outcome | None:
+    """Validate a job before its handler runs: return its failure if it is refused."""
+    if state.validate is None:
+        return None
+    job = entry._claimed.job
+    try:
+        result = state.validate(job)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        category = (
+            ErrorCategory.CONFIGURATION
+            if isinstance(exc, ConfigurationError)
+            else ErrorCategory.DATA
+        )
+        return _claims.Outcome(
+            job.id,
+            entry._claimed.token,
+            State.FAILED,
+            category=category,
+            step="validate",
+            message=_message(exc),
+        )
+    return None
+
+
+def failure(state: ProcessorState, entry: JobContext, exc: Exception) -> _claims.Outcome:
+    """Return the outcome of an attempt whose handler raised ``exc``: retry, fail or dead."""
+    claimed = entry._claimed
+    try:
+        category = ErrorCategory(state.classify(exc))
+    except Exception as bad:
+        log.error("classify(%r) failed (%r); treating the error as TRANSIENT", exc, bad)
+        category = ErrorCategory.TRANSIENT
+    delay = 0.0
+    if not category.retryable:
+        outcome_state = State.FAILED
+    elif claimed.attempt <= claimed.job.max_retries:
+        outcome_state = State.RETRYING
+        delay = state.config.retry.delay(claimed.attempt)
+    else:
+        outcome_state = State.DEAD
+    return _claims.Outcome(
+        claimed.id,
+        claimed.token,
+        outcome_state,
+        delay=delay,
+        category=category,
+        step=entry._failed_step,
+        message=_message(exc),
+    )
+
+
+def forget(state: ProcessorState, token: int, *, wake: bool = True) -> JobContext | None:
+    """Drop the attempt of ``token`` from those running (freeing its slot); return it."""
+    entry = state.running.pop(token, None)
+    if entry is not None:
+        state.on_cluster[entry._claimed.cluster] -= 1
+        if wake:
+            state.claim_wakeup.set()
+    return entry
+
+
+def _message(exc: BaseException) -> str:
+    text = storable_text(f"{type(exc).__name__}: {exc}")
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def _with_progress(outcome: _claims.Outcome, progress: int) -> _claims.Outcome:
+    if not progress:
+        return outcome
+    return _claims.Outcome(
+        outcome.id,
+        outcome.token,
+        outcome.state,
+        outcome.delay,
+        outcome.category,
+        outcome.step,
+        outcome.message,
+        progress,
+    )
+
+
+def _in_context(
+    awaitable: Awaitable[object], context: contextvars.Context
+) -> Awaitable[object] | None:
+    """Start ``awaitable`` in ``context``; return what is left to await of it, or None.
+
+    A runner runs many jobs, one after another; this gives each handler a context of
+    its own, as a task of its own would have: a context variable it sets is not seen
+    by the next job. Its first step runs at once (most handlers of short jobs finish
+    there, and then there is nothing to await); its first error is raised from here.
+    """
+    steps: Any = awaitable.__await__()
+    try:
+        request = context.run(steps.send, None)
+    except StopIteration:
+        return None
+    return _resume_in(steps, context, request)
+
+
+@types.coroutine
+def _resume_in(
+    steps: Any, context: contextvars.Context, request: object
+) -> Generator[Any, Any, object]:
+    """Go on with the steps of an awaitable, each run in ``context``.
+
+    The event loop's requests (what the awaitable yields) and answers (what it is sent
+    or thrown) pass through unchanged.
+    """
+    run = context.run
+    while True:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = yield request
+        except GeneratorExit:
+            steps.close()
+            raise
+        except BaseException as exc:
+            error = exc
+        try:
+            request = run(steps.send, value) if error is None else run(steps.throw, error)
+        except StopIteration as stop:
+            return stop.value
