@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
 from .._backends import redact
 from .._database import Database, default_url
 from .._display import runs_table, subtasks_table
 from .._display import watch as watch_run
-from .._progress import RUNS, SUBTASKS, Status
-
-if TYPE_CHECKING:
-    pass
-
-from ._common import _db_option, _limit_option, _open, _tables_exist, cli
+from .._progress import Status
+from ._common import _db_option, _limit_option, _open, cli
 
 __all__: list[str] = []
 
@@ -46,13 +40,12 @@ def progress(run_id: int | None, url: str | None, watch: bool, refresh: float, l
 
     async def show(db: Database) -> None:
         nonlocal run_id
-        if not await _tables_exist(db, RUNS, SUBTASKS):  # a reader creates nothing
+        tracker = db.progress
+        if not await tracker._exists():  # a reader creates nothing
             if run_id is not None:
                 raise click.ClickException(f"no run {run_id}: {nothing_yet}")
             console.print(nothing_yet, markup=False, highlight=False)
             return
-        tracker = db.progress
-        tracker._schema_ready = True  # read the tables as they are: no CREATE, no lock
         if run_id is None:
             runs = await tracker.runs(limit=limit)
             if not watch:
