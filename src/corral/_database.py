@@ -25,22 +25,14 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from ._backends import (
-    Backend,
-    Column,
-    Connection,
-    TableSchema,
-    check_identifier,
-    open_backend,
-    parse_url,
-    redact,
-)
+from ._backends import Connection, check_identifier, open_backend, parse_url
 from ._exceptions import (
     ColumnTypeError,
     DatabaseClosedError,
     MissingKeyError,
     UnknownColumnError,
 )
+from ._ports import Column, Store, TableSchema, redact
 from ._validate import check_positive_int
 from ._writer import Source, Writer
 
@@ -463,7 +455,7 @@ class Database:
         result: T = await self._writer.run_op(fn)
         return result
 
-    def _register_source(self, source: Source) -> None:
+    def _register_source(self, source: Source[Connection]) -> None:
         """Have the writer call ``source.write(connection)`` whenever it has something.
 
         ``source.pending()`` is polled at every batch, at least every flush interval
@@ -476,8 +468,8 @@ class Database:
 #: The names the constructors are annotated with: private, as the classes are not made
 #: directly (``connect`` and ``Database.table`` make them).
 _Database = Database
-_Backend = Backend
-_Writer = Writer
+_Backend = Store[Connection]
+_Writer = Writer[Connection]
 
 
 def _check_interval(value: object) -> float:
@@ -569,7 +561,7 @@ async def connect(
     interval = _check_interval(flush_interval)
     backend = await open_backend(url)
     body_error: BaseException | None = None
-    writer: Writer | None = None
+    writer: Writer[Connection] | None = None
     try:
         try:
             async with anyio.create_task_group() as tg:

@@ -1,10 +1,12 @@
 """The writer: one coroutine per database owns its connection and commits in batches.
 
 Producers (tasks, and threads through their event loop) append to one bounded queue;
-only the writer takes from it and only the writer touches the backend. A batch closes
-when it holds ``batch_size`` rows, when ``flush_interval`` seconds have passed since its
-first item, when a flush or an operation (``Database._run``) asks for a commit, or when
-the database closes. Each batch is one transaction:
+only the writer takes from it and only the writer touches the store (the
+:class:`~corral._ports.Store` port). A batch closes when it holds ``batch_size`` rows,
+when ``flush_interval`` seconds have passed since its first item, when a flush or an
+operation (``Database._run``) asks for a commit, or when the database closes. The
+writer hands each batch to the store whole (``Store.apply``); the SQL stores make it
+one transaction (``corral._backends._sql._batch``):
 
 1. rows, grouped into runs (same table, same columns, in order) and upserted in bulk,
    each run in a savepoint; a run that fails is written again row by row, each row in
@@ -22,8 +24,8 @@ outside a row (the connection, the commit) is fatal: the batch and everything qu
 behind it are counted as failed, the ``connect`` body is cancelled, and ``connect``
 raises the error.
 
-Except a lost connection (:class:`~corral.ConnectionLostError`, from a backend that can
-reconnect): the writer has the backend reconnect (with backoff, for a bounded time) and
+Except a lost connection (:class:`~corral.ConnectionLostError`, from a store that can
+reconnect): the writer has the store reconnect (with backoff, for a bounded time) and
 writes the batch again, since the server rolled it back. If ``COMMIT`` had been sent
 when the connection broke, the batch may have committed: its operations are not run
 again, their callers get :class:`~corral.CommitUnknownError`, and its rows are written
@@ -40,15 +42,18 @@ from __future__ import annotations
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-from ._backends import Backend, Connection, Run, TableSchema
 from ._exceptions import CommitUnknownError, ConnectionLostError, DatabaseClosedError, WriteError
+from ._ports import Batch, Run, Segment, Session, Source, Store, TableSchema
 
 __all__ = ["Source", "Writer"]
+
+#: The session the store gives operations and sources.
+S = TypeVar("S", bound=Session)
 
 
 #: A row shown in an error message is cut to this many characters.
@@ -58,35 +63,15 @@ _ROW_REPR = 300
 _MAX_ERRORS = 100
 
 
-class Source(Protocol):
-    """Something that accumulates writes in memory and hands them to the writer.
+class _Op(Generic[S]):
+    """A queued call of ``fn(session)``, answered once its batch is committed.
 
-    The writer calls :meth:`write` inside every batch transaction for which
-    :meth:`pending` is true, polls :meth:`pending` at least every flush interval when
-    nothing else arrives, and once more while it drains at exit.
+    The :class:`~corral._ports.Operation` the store runs inside its batch.
     """
-
-    def pending(self) -> bool:
-        """Return whether there is something to write; cheap and thread-safe."""
-
-    async def write(self, conn: Connection) -> None:
-        """Write what is pending, on the writer's connection, inside its transaction.
-
-        Runs in a savepoint: if it raises, its own statements are rolled back, the rest
-        of the batch is committed, and the error is raised as a ``WriteError`` by the
-        next ``put``/``flush`` or at exit. The writer does not call it again for the
-        same data, so a source that wants a retry must keep what it could not write.
-        It runs in the writer's task: it must not wait on the database (``flush``,
-        ``Database._run``, ``put`` on a full queue), which raises ``RuntimeError``.
-        """
-
-
-class _Op:
-    """A queued call of ``fn(connection)``, answered once its batch is committed."""
 
     __slots__ = ("abandoned", "error", "event", "fn", "result", "scope")
 
-    def __init__(self, fn: Callable[[Connection], Awaitable[Any]]) -> None:
+    def __init__(self, fn: Callable[[S], Awaitable[Any]]) -> None:
         self.fn = fn
         self.event = anyio.Event()
         self.result: Any = None
@@ -94,6 +79,25 @@ class _Op:
         #: The caller was cancelled: skip the call, or cancel it if it is running.
         self.abandoned = False
         self.scope: anyio.CancelScope | None = None
+
+    async def run(self, session: S) -> bool:
+        """Call ``fn``; return whether its work is to be kept (it succeeded, not abandoned).
+
+        Its error is the caller's, kept in :attr:`error`; a lost connection is the
+        batch's, raised. Cancelled if its caller is.
+        """
+        if self.abandoned:
+            return False
+        with anyio.CancelScope() as self.scope:
+            try:
+                self.result = await self.fn(session)
+            except Exception as exc:
+                self.error = exc
+                lost = _lost_connection(exc)
+                if lost is not None:  # not the operation's error: the batch's
+                    raise lost from None
+        self.scope = None
+        return self.error is None and not self.abandoned
 
 
 class _Flush:
@@ -118,7 +122,7 @@ class _SpaceWaiter:
 
 #: What the queue holds: runs of rows (a row joins its table's newest run when it has
 #: the same columns), operations and flush barriers, in order.
-_Item = Run | _Op | _Flush
+_Item = Run | _Op[Any] | _Flush
 
 
 def _counted(n: int, what: str) -> str:
@@ -142,19 +146,19 @@ def _row_repr(columns: tuple[str, ...], values: tuple[object, ...]) -> str:
     return text if len(text) <= _ROW_REPR else text[: _ROW_REPR - 5] + " ...}"
 
 
-class Writer:
+class Writer(Generic[S]):
     """The queue and the batching loop of one database; see the module docstring."""
 
     def __init__(
         self,
-        backend: Backend,
+        store: Store[S],
         *,
         batch_size: int,
         flush_interval: float,
         max_pending: int,
         cancel_body: Callable[[], None],
     ) -> None:
-        self._backend = backend
+        self._store = store
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending = max_pending
@@ -183,10 +187,10 @@ class Writer:
         #: told of yet in a note of a raised error.
         self.errors_dropped = 0
         self._dropped_untold = 0
-        self._sources: list[Source] = []
+        self._sources: list[Source[S]] = []
         self._inflight: list[_Item] = []
         #: The sources whose write() ran in the current transaction.
-        self._written: list[Source] = []
+        self._written: list[Source[S]] = []
         self._done = anyio.Event()
         self._task_id: int | None = None
 
@@ -298,12 +302,12 @@ class Writer:
         if self._errors:
             raise self._next_error()
 
-    async def run_op(self, fn: Callable[[Connection], Awaitable[Any]]) -> Any:
+    async def run_op(self, fn: Callable[[S], Awaitable[Any]]) -> Any:
         """Queue ``fn``; return its result once its batch is committed."""
         self._check_not_writer("Database._run()")
         if self.closed:
             self._raise_closed()
-        op = _Op(fn)
+        op: _Op[S] = _Op(fn)
         self._queue.append(op)
         self._epoch += 1
         self._wake()
@@ -318,7 +322,7 @@ class Writer:
             raise op.error
         return op.result
 
-    def register(self, source: Source) -> None:
+    def register(self, source: Source[S]) -> None:
         """Call ``source.write`` in every batch while ``source.pending()``."""
         self._sources.append(source)
 
@@ -473,13 +477,11 @@ class Writer:
                 await self._commit(items)
                 return
             except ConnectionLostError as exc:
-                # Backends that raise it can reconnect; reconnect() raises (fatally)
-                # once it gives up.
-                reconnect = getattr(self._backend, "reconnect", None)
-                if reconnect is None:
+                # reconnect() raises (fatally) once it gives up.
+                if not self._store.reconnects:
                     raise
                 items = self._inflight = self._after_loss(items, exc)
-                await reconnect()
+                await self._store.reconnect()
                 if not items:
                     return
 
@@ -516,7 +518,9 @@ class Writer:
             op.result = op.error = None
         return items
 
-    def _report_sources(self, sources: list[Source], lost: ConnectionLostError, what: str) -> None:
+    def _report_sources(
+        self, sources: list[Source[S]], lost: ConnectionLostError, what: str
+    ) -> None:
         for source in sources:
             error = WriteError(
                 f"what {source!r}.write() wrote in a transaction that lost its connection "
@@ -526,71 +530,68 @@ class Writer:
             self._keep(error)
 
     async def _commit(self, items: list[_Item]) -> None:
-        """Write one batch in one transaction; see the module docstring."""
+        """Have the store write one batch, then answer and count what it held.
+
+        See the module docstring for what the store does with it.
+        """
+        batch, ops, flushes, rows = self._batch(items)
         self._inflight = items
-        self._written = []
-        backend = self._backend
-        segments: list[list[Run] | _Op] = []
-        rows: list[Run] = []
+        self._written = batch.written
+        try:
+            await self._store.apply(batch)
+        finally:
+            self._keep_source_errors(batch)
+        self._inflight = []
+        if batch.segments or batch.sources:
+            self.batches += 1
+        failures = batch.failures
+        self.committed += rows - len(failures)
+        self.failed += len(failures)
+        if failures:
+            self._keep_row_failures(failures)
+        for op in ops:
+            op.event.set()
+        for marker in flushes:
+            marker.event.set()
+
+    def _batch(self, items: list[_Item]) -> tuple[Batch[S], list[_Op[S]], list[_Flush], int]:
+        """Return the batch of ``items``, its operations and flushes, and its row count.
+
+        Consecutive runs make one segment; each operation is one; flushes are answered
+        once the batch is committed; the sources with something pending are added.
+        """
+        segments: list[Segment[S]] = []
+        runs: list[Run] = []
         flushes: list[_Flush] = []
-        ops: list[_Op] = []
+        ops: list[_Op[S]] = []
+        rows = 0
         for item in items:
             if type(item) is Run:
-                rows.append(item)
+                runs.append(item)
+                rows += len(item.rows)
             elif isinstance(item, _Op):
-                if rows:
-                    segments.append(rows)
-                    rows = []
+                if runs:
+                    segments.append(runs)
+                    runs = []
                 segments.append(item)
                 ops.append(item)
             else:
                 assert isinstance(item, _Flush)
                 flushes.append(item)
-        if rows:
-            segments.append(rows)
+        if runs:
+            segments.append(runs)
         sources = [source for source in self._sources if source.pending()]
-        failures: list[tuple[Run, int, Exception]] = []
-        total = 0
-        try:
-            if not ops and not sources:
-                if segments:
-                    assert isinstance(segments[0], list)
-                    runs = segments[0]
-                    total = sum(len(run.rows) for run in runs)
-                    failed = await backend.write(runs, begin=True, commit=True)
-                    failures.extend((runs[n], i, exc) for n, i, exc in failed)
-            elif len(segments) == 1 and not sources:
-                # One call alone: no savepoint (two round trips, and a subtransaction,
-                # less); if it fails, the whole transaction is rolled back instead.
-                op = segments[0]
-                assert isinstance(op, _Op)
-                if not op.abandoned:
-                    await backend.begin()
-                    if await self._run_op(op, savepoint=False):
-                        await backend.commit()
-                    else:
-                        await backend.rollback()
-            else:
-                await backend.begin()
-                for segment in segments:
-                    if isinstance(segment, list):
-                        runs = segment
-                        total += sum(len(run.rows) for run in runs)
-                        failed = await backend.write(runs, begin=False, commit=False)
-                        failures.extend((runs[n], i, exc) for n, i, exc in failed)
-                    else:
-                        await self._run_op(segment)
-                for source in sources:
-                    await self._write_source(source)
-                await backend.commit()
-        except BaseException:
-            await backend.rollback()
-            raise
-        self._inflight = []
-        if segments or sources:
-            self.batches += 1
-        self.committed += total - len(failures)
-        self.failed += len(failures)
+        return Batch(segments, sources), ops, flushes, rows
+
+    def _keep_source_errors(self, batch: Batch[S]) -> None:
+        """Keep a ``WriteError`` for each source whose write raised (it was rolled back)."""
+        for source, exc in batch.source_errors:
+            error = WriteError(f"{source!r}.write() failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._keep(error)
+
+    def _keep_row_failures(self, failures: list[tuple[Run, int, Exception]]) -> None:
+        """Keep a ``WriteError`` naming the table and the row for each row left out."""
         for run, index, exc in failures:
             if not self._room_for_error():
                 continue  # counted: statistics().failed and errors_dropped
@@ -607,51 +608,6 @@ class Writer:
             traceback.clear_frames(exc.__traceback__)
             error.__cause__ = exc
             self._errors.append(error)
-        for op in ops:
-            op.event.set()
-        for marker in flushes:
-            marker.event.set()
-
-    async def _run_op(self, op: _Op, *, savepoint: bool = True) -> bool:
-        """Call ``op`` (in a savepoint of its own); return whether its work is to be kept.
-
-        Without ``savepoint``, a call that failed or was abandoned leaves the
-        transaction to be rolled back by the caller.
-        """
-        if op.abandoned:
-            return False
-        backend = self._backend
-        if savepoint:
-            await backend.savepoint("corral_op")
-        with anyio.CancelScope() as op.scope:  # cancelled if the caller is
-            try:
-                op.result = await op.fn(backend.connection)
-            except Exception as exc:
-                op.error = exc
-                lost = _lost_connection(exc)
-                if lost is not None:  # not the operation's error: the batch's
-                    raise lost from None
-        op.scope = None
-        kept = op.error is None and not op.abandoned
-        if savepoint and kept:
-            await backend.release("corral_op")
-        elif savepoint:
-            await backend.rollback_to("corral_op")
-        return kept
-
-    async def _write_source(self, source: Source) -> None:
-        backend = self._backend
-        await backend.savepoint("corral_source")
-        try:
-            await source.write(backend.connection)
-        except Exception as exc:
-            await backend.rollback_to("corral_source")
-            error = WriteError(f"{source!r}.write() failed: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            self._keep(error)
-        else:
-            self._written.append(source)
-            await backend.release("corral_source")
 
     def _stop(self, exc: BaseException) -> None:
         """Stop for good: fail everything queued, and cancel the body of ``connect``."""

@@ -1,35 +1,48 @@
-"""Storage backends: each owns one driver connection and speaks one SQL dialect.
+"""Storage backends: the registry that picks one by URL scheme, and what they share.
 
-Only this package imports a database driver, and only when a URL asks for it:
-:mod:`sqlite3` (the standard library, driven from one worker thread) for
-``sqlite:///...`` and ``asyncpg`` for ``postgresql://...``. The writer
-(:mod:`corral._writer`) is the one caller: it alone touches a backend, in order.
+Each backend is a package of its own, ``corral._backends.<name>``, that implements the
+ports (:mod:`corral._ports`) on one driver: :mod:`._sqlite` (the standard library's
+:mod:`sqlite3`, driven from one worker thread) and :mod:`._postgres` (asyncpg). A URL's
+scheme names its backend through :data:`BACKENDS`, and the backend is imported only
+when a URL asks for it (as anyio loads ``anyio._backends._<name>``), so only this
+package imports a database driver, and only then. The module's ``open_store(url)``
+makes the :class:`~corral._ports.Store` the writer owns; the writer
+(:mod:`corral._writer`) is its one caller, in order.
 
-Every table and column name given by the caller is checked against :data:`IDENTIFIER`
-before it is used, and every name is quoted (see :func:`quote`) whenever it is written
-into a statement, so no name can carry SQL.
+What the SQL backends share (statements, checked and quoted names, the batch
+transaction) is in :mod:`._sql`.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from .._exceptions import (
-    DatabaseURLError,
-    IdentifierError,
-    MissingDriverError,
-    QueryError,
-    SchemaError,
+from .._exceptions import DatabaseURLError, MissingDriverError
+from .._ports import Column, Failure, Run, Store, TableSchema, redact, scrub
+from ._sql._connection import Connection
+from ._sql._tables import (
+    BYTES_TYPES,
+    IDENTIFIER,
+    MAX_IDENTIFIER,
+    check_identifier,
+    check_key,
+    create_table_sql,
+    infer_column_type,
+    query_error,
+    quote,
+    tables_exist,
+    upsert_sql,
 )
 
 __all__ = [
+    "BACKENDS",
     "BYTES_TYPES",
-    "Backend",
+    "IDENTIFIER",
+    "MAX_IDENTIFIER",
     "Column",
     "Connection",
     "Failure",
@@ -51,296 +64,15 @@ __all__ = [
     "upsert_sql",
 ]
 
-#: What a table or column name must match: a plain SQL identifier.
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-#: PostgreSQL truncates longer names; SQLite would take them, but one rule serves both.
-MAX_IDENTIFIER = 63
+#: The backend of each URL scheme: the module ``corral._backends.<name>``, imported when
+#: a URL of that scheme is opened. Adding a store adds a folder and an entry here.
+BACKENDS: dict[str, str] = {
+    "sqlite": "_sqlite",
+    "postgresql": "_postgres",
+    "postgres": "_postgres",
+}
+
 _SCHEMES = "sqlite:///path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname"
-
-
-def check_identifier(kind: str, name: object) -> str:
-    """Return ``name`` if it is a plain identifier, else raise :class:`IdentifierError`."""
-    if not isinstance(name, str):
-        raise IdentifierError(f"{kind} name must be a str, got {type(name).__name__} {name!r}")
-    if not IDENTIFIER.match(name) or len(name) > MAX_IDENTIFIER:
-        raise IdentifierError(
-            f"{kind} name {name!r} is not a plain identifier: use letters, digits and "
-            f"underscores, not starting with a digit, at most {MAX_IDENTIFIER} characters"
-        )
-    return name
-
-
-def quote(name: str) -> str:
-    """Quote an identifier, doubling any ``"`` in it.
-
-    A name is either checked by :func:`check_identifier` first, or read from the
-    database (a column of an existing table), where it may be anything.
-    """
-    return '"' + name.replace('"', '""') + '"'
-
-
-def query_error(database: str, sql: str, exc: BaseException) -> QueryError:
-    """Return the :class:`~corral.QueryError` for ``exc``, raised by ``sql``."""
-    statement = " ".join(sql.split())
-    if len(statement) > 120:
-        statement = statement[:117] + "..."
-    return QueryError(f"{database} refused {statement!r}: {type(exc).__name__}: {exc}")
-
-
-class Connection(Protocol):
-    """The writer's connection, as given to hooks (``Database._run``, sources).
-
-    Every call runs on the writer's one connection, inside the current batch
-    transaction, so it sees every row accepted before it. SQL uses ``?`` placeholders
-    on both databases (the PostgreSQL wrapper numbers them ``$1, $2, ...``); write
-    names through :func:`quote` after :func:`check_identifier`.
-    """
-
-    #: ``"sqlite"`` or ``"postgresql"``.
-    dialect: str
-
-    async def execute(self, sql: str, *args: object) -> None:
-        """Run one statement."""
-
-    async def executemany(self, sql: str, args: Iterable[Sequence[object]]) -> None:
-        """Run one statement once for each sequence of arguments."""
-
-    async def fetch(self, sql: str, *args: object) -> list[dict[str, object]]:
-        """Run a query and return its rows as dicts of column name to value."""
-
-    async def fetch_rows(self, sql: str, *args: object) -> Sequence[Mapping[str, Any]]:
-        """Run a query and return its rows, each read by column name (``row["name"]``).
-
-        Unlike :meth:`fetch`, the rows may be the driver's own (not copied into dicts):
-        for the many rows of a claim.
-        """
-
-    async def fetchval(self, sql: str, *args: object) -> object:
-        """Run a query and return the first column of its first row (``None`` if none)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """One column of a table, with the Python types a value for it may have."""
-
-    name: str
-    sql_type: str
-    #: Accepted Python types; ``None`` accepts anything (the driver decides).
-    types: tuple[type, ...] | None = None
-    #: Subclasses of ``types`` that are refused all the same (``bool`` for ``int``).
-    exclude: tuple[type, ...] = ()
-    #: Turns an accepted value into what the driver binds (SQLite: dates to text).
-    convert: Callable[[object], object] | None = None
-
-    def describe_types(self) -> str:
-        """Name the accepted types for an error message."""
-        if self.types is None:
-            return "anything"
-        return " or ".join(t.__name__ for t in self.types)
-
-
-@dataclass(slots=True, eq=False)
-class TableSchema:
-    """A table as the writer knows it: its name, key and columns in order."""
-
-    name: str
-    key: tuple[str, ...]
-    columns: dict[str, Column]
-    #: Backend-private cache: statements per column tuple, a staging table name.
-    cache: dict[object, object] = field(default_factory=dict)
-    #: The writer's bookkeeping: the newest run of this table still in its queue.
-    tail: Run | None = None
-
-
-@dataclass(slots=True, eq=False)
-class Run:
-    """Consecutive rows for one table with the same columns: one bulk statement."""
-
-    table: TableSchema
-    columns: tuple[str, ...]
-    rows: list[tuple[object, ...]]
-    #: The writer's bookkeeping: rows may still be added (the run is in its queue) ...
-    open: bool = True
-    #: ... if no operation was queued since the run was (operations order the rows).
-    epoch: int = 0
-
-
-#: A row that failed: (index of its run, index of the row in that run, the driver error).
-Failure = tuple[int, int, Exception]
-
-
-class Backend(Protocol):
-    """What the writer needs from a database; implemented once per dialect."""
-
-    dialect: str
-
-    @property
-    def connection(self) -> Connection:
-        """The wrapper handed to hooks; it runs on the backend's one connection."""
-
-    async def resolve(
-        self, name: str, key: tuple[str, ...], row: Mapping[str, object]
-    ) -> TableSchema:
-        """Describe table ``name``, creating it from ``row`` when it does not exist."""
-
-    async def write(self, runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
-        """Upsert every run, each in a savepoint; return the rows that failed.
-
-        A run whose bulk statement fails is rolled back to its savepoint and written
-        again row by row, each row in its own savepoint, so that only failing rows are
-        left out. ``begin`` opens the batch transaction first; ``commit`` commits it at
-        the end. An error outside a row (the connection, the commit) is raised.
-        """
-
-    async def begin(self) -> None:
-        """Open the batch transaction."""
-
-    async def commit(self) -> None:
-        """Commit the batch transaction."""
-
-    async def rollback(self) -> None:
-        """Roll the batch transaction back (after a fatal error); never raises."""
-
-    async def savepoint(self, name: str) -> None:
-        """Set a savepoint inside the batch transaction."""
-
-    async def release(self, name: str) -> None:
-        """Release a savepoint (keep its work)."""
-
-    async def rollback_to(self, name: str) -> None:
-        """Undo the work since a savepoint, and release it."""
-
-    async def close(self) -> None:
-        """Close the connection (and any thread the backend runs)."""
-
-
-#: The bytes-like types a BLOB / BYTEA column takes.
-BYTES_TYPES = (bytes, bytearray, memoryview)
-
-
-def infer_column_type(
-    column: str, value: object, inferred: Sequence[tuple[type, str]]
-) -> str | None:
-    """Return the SQL type of the first ``(python_type, sql_type)`` that ``value`` is.
-
-    ``None`` when no entry matches (the backend names what it takes); a ``None`` value
-    is a :class:`~corral.SchemaError`, since no type can be inferred from it.
-    """
-    if value is None:
-        raise SchemaError(
-            f"column {column!r} is None in the row that creates the table, so its type "
-            f"cannot be inferred: give it a value in the first row, or create the table "
-            f"yourself before writing to it"
-        )
-    for python_type, sql_type in inferred:
-        if isinstance(value, python_type):
-            return sql_type
-    return None
-
-
-def create_table_sql(
-    name: str,
-    key: tuple[str, ...],
-    row: Mapping[str, object],
-    infer: Callable[[str, object], str],
-) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` with ``row``'s columns, typed by ``infer``, keyed."""
-    columns = []
-    for column, value in row.items():
-        check_identifier("column", column)
-        columns.append(f"{quote(column)} {infer(column, value)}")
-    keys = ", ".join(quote(k) for k in key)
-    return f"CREATE TABLE IF NOT EXISTS {quote(name)} ({', '.join(columns)}, PRIMARY KEY ({keys}))"
-
-
-def upsert_sql(table: TableSchema, columns: tuple[str, ...], source: str) -> str:
-    """``INSERT INTO table (columns) <source> ON CONFLICT (key) DO UPDATE SET ...``.
-
-    ``source`` is ``VALUES (...)`` or a ``SELECT``; the columns outside the key are
-    replaced by the new row's (``DO NOTHING`` when every column is in the key).
-    """
-    names = ", ".join(quote(c) for c in columns)
-    key = ", ".join(quote(k) for k in table.key)
-    updates = [f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in table.key]
-    action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
-    return f"INSERT INTO {quote(table.name)} ({names}) {source} ON CONFLICT ({key}) {action}"
-
-
-def check_key(
-    name: str, key: tuple[str, ...], columns: Mapping[str, object], unique: list[set[str]]
-) -> None:
-    """Raise :class:`SchemaError` unless ``key`` is the primary key or a unique index."""
-    missing = [k for k in key if k not in columns]
-    if missing:
-        raise SchemaError(
-            f"table {name!r} has no column {missing[0]!r} named in key={key!r}; its columns "
-            f"are {', '.join(columns)}"
-        )
-    if set(key) not in unique:
-        raise SchemaError(
-            f"key={key!r} is neither the primary key nor a unique index of table {name!r}, "
-            f"so rows cannot be upserted on it: pass the table's primary key, or add a "
-            f"unique index on those columns"
-        )
-
-
-#: Query parameters whose value is a secret: asyncpg's (and libpq's) names for them.
-_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
-
-
-def redact(url: str) -> str:
-    """Return ``url`` with every secret in it replaced by ``***``.
-
-    The password of ``user:password@host``, and the value of every ``password=`` and
-    ``sslpassword=`` query parameter, however its name is percent-encoded (asyncpg
-    decodes the names). A URL that cannot be parsed is hidden whole but for its scheme.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:  # say, an unbalanced [ in the host
-        return f"{url.partition(':')[0]}://***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        auth, host = netloc.rsplit("@", 1)
-        if ":" in auth:
-            netloc = f"{auth.split(':', 1)[0]}:***@{host}"
-    query = "&".join(
-        f"{piece.partition('=')[0]}=***"
-        if urllib.parse.unquote_plus(piece.partition("=")[0]) in _SECRET_PARAMETERS
-        else piece
-        for piece in parts.query.split("&")
-    )
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def _secrets(url: str) -> set[str]:
-    """Every secret in ``url``, as written and decoded (see :func:`redact`)."""
-    found: set[str] = set()
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return found
-    if "@" in parts.netloc:
-        auth = parts.netloc.rsplit("@", 1)[0]
-        if ":" in auth:
-            # asyncpg takes the password up to the first @; redact() hides up to the last.
-            for password in (auth.split(":", 1)[1], auth.split("@", 1)[0].partition(":")[2]):
-                found.update((password, urllib.parse.unquote(password)))
-    for piece in parts.query.split("&"):
-        name, _, value = piece.partition("=")
-        if urllib.parse.unquote_plus(name) in _SECRET_PARAMETERS:
-            found.update((value, urllib.parse.unquote_plus(value)))
-    found.discard("")
-    return found
-
-
-def scrub(text: str, url: str) -> str:
-    """Return ``text`` (a driver's message) with every secret of ``url`` replaced by ``***``."""
-    for secret in sorted(_secrets(url), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,40 +180,37 @@ def parse_url(url: object) -> tuple[str, str]:
     )
 
 
-async def tables_exist(conn: Connection, *names: str) -> bool:
-    """Return whether every table of ``names`` exists (PostgreSQL: on the search path)."""
-    for name in names:
-        if conn.dialect == "postgresql":
-            found = await conn.fetchval("SELECT to_regclass(?) IS NOT NULL", quote(name))
-        else:
-            found = await conn.fetchval(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", name
-            )
-        if not found:
-            return False
-    return True
+#: What a backend's import needs, and the error when it is missing: the name its
+#: driver's ImportError gives (a prefix), and the message (``{url}``: the URL, redacted).
+_DRIVERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "_sqlite": (
+        ("sqlite3", "_sqlite3"),
+        "SQLite needs Python's sqlite3 module, and this Python was built without "
+        "it: install your platform's SQLite development package and rebuild "
+        "Python, or use a postgresql:// URL",
+    ),
+    "_postgres": (
+        ("asyncpg",),
+        "{url!r} needs the asyncpg driver, which is not installed: pip install 'corral[postgres]'",
+    ),
+}
 
 
-async def open_backend(url: str) -> Backend:
-    """Open the database at ``url``, importing its driver only now."""
-    dialect, target = parse_url(url)
-    if dialect == "sqlite":
-        try:
-            from . import _sqlite
-        except ImportError as exc:  # pragma: no cover - a Python built without sqlite3
-            raise MissingDriverError(
-                "SQLite needs Python's sqlite3 module, and this Python was built without "
-                "it: install your platform's SQLite development package and rebuild "
-                "Python, or use a postgresql:// URL"
-            ) from exc
-        return await _sqlite.SqliteBackend.open(target, sqlite_options(url))
+async def open_backend(url: str) -> Store[Connection]:
+    """Open the store at ``url``: import its backend (and driver) only now, by scheme.
+
+    Raises :class:`~corral.DatabaseURLError` for a URL no backend takes, and
+    :class:`~corral.MissingDriverError` naming what to install when the backend's
+    driver is not installed.
+    """
+    parse_url(url)
+    name = BACKENDS[url.partition("://")[0].lower()]
     try:
-        from . import _postgres
+        module = importlib.import_module(f"{__name__}.{name}")
     except ImportError as exc:
-        if not (exc.name or "").startswith("asyncpg"):
+        prefixes, message = _DRIVERS[name]
+        if not (exc.name or "").startswith(prefixes):
             raise
-        raise MissingDriverError(
-            f"{redact(url)!r} needs the asyncpg driver, which is not installed: "
-            f"pip install 'corral[postgres]'"
-        ) from exc
-    return await _postgres.PostgresBackend.open(target)
+        raise MissingDriverError(message.format(url=redact(url))) from exc
+    open_store: Callable[[str], Awaitable[Store[Connection]]] = module.open_store
+    return await open_store(url)

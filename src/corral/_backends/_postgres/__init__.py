@@ -26,7 +26,6 @@ session's staging tables and ``LISTEN`` registrations.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime
 import decimal
@@ -56,25 +55,29 @@ from ..._exceptions import (
     QueryError,
     SchemaError,
 )
-from ..._sync import loop_scheduler
-from .. import (
+from ..._ports import Batch, Column, Failure, Run, TableSchema, redact, scrub
+from .._sql import SqlSession
+from .._sql._batch import apply
+from .._sql._tables import (
     BYTES_TYPES,
-    Column,
-    Failure,
-    Run,
-    TableSchema,
     check_key,
     create_table_sql,
     infer_column_type,
     query_error,
     quote,
-    redact,
-    scrub,
     upsert_sql,
 )
-from .._sql import SqlSession
+from ._loop import Direct, LoopThread, loop_scheduler
 
-__all__ = ["SETTINGS", "PostgresBackend", "Settings", "column_for", "infer_type", "numbered"]
+__all__ = [
+    "SETTINGS",
+    "PostgresBackend",
+    "Settings",
+    "column_for",
+    "infer_type",
+    "numbered",
+    "open_store",
+]
 
 T = TypeVar("T")
 
@@ -254,105 +257,11 @@ _BROKEN: tuple[type[BaseException], ...] = (
 )
 
 
-# -- running asyncpg from any event loop -------------------------------------------------
-
-
-class _Direct:
-    """On asyncio: await asyncpg where we are."""
-
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        return await fn(*args)
-
-    async def close(self) -> None:
-        pass
-
-
-class _LoopThread:
-    """On trio: an asyncio event loop in one thread; calls are awaited from trio."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._main, name="corral-asyncpg", daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
-
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        # Not asyncio.run_coroutine_threadsafe: cancelling its future completes the future
-        # at once, while the task goes on; here the future completes when the task has.
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        tasks: list[asyncio.Task[T]] = []
-
-        async def run() -> T:
-            return await fn(*args)
-
-        def start() -> None:
-            task = self._loop.create_task(run())
-            task.add_done_callback(functools.partial(_settle, future))
-            tasks.append(task)
-
-        def cancel() -> None:  # runs after start: call_soon_threadsafe keeps the order
-            tasks[0].cancel()
-
-        self._loop.call_soon_threadsafe(start)
-        return await _wait(future, lambda: self._loop.call_soon_threadsafe(cancel))
-
-    async def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        await anyio.to_thread.run_sync(self._thread.join)
-
-
-def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
-    """Complete ``future`` (made in another thread) as ``task`` completed."""
-    if task.cancelled():
-        future.cancel()
-    elif (exc := task.exception()) is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(task.result())
-
-
-async def _wait(future: concurrent.futures.Future[T], cancel: Callable[[], object]) -> T:
-    """Await a future completed in another thread, without blocking this event loop.
-
-    If the caller is cancelled, ``cancel()`` asks the other thread to stop, and the
-    wait goes on (shielded) until the future is complete.
-    """
-    event = anyio.Event()
-    native = anyio.lowlevel.current_token().native_token
-    here = threading.get_ident()
-
-    def done(_: object) -> None:
-        if threading.get_ident() == here:
-            event.set()
-            return
-        schedule = getattr(native, "call_soon_threadsafe", None)  # an asyncio loop
-        if schedule is None:
-            schedule = native.run_sync_soon  # type: ignore[attr-defined]  # a trio token
-        schedule(event.set)
-
-    future.add_done_callback(done)
-    try:
-        await event.wait()
-    except BaseException:
-        cancel()
-        with anyio.CancelScope(shield=True):
-            await event.wait()
-        raise
-    return future.result()
-
-
 # -- the backend -------------------------------------------------------------------------
 
 
 class PostgresConnection(SqlSession):
-    """The :class:`~corral._backends.Connection` on an asyncpg connection."""
+    """The session of a PostgreSQL store: its ports, and SQL (``_sql.Connection``)."""
 
     dialect = "postgresql"
 
@@ -486,15 +395,22 @@ WHERE i.indrelid = to_regclass($1) AND i.indisunique
 """
 
 
+async def open_store(url: str) -> PostgresBackend:
+    """Connect to the server of the ``postgresql://`` URL (its timeouts from its query)."""
+    return await PostgresBackend.open(url)
+
+
 class PostgresBackend:
-    """One asyncpg connection, owned by the writer."""
+    """One asyncpg connection, owned by the writer: a ``Store``."""
 
     dialect = "postgresql"
+    #: A lost connection is made again (see :meth:`reconnect`).
+    reconnects = True
 
     def __init__(
         self,
         conn: asyncpg.Connection,
-        runner: _Direct | _LoopThread,
+        runner: Direct | LoopThread,
         dsn: str = "",
         settings: Settings | None = None,
     ) -> None:
@@ -519,7 +435,8 @@ class PostgresBackend:
         #: (``ON COMMIT DELETE ROWS`` empties them at the commit only), so the next copy
         #: into one empties it first. Forgotten at every BEGIN, COMMIT and ROLLBACK.
         self._staged: set[str] = set()
-        self.connection = PostgresConnection(self)
+        #: What operations and sources are given.
+        self.session = PostgresConnection(self)
         #: LISTEN callbacks by (channel, callback): see PostgresConnection.listen.
         self.listeners: dict[tuple[str, Callable[[], object]], Callable[..., None]] = {}
 
@@ -528,8 +445,8 @@ class PostgresBackend:
         """Connect to the server at ``dsn`` (its timeouts read from its query)."""
         server_dsn, settings = split_settings(dsn)
         native = anyio.lowlevel.current_token().native_token
-        runner: _Direct | _LoopThread
-        runner = _Direct() if isinstance(native, asyncio.AbstractEventLoop) else _LoopThread()
+        runner: Direct | LoopThread
+        runner = Direct() if isinstance(native, asyncio.AbstractEventLoop) else LoopThread()
         try:
             conn = await runner.call(_connect, server_dsn, settings)
         except BaseException as exc:
@@ -694,8 +611,12 @@ class PostgresBackend:
 
     # -- writing ---------------------------------------------------------------------------
 
+    async def apply(self, batch: Batch[PostgresConnection]) -> None:
+        """Write ``batch`` in one transaction (see :mod:`corral._backends._sql._batch`)."""
+        await apply(self, batch)
+
     async def write(self, runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
-        """Upsert every run; see :class:`~corral._backends.Backend`."""
+        """Upsert every run; see ``_sql._batch.Transactional.write``."""
         if begin:
             self._commit_sent = False
         failures = await self.call(self._write, runs, begin, commit)

@@ -2,6 +2,11 @@
 
 Each SQL connection class mixes in :class:`SqlSession`, which makes the port
 implementations of this package on first use, bound to that connection.
+
+- :mod:`._connection`: :class:`~._connection.Connection`, the SQL extra of the session.
+- :mod:`._tables`: checked and quoted names, ``CREATE TABLE``, upserts, key checks.
+- :mod:`._batch`: the batch transaction (:meth:`~corral._ports.Store.apply` in SQL).
+- :mod:`._jobs`, :mod:`._progress`: the statements of the jobs and progress ports.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .. import Connection
+    from ._connection import Connection
     from ._jobs import SqlJobStore
     from ._progress import SqlProgressStore
 

@@ -39,13 +39,12 @@ import anyio
 import anyio.to_thread
 
 from ..._exceptions import ConnectError, DatabaseMovedError, ReadOnlyError, SchemaError
-from .. import (
+from ..._ports import Batch, Column, Failure, Run, TableSchema
+from .. import SqliteOptions, parse_url, sqlite_options
+from .._sql import SqlSession
+from .._sql._batch import apply
+from .._sql._tables import (
     BYTES_TYPES,
-    Column,
-    Failure,
-    Run,
-    SqliteOptions,
-    TableSchema,
     check_key,
     create_table_sql,
     infer_column_type,
@@ -53,9 +52,8 @@ from .. import (
     quote,
     upsert_sql,
 )
-from .._sql import SqlSession
 
-__all__ = ["SqliteBackend", "column_for", "infer_type"]
+__all__ = ["SqliteBackend", "column_for", "infer_type", "open_store"]
 
 T = TypeVar("T")
 
@@ -252,7 +250,7 @@ def _open(
 
 
 class SqliteConnection(SqlSession):
-    """The :class:`~corral._backends.Connection` on an SQLite connection."""
+    """The session of an SQLite store: its ports, and SQL (``_sql.Connection``)."""
 
     dialect = "sqlite"
 
@@ -309,10 +307,18 @@ class SqliteConnection(SqlSession):
         return await self._query(sql, fetchval)
 
 
+async def open_store(url: str) -> SqliteBackend:
+    """Open the ``sqlite:///`` URL's file as its query asks (see ``sqlite_options``)."""
+    _, path = parse_url(url)
+    return await SqliteBackend.open(path, sqlite_options(url))
+
+
 class SqliteBackend:
-    """One SQLite connection, used from one worker thread at a time."""
+    """One SQLite connection, used from one worker thread at a time: a ``Store``."""
 
     dialect = "sqlite"
+    #: A local file does not go away as a server connection does: nothing to restore.
+    reconnects = False
 
     def __init__(
         self,
@@ -326,7 +332,8 @@ class SqliteBackend:
     ) -> None:
         self.conn = conn
         self._limiter = limiter
-        self.connection = SqliteConnection(self)
+        #: What operations and sources are given.
+        self.session = SqliteConnection(self)
         #: The file's path, as given in the URL.
         self.path = path
         #: Opened with ``mode=ro``: every write is refused.
@@ -428,8 +435,15 @@ class SqliteBackend:
         assert isinstance(sql, str)
         return sql
 
+    async def apply(self, batch: Batch[SqliteConnection]) -> None:
+        """Write ``batch`` in one transaction (see :mod:`corral._backends._sql._batch`)."""
+        await apply(self, batch)
+
+    async def reconnect(self) -> None:
+        """Do nothing: SQLite never loses its connection (:attr:`reconnects` is false)."""
+
     async def write(self, runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
-        """Upsert every run in one thread call; see :class:`~corral._backends.Backend`."""
+        """Upsert every run in one thread call; see ``_sql._batch.Transactional.write``."""
         return await self.call(lambda: self._write(runs, begin, commit))
 
     def _write(self, runs: Sequence[Run], begin: bool, commit: bool) -> list[Failure]:
