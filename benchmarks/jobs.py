@@ -283,7 +283,7 @@ class PhaseTimer:
                 return await original_run(self, fn)
             finally:
                 name = fn.__qualname__.split(".<locals>")[0].rsplit(".", 1)[-1]
-                name = {"_claimer": "claim", "_report": "report"}.get(name, name)
+                name = {"claimer": "claim"}.get(name, name)
                 timer.add(f"round trip: {name}", time.perf_counter() - start)
 
         _database.Database._run = timed_run

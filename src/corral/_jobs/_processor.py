@@ -1,7 +1,7 @@
 """The processor: claims jobs, runs their handler, records how each attempt ended.
 
 One processor is five kinds of task, each a role in a module of its own, working on one
-:class:`~._state.ProcessorState` made for the run: the *claimer* (``_claimer``: claims
+``ProcessorState`` (``_state``) made for the run: the *claimer* (``_claimer``: claims
 batches of jobs within the limits and queues them to run), the *runners* (``_runner``:
 each runs queued jobs one at a time, each in a copy of the context of its own, as a
 task of its own would have, and in a cancel scope that is cancelled if its lease is

@@ -5,14 +5,12 @@ processor's) runs queued jobs one at a time, each in a copy of the context of it
 as a task of its own would have, and in a cancel scope that the renewer cancels if its
 lease is lost. There are as many runners as jobs waiting in a handler at once, reused
 from job to job, since starting a task costs more than a short job. How each attempt
-ended goes to the reporter as an ``Outcome``.
+ended (see ``_outcomes``) goes to the reporter as an ``Outcome``.
 """
 
 from __future__ import annotations
 
 import contextvars
-import inspect
-import logging
 import types
 from collections.abc import Awaitable, Generator
 from typing import Any
@@ -20,20 +18,17 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .._exceptions import ConfigurationError, LeaseLostError
-from .._validate import storable_text
+from .._exceptions import LeaseLostError
 from . import _claims
 from ._context import JobContext
 from ._deliverer import send
-from ._model import ErrorCategory, State
+from ._model import State
 from ._notify import EventKind, JobEvent
+from ._outcomes import check, failure, with_progress
 from ._state import ProcessorState
 
 __all__ = ["dispatch", "forget", "runner", "start"]
 
-log = logging.getLogger("corral.jobs")
-
-_MESSAGE_LIMIT = 2000
 #: A runner checks for cancellation (and lets other tasks run) after this many jobs in
 #: a row that did not wait on anything.
 _RUNS_PER_CHECKPOINT = 64
@@ -121,7 +116,7 @@ async def work(state: ProcessorState, ctx: JobContext) -> None:
         return
     except Exception as exc:
         outcome = failure(state, ctx, exc)
-    ctx._outcome = _with_progress(outcome, ctx._take_progress())
+    ctx._outcome = with_progress(outcome, ctx._take_progress())
     state.outcomes.append(ctx._outcome)
     state.report_wakeup.set()
 
@@ -147,59 +142,6 @@ def dropped(state: ProcessorState, entry: JobContext) -> None:
     )
 
 
-async def check(state: ProcessorState, entry: JobContext) -> _claims.Outcome | None:
-    """Validate a job before its handler runs: return its failure if it is refused."""
-    if state.validate is None:
-        return None
-    job = entry._claimed.job
-    try:
-        result = state.validate(job)
-        if inspect.isawaitable(result):
-            await result
-    except Exception as exc:
-        category = (
-            ErrorCategory.CONFIGURATION
-            if isinstance(exc, ConfigurationError)
-            else ErrorCategory.DATA
-        )
-        return _claims.Outcome(
-            job.id,
-            entry._claimed.token,
-            State.FAILED,
-            category=category,
-            step="validate",
-            message=_message(exc),
-        )
-    return None
-
-
-def failure(state: ProcessorState, entry: JobContext, exc: Exception) -> _claims.Outcome:
-    """Return the outcome of an attempt whose handler raised ``exc``: retry, fail or dead."""
-    claimed = entry._claimed
-    try:
-        category = ErrorCategory(state.classify(exc))
-    except Exception as bad:
-        log.error("classify(%r) failed (%r); treating the error as TRANSIENT", exc, bad)
-        category = ErrorCategory.TRANSIENT
-    delay = 0.0
-    if not category.retryable:
-        outcome_state = State.FAILED
-    elif claimed.attempt <= claimed.job.max_retries:
-        outcome_state = State.RETRYING
-        delay = state.config.retry.delay(claimed.attempt)
-    else:
-        outcome_state = State.DEAD
-    return _claims.Outcome(
-        claimed.id,
-        claimed.token,
-        outcome_state,
-        delay=delay,
-        category=category,
-        step=entry._failed_step,
-        message=_message(exc),
-    )
-
-
 def forget(state: ProcessorState, token: int, *, wake: bool = True) -> JobContext | None:
     """Drop the attempt of ``token`` from those running (freeing its slot); return it."""
     entry = state.running.pop(token, None)
@@ -208,26 +150,6 @@ def forget(state: ProcessorState, token: int, *, wake: bool = True) -> JobContex
         if wake:
             state.claim_wakeup.set()
     return entry
-
-
-def _message(exc: BaseException) -> str:
-    text = storable_text(f"{type(exc).__name__}: {exc}")
-    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
-
-
-def _with_progress(outcome: _claims.Outcome, progress: int) -> _claims.Outcome:
-    if not progress:
-        return outcome
-    return _claims.Outcome(
-        outcome.id,
-        outcome.token,
-        outcome.state,
-        outcome.delay,
-        outcome.category,
-        outcome.step,
-        outcome.message,
-        progress,
-    )
 
 
 def _in_context(
