@@ -25,7 +25,7 @@ import itertools
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import ProgressNotFoundError
 from ._ports._progress import RunProgress, Status, SubtaskProgress
@@ -83,7 +83,7 @@ class ProgressTracker:
         # the one it drew itself.
         self._counters: dict[tuple[int, int], list[Any]] = {}
         self._schema_ready = False
-        db._register_source(cast(Any, self))  # (cast: as in _call)
+        db._register_source(self)
 
     def __repr__(self) -> str:
         return f"<ProgressTracker of {self._db!r}>"
@@ -142,8 +142,7 @@ class ProgressTracker:
                 await conn.progress.ensure_schema()
             return await fn(conn)
 
-        # (cast: until Database._run and its sources are typed with the Session port.)
-        result: T = await self._db._run(cast(Any, op))
+        result = await self._db._run(op)
         self._schema_ready = True  # committed: the tables exist from now on
         return result
 
@@ -158,7 +157,7 @@ class ProgressTracker:
         async def exists(conn: Session) -> bool:
             return await conn.progress.exists()
 
-        found: bool = await self._db._run(cast(Any, exists))
+        found = await self._db._run(exists)
         if found:
             self._schema_ready = True
         return found
