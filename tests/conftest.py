@@ -73,3 +73,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+# -- the backend contract suite ----------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh, empty store of every backend: what the contract suite runs on.
+
+    ``tests/test_contract_*.py`` test the ports (``corral._ports``) through this fixture
+    only, so a new backend runs the whole suite by adding its name to ``params`` and the
+    line that makes a fresh store's URL below.
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contract.db'}"
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    raise AssertionError(f"no URL for store {request.param!r}")
