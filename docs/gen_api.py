@@ -223,12 +223,22 @@ def _member(name: str, value: object) -> str | None:
     return f"- `{shown}`: {first_paragraph(function)}"
 
 
+def _layers(cls: type) -> list[type]:
+    """Return the class and the same-named ones it extends, base first (one to a reader).
+
+    ``corral.Database`` is the engine's ``Database`` with the domains' views named on
+    it (``corral._connect``): documented as one class.
+    """
+    return [c for c in reversed(cls.__mro__) if c.__name__ == cls.__name__]
+
+
 def document_class(qualified: str, cls: type) -> list[str]:
     """Return the Markdown for one class."""
-    bases = _bases(cls)
+    layers = _layers(cls)
+    bases = _bases(layers[0])
     head = f"class {cls.__name__}" + (f"({', '.join(bases)})" if bases else "")
     code = [head]
-    private = _private_constructor(cls)
+    private = any(_private_constructor(layer) for layer in layers)
     protocol = getattr(cls, "_is_protocol", False)
     inherited_init = issubclass(cls, BaseException) and "__init__" not in cls.__dict__
     if not (private or protocol or inherited_init):
@@ -237,19 +247,22 @@ def document_class(qualified: str, cls: type) -> list[str]:
     out = [f"### `{qualified}`\n", _code("\n".join(code)), first_paragraph(cls) + "\n"]
     if private:
         out.append("Not created directly.\n")
+    namespace: dict[str, object] = {}
+    for layer in layers:
+        namespace.update(layer.__dict__)
     uses = [
         kind
         for kind, method in (("`with`", "__enter__"), ("`async with`", "__aenter__"))
-        if method in cls.__dict__
+        if method in namespace
     ]
     if uses:
         out.append(f"Supports {' and '.join(uses)}.\n")
     members = [
         line
-        for name, value in cls.__dict__.items()
+        for name, value in namespace.items()
         if not name.startswith("_") and (line := _member(name, value)) is not None
     ]
-    for name, doc in _attribute_docs(cls):
+    for name, doc in [found for layer in layers for found in _attribute_docs(layer)]:
         if not any(m.startswith((f"- `{name}`", f"- `{name}(")) for m in members):
             members.append(f"- `{name}`: {doc}")
     if members:

@@ -13,10 +13,10 @@ import logging as _logging
 from ._cluster import Cluster as Cluster
 from ._cluster import ClusterStatistics as ClusterStatistics
 from ._cluster import Offload as Offload
-from ._database import Database as Database
+from ._connect import Database as Database
+from ._connect import connect as connect
 from ._database import DatabaseStatistics as DatabaseStatistics
 from ._database import Table as Table
-from ._database import connect as connect
 from ._display import show_progress as show_progress
 from ._exceptions import ColumnTypeError as ColumnTypeError
 from ._exceptions import CommitUnknownError as CommitUnknownError

@@ -1,4 +1,4 @@
-"""Databases: ``connect`` opens one, and its writer funnels every write through one place.
+"""Databases: one per open URL, whose writer funnels every write through one place.
 
 .. code-block:: python
 
@@ -7,8 +7,13 @@
         await prices.put({"ticker": "ACME", "day": "2026-11-20", "close": 10.5})
         await db.flush()
 
-The policy (what is guaranteed, and what is raised where) is in :func:`connect`'s
-docstring; the batching is described in :mod:`corral._writer`.
+The engine's side: :class:`Database` (its writer, its tables, and the hooks the domains
+use) and :func:`open_database`, which runs the writer for the body of a block. It
+imports no domain: the domains attach their views (``db.jobs``, ``db.progress``)
+through :meth:`Database._view`, and the public :class:`corral.Database` (in
+:mod:`corral._connect`, with :func:`corral.connect`) names them. The policy (what is
+guaranteed, and what is raised where) is in :func:`corral.connect`'s docstring; the
+batching is described in :mod:`corral._writer`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.from_thread
@@ -36,13 +41,11 @@ from ._ports import Column, Store, TableSchema, redact
 from ._validate import check_positive_int
 from ._writer import Source, Writer
 
-if TYPE_CHECKING:
-    from ._jobs._queue import JobQueue
-    from ._progress import ProgressTracker
-
-__all__ = ["Database", "DatabaseStatistics", "Table", "connect", "default_url"]
+__all__ = ["Database", "DatabaseStatistics", "Table", "default_url", "open_database"]
 
 T = TypeVar("T")
+V = TypeVar("V")
+D = TypeVar("D", bound="Database")
 
 #: The URL :func:`connect` opens when given none and ``CORRAL_DB`` is not set.
 DEFAULT_URL = "sqlite:///corral.db"
@@ -335,8 +338,8 @@ class Table:
 class Database:
     """An open database: its writer, its tables, and the hooks corral's domains use.
 
-    Made by :func:`connect`, valid inside its ``async with`` block. All writes go
-    through one writer coroutine, which owns the connection and commits in batches.
+    Made by :func:`corral.connect`, valid inside its ``async with`` block. All writes
+    go through one writer coroutine, which owns the connection and commits in batches.
     """
 
     def __init__(
@@ -351,8 +354,8 @@ class Database:
     ) -> None:
         #: The URL the database was opened with.
         self.url = url
-        self._progress: ProgressTracker | None = None
-        self._jobs: JobQueue | None = None
+        #: The domains' views of this database, by what makes them (see _view).
+        self._views: dict[Callable[[Any], object], object] = {}
         #: ``"sqlite"`` or ``"postgresql"``.
         self.dialect = backend.dialect
         #: Rows per batch transaction, at most.
@@ -417,27 +420,18 @@ class Database:
             errors_dropped=w.errors_dropped,
         )
 
-    @property
-    def progress(self) -> ProgressTracker:
-        """Progress tracking of runs and subtasks in this database (made on first use)."""
-        tracker = self._progress
-        if tracker is None:
-            from ._progress import ProgressTracker
-
-            tracker = self._progress = ProgressTracker(self)
-        return tracker
-
-    @property
-    def jobs(self) -> JobQueue:
-        """The durable job queue in this database (see :mod:`corral.jobs`)."""
-        queue = self._jobs
-        if queue is None:
-            from ._jobs._queue import JobQueue
-
-            queue = self._jobs = JobQueue(self)
-        return queue
-
     # -- hooks for corral's domains (progress, jobs) -------------------------------------------
+
+    def _view(self, make: Callable[[Database], V]) -> V:
+        """Return the view ``make(self)`` of this database, made on first use, then kept.
+
+        How a domain attaches itself (``JobQueue.of(db)`` is ``db._view(JobQueue)``):
+        one view per ``make`` and database, so all its users share its state.
+        """
+        view = self._views.get(make)
+        if view is None:
+            view = self._views[make] = make(self)
+        return cast("V", view)
 
     async def _run(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``fn(connection)`` in the writer, in order with the rows accepted before.
@@ -504,55 +498,17 @@ def _without_consequences(error: BaseException, fatal: BaseException) -> BaseExc
 
 
 @asynccontextmanager
-async def connect(
+async def open_database(
+    make: type[D],
     url: str | None = None,
     *,
     batch_size: int = 50_000,
     flush_interval: float = 0.05,
     max_pending: int = 100_000,
-) -> AsyncIterator[Database]:
-    """Open a database and run its writer for the body of an ``async with`` block.
+) -> AsyncIterator[D]:
+    """Open a database as a ``make`` and run its writer for the body of a block.
 
-    Args:
-        url: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
-            ``sqlite:///:memory:``, or ``postgresql://user@host:port/dbname``
-            (``postgres://`` too; query parameters such as ``?search_path=...`` go to
-            the server, except corral's own timeouts in seconds: ``connect_timeout``
-            (10), ``command_timeout`` (60, per statement) and ``reconnect_timeout``
-            (30; 0 never reconnects)). ``None``: :func:`default_url`, the ``CORRAL_DB``
-            environment variable or ``sqlite:///corral.db``.
-        batch_size: The most rows in one transaction.
-        flush_interval: The most seconds a row waits for its batch to fill before it is
-            committed anyway; also how often registered sources are polled.
-        max_pending: The most rows queued for the writer; ``put`` waits for room beyond
-            it (backpressure), so memory stays bounded however fast producers are.
-
-    Guarantees: every row accepted by ``put`` is committed before ``connect`` returns,
-    whether the body ends normally, raises or is cancelled (the drain is shielded from
-    cancellation), unless it fails. A row that fails to commit (a constraint, a value
-    the driver refuses) is left out of its batch, whose other rows are committed, and
-    is raised as a :class:`~corral.WriteError` naming the table and the row, with the
-    driver's error as ``__cause__``: by the next ``put`` or ``flush``, or else when the
-    block exits. If the body itself raised, that exception propagates with a note
-    naming the write errors. A failure outside a row (the connection breaks, ``COMMIT``
-    fails) stops the writer: the body is cancelled and ``connect`` raises it as a
-    ``WriteError`` counting the rows and operations not committed; those rows are
-    counted as failed.
-
-    On PostgreSQL a lost connection (a restart, ``pg_terminate_backend``, a network
-    failure, a statement past ``command_timeout``) does not stop the writer: it
-    connects again with exponential backoff, for up to ``reconnect_timeout`` seconds,
-    and writes the batch the server rolled back again. A batch that lost its
-    connection after its ``COMMIT`` was sent may have committed: its operations fail
-    with :class:`~corral.CommitUnknownError`, and its rows are written again only if it
-    held nothing else (else they are raised as a ``WriteError``). Since no statement
-    waits past ``command_timeout`` and no reconnection past ``reconnect_timeout``, the
-    drain at exit cannot hang on a stalled server.
-
-    SQLite runs through the standard library's ``sqlite3`` in a worker thread, in WAL
-    mode; PostgreSQL through asyncpg (``pip install 'corral[postgres]'``), copying
-    each batch into a staging table before one upsert.
-
+    :func:`corral.connect` with the class of the database to yield; see its docstring.
     """
     url = default_url() if url is None else url
     parse_url(url)
@@ -572,7 +528,7 @@ async def connect(
                     max_pending=max_pending,
                     cancel_body=tg.cancel_scope.cancel,
                 )
-                db = Database(
+                db = make(
                     url,
                     backend,
                     writer,

@@ -13,7 +13,7 @@ import anyio.abc
 import click
 
 from .._backends import parse_url, redact, tables_exist
-from .._database import Database, connect
+from .._connect import Database, connect
 from .._exceptions import CorralError
 
 if TYPE_CHECKING:

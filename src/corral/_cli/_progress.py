@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from .._backends import redact
-from .._database import Database, default_url
+from .._connect import Database
+from .._database import default_url
 from .._display import runs_table, subtasks_table
 from .._display import watch as watch_run
 from .._progress import Status

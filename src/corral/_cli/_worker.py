@@ -12,26 +12,23 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import Any, NoReturn, cast
 
 import anyio
 import anyio.abc
 import click
 
-from .._backends import redact
 from .._cluster import Cluster
-from .._database import Database, default_url
+from .._connect import Database
+from .._database import default_url
 from .._exceptions import CommitUnknownError
+from .._ports import redact
 from ..jobs import (
     JobContext,
     LoggingNotifier,
     Processor,
     ProcessorConfig,
 )
-
-if TYPE_CHECKING:
-    pass
-
 from ._common import _db_option, _open, cli, log
 
 __all__: list[str] = []

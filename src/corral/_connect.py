@@ -1,0 +1,97 @@
+"""The public database: :func:`connect`, and the :class:`Database` it yields.
+
+The face of the engine's database (:mod:`corral._database`): the same object, with
+the views of corral's domains named on it, ``db.progress`` and ``db.jobs``. They are
+attached through the engine's view registry (``Database._view``), so the engine
+imports no domain and every domain reaches its own view the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from . import _database
+from ._jobs._queue import JobQueue
+from ._progress import ProgressTracker
+
+__all__ = ["Database", "connect"]
+
+
+class Database(_database.Database):
+    """An open database: its writer, its tables, and the hooks corral's domains use.
+
+    Made by :func:`connect`, valid inside its ``async with`` block. All writes go
+    through one writer coroutine, which owns the connection and commits in batches.
+    """
+
+    @property
+    def progress(self) -> ProgressTracker:
+        """Progress tracking of runs and subtasks in this database (made on first use)."""
+        return self._view(ProgressTracker)
+
+    @property
+    def jobs(self) -> JobQueue:
+        """The durable job queue in this database (see :mod:`corral.jobs`)."""
+        return self._view(JobQueue)
+
+
+@asynccontextmanager
+async def connect(
+    url: str | None = None,
+    *,
+    batch_size: int = 50_000,
+    flush_interval: float = 0.05,
+    max_pending: int = 100_000,
+) -> AsyncIterator[Database]:
+    """Open a database and run its writer for the body of an ``async with`` block.
+
+    Args:
+        url: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+            ``sqlite:///:memory:``, or ``postgresql://user@host:port/dbname``
+            (``postgres://`` too; query parameters such as ``?search_path=...`` go to
+            the server, except corral's own timeouts in seconds: ``connect_timeout``
+            (10), ``command_timeout`` (60, per statement) and ``reconnect_timeout``
+            (30; 0 never reconnects)). ``None``: :func:`default_url`, the ``CORRAL_DB``
+            environment variable or ``sqlite:///corral.db``.
+        batch_size: The most rows in one transaction.
+        flush_interval: The most seconds a row waits for its batch to fill before it is
+            committed anyway; also how often registered sources are polled.
+        max_pending: The most rows queued for the writer; ``put`` waits for room beyond
+            it (backpressure), so memory stays bounded however fast producers are.
+
+    Guarantees: every row accepted by ``put`` is committed before ``connect`` returns,
+    whether the body ends normally, raises or is cancelled (the drain is shielded from
+    cancellation), unless it fails. A row that fails to commit (a constraint, a value
+    the driver refuses) is left out of its batch, whose other rows are committed, and
+    is raised as a :class:`~corral.WriteError` naming the table and the row, with the
+    driver's error as ``__cause__``: by the next ``put`` or ``flush``, or else when the
+    block exits. If the body itself raised, that exception propagates with a note
+    naming the write errors. A failure outside a row (the connection breaks, ``COMMIT``
+    fails) stops the writer: the body is cancelled and ``connect`` raises it as a
+    ``WriteError`` counting the rows and operations not committed; those rows are
+    counted as failed.
+
+    On PostgreSQL a lost connection (a restart, ``pg_terminate_backend``, a network
+    failure, a statement past ``command_timeout``) does not stop the writer: it
+    connects again with exponential backoff, for up to ``reconnect_timeout`` seconds,
+    and writes the batch the server rolled back again. A batch that lost its
+    connection after its ``COMMIT`` was sent may have committed: its operations fail
+    with :class:`~corral.CommitUnknownError`, and its rows are written again only if it
+    held nothing else (else they are raised as a ``WriteError``). Since no statement
+    waits past ``command_timeout`` and no reconnection past ``reconnect_timeout``, the
+    drain at exit cannot hang on a stalled server.
+
+    SQLite runs through the standard library's ``sqlite3`` in a worker thread, in WAL
+    mode; PostgreSQL through asyncpg (``pip install 'corral[postgres]'``), copying
+    each batch into a staging table before one upsert.
+
+    """
+    async with _database.open_database(
+        Database,
+        url,
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        max_pending=max_pending,
+    ) as db:
+        yield db
