@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 API_PATH = Path(__file__).resolve().parent / "api.md"
-MODULES = ("corral", "corral.blocking", "corral.jobs")
+MODULES = ("corral", "corral.blocking", "corral.jobs", "corral.dask")
 WIDTH = 88
 
 HEADER = """\

@@ -5,6 +5,7 @@ import re
 
 import corral
 import corral.blocking
+import corral.dask
 
 EXPECTED = {
     "Cluster",
@@ -76,8 +77,26 @@ def test_blocking_names() -> None:
     }
 
 
+def test_dask_names() -> None:
+    assert isinstance(corral.dask.__all__, tuple)
+    assert set(corral.dask.__all__) == {"DaskPool", "DaskPoolStatistics", "wait_concurrent"}
+    for name in corral.dask.__all__:
+        assert hasattr(corral.dask, name)
+
+
+def test_dask_pool_statistics_fields_are_documented() -> None:
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(corral.dask.DaskPoolStatistics)]
+    source = inspect.getsource(corral.dask.DaskPoolStatistics)
+    for name in fields:
+        assert re.search(rf'{name}: \w+\n    """', source), (
+            f"DaskPoolStatistics.{name} has no docstring"
+        )
+
+
 def test_everything_public_has_a_docstring() -> None:
-    for module in (corral, corral.blocking):
+    for module in (corral, corral.blocking, corral.dask):
         for name in module.__all__:
             obj = getattr(module, name)
             if name == "Offload":

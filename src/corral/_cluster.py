@@ -23,6 +23,7 @@ from typing import Literal
 
 import anyio.lowlevel
 
+from ._dask import DaskPool
 from ._sync import LoopSafeSemaphore
 from ._validate import check_offload, check_positive_int, check_text
 
@@ -72,8 +73,10 @@ class Cluster:
             the job queue.
         capacity: The most units of work (map calls, running jobs) at once; a positive
             integer.
-        offload: Where plain functions mapped on this cluster run, ``"thread"`` or
-            ``"process"``; ``None`` leaves it to :func:`corral.map`'s ``offload``.
+        offload: Where plain functions mapped on this cluster run, ``"thread"``,
+            ``"process"`` or a :class:`corral.dask.DaskPool` (each chunk in flight on the
+            Dask cluster holds a unit); ``None`` leaves it to :func:`corral.map`'s
+            ``offload``.
         region: Routing attribute (data locality) for the job processor; stored only.
         cost: Routing attribute (relative cost) for the job processor; stored only.
         labels: Routing attribute (resources such as ``"gpu"``); stored as a frozenset.
@@ -87,7 +90,7 @@ class Cluster:
         name: str,
         capacity: int,
         *,
-        offload: Offload | None = None,
+        offload: Offload | DaskPool | None = None,
         region: str | None = None,
         cost: float | None = None,
         labels: Iterable[str] = (),
@@ -96,7 +99,7 @@ class Cluster:
             raise TypeError(f"Cluster name must be a non-empty str, got {name!r}")
         check_text("Cluster name", name)
         check_positive_int("capacity", capacity)
-        if offload is not None:
+        if offload is not None and not isinstance(offload, DaskPool):
             check_offload(offload)
         if region is not None and not isinstance(region, str):
             raise TypeError(f"Cluster region must be a str or None, got {region!r}")
@@ -115,7 +118,7 @@ class Cluster:
                 raise TypeError(f"Cluster labels must be str, got {label!r}")
             check_text("Cluster label", label)
         self.name = name
-        self.offload: Offload | None = offload
+        self.offload: Offload | DaskPool | None = offload
         self.region = region
         self.cost = None if cost is None else float(cost)
         self.labels: frozenset[str] = label_set

@@ -15,7 +15,9 @@ from typing import Any, Generic, Literal, TypeVar, overload
 import anyio
 
 from .._cluster import Cluster, Offload
+from .._dask import DaskPool
 from .._process import ProcessPool
+from ._dask import DaskChunks
 from ._engine import Engine as _Engine  # private: IMap and MapResults are made by imap only
 from ._engine import ProgressSink, Strategy
 from ._fast_loop import FastLoop
@@ -43,6 +45,8 @@ def _strategy(engine: _Engine) -> Strategy:
         return Loop(engine)
     if engine.mode == "thread":
         return Threads(engine) if engine.cluster is not None else Crew(engine)
+    if engine.mode == "dask":
+        return DaskChunks(engine)
     return Processes(engine)
 
 
@@ -112,7 +116,7 @@ async def map(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: Literal[False] = ...,
     chunksize: int | None = ...,
@@ -126,7 +130,7 @@ async def map(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: Literal[True],
     chunksize: int | None = ...,
@@ -140,7 +144,7 @@ async def map(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: Literal[False] = ...,
     chunksize: int | None = ...,
@@ -154,7 +158,7 @@ async def map(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: Literal[True],
     chunksize: int | None = ...,
@@ -168,7 +172,7 @@ async def map(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: bool,
     chunksize: int | None = ...,
@@ -181,7 +185,7 @@ async def map(
     items: Iterable[Any] | AsyncIterable[Any],
     *,
     limit: int | None = None,
-    offload: Offload | ProcessPool | None = None,
+    offload: Offload | ProcessPool | DaskPool | None = None,
     ordered: bool = True,
     return_exceptions: bool = False,
     chunksize: int | None = None,
@@ -196,16 +200,18 @@ async def map(
             thread, or in a process with ``offload="process"``). It takes one item.
         items: Any iterable or async iterable; pulled lazily, one item per free worker.
         limit: The most calls in flight at once. Defaults: the cluster's capacity if a
-            cluster is given, else 100 coroutines, 40 threads, or one per worker of the
-            process pool (the CPU count).
+            cluster is given, else 100 coroutines, 40 threads, one per worker of the
+            process pool (the CPU count), or one per worker thread of a DaskPool.
         offload: Where a plain function runs: ``"thread"`` (the default), ``"process"``
-            (the default process pool), or a :class:`~corral.ProcessPool`.
+            (the default process pool), a :class:`~corral.ProcessPool`, or a
+            :class:`corral.dask.DaskPool` (a Dask cluster).
         ordered: ``True`` returns results in input order, ``False`` in completion order.
         return_exceptions: ``False`` raises the first exception (itself, not an
             ExceptionGroup) after cancelling the rest; ``True`` runs every item and puts
             exceptions in place of results.
-        chunksize: Items per round trip to a worker process (processes only). ``None``
-            adapts it so each round trip carries about 20 ms of work.
+        chunksize: Items per round trip to a worker process (processes only), or per
+            Dask task. ``None`` adapts it so each carries about 20 ms of work (50 ms
+            for Dask).
         timeout: Seconds per item. An item that overruns fails with ``TimeoutError``.
             Coroutines are cancelled and process workers killed at the deadline; a
             thread cannot be interrupted, so its call fails when it returns late.
@@ -247,7 +253,7 @@ def imap(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: Literal[False] = ...,
     chunksize: int | None = ...,
@@ -261,7 +267,7 @@ def imap(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: Literal[True],
     chunksize: int | None = ...,
@@ -275,7 +281,7 @@ def imap(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: Literal[False] = ...,
     chunksize: int | None = ...,
@@ -289,7 +295,7 @@ def imap(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: Literal[True],
     chunksize: int | None = ...,
@@ -303,7 +309,7 @@ def imap(
     items: Iterable[T] | AsyncIterable[T],
     *,
     limit: int | None = ...,
-    offload: Offload | ProcessPool | None = ...,
+    offload: Offload | ProcessPool | DaskPool | None = ...,
     ordered: bool = ...,
     return_exceptions: bool,
     chunksize: int | None = ...,
@@ -316,7 +322,7 @@ def imap(
     items: Iterable[Any] | AsyncIterable[Any],
     *,
     limit: int | None = None,
-    offload: Offload | ProcessPool | None = None,
+    offload: Offload | ProcessPool | DaskPool | None = None,
     ordered: bool = True,
     return_exceptions: bool = False,
     chunksize: int | None = None,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from .._cluster import Cluster, Offload
+from .._dask import DaskPool, dumps_function
 from .._pickling import check_process_function
 from .._process import ProcessPool, cpu_count, default_pool
 from .._validate import check_offload, check_positive_int, check_timeout
@@ -89,7 +90,7 @@ class Engine:
         items: Iterable[Any] | AsyncIterable[Any],
         *,
         limit: int | None,
-        offload: Offload | ProcessPool | None,
+        offload: Offload | ProcessPool | DaskPool | None,
         ordered: bool,
         return_exceptions: bool,
         chunksize: int | None,
@@ -126,8 +127,10 @@ class Engine:
             check_positive_int("limit", limit)
 
         self.pool: ProcessPool | None = None
+        self.dask: DaskPool | None = None
+        self.dask_fn = b""
         is_async = is_async_callable(fn)
-        if offload is not None and not isinstance(offload, ProcessPool):
+        if offload is not None and not isinstance(offload, ProcessPool | DaskPool):
             check_offload(offload)
         if is_async:
             if offload is not None:
@@ -143,17 +146,22 @@ class Engine:
                 check_process_function(fn)
                 self.pool = where if isinstance(where, ProcessPool) else default_pool()
                 self.mode = "process"
+            elif isinstance(where, DaskPool):
+                self.dask_fn = dumps_function(fn)
+                self.dask = where
+                self.mode = "dask"
             else:
                 self.mode = "thread"
-        if chunksize is not None and self.mode != "process":
+        chunked = self.mode in ("process", "dask")
+        if chunksize is not None and not chunked:
             raise ValueError(
-                f"chunksize applies to offload='process' only, and fn runs "
+                f"chunksize applies to offload='process' or a DaskPool only, and fn runs "
                 f"{'on the event loop' if self.mode == 'loop' else 'in threads'}; drop chunksize"
             )
-        if self.mode == "process" and self.timeout is not None and (chunksize or 1) > 1:
+        if chunked and self.timeout is not None and (chunksize or 1) > 1:
             raise ValueError(
-                "timeout is per item, so with offload='process' items are sent one at a "
-                "time; drop chunksize (or set it to 1), or drop timeout"
+                "timeout is per item, so with offload='process' or a DaskPool items are "
+                "sent one at a time; drop chunksize (or set it to 1), or drop timeout"
             )
 
         if limit is None:
@@ -161,6 +169,8 @@ class Engine:
                 limit = cluster.capacity
             elif self.pool is not None:
                 limit = self.pool.max_workers
+            elif self.dask is not None:
+                limit = self.dask.threads
             else:
                 limit = DEFAULT_LIMITS[self.mode] or cpu_count()
         self.fn = fn
@@ -172,8 +182,8 @@ class Engine:
         self.collect = collect
 
         self.chunksize = chunksize
-        self.max_chunk = 1 if self.mode != "process" else (chunksize or MAX_CHUNK)
-        if self.mode == "process" and self.timeout is not None:
+        self.max_chunk = 1 if not chunked else (chunksize or MAX_CHUNK)
+        if chunked and self.timeout is not None:
             self.chunksize = self.max_chunk = 1
         self.length_hint = operator.length_hint(items) if self.iterator is not None else 0
         self.window = math.inf if collect else 2 * limit * self.max_chunk
