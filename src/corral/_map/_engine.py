@@ -155,12 +155,12 @@ class Engine:
         chunked = self.mode in ("process", "dask")
         if chunksize is not None and not chunked:
             raise ValueError(
-                f"chunksize applies to offload='process' or a DaskPool only, and fn runs "
+                f"chunksize applies to offload='process' only (and to a DaskPool), and fn runs "
                 f"{'on the event loop' if self.mode == 'loop' else 'in threads'}; drop chunksize"
             )
         if chunked and self.timeout is not None and (chunksize or 1) > 1:
             raise ValueError(
-                "timeout is per item, so with offload='process' or a DaskPool items are "
+                "timeout is per item, so with offload='process' (or a DaskPool) items are "
                 "sent one at a time; drop chunksize (or set it to 1), or drop timeout"
             )
 
