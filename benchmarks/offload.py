@@ -11,6 +11,14 @@ ideal N * 5 ms / limit, computed, not measured.
     python benchmarks/offload.py --cpu-repeat 3   # steadier: median of 3 per CPU row
     python benchmarks/offload.py --quick    # shrunk N, well under 20 s
     python benchmarks/offload.py --backend trio
+    python benchmarks/offload.py --dask     # also the Dask rows (needs corral[dask])
+    python benchmarks/offload.py --only-dask
+
+Dask rows: the same CPU workload on a LocalCluster of CPUS worker processes (one thread
+each, profiler off), started once outside the timing: corral.map offload=DaskPool (adaptive chunks),
+client.map with one task per item (timed on a subset of --dask-per-item items and
+scaled to N, since it costs a millisecond or more per task), client.map over
+hand-made batches (4 per worker thread), and the same local floor.
 """
 
 from __future__ import annotations
@@ -253,6 +261,106 @@ async def cpu_bound(args, backend):
     return {"n": n, "items": count, "reference": specs[1][0], "rows": rows}
 
 
+def _burn_batch(batch):
+    return [burn(x) for x in batch]
+
+
+async def dask_bound(args, backend):
+    """The Dask rows: DaskPool map vs client.map per item and per batch, vs the local floor."""
+    import dask
+    import distributed
+
+    from corral.dask import DaskPool
+
+    n = calibrate()
+    items = cpu_items(args.cpu_items, n)
+    by_arg = {x: burn(x) for x in set(items)}
+    expected = [by_arg[x] for x in items]
+    count = len(items)
+    subset = min(count, args.dask_per_item)
+    print(
+        f"\nDask: {count:,} calls of burn({n}) on a LocalCluster of {CPUS} worker processes "
+        f"(one thread each), profiler {'on' if args.dask_profiler else 'off'}, "
+        f"median of {args.cpu_repeat}"
+    )
+    # Dask's statistical profiler samples every worker thread's stack every 10 ms: for
+    # pure-Python work on 2 cores it cost ~40% here. Off unless --dask-profiler (every Dask
+    # row runs on this one cluster either way).
+    with dask.config.set({"distributed.worker.profile.enabled": args.dask_profiler}):
+        cluster = await anyio.to_thread.run_sync(
+            partial(
+                distributed.LocalCluster,
+                n_workers=CPUS,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+        )
+    client = await anyio.to_thread.run_sync(distributed.Client, cluster)
+    try:
+        async with DaskPool(client) as pool:
+
+            def per_item(part):
+                futures = client.map(burn, part, pure=False)
+                return client.gather(futures)
+
+            def batched(parts):
+                futures = client.map(_burn_batch, parts, pure=False)
+                return [r for batch in client.gather(futures) for r in batch]
+
+            batches = [items[i :: 4 * CPUS] for i in range(4 * CPUS)]
+            batch_expected = [r for b in batches for r in (by_arg[x] for x in b)]
+            scale = count / subset
+            specs = [
+                ("floor: bare processes, no per-call IPC", sync(run_floor, items), None, 1, ""),
+                (
+                    "corral.map offload=DaskPool",
+                    partial(corral.map, burn, items, offload=pool),
+                    expected,
+                    1,
+                    "adaptive chunks, limit = worker threads",
+                ),
+                (
+                    "client.map one task per item",
+                    sync(per_item, items[:subset]),
+                    expected[:subset],
+                    scale,
+                    f"timed on {subset:,} items, scaled x{scale:g}" if scale != 1 else "",
+                ),
+                (
+                    f"client.map over {4 * CPUS} hand-made batches",
+                    sync(batched, batches),
+                    batch_expected,
+                    1,
+                    "4 batches per worker thread",
+                ),
+            ]
+            times = {name: [] for name, *_ in specs}
+            for _ in range(args.cpu_repeat):
+                for name, afn, check, factor, _note in specs:
+                    start = time.perf_counter()
+                    result = await afn()
+                    times[name].append((time.perf_counter() - start) * factor)
+                    if check is not None and result != check:
+                        raise AssertionError(f"{name}: wrong results")
+                    print(f"  {name:<48} {times[name][-1]:8.3f} s", flush=True)
+    finally:
+        await anyio.to_thread.run_sync(client.close)
+        await anyio.to_thread.run_sync(cluster.close)
+    rows = [
+        _common.row(name, statistics.median(times[name]), count, note=note)
+        for name, _, _, _, note in specs
+    ]
+    floor = statistics.median(times[specs[0][0]])
+    ours = statistics.median(times[specs[1][0]])
+    one_by_one = statistics.median(times[specs[2][0]])
+    print(
+        f"  targets: DaskPool / floor = {ours / floor:.2f} (<= 1.3), "
+        f"per-item client.map / DaskPool = {one_by_one / ours:.1f} (>= 10)"
+    )
+    return {"n": n, "items": count, "reference": specs[0][0], "rows": rows}
+
+
 async def io_bound(args, backend):
     count, limit, repeat = args.io_items, args.limit, args.repeat
     items = list(range(count))
@@ -355,6 +463,14 @@ def chart(cpu, io, path):
 
 async def main(args):
     backend = "trio" if args.backend == "trio" else "asyncio"
+    dask = await dask_bound(args, backend) if args.dask or args.only_dask else None
+    if args.only_dask:
+        _common.print_table(
+            f"Dask, {dask['items']:,} x burn({dask['n']}), backend {backend}",
+            dask["rows"],
+            dask["reference"],
+        )
+        return
     cpu = await cpu_bound(args, backend)
     io = await io_bound(args, backend)
     _common.print_table(
@@ -367,10 +483,19 @@ async def main(args):
         io["rows"],
         io["reference"],
     )
+    if dask is not None:
+        _common.print_table(
+            f"Dask, {dask['items']:,} x burn({dask['n']}), backend {backend}",
+            dask["rows"],
+            dask["reference"],
+        )
     name = _common.result_name(
         "offload" if backend == "asyncio" else f"offload-{backend}", args.quick
     )
-    _common.write_results(name, {"backend": backend, "quick": args.quick, "cpu": cpu, "io": io})
+    results = {"backend": backend, "quick": args.quick, "cpu": cpu, "io": io}
+    if dask is not None:
+        results["dask"] = dask
+    _common.write_results(name, results)
     png = _common.RESULTS / f"{name}.png"
     chart(cpu, io, png)
     print(f"wrote {png}")
@@ -386,10 +511,22 @@ def parse_args():
         "--cpu-repeat", type=int, default=1, help="repeats per CPU row (median; 3 is steadier)"
     )
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--dask", action="store_true", help="also the Dask rows")
+    parser.add_argument("--only-dask", action="store_true", help="the Dask rows only")
+    parser.add_argument(
+        "--dask-profiler", action="store_true", help="leave Dask's worker profiler on"
+    )
+    parser.add_argument(
+        "--dask-per-item",
+        type=int,
+        default=2_000,
+        help="items timed for client.map one task per item (scaled to N)",
+    )
     parser.add_argument("--quick", action="store_true", help="small N: the whole run in < 20 s")
     args = parser.parse_args()
     if args.quick:
         args.cpu_items, args.io_items, args.repeat, args.cpu_repeat = 2_000, 256, 1, 1
+        args.dask_per_item = 500
     return args
 
 

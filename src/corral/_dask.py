@@ -292,7 +292,12 @@ class DaskPool:
     async def __aenter__(self) -> DaskPool:
         if self._closed:
             raise PoolClosedError("this DaskPool is closed; create a new one")
-        await anyio.to_thread.run_sync(self._open)
+        try:
+            await anyio.to_thread.run_sync(self._open)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -398,8 +403,7 @@ class DaskPool:
         :class:`~corral.WorkerCrashed` if the workers running it died (after Dask's
         ``retries``). Cancelling the caller cancels the task on the cluster.
         """
-        fn_data = dumps_function(fn)
-        del fn_data
+        dumps_function(fn)  # refuse an unpicklable fn by name, before anything is sent
         for position, value in enumerate(args):
             _dumps_value(fn, f"argument {position}", value)
         for key, value in kwargs.items():
