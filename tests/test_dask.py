@@ -37,7 +37,11 @@ def client() -> Iterator[Any]:
     # worker-death test kills two workers, not eight.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
         )
     client = distributed.Client(cluster)
     client.wait_for_workers(2)
@@ -295,3 +299,23 @@ def test_the_core_imports_without_distributed() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+async def test_no_address_starts_and_closes_a_local_cluster() -> None:
+    pool = DaskPool(n_workers=1, threads_per_worker=1)
+    with pytest.raises(RuntimeError, match="not open"):
+        pool.client  # noqa: B018
+    with pytest.raises(RuntimeError, match="not open"):
+        await corral.map(square, [1], offload=pool)
+    async with pool:
+        assert pool.statistics().workers == 1
+        assert await corral.map(lambda x: x + 1, range(5), offload=pool) == [1, 2, 3, 4, 5]
+        cluster = pool.client.cluster
+    assert pool.client.status == "closed"
+    assert cluster is not None
+    assert cluster.status.name == "closed"
+    with pytest.raises(corral.PoolClosedError):
+        await corral.map(square, [1], offload=pool)
+    with pytest.raises(corral.PoolClosedError):
+        async with pool:
+            pass

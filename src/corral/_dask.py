@@ -34,6 +34,7 @@ from anyio.lowlevel import current_token
 from ._exceptions import MissingDriverError, NotPicklableError, PoolClosedError, WorkerCrashed
 from ._pickling import describe
 from ._sync import loop_scheduler
+from ._validate import check_positive_int
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -245,6 +246,14 @@ class DaskPool:
                 f"address must be a scheduler address (str), a distributed.Client or None, "
                 f"got {type(address).__name__} {address!r}"
             )
+        if isinstance(address, distributed.Client) and address.asynchronous:
+            raise TypeError(
+                "address is an asynchronous distributed.Client, which runs on asyncio only; "
+                "pass a synchronous one (the default: Client(address)), or the address"
+            )
+        check_positive_int("n_workers", n_workers)
+        if threads_per_worker is not None:
+            check_positive_int("threads_per_worker", threads_per_worker)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {retries!r}")
         self._address = address
@@ -274,6 +283,9 @@ class DaskPool:
                     threads_per_worker=self._threads_per_worker,
                     processes=True,
                     dashboard_address=None,
+                    # No dashboard, and the scheduler's HTTP routes on a free port rather
+                    # than 8787 (taken by a second cluster on the same host).
+                    scheduler_kwargs={"dashboard_address": ":0"},
                 )
                 self._client = distributed.Client(self._cluster)
                 self._client.wait_for_workers(self._n_workers)
@@ -313,6 +325,9 @@ class DaskPool:
         return client
 
     def _open_client(self) -> Any:
+        """Return the client, or raise unless the pool is open (checked when a map starts)."""
+        if self._closed:
+            raise PoolClosedError("this DaskPool is closed; create a new one")
         if self._client is None:
             raise RuntimeError("the DaskPool is not open: use it as 'async with DaskPool()'")
         return self._client

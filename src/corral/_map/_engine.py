@@ -147,6 +147,7 @@ class Engine:
                 self.pool = where if isinstance(where, ProcessPool) else default_pool()
                 self.mode = "process"
             elif isinstance(where, DaskPool):
+                where._open_client()  # raises unless the pool is open
                 self.dask_fn = dumps_function(fn)
                 self.dask = where
                 self.mode = "dask"
