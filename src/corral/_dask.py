@@ -227,8 +227,11 @@ class DaskPool:
         n_workers: Worker processes of the ``LocalCluster`` (only without an address).
         threads_per_worker: Threads per worker of the ``LocalCluster``; ``None`` lets
             Dask divide the CPUs among the workers.
-        retries: How many times Dask reruns a task whose worker died (or that raised
-            in ``fn`` outside corral's per-item handling) before it fails.
+        retries: How many times Dask reruns a :meth:`run` task whose ``fn`` raised,
+            before the exception is raised here (Dask's ``retries``). Map chunks catch
+            each item's exception, so they are not rerun. A task whose worker dies is
+            rerun by the scheduler up to its ``distributed.scheduler.allowed-failures``
+            (3 by default), whatever ``retries`` says.
 
     """
 
@@ -413,10 +416,11 @@ class DaskPool:
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` as one Dask task and return its result.
 
-        Raises whatever ``fn`` raised; :class:`~corral.NotPicklableError` before
-        anything is sent if ``fn`` or an argument cannot be pickled;
-        :class:`~corral.WorkerCrashed` if the workers running it died (after Dask's
-        ``retries``). Cancelling the caller cancels the task on the cluster.
+        Raises whatever ``fn`` raised (after ``retries`` reruns);
+        :class:`~corral.NotPicklableError` before anything is sent if ``fn`` or an
+        argument cannot be pickled; :class:`~corral.WorkerCrashed` if the workers
+        running it died (once the scheduler's allowed failures are spent). Cancelling
+        the caller cancels the task on the cluster.
         """
         dumps_function(fn)  # refuse an unpicklable fn by name, before anything is sent
         for position, value in enumerate(args):
@@ -441,9 +445,9 @@ class DaskPool:
         _, exc, tb = outcome
         if isinstance(exc, _killed_worker()):
             crashed = WorkerCrashed(
-                f"the Dask workers running {name} died while running {what} ({exc}); "
-                f"Dask gave up after its allowed failures; pass DaskPool(retries=...) to "
-                f"rerun it more times"
+                f"the Dask workers running {name} died while running {what} ({exc}); the "
+                f"scheduler gave up after its allowed failures (the setting "
+                f"distributed.scheduler.allowed-failures)"
             )
             crashed.__cause__ = exc
             return crashed
