@@ -120,23 +120,28 @@ def _portable(exc: BaseException) -> tuple[BaseException, str]:
     return exc, text
 
 
-def run_chunk(fn_data: bytes, items_data: bytes) -> tuple[list[tuple[Any, ...]], float]:
-    """Run a chunk on a Dask worker: ``fn`` on each item; outcomes and seconds spent.
+def run_chunk(
+    fn_data: bytes, items_data: bytes
+) -> tuple[list[Any], list[tuple[int, BaseException, str]], float]:
+    """Run a chunk on a Dask worker: ``fn`` on each item.
 
-    Each outcome is ``(True, value)`` or ``(False, exception, traceback text)``: an
-    exception fails its own item only.
+    Return the values (``None`` where an item failed), the failures as ``(position,
+    exception, traceback text)`` (an exception fails its own item only), and the seconds
+    spent.
     """
     fn = _loads_function(fn_data)
     items = _cloudpickle().loads(items_data)
-    outcomes: list[tuple[Any, ...]] = []
-    append = outcomes.append
+    values: list[Any] = []
+    failures: list[tuple[int, BaseException, str]] = []
+    append = values.append
     start = time.perf_counter()
-    for item in items:
+    for position, item in enumerate(items):
         try:
-            append((True, fn(item)))
+            append(fn(item))
         except Exception as exc:
-            append((False, *_portable(exc)))
-    return outcomes, time.perf_counter() - start
+            append(None)
+            failures.append((position, *_portable(exc)))
+    return values, failures, time.perf_counter() - start
 
 
 def run_call(data: bytes) -> Any:
@@ -481,8 +486,11 @@ class DaskPool:
         if scope.cancelled_caught:
             return [(False, TimeoutError(timeout_message))] * len(items), 0.0
         if status == "finished":
-            raw, seconds = outcome
-            return [_decode(o) for o in raw], seconds
+            values, failures, seconds = outcome
+            outcomes: list[Outcome] = [(True, value) for value in values]
+            for position, exc, text in failures:
+                outcomes[position] = (False, _with_remote_traceback(exc, text))
+            return outcomes, seconds
         if len(items) > 1 and status == "error" and isinstance(outcome[1], _killed_worker()):
             return await self._map_one_by_one(fn, fn_data, items, timeout, timeout_message)
         error = self._failure(fn, status, outcome, f"a chunk of {len(items)} items")
@@ -544,14 +552,11 @@ def _killed_worker() -> type[BaseException]:
     return killed
 
 
-def _decode(outcome: tuple[Any, ...]) -> Outcome:
-    if outcome[0]:
-        return True, outcome[1]
-    _, exc, text = outcome
+def _with_remote_traceback(exc: BaseException, text: str) -> BaseException:
     from ._process import _RemoteTraceback
 
     exc.__cause__ = _RemoteTraceback(text)
-    return False, exc
+    return exc
 
 
 async def _until_released(client: Any, keys: list[Any]) -> None:
