@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import cloudpickle
+import dask
+import distributed  # in the test extra: these tests fail, never skip, without it
 import pytest
 
-distributed = pytest.importorskip("distributed")
-import cloudpickle  # noqa: E402
-import dask  # noqa: E402
-
-import corral  # noqa: E402
-from corral.dask import DaskPool, DaskPoolStatistics, wait_concurrent  # noqa: E402
+import corral
+from corral.dask import DaskPool, DaskPoolStatistics, wait_concurrent
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
