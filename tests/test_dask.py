@@ -89,6 +89,10 @@ def fail_first(path: str, x: int) -> int:
     return wait_for(path, x)
 
 
+def lock_on_1(x: int) -> object:
+    return threading.Lock() if x == 1 else x
+
+
 def die_on_13(x: int) -> int:
     if x == 13:
         os._exit(3)
@@ -134,6 +138,18 @@ async def test_unpicklable_is_refused_before_work_starts(pool: DaskPool) -> None
     assert results[2] == "3"
     assert isinstance(results[1], corral.NotPicklableError)
     assert pool.statistics().submitted == 1
+    # So does a result that cannot be pickled back.
+    results = await corral.map(
+        lock_on_1,
+        range(3),
+        offload=pool,
+        chunksize=3,
+        return_exceptions=True,
+    )
+    assert results[0] == 0
+    assert results[2] == 2
+    assert isinstance(results[1], corral.NotPicklableError)
+    assert "return value" in str(results[1])
 
 
 async def test_map_is_ordered_and_chunked(pool: DaskPool) -> None:

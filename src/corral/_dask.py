@@ -120,17 +120,18 @@ def _portable(exc: BaseException) -> tuple[BaseException, str]:
     return exc, text
 
 
-def run_chunk(
-    fn_data: bytes, items_data: bytes
-) -> tuple[list[Any], list[tuple[int, BaseException, str]], float]:
-    """Run a chunk on a Dask worker: ``fn`` on each item.
+def run_chunk(fn_data: bytes, items_data: bytes) -> bytes:
+    """Run a chunk on a Dask worker: ``fn`` on each item; the outcome, pickled.
 
-    Return the values (``None`` where an item failed), the failures as ``(position,
-    exception, traceback text)`` (an exception fails its own item only), and the seconds
-    spent.
+    The outcome is the values (``None`` where an item failed), the failures as
+    ``(position, exception, traceback text)`` (an exception fails its own item only),
+    and the seconds spent. corral pickles it here, so that a value that cannot be
+    pickled fails its own item (with NotPicklableError), not the chunk; Dask then
+    sends the bytes as they are.
     """
+    cloudpickle = _cloudpickle()
     fn = _loads_function(fn_data)
-    items = _cloudpickle().loads(items_data)
+    items = cloudpickle.loads(items_data)
     values: list[Any] = []
     failures: list[tuple[int, BaseException, str]] = []
     append = values.append
@@ -141,7 +142,23 @@ def run_chunk(
         except Exception as exc:
             append(None)
             failures.append((position, *_portable(exc)))
-    return values, failures, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    try:
+        return bytes(cloudpickle.dumps((values, failures, seconds)))
+    except Exception:
+        pass
+    for position, value in enumerate(values):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            values[position] = None
+            error = NotPicklableError(
+                f"a return value of {getattr(fn, '__qualname__', fn)!s}, {describe(value)}, "
+                f"cannot be pickled to send it back from the Dask worker ({exc}); return "
+                f"something picklable"
+            )
+            failures.append((position, error, ""))
+    return bytes(cloudpickle.dumps((values, failures, seconds)))
 
 
 def run_call(data: bytes) -> Any:
@@ -486,10 +503,19 @@ class DaskPool:
         if scope.cancelled_caught:
             return [(False, TimeoutError(timeout_message))] * len(items), 0.0
         if status == "finished":
-            values, failures, seconds = outcome
+            try:
+                values, failures, seconds = _cloudpickle().loads(outcome)
+            except Exception as problem:
+                undecodable = NotPicklableError(
+                    f"the results of a chunk of {len(items)} items of "
+                    f"{getattr(fn, '__qualname__', fn)!s} were pickled on the Dask worker "
+                    f"but cannot be unpickled here ({type(problem).__name__}: {problem})"
+                )
+                undecodable.__cause__ = problem
+                return [(False, undecodable)] * len(items), 0.0
             outcomes: list[Outcome] = [(True, value) for value in values]
-            for position, exc, text in failures:
-                outcomes[position] = (False, _with_remote_traceback(exc, text))
+            for position, failure, text in failures:
+                outcomes[position] = (False, _with_remote_traceback(failure, text))
             return outcomes, seconds
         if len(items) > 1 and status == "error" and isinstance(outcome[1], _killed_worker()):
             return await self._map_one_by_one(fn, fn_data, items, timeout, timeout_message)
@@ -553,9 +579,10 @@ def _killed_worker() -> type[BaseException]:
 
 
 def _with_remote_traceback(exc: BaseException, text: str) -> BaseException:
-    from ._process import _RemoteTraceback
+    if text:
+        from ._process import _RemoteTraceback
 
-    exc.__cause__ = _RemoteTraceback(text)
+        exc.__cause__ = _RemoteTraceback(text)
     return exc
 
 
