@@ -12,9 +12,10 @@ import anyio
 import anyio.abc
 import click
 
-from .._backends import parse_url, redact
+from .._backends import parse_url
 from .._connect import Database, connect
 from .._exceptions import CorralError
+from .._ports import redact
 
 if TYPE_CHECKING:
     pass

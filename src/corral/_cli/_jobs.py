@@ -8,11 +8,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .._backends import redact
 from .._connect import Database
 from .._database import default_url
 from .._display import _when
 from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
+from .._ports import redact
 from ..jobs import (
     Job,
     JobRecord,
