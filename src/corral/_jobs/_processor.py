@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._cluster import Cluster
+from .._database import Database
 from .._validate import check_text
 from . import _claims
 from ._claimer import claimer, listen, unlisten
@@ -45,7 +46,6 @@ from ._routing import Router
 from ._state import Classifier, Handler, ProcessorState, Validator
 
 if TYPE_CHECKING:
-    from .._database import Database
     from .._ports import Session
 
 __all__ = ["Processor", "ProcessorStatistics"]
@@ -147,8 +147,6 @@ class Processor:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         if name is not None:
             check_text("Processor name", name)
-        from .._database import Database
-
         if not isinstance(db, Database):
             raise TypeError(
                 f"db must be an open corral.Database, got {db!r}: "
