@@ -31,7 +31,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._ports._jobs import Claimed, ClaimRequest, ClaimResult, Outcome, State
-from ._jobs_schema import BUSY, FINISHED, JOBS, NO_LABELS, WAITING, JobsDialect
+from ._dialect import Dialect
+from ._jobs_schema import BUSY, FINISHED, JOBS, NO_LABELS, WAITING
 
 if TYPE_CHECKING:
     from .. import Connection
@@ -67,7 +68,7 @@ async def _fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, An
     return await conn.fetch(sql, *args)
 
 
-async def claim(conn: Connection, d: JobsDialect, req: ClaimRequest) -> ClaimResult:
+async def claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult:
     """Reclaim expired leases, then claim up to ``req.limit`` jobs within the limits.
 
     See :meth:`corral._ports._jobs.JobStore.claim`.
@@ -224,7 +225,7 @@ async def claim(conn: Connection, d: JobsDialect, req: ClaimRequest) -> ClaimRes
 
 
 async def _mark_claimed(
-    conn: Connection, d: JobsDialect, req: ClaimRequest, chosen: list[Claimed]
+    conn: Connection, d: Dialect, req: ClaimRequest, chosen: list[Claimed]
 ) -> set[int]:
     """Mark the chosen jobs claimed, if they still wait; return the tokens of those marked.
 
@@ -280,7 +281,7 @@ def _choose(
 
 
 async def renew_batch(
-    conn: Connection, d: JobsDialect, leases: Sequence[tuple[Claimed, int]], lease_seconds: float
+    conn: Connection, d: Dialect, leases: Sequence[tuple[Claimed, int]], lease_seconds: float
 ) -> set[int]:
     """Extend the leases ``(claimed job, progress to add)``; return the tokens still held."""
     now = d.now
@@ -295,7 +296,7 @@ async def renew_batch(
 
 
 async def renew_each(
-    conn: Connection, d: JobsDialect, leases: Sequence[tuple[Claimed, int]], lease_seconds: float
+    conn: Connection, d: Dialect, leases: Sequence[tuple[Claimed, int]], lease_seconds: float
 ) -> set[int]:
     """As :func:`renew_batch`, one statement per lease."""
     now = d.now
@@ -322,7 +323,7 @@ def _columns(
     return (o.id, o.token, o.state.value, o.delay, category, o.step, o.message, o.progress)
 
 
-async def finish_batch(conn: Connection, d: JobsDialect, outcomes: Sequence[Outcome]) -> set[int]:
+async def finish_batch(conn: Connection, d: Dialect, outcomes: Sequence[Outcome]) -> set[int]:
     """Write how attempts ended, fenced by their tokens; return the tokens accepted."""
     now = d.now
     # Completions, the most of them, in a statement of their own with less to send.
@@ -371,7 +372,7 @@ async def finish_batch(conn: Connection, d: JobsDialect, outcomes: Sequence[Outc
     return accepted
 
 
-async def finish_each(conn: Connection, d: JobsDialect, outcomes: Sequence[Outcome]) -> set[int]:
+async def finish_each(conn: Connection, d: Dialect, outcomes: Sequence[Outcome]) -> set[int]:
     """As :func:`finish_batch`, one statement per outcome."""
     now = d.now
     accepted = set()
@@ -473,7 +474,7 @@ def _added(progress: list[int]) -> tuple[str, list[tuple[str, str, list[Any]]]]:
 
 
 async def release_batch(
-    conn: Connection, d: JobsDialect, leases: Sequence[tuple[Claimed, int]]
+    conn: Connection, d: Dialect, leases: Sequence[tuple[Claimed, int]]
 ) -> None:
     """Give claimed jobs back, ready at once, their attempt not counted (a clean stop)."""
     now = d.now
@@ -488,9 +489,7 @@ async def release_batch(
     )
 
 
-async def release_each(
-    conn: Connection, d: JobsDialect, leases: Sequence[tuple[Claimed, int]]
-) -> None:
+async def release_each(conn: Connection, d: Dialect, leases: Sequence[tuple[Claimed, int]]) -> None:
     """As :func:`release_batch`, one statement per lease."""
     now = d.now
     for claimed, progress in leases:
@@ -506,7 +505,7 @@ async def release_each(
 
 
 async def step_done_batch(
-    conn: Connection, d: JobsDialect, claimed: Claimed, steps: str, progress: int
+    conn: Connection, d: Dialect, claimed: Claimed, steps: str, progress: int
 ) -> bool:
     """Record the finished steps of a claimed job; False if the lease was taken over."""
     held = await _update_claimed(
@@ -520,7 +519,7 @@ async def step_done_batch(
 
 
 async def step_done_each(
-    conn: Connection, d: JobsDialect, claimed: Claimed, steps: str, progress: int
+    conn: Connection, d: Dialect, claimed: Claimed, steps: str, progress: int
 ) -> bool:
     """As :func:`step_done_batch`, in the statement of SQLite."""
     now = d.now
@@ -537,7 +536,7 @@ async def step_done_each(
 
 async def outlook(
     conn: Connection,
-    d: JobsDialect,
+    d: Dialect,
     clusters: Sequence[str],
     labels: Sequence[frozenset[str]],
 ) -> tuple[int, float | None]:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .. import tables_exist
 from . import _claims, _queue
-from ._jobs_schema import CHANNEL, DIALECTS, JOBS, channel_for, ensure_schema
+from ._dialect import DIALECTS
+from ._jobs_schema import CHANNEL, JOBS, channel_for, ensure_schema
 
 if TYPE_CHECKING:
     from ..._ports._jobs import Claimed, ClaimRequest, ClaimResult, NewJob, Outcome, State

@@ -3,32 +3,29 @@
 One table, ``corral_jobs``, created on first use (:func:`ensure_schema`), with its two
 partial indexes and, on PostgreSQL, the function that takes the claim lock and counts
 the jobs in progress in one round trip. Times are epoch seconds from the database's
-clock (so hosts with skewed clocks agree on leases). :class:`JobsDialect` holds what
-the statements of SQLite and PostgreSQL differ in; :class:`~._jobs.SqlJobStore` picks
-one per connection, once.
+clock (so hosts with skewed clocks agree on leases). What the statements of SQLite and
+PostgreSQL differ in is :class:`~._dialect.Dialect`, picked once per connection.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .. import Connection
+    from ._dialect import Dialect
 
 __all__ = [
     "BUSY",
     "CHANNEL",
     "CLAIM_LOCK",
-    "DIALECTS",
     "FINISHED",
     "JOBS",
     "NO_LABELS",
     "NO_STEPS",
     "SCHEMA_LOCK",
     "WAITING",
-    "JobsDialect",
     "channel_for",
     "ensure_schema",
 ]
@@ -52,42 +49,6 @@ NO_LABELS = "[]"
 NO_STEPS = "[]"
 
 
-@dataclass(frozen=True, slots=True)
-class JobsDialect:
-    """What the job statements of one SQL database differ in."""
-
-    #: ``"sqlite"`` or ``"postgresql"``.
-    name: str
-    #: The clock, read once per statement, in epoch seconds. On PostgreSQL a subquery
-    #: (an InitPlan), so that ``lease_expires < now`` is an index condition
-    #: (``clock_timestamp()`` alone is volatile: it would be read again for every row,
-    #: and only ever filter), and one statement stamps all its rows with the same time.
-    now: str
-    #: Appended to a query of candidates: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (a
-    #: row another worker is writing or reclaiming is left for the next claim: a claim
-    #: never waits for a row lock); nothing on SQLite, where a batch holds the
-    #: database's write lock.
-    skip_locked: str
-    #: Whether claims are serialized by an advisory lock (taken with the count of jobs in
-    #: progress by the ``corral_jobs_busy`` function), the first page of candidates read
-    #: before it, and batch updates join arrays (``unnest``): PostgreSQL. Else the batch's
-    #: write lock serializes them, and batch updates are one statement per job.
-    shared: bool
-
-
-DIALECTS = {
-    "postgresql": JobsDialect(
-        "postgresql",
-        now="(SELECT extract(epoch from clock_timestamp())::float8)",
-        skip_locked=" FOR UPDATE SKIP LOCKED",
-        shared=True,
-    ),
-    "sqlite": JobsDialect(
-        "sqlite", now="((julianday('now') - 2440587.5) * 86400.0)", skip_locked="", shared=False
-    ),
-}
-
-
 def channel_for(schema: str) -> str:
     """Return the NOTIFY channel of the queue in ``schema``: one per schema, <= 63 bytes.
 
@@ -105,7 +66,7 @@ def channel_for(schema: str) -> str:
     return f"{head}_{digest}"
 
 
-async def ensure_schema(conn: Connection, dialect: JobsDialect) -> None:
+async def ensure_schema(conn: Connection, dialect: Dialect) -> None:
     """Create the jobs table and its indexes (and the claim function) if missing."""
     postgres = dialect.shared
     if postgres:

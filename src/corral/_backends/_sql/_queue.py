@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._ports._jobs import NewJob, State
-from ._jobs_schema import JOBS, JobsDialect
+from ._dialect import Dialect
+from ._jobs_schema import JOBS
 
 if TYPE_CHECKING:
     from .. import Connection
@@ -36,7 +37,7 @@ async def _fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, An
     return await conn.fetch(sql, *args)
 
 
-async def enqueue_unnest(conn: Connection, d: JobsDialect, rows: Sequence[NewJob]) -> list[str]:
+async def enqueue_unnest(conn: Connection, d: Dialect, rows: Sequence[NewJob]) -> list[str]:
     """Insert ``rows`` in one statement of arrays; return the ids already stored (PostgreSQL).
 
     No check first: another connection may insert the same ids between a check and the
@@ -62,7 +63,7 @@ async def enqueue_unnest(conn: Connection, d: JobsDialect, rows: Sequence[NewJob
     return []
 
 
-async def enqueue_checked(conn: Connection, d: JobsDialect, rows: Sequence[NewJob]) -> list[str]:
+async def enqueue_checked(conn: Connection, d: Dialect, rows: Sequence[NewJob]) -> list[str]:
     """Insert ``rows`` unless one's id is stored; return those ids, sorted (SQLite).
 
     BEGIN IMMEDIATE: no other connection writes between the check and the insert.
@@ -130,9 +131,7 @@ async def list_jobs(conn: Connection, state: State | None, limit: int) -> list[d
     )
 
 
-async def purge(
-    conn: Connection, d: JobsDialect, states: Sequence[State], older_than: float
-) -> int:
+async def purge(conn: Connection, d: Dialect, states: Sequence[State], older_than: float) -> int:
     """Delete the jobs in ``states`` finished ``older_than`` seconds ago; return how many."""
     marks = ", ".join("?" * len(states))
     rows = await _fetch(
@@ -144,7 +143,7 @@ async def purge(
     return len(rows)
 
 
-async def requeue(conn: Connection, d: JobsDialect, job_id: str) -> str | None:
+async def requeue(conn: Connection, d: Dialect, job_id: str) -> str | None:
     """Put a dead or failed job back to ready; None if done, else ``"missing"`` or its state."""
     now = d.now
     changed = await conn.fetchval(
