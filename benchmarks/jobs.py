@@ -234,8 +234,8 @@ class PhaseTimer:
     """Times the processor's claim and report transactions, by wrapping (not editing) corral.
 
     ``round trip``: from queueing the operation on the writer to its commit, as the
-    processor awaits it; ``in store``: the statements of ``_claims.claim`` /
-    ``_claims.finish`` / ``_claims.outlook`` alone.
+    processor awaits it; ``in store``: the statements of the SQL job store's claim,
+    finish and outlook alone (``corral._backends._sql._claims``).
     """
 
     def __init__(self):
@@ -252,12 +252,13 @@ class PhaseTimer:
 
     def install(self):
         from corral import _database
-        from corral._jobs import _claims
+        from corral._backends._sql import _claims
 
         timer = self
 
-        def wrap_store(name, size):
-            original = getattr(_claims, name)
+        def wrap_store(name, size, function=None):
+            function = function or name
+            original = getattr(_claims, function)
 
             async def timed(conn, *args, **kwargs):
                 start = time.perf_counter()
@@ -270,10 +271,11 @@ class PhaseTimer:
                     timer.locked_at = None
                 return result
 
-            setattr(_claims, name, timed)
+            setattr(_claims, function, timed)
 
         wrap_store("claim", lambda result: len(result[0]))
-        wrap_store("finish", len)
+        wrap_store("finish", len, "finish_batch")
+        wrap_store("finish", len, "finish_each")
         wrap_store("outlook", lambda result: 0)
         original_run = _database.Database._run
 

@@ -25,6 +25,7 @@ import pytest
 
 import corral
 from corral import jobs
+from corral._backends._sql._jobs import SqlJobStore
 from corral._jobs import _claims, _routing
 
 FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
@@ -404,13 +405,13 @@ async def claim_while_another_claims(
     claimed: list[int] = []
 
     async def first(conn: Any) -> None:
-        taken, _, _ = await _claims.claim(conn, holding)
+        taken, _, _ = await conn.jobs.claim(holding)
         claimed.append(len(taken))
         held.set()
         await release.wait()  # the claim lock is held until this batch commits
 
     async def second(conn: Any) -> None:
-        taken, _, _ = await _claims.claim(conn, waiting)
+        taken, _, _ = await conn.jobs.claim(waiting)
         claimed.append(len(taken))
 
     async def backend_pid(conn: Any) -> Any:
@@ -865,14 +866,14 @@ async def test_a_renewal_committed_as_run_is_cancelled_counts_its_progress_once(
         await anyio.sleep_forever()
 
     scope = anyio.CancelScope()
-    real = _claims.renew
+    real = SqlJobStore.renew
 
-    async def renew_then_cancel(conn: Any, leases: Any, lease_seconds: float) -> set[int]:
-        held = await real(conn, leases, lease_seconds)
+    async def renew_then_cancel(store: Any, leases: Any, lease_seconds: float) -> set[int]:
+        held = await real(store, leases, lease_seconds)
         scope.cancel()
         return held
 
-    monkeypatch.setattr(_claims, "renew", renew_then_cancel)
+    monkeypatch.setattr(SqlJobStore, "renew", renew_then_cancel)
     async with database(db_url) as db:
         await db.jobs.enqueue(jobs.Job("a"))
         processor = jobs.Processor(db, handler, config=config(lease_seconds=0.3))

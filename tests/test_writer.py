@@ -924,3 +924,152 @@ async def test_refused_rows_at_exit_make_a_bounded_number_of_notes(db_url: str) 
         await the_body_raises()
     assert len(body.value.__notes__) == kept + 1  # every kept error, and the count
     assert "400 more writes failed" in body.value.__notes__[-1]
+
+
+# -- a store without SQL: the writer needs nothing but the Store port ------------------------
+
+
+class _MemorySession:
+    """What operations and sources get from the memory store: its tables, as dicts."""
+
+    def __init__(self, store: _MemoryStore) -> None:
+        self.store = store
+
+    @property
+    def jobs(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def progress(self) -> Any:
+        raise NotImplementedError
+
+
+class _MemoryStore:
+    """A store without transactions: it keeps tables in dicts and applies batches whole.
+
+    A value "bad" in a row is refused (the row alone), and ``lose`` makes the next batch
+    lose its connection, before or after its commit.
+    """
+
+    dialect = "memory"
+    reconnects = True
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[tuple[object, ...], dict[str, object]]] = {}
+        self.session = _MemorySession(self)
+        self.applied = 0
+        self.reconnected = 0
+        self.lose: str | None = None  # "before" or "after" the commit
+
+    async def resolve(self, name: str, key: tuple[str, ...], row: Any) -> Any:
+        from corral._ports import Column, TableSchema
+
+        self.tables.setdefault(name, {})
+        return TableSchema(name, key, {c: Column(c, "any") for c in row})
+
+    async def apply(self, batch: Any) -> None:
+        from corral._ports import Run
+
+        self.applied += 1
+        staged = {name: dict(rows) for name, rows in self.tables.items()}
+        for segment in batch.segments:
+            if isinstance(segment, list):
+                for run in segment:
+                    assert isinstance(run, Run)
+                    table = staged[run.table.name]
+                    for index, values in enumerate(run.rows):
+                        if "bad" in values:
+                            batch.failures.append((run, index, ValueError("bad value")))
+                            continue
+                        row = dict(zip(run.columns, values, strict=True))
+                        key = tuple(row[k] for k in run.table.key)
+                        table[key] = {**table.get(key, {}), **row}
+            elif not segment.abandoned:  # it reads and writes the batch so far
+                snapshot = {name: dict(rows) for name, rows in staged.items()}
+                before, self.tables = self.tables, staged
+                try:
+                    kept = await segment.run(self.session)
+                finally:
+                    self.tables = before
+                if not kept:  # its writes are undone, the batch's kept
+                    staged = snapshot
+        for source in batch.sources:
+            try:
+                await source.write(self.session)
+            except Exception as exc:
+                batch.source_errors.append((source, exc))
+            else:
+                batch.written.append(source)
+        lose, self.lose = self.lose, None
+        if lose == "before":
+            raise corral.ConnectionLostError("lost before the commit", commit_sent=False)
+        self.tables = staged
+        if lose == "after":
+            raise corral.ConnectionLostError("lost after the commit", commit_sent=True)
+
+    async def reconnect(self) -> None:
+        self.reconnected += 1
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def memory_store(monkeypatch: pytest.MonkeyPatch) -> _MemoryStore:
+    """A backend registered for memory:// URLs, as a new backend package would be."""
+    import sys
+    import types
+
+    import corral._backends
+
+    store = _MemoryStore()
+
+    async def open_store(url: str) -> _MemoryStore:
+        return store
+
+    module = types.ModuleType("corral._backends._memory")
+    module.open_store = open_store
+    monkeypatch.setitem(sys.modules, "corral._backends._memory", module)
+    monkeypatch.setitem(corral._backends.BACKENDS, "memory", "_memory")
+    return store
+
+
+async def test_a_store_without_sql_through_the_registry(memory_store: _MemoryStore) -> None:
+    async def read(conn: Any) -> dict[tuple[object, ...], dict[str, object]]:
+        return dict(conn.store.tables["t"])
+
+    async with corral.connect("memory://here", flush_interval=3600) as db:
+        assert db.dialect == "memory"
+        t = db.table("t", key="k")
+        await t.put({"k": 1, "v": "a"})
+        await t.put({"k": 2, "v": "bad"})
+        await t.put({"k": 1, "v": "b"})  # the last put of a key wins
+        with pytest.raises(corral.WriteError, match="bad value") as caught:
+            await db.flush()
+        assert caught.value.row == {"k": 2, "v": "bad"}
+        assert await db._run(read) == {(1,): {"k": 1, "v": "b"}}
+        stats = db.statistics()
+    assert (stats.accepted, stats.committed, stats.failed, stats.pending) == (3, 2, 1, 0)
+
+
+async def test_a_lost_store_is_reconnected_and_the_batch_written_again(
+    memory_store: _MemoryStore,
+) -> None:
+    async with corral.connect("memory://here", flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 0})
+        await db.flush()
+        memory_store.lose = "before"
+        await t.put({"k": 1})
+        await db.flush()  # rolled back, reconnected, written again
+        assert memory_store.reconnected == 1
+        assert set(memory_store.tables["t"]) == {(0,), (1,)}
+        memory_store.lose = "after"
+
+        async def op(conn: Any) -> str:
+            return "done"
+
+        with pytest.raises(corral.CommitUnknownError):  # it may have committed
+            await db._run(op)
+        assert memory_store.reconnected == 2
+    assert db.statistics().committed == 2

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ._sync import loop_scheduler
+from ._lowlevel import loop_scheduler
 
 __all__ = ["Outcome", "ThreadCrew"]
 

@@ -12,27 +12,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import cast
 
 import anyio
 from anyio.lowlevel import EventLoopToken, current_token
 
-__all__ = ["LoopSafeSemaphore", "loop_scheduler"]
+from ._lowlevel import loop_scheduler
 
-
-def loop_scheduler(token: EventLoopToken) -> Callable[[Callable[[], object]], object]:
-    """Return a function that, from any thread, schedules a callback on ``token``'s loop.
-
-    It is the loop's own thread-safe hook (asyncio's ``call_soon_threadsafe``, trio's
-    ``run_sync_soon``): it never blocks the calling thread. It raises ``RuntimeError``
-    once that loop has closed.
-    """
-    native = token.native_token
-    schedule = getattr(native, "call_soon_threadsafe", None)  # asyncio loop
-    if schedule is None:
-        schedule = native.run_sync_soon  # type: ignore[attr-defined]  # trio token
-    return cast("Callable[[Callable[[], object]], object]", schedule)
+__all__ = ["LoopSafeSemaphore"]
 
 
 class _Waiter:

@@ -148,8 +148,9 @@ def parse_url(url: object) -> tuple[str, str]:
 
     ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``,
     with the query parameters :func:`sqlite_options` reads; ``postgresql://user@host:port/dbname``
-    (``postgres://`` too, query parameters go to asyncpg). Anything else raises
-    :class:`~corral.DatabaseURLError` naming what is supported.
+    (``postgres://`` too, query parameters go to asyncpg); a URL of another scheme in
+    :data:`BACKENDS` is its own target, read by its backend (its dialect: the scheme).
+    Anything else raises :class:`~corral.DatabaseURLError` naming what is supported.
     """
     if not isinstance(url, str):
         raise TypeError(f"database URL must be a str, got {type(url).__name__} {url!r}")
@@ -175,6 +176,8 @@ def parse_url(url: object) -> tuple[str, str]:
         return "sqlite", path
     if scheme in ("postgresql", "postgres"):
         return "postgresql", url
+    if scheme in BACKENDS:  # a store whose URL its own open_store() reads
+        return scheme, url
     raise DatabaseURLError(
         f"unsupported database URL scheme {scheme!r} in {redact(url)!r}; corral supports {_SCHEMES}"
     )
@@ -208,9 +211,9 @@ async def open_backend(url: str) -> Store[Connection]:
     try:
         module = importlib.import_module(f"{__name__}.{name}")
     except ImportError as exc:
-        prefixes, message = _DRIVERS[name]
-        if not (exc.name or "").startswith(prefixes):
+        driver = _DRIVERS.get(name)
+        if driver is None or not (exc.name or "").startswith(driver[0]):
             raise
-        raise MissingDriverError(message.format(url=redact(url))) from exc
+        raise MissingDriverError(driver[1].format(url=redact(url))) from exc
     open_store: Callable[[str], Awaitable[Store[Connection]]] = module.open_store
     return await open_store(url)

@@ -12,14 +12,15 @@ import anyio
 import anyio.abc
 import click
 
-from .._backends import parse_url, redact, tables_exist
+from .._backends import parse_url
 from .._connect import Database, connect
 from .._exceptions import CorralError
+from .._ports import redact
 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["_db_option", "_limit_option", "_open", "_tables_exist", "cli", "log"]
+__all__ = ["_db_option", "_limit_option", "_open", "cli", "log"]
 
 T = TypeVar("T")
 
@@ -76,11 +77,6 @@ def _read_only(url: str) -> str:
         if piece and urllib.parse.unquote_plus(piece.partition("=")[0]) != "mode"
     ]
     return f"{base}?{'&'.join([*kept, 'mode=ro'])}"
-
-
-async def _tables_exist(db: Database, *names: str) -> bool:
-    """Return whether ``names`` all exist: a reading command creates no table."""
-    return await db._run(lambda conn: tables_exist(conn, *names))
 
 
 def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -8,10 +8,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .._backends import redact
-from .._database import Database, default_url
+from .._connect import Database
+from .._database import default_url
 from .._display import _when
 from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
+from .._ports import redact
 from ..jobs import (
     Job,
     JobRecord,
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-from .._jobs._schema import JOBS
-from ._common import _db_option, _limit_option, _open, _tables_exist, cli
+    from .._ports import Session
+
+from ._common import _db_option, _limit_option, _open, cli
 
 __all__: list[str] = []
 
@@ -49,10 +51,14 @@ async def _has_jobs(db: Database) -> bool:
     The reading commands create nothing: without the table there is nothing to show,
     and with it the queue is told not to create (or update) its schema.
     """
-    if not await _tables_exist(db, JOBS):
+    if not await db._run(_jobs_exist):
         return False
     db.jobs._ready = True  # read as it is: no CREATE ... IF NOT EXISTS, no lock
     return True
+
+
+async def _jobs_exist(conn: Session) -> bool:
+    return await conn.jobs.exists()
 
 
 def _nothing_yet(url: str) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .._backends import redact
 from .._connect import Database
 from .._database import default_url
 from .._display import runs_table, subtasks_table
 from .._display import watch as watch_run
+from .._ports import redact
 from .._progress import Status
 from ._common import _db_option, _limit_option, _open, cli
 

@@ -24,7 +24,7 @@ from ._runner import start
 from ._state import ProcessorState
 
 if TYPE_CHECKING:
-    from .._backends import Connection
+    from .._ports import Session
 
 __all__ = ["claim_request", "claimer", "listen", "reclaim_events", "unlisten"]
 
@@ -58,15 +58,15 @@ async def claimer(state: ProcessorState, until_idle: bool) -> None:
     names = list(state.by_name)
     labels = [c.labels for c in state.clusters]
 
-    async def outlook(conn: Connection) -> tuple[int, float | None]:
-        return await _claims.outlook(conn, names, labels)
+    async def outlook(conn: Session) -> tuple[int, float | None]:
+        return await conn.jobs.outlook(names, labels)
 
     while True:
         request = claim_request(state)
         state.claim_wakeup = anyio.Event()
 
-        async def claim(conn: Connection, request: _claims.ClaimRequest = request) -> Any:
-            return await _claims.claim(conn, request)
+        async def claim(conn: Session, request: _claims.ClaimRequest = request) -> Any:
+            return await conn.jobs.claim(request)
 
         call = _claims.Call(claim)
         try:
@@ -122,11 +122,14 @@ def reclaim_events(state: ProcessorState, reclaimed: list[dict[str, Any]]) -> li
     return events
 
 
-async def listen(state: ProcessorState, conn: Connection) -> None:
-    """Have the claimer woken by the notices of new work from other connections."""
-    await conn.listen(state.db.jobs.channel, state.wake_claimer)  # type: ignore[attr-defined]
+async def listen(state: ProcessorState, conn: Session) -> bool:
+    """Have the claimer woken by the notices of new work from other connections.
+
+    False where the store sends none: the claimer then polls (``poll_interval``).
+    """
+    return await conn.jobs.watch(state.wake_claimer)
 
 
-async def unlisten(state: ProcessorState, conn: Connection) -> None:
+async def unlisten(state: ProcessorState, conn: Session) -> None:
     """Stop what :func:`listen` started."""
-    await conn.unlisten(state.db.jobs.channel, state.wake_claimer)  # type: ignore[attr-defined]
+    await conn.jobs.unwatch(state.wake_claimer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -15,8 +16,8 @@ from . import _claims
 from ._model import Job
 
 if TYPE_CHECKING:
-    from .._backends import Connection
     from .._database import Database
+    from .._ports import Session
 
 __all__ = ["JobContext", "JobProgress", "Step"]
 
@@ -149,7 +150,7 @@ class JobContext:
     @property
     def job(self) -> Job:
         """The job being run (its payload decoded when first asked for)."""
-        return self._claimed.job
+        return _claims.claimed_job(self._claimed)
 
     @property
     def progress(self) -> JobProgress:
@@ -170,7 +171,7 @@ class JobContext:
     def _steps(self) -> list[str]:
         steps = self._steps_list
         if steps is None:
-            steps = self._steps_list = self._claimed.steps_done
+            steps = self._steps_list = _claims.claimed_steps(self._claimed)
         return steps
 
     def __repr__(self) -> str:
@@ -194,10 +195,10 @@ class JobContext:
             self._steps.append(name)
         claimed = self._claimed
         progress = self._take_progress()
-        steps = list(self._steps)
+        steps = json.dumps(self._steps)
 
-        async def record(conn: Connection) -> bool:
-            return await _claims.step_done(conn, claimed, steps, progress)
+        async def record(conn: Session) -> bool:
+            return await conn.jobs.step_done(claimed, steps, progress)
 
         call = _claims.Call(record)
         try:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from .._exceptions import JobError, PayloadError
+from .._ports._jobs import ErrorCategory as ErrorCategory
+from .._ports._jobs import State as State
 from .._validate import check_text
 
 __all__ = [
@@ -45,38 +47,6 @@ class Priority(enum.StrEnum):
 
 _RANKS = {Priority.URGENT: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
 PRIORITY_BY_RANK = {rank: priority for priority, rank in _RANKS.items()}
-
-
-class State(enum.StrEnum):
-    """Where a job is in its life, stored as its value."""
-
-    READY = "ready"
-    """Waiting for a worker."""
-    IN_PROGRESS = "in_progress"
-    """Claimed by a worker, which holds its lease."""
-    RETRYING = "retrying"
-    """Failed with a retryable error; waiting out its backoff before it is ready again."""
-    COMPLETED = "completed"
-    """Done: the handler returned."""
-    FAILED = "failed"
-    """Failed with an error that is not retried (configuration, data, permanent)."""
-    DEAD = "dead"
-    """Retries exhausted: in the dead letter queue until requeued."""
-
-
-class ErrorCategory(enum.StrEnum):
-    """Why a job failed; TRANSIENT and RESOURCE are retried, the others are not."""
-
-    TRANSIENT = "TRANSIENT"
-    RESOURCE = "RESOURCE"
-    CONFIGURATION = "CONFIGURATION"
-    DATA = "DATA"
-    PERMANENT = "PERMANENT"
-
-    @property
-    def retryable(self) -> bool:
-        """Whether a job failing with this category is tried again."""
-        return self in (ErrorCategory.TRANSIENT, ErrorCategory.RESOURCE)
 
 
 def classify(exc: BaseException) -> ErrorCategory:

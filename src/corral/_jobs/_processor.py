@@ -32,20 +32,21 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._cluster import Cluster
+from .._database import Database
 from .._validate import check_text
 from . import _claims
 from ._claimer import claimer, listen, unlisten
 from ._deliverer import deliver, send, wake_deliverer
 from ._model import ErrorCategory, ProcessorConfig, classify
 from ._notify import LoggingNotifier, Notifier
+from ._queue import JobQueue
 from ._renewer import renewer
 from ._reporter import report, reporter
 from ._routing import Router
 from ._state import Classifier, Handler, ProcessorState, Validator
 
 if TYPE_CHECKING:
-    from .._backends import Connection
-    from .._database import Database
+    from .._ports import Session
 
 __all__ = ["Processor", "ProcessorStatistics"]
 
@@ -146,8 +147,6 @@ class Processor:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         if name is not None:
             check_text("Processor name", name)
-        from .._database import Database
-
         if not isinstance(db, Database):
             raise TypeError(
                 f"db must be an open corral.Database, got {db!r}: "
@@ -224,7 +223,7 @@ class Processor:
             on_cluster=dict.fromkeys(self._by_name, 0),
         )
         listening = False
-        queue = self._db.jobs
+        queue = self._db._view(JobQueue)  # db.jobs
         queue._watchers.add(state.wake_claimer)
         delivery = anyio.CancelScope(shield=True)
         try:
@@ -233,13 +232,13 @@ class Processor:
                 # that claim and report: a slow one holds back no job.
                 notifying.start_soon(deliver, state, delivery)
                 try:
-                    await queue._call(_noop)
-                    if self._db.dialect == "postgresql":
-                        listen_call = _claims.Call(partial(listen, state))
-                        try:
-                            await listen_call.run(self._db)
-                        finally:
-                            listening = listen_call.committing
+                    # The store prepared (if need be) and watched in one operation.
+                    listen_call = _claims.Call(queue._op(partial(listen, state)))
+                    try:
+                        await listen_call.run(self._db)
+                        queue._ready = True
+                    finally:
+                        listening = listen_call.committing and bool(listen_call.result)
                     async with anyio.create_task_group() as tg:
                         state.tg = tg
                         tg.start_soon(renewer, state)
@@ -280,8 +279,8 @@ async def _settle(state: ProcessorState, listening: bool) -> None:
         if left:
             leases = [(e._claimed, e._take_progress()) for e in left]
 
-            async def give_back(conn: Connection) -> None:
-                await _claims.release(conn, leases)
+            async def give_back(conn: Session) -> None:
+                await conn.jobs.release(leases)
 
             await state.db._run(give_back)
         if listening:
@@ -300,5 +299,5 @@ def _default_classify(exc: BaseException) -> ErrorCategory:
     return classify(exc)
 
 
-async def _noop(conn: Connection) -> None:
+async def _noop(conn: Session) -> None:
     return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
@@ -18,30 +18,21 @@ from ._model import (
     QueueDepth,
     State,
     dump_payload,
-    load_json,
     timestamp,
 )
-from ._schema import (
-    CHANNEL,
-    FINISHED,
-    JOBS,
-    channel_for,
-    ensure_schema,
-    fetch,
-    now_sql,
-    stored_job,
-)
+from ._schema import FINISHED, stored_job, stored_steps
 
 if TYPE_CHECKING:
-    from .._backends import Connection
     from .._database import Database
+    from .._ports import Session
+    from .._ports._jobs import NewJob
 
 __all__ = ["JobQueue"]
 
 T = TypeVar("T")
 
-#: An enqueue of at least this many jobs refreshes the table's statistics (PostgreSQL).
-_ANALYZE_AFTER = 1_000
+#: The wake-up channel of a queue whose store has not said its own yet.
+_CHANNEL = "corral_jobs"
 
 
 def _record(row: Mapping[str, Any]) -> JobRecord:
@@ -74,7 +65,7 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
         attempts=int(row["attempts"]),
         cluster=row["cluster"],
         route_reason=row["route_reason"],
-        steps_done=tuple(load_json(row["steps"], [])),
+        steps_done=tuple(stored_steps(row["steps"])),
         progress=int(row["progress"]),
         last_error=error,
         lease_owner=row["lease_owner"],
@@ -87,8 +78,7 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
     )
 
 
-def _depth(rows: Iterable[Mapping[str, Any]]) -> QueueDepth:
-    counts = {str(row["state"]): int(row["n"]) for row in rows}
+def _depth(counts: Mapping[str, int]) -> QueueDepth:
     return QueueDepth(**{state.name.lower(): counts.get(state.value, 0) for state in State})
 
 
@@ -103,9 +93,10 @@ class JobQueue:
         self._db = db
         self._ready = False
         #: The NOTIFY channel of this queue (PostgreSQL), known once the table is.
-        self.channel = CHANNEL
+        self.channel = _CHANNEL
         #: Wake-up callbacks of this database's running processors, called when a job
-        #: is enqueued or requeued here (other processes learn it by NOTIFY, or poll).
+        #: is enqueued or requeued here (other processes learn it from the store's
+        #: wake-ups, or poll).
         self._watchers: set[Callable[[], None]] = set()
 
     def _wake(self) -> None:
@@ -115,18 +106,22 @@ class JobQueue:
     def __repr__(self) -> str:
         return f"<corral.jobs.JobQueue of {self._db!r}>"
 
-    async def _call(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``fn(connection)`` in the writer, creating the table first if need be."""
+    def _op(self, fn: Callable[[Session], Awaitable[T]]) -> Callable[[Session], Awaitable[T]]:
+        """Return the writer operation that runs ``fn``, preparing the store first if need be.
 
-        async def op(conn: Connection) -> T:
+        Whoever runs it sets :attr:`_ready` once it has committed (see :meth:`_call`).
+        """
+
+        async def op(conn: Session) -> T:
             if not self._ready:
-                await ensure_schema(conn)
-                if conn.dialect == "postgresql":
-                    schema = await conn.fetchval("SELECT current_schema()")
-                    self.channel = channel_for(str(schema))
+                self.channel = await conn.jobs.prepare()
             return await fn(conn)
 
-        result = await self._db._run(op)
+        return op
+
+    async def _call(self, fn: Callable[[Session], Awaitable[T]]) -> T:
+        """Run ``fn(session)`` in the writer, preparing the store first if need be."""
+        result = await self._db._run(self._op(fn))
         self._ready = True
         return result
 
@@ -157,7 +152,7 @@ class JobQueue:
             seen.add(job.id)
         if not batch:
             return 0
-        rows = [
+        rows: list[NewJob] = [
             (
                 job.id,
                 dump_payload(job.payload, job.id),
@@ -171,44 +166,12 @@ class JobQueue:
             for job in batch
         ]
 
-        async def insert(conn: Connection) -> None:
-            now = now_sql(conn)
-            ids = [row[0] for row in rows]
-            columns = (
-                "id, payload, priority, customer, affinity, region, requires, max_retries, "
-                "state, created_at, run_at, updated_at"
-            )
-            if conn.dialect == "postgresql":
-                # No check first: another connection may insert the same ids between a
-                # check and the insert. A conflicting row waits for the other insert to
-                # commit (or roll back), then is left out; raising rolls back the rest.
-                stored = await fetch(
-                    conn,
-                    f"INSERT INTO {JOBS} ({columns}) SELECT v.*, 'ready', {now}, {now}, {now} "
-                    f"FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], "
-                    f"?::text[], ?::text[], ?::int[]) AS v ON CONFLICT (id) DO NOTHING "
-                    f"RETURNING id",
-                    *(list(column) for column in zip(*rows, strict=True)),
-                )
-                if len(stored) < len(ids):
-                    inserted = {row["id"] for row in stored}
-                    raise _duplicates([i for i in ids if i not in inserted], len(ids))
-                if len(rows) >= _ANALYZE_AFTER:
-                    # Fresh statistics: a claim walks the queue's index, not a sort of
-                    # every waiting row (autovacuum would analyze too, but later).
-                    await conn.execute(f"ANALYZE {JOBS}")
-                await conn.execute("SELECT pg_notify(?, '')", self.channel)
-            else:
-                # BEGIN IMMEDIATE: no other connection writes between the check and the
-                # insert.
-                existing = await _existing(conn, ids)
-                if existing:
-                    raise _duplicates(existing, len(ids))
-                await conn.executemany(
-                    f"INSERT INTO {JOBS} ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-                    f"'ready', {now}, {now}, {now})",
-                    rows,
-                )
+        async def insert(conn: Session) -> None:
+            # The store checks the ids as it inserts (no other connection may insert the
+            # same ids between a check and the insert); raising rolls back the rest.
+            existing = await conn.jobs.enqueue(rows)
+            if existing:
+                raise _duplicates(existing, len(rows))
 
         await self._call(insert)
         self._wake()
@@ -220,19 +183,19 @@ class JobQueue:
             raise TypeError(f"job id must be a str, got {job_id!r}")
         check_text("job id", job_id)
 
-        async def read(conn: Connection) -> list[dict[str, Any]]:
-            return await fetch(conn, f"SELECT * FROM {JOBS} WHERE id = ?", job_id)
+        async def read(conn: Session) -> Mapping[str, Any] | None:
+            return await conn.jobs.get(job_id)
 
-        rows = await self._call(read)
-        if not rows:
+        row = await self._call(read)
+        if row is None:
             raise JobNotFoundError(f"no job with id {job_id!r} in {self._db!r}")
-        return _record(rows[0])
+        return _record(row)
 
     async def depth(self) -> QueueDepth:
         """Count the jobs in each state."""
 
-        async def read(conn: Connection) -> list[dict[str, Any]]:
-            return await fetch(conn, f"SELECT state, COUNT(*) AS n FROM {JOBS} GROUP BY state")
+        async def read(conn: Session) -> dict[str, int]:
+            return await conn.jobs.depth()
 
         return _depth(await self._call(read))
 
@@ -246,14 +209,8 @@ class JobQueue:
             raise TypeError(f"cluster must be a cluster's name (a str), got {cluster!r}")
         check_text("cluster name", cluster)
 
-        async def read(conn: Connection) -> list[dict[str, Any]]:
-            return await fetch(
-                conn,
-                f"SELECT state, COUNT(*) AS n FROM {JOBS} WHERE cluster = ? "
-                f"OR (cluster IS NULL AND affinity = ?) GROUP BY state",
-                cluster,
-                cluster,
-            )
+        async def read(conn: Session) -> dict[str, int]:
+            return await conn.jobs.by_cluster(cluster)
 
         return _depth(await self._call(read))
 
@@ -268,17 +225,8 @@ class JobQueue:
             raise TypeError(f"limit must be an int >= 1, got {limit!r}")
         wanted = None if state is None else _state(state)
 
-        async def read(conn: Connection) -> list[dict[str, Any]]:
-            if wanted is None:
-                return await fetch(
-                    conn, f"SELECT * FROM {JOBS} ORDER BY priority, seq LIMIT ?", limit
-                )
-            return await fetch(
-                conn,
-                f"SELECT * FROM {JOBS} WHERE state = ? ORDER BY priority, seq LIMIT ?",
-                wanted.value,
-                limit,
-            )
+        async def read(conn: Session) -> Sequence[Mapping[str, Any]]:
+            return await conn.jobs.list(wanted, limit)
 
         return [_record(row) for row in await self._call(read)]
 
@@ -301,7 +249,7 @@ class JobQueue:
             raise ValueError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
         if isinstance(states, str):
             states = (states,)
-        wanted = sorted({_state(state).value for state in states})
+        wanted = sorted({_state(state) for state in states})
         unfinished = [state for state in wanted if state not in FINISHED]
         if unfinished:
             raise ValueError(
@@ -310,17 +258,9 @@ class JobQueue:
             )
         if not wanted:
             return 0
-        marks = ", ".join("?" * len(wanted))
 
-        async def delete(conn: Connection) -> int:
-            rows = await fetch(
-                conn,
-                f"DELETE FROM {JOBS} WHERE state IN ({marks}) "
-                f"AND finished_at <= {now_sql(conn)} - ? RETURNING id",
-                *wanted,
-                float(older_than),
-            )
-            return len(rows)
+        async def delete(conn: Session) -> int:
+            return await conn.jobs.purge(wanted, float(older_than))
 
         return await self._call(delete)
 
@@ -335,20 +275,8 @@ class JobQueue:
             raise TypeError(f"job id must be a str, got {job_id!r}")
         check_text("job id", job_id)
 
-        async def update(conn: Connection) -> str | None:
-            now = now_sql(conn)
-            changed = await conn.fetchval(
-                f"UPDATE {JOBS} SET state = 'ready', attempts = 0, run_at = {now}, "
-                f"updated_at = {now}, finished_at = NULL "
-                f"WHERE id = ? AND state IN ('dead', 'failed') RETURNING id",
-                job_id,
-            )
-            if changed is not None:
-                if conn.dialect == "postgresql":
-                    await conn.execute("SELECT pg_notify(?, '')", self.channel)
-                return None
-            state = await conn.fetchval(f"SELECT state FROM {JOBS} WHERE id = ?", job_id)
-            return "missing" if state is None else str(state)
+        async def update(conn: Session) -> str | None:
+            return await conn.jobs.requeue(job_id)
 
         refused = await self._call(update)
         if refused == "missing":
@@ -377,14 +305,3 @@ def _duplicates(existing: list[str], of: int) -> DuplicateJobError:
         f"so no job of this call was stored; ids are unique: pick new ids (a stored job "
         f"that is dead or failed can be run again with db.jobs.requeue(id))"
     )
-
-
-async def _existing(conn: Connection, ids: list[str]) -> list[str]:
-    """Return which of ``ids`` are stored, sorted (SQLite)."""
-    found: list[str] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        rows = await fetch(conn, f"SELECT id FROM {JOBS} WHERE id IN ({marks})", *chunk)
-        found.extend(str(row["id"]) for row in rows)
-    return sorted(found)

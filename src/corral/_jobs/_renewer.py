@@ -16,7 +16,7 @@ from . import _claims
 from ._state import ProcessorState
 
 if TYPE_CHECKING:
-    from .._backends import Connection
+    from .._ports import Session
 
 __all__ = ["renewer"]
 
@@ -31,8 +31,8 @@ async def renewer(state: ProcessorState) -> None:
             continue
         leases = [(e._claimed, e._take_progress()) for e in entries]
 
-        async def renew(conn: Connection, leases: list[Any] = leases) -> set[int]:
-            return await _claims.renew(conn, leases, state.config.lease_seconds)
+        async def renew(conn: Session, leases: list[Any] = leases) -> set[int]:
+            return await conn.jobs.renew(leases, state.config.lease_seconds)
 
         call = _claims.Call(renew)
         try:

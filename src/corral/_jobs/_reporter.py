@@ -22,7 +22,7 @@ from ._runner import forget, start
 from ._state import ProcessorState
 
 if TYPE_CHECKING:
-    from .._backends import Connection
+    from .._ports import Session
 
 __all__ = ["report", "reporter"]
 
@@ -63,15 +63,15 @@ async def report(state: ProcessorState, *, claim: bool = False) -> None:
         # A report never waits for another worker's claim: its outcomes go first.
         request.wait = request.reclaim = False
 
-    async def write(conn: Connection) -> Any:
-        accepted = await _claims.finish(conn, batch)
-        if accepted and conn.dialect == "postgresql":
+    async def write(conn: Session) -> Any:
+        accepted = await conn.jobs.finish(batch)
+        if accepted:
             # Sent at commit; asked for before the claim, whose lock is held until then.
-            await conn.execute("SELECT pg_notify(?, '')", state.db.jobs.channel)
+            await conn.jobs.announce()
         claimed: list[_claims.Claimed] = []
         reclaimed: list[dict[str, Any]] = []
         if request is not None and request.limit > 0:
-            claimed, reclaimed, _ = await _claims.claim(conn, request)
+            claimed, reclaimed, _ = await conn.jobs.claim(request)
         return accepted, claimed, reclaimed
 
     call = _claims.Call(write)

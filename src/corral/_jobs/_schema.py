@@ -1,89 +1,32 @@
-"""The job queue's table: its name, its clock, its indexes, shared SQL helpers.
+"""The stored form of a job: how a job row encodes it, and how it is rebuilt.
 
-One table, ``corral_jobs``, created on first use. Times are epoch seconds taken from
-the database's clock (so hosts with skewed clocks agree on leases). Every statement
-runs through the database's writer (``Database._run``): one transaction per batch.
+A store (:class:`~corral._ports._jobs.JobStore`) keeps the columns of a job as the
+domain encodes them: the payload and the labels as JSON text, the priority as its
+rank. These helpers decode what a store hands back.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._model import PRIORITY_BY_RANK, Job, load_json
-
-if TYPE_CHECKING:
-    from .._backends import Connection
+from ._model import PRIORITY_BY_RANK, Job, State, load_json
 
 __all__ = [
-    "BUSY",
-    "CHANNEL",
-    "CLAIM_LOCK",
     "FINISHED",
-    "JOBS",
     "NO_LABELS",
     "NO_STEPS",
-    "WAITING",
-    "channel_for",
-    "ensure_schema",
-    "fetch",
-    "now_sql",
     "stored_job",
     "stored_labels",
+    "stored_steps",
 ]
 
-JOBS = "corral_jobs"
-#: The PostgreSQL channel a job's arrival (or a freed slot) is announced on, followed
-#: by the table's schema: queues in two schemas of one database do not wake each other.
-CHANNEL = "corral_jobs"
-#: The most bytes in a PostgreSQL channel name (NAMEDATALEN - 1; longer ones are refused).
-_MAX_CHANNEL = 63
-#: pg_advisory_xact_lock keys: one serializes claims, one creating the table.
-CLAIM_LOCK = 7262018
-SCHEMA_LOCK = 7262019
-
-#: The clock, read once per statement: on PostgreSQL a subquery (an InitPlan), so that
-#: ``lease_expires < now`` is an index condition (``clock_timestamp()`` alone is volatile:
-#: it would be read again for every row, and only ever filter), and one statement
-#: stamps all its rows with the same time.
-_NOW = {
-    "postgresql": "(SELECT extract(epoch from clock_timestamp())::float8)",
-    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
-}
-WAITING = "state IN ('ready', 'retrying')"
-FINISHED = ("completed", "failed", "dead")
+#: The states a job ends in (until requeued).
+FINISHED = (State.COMPLETED.value, State.FAILED.value, State.DEAD.value)
 #: How a job requiring no labels stores them.
 NO_LABELS = "[]"
 #: How a job with no finished steps stores them.
 NO_STEPS = "[]"
-
-
-def channel_for(schema: str) -> str:
-    """Return the NOTIFY channel of the queue in ``schema``: one per schema, <= 63 bytes.
-
-    ``corral_jobs_<schema>`` when that fits in PostgreSQL's 63 bytes; else as much of it
-    as fits (cut on a character boundary) and a hash of the whole schema name, so that
-    schemas whose names are long in bytes (multibyte characters), or share a long
-    prefix, each have a channel of their own.
-    """
-    channel = f"{CHANNEL}_{schema}"
-    encoded = channel.encode()
-    if len(encoded) <= _MAX_CHANNEL:
-        return channel
-    digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
-    head = encoded[: _MAX_CHANNEL - len(digest) - 1].decode(errors="ignore")
-    return f"{head}_{digest}"
-
-
-def now_sql(conn: Connection) -> str:
-    """Return the SQL expression for the database's clock, in epoch seconds."""
-    return _NOW[conn.dialect]
-
-
-async def fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, Any]]:
-    """Run a query; return its rows as dicts whose values are typed ``Any``."""
-    return await conn.fetch(sql, *args)
 
 
 def stored_job(row: Mapping[str, Any]) -> Job:
@@ -106,62 +49,9 @@ def stored_labels(requires: object) -> frozenset[str]:
     return _NO_LABELS_SET if requires == NO_LABELS else frozenset(load_json(requires))
 
 
+def stored_steps(steps: object) -> list[str]:
+    """Decode a stored ``steps`` column: the steps a job's attempts finished."""
+    return [] if steps == NO_STEPS else list(load_json(steps, []))
+
+
 _NO_LABELS_SET: frozenset[str] = frozenset()
-
-
-async def ensure_schema(conn: Connection) -> None:
-    """Create the jobs table and its indexes if they are missing."""
-    if conn.dialect == "postgresql":
-        await conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-        # Ids compared byte by byte (no locale: the primary key is walked twice per job).
-        seq = 'seq BIGINT GENERATED ALWAYS AS IDENTITY, id TEXT COLLATE "C" PRIMARY KEY'
-        real = "DOUBLE PRECISION"
-    else:
-        seq = "seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE"
-        real = "REAL"
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {JOBS} ({seq}, payload TEXT NOT NULL, "
-        f"priority INTEGER NOT NULL, customer TEXT, affinity TEXT, region TEXT, "
-        f"requires TEXT NOT NULL, max_retries INTEGER NOT NULL, state TEXT NOT NULL, "
-        f"attempts INTEGER NOT NULL DEFAULT 0, cluster TEXT, route_reason TEXT, "
-        f"steps TEXT NOT NULL DEFAULT '[]', progress BIGINT NOT NULL DEFAULT 0, "
-        f"error_category TEXT, error_step TEXT, error_message TEXT, error_attempt INTEGER, "
-        f"lease_token BIGINT, lease_owner TEXT, lease_expires {real}, "
-        f"created_at {real} NOT NULL, started_at {real}, run_at {real} NOT NULL, "
-        f"updated_at {real} NOT NULL, finished_at {real})"
-    )
-    await conn.execute(
-        f"CREATE INDEX IF NOT EXISTS {JOBS}_waiting ON {JOBS} (priority, seq) WHERE {WAITING}"
-    )
-    await conn.execute(
-        f"CREATE INDEX IF NOT EXISTS {JOBS}_leases ON {JOBS} (lease_expires) "
-        f"WHERE state = 'in_progress'"
-    )
-    if conn.dialect == "postgresql":
-        await conn.execute(_BUSY_FUNCTION)
-
-
-#: ``corral_jobs_busy(wait, by_customer)``: take the claim lock (waiting for it, or
-#: else returning the one row ``(NULL, NULL, -1)`` if another claim holds it), then count
-#: the jobs in progress by cluster (and customer). One round trip: the count is a
-#: statement of its own in a VOLATILE function, so its snapshot is taken once the lock
-#: is held, and it sees every claim committed before. Counted by hashing, never sorting:
-#: the statistics say no job is in progress (taken when all were ready), and the
-#: planner, believing it, would sort every job in progress by cluster.
-BUSY = f"{JOBS}_busy"
-_BUSY_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION {BUSY}(wait boolean, by_customer boolean)
-RETURNS TABLE (cluster text, customer text, n bigint)
-LANGUAGE plpgsql VOLATILE SET enable_sort = off AS $fn$
-#variable_conflict use_column
-BEGIN
-    IF wait THEN
-        PERFORM pg_advisory_xact_lock({CLAIM_LOCK}, '{JOBS}'::regclass::oid::int);
-    ELSIF NOT pg_try_advisory_xact_lock({CLAIM_LOCK}, '{JOBS}'::regclass::oid::int) THEN
-        RETURN QUERY SELECT NULL::text, NULL::text, -1::bigint;
-        RETURN;
-    END IF;
-    RETURN QUERY SELECT j.cluster, CASE WHEN by_customer THEN j.customer END, COUNT(*)
-        FROM {JOBS} AS j WHERE j.state = 'in_progress' GROUP BY 1, 2;
-END
-$fn$"""

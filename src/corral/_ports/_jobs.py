@@ -1,15 +1,317 @@
-"""The job queue's port: :class:`JobStore`, and the plain data types that cross it."""
+"""The job queue's port: :class:`JobStore`, and the plain data types that cross it.
+
+A store keeps one job per id. What the jobs domain (``corral._jobs``) hands a store and
+reads back are *job rows*: mappings of column name to value, as stored. Their columns:
+
+- ``seq`` (int: the order of enqueueing), ``id`` (str), ``payload`` (the payload's JSON
+  text), ``priority`` (its rank: 0 urgent to 3 low), ``customer``, ``affinity``,
+  ``region`` (str or None), ``requires`` (the JSON list of the labels it needs, sorted:
+  ``"[]"`` for none), ``max_retries`` (int);
+- ``state`` (a :class:`State` value), ``attempts`` (int), ``cluster``, ``route_reason``
+  (str or None), ``steps`` (the JSON list of its finished steps: ``"[]"`` for none),
+  ``progress`` (int), ``error_category``, ``error_step``, ``error_message``,
+  ``error_attempt``, ``lease_owner`` (or None), ``lease_expires``, ``created_at``,
+  ``started_at``, ``run_at``, ``updated_at``, ``finished_at`` (epoch seconds, or None).
+
+The domain encodes and decodes the JSON columns; the store keeps them as they are.
+Times are the store's own clock (one clock for every host, so that skewed hosts agree
+on leases), in epoch seconds.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import builtins
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
-__all__ = ["JobStore"]
+__all__ = [
+    "ClaimRequest",
+    "ClaimResult",
+    "Claimed",
+    "ErrorCategory",
+    "JobStore",
+    "NewJob",
+    "Outcome",
+    "State",
+]
+
+
+class State(enum.StrEnum):
+    """Where a job is in its life, stored as its value."""
+
+    READY = "ready"
+    """Waiting for a worker."""
+    IN_PROGRESS = "in_progress"
+    """Claimed by a worker, which holds its lease."""
+    RETRYING = "retrying"
+    """Failed with a retryable error; waiting out its backoff before it is ready again."""
+    COMPLETED = "completed"
+    """Done: the handler returned."""
+    FAILED = "failed"
+    """Failed with an error that is not retried (configuration, data, permanent)."""
+    DEAD = "dead"
+    """Retries exhausted: in the dead letter queue until requeued."""
+
+
+class ErrorCategory(enum.StrEnum):
+    """Why a job failed; TRANSIENT and RESOURCE are retried, the others are not."""
+
+    TRANSIENT = "TRANSIENT"
+    RESOURCE = "RESOURCE"
+    CONFIGURATION = "CONFIGURATION"
+    DATA = "DATA"
+    PERMANENT = "PERMANENT"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a job failing with this category is tried again."""
+        return self in (ErrorCategory.TRANSIENT, ErrorCategory.RESOURCE)
+
+
+#: A job to enqueue, encoded as stored (see the module's docstring for the columns):
+#: ``(id, payload, priority, customer, affinity, region, requires, max_retries)``. A
+#: plain tuple: one is made for every job enqueued, and a tuple is the cheapest to make.
+NewJob: TypeAlias = tuple[str, str, int, str | None, str | None, str | None, str, int]
+
+
+class Claimed:
+    """A job claimed by a worker: its stored row, its attempt and its lease.
+
+    The row is the job's as it was claimed (``seq``, ``id``, ``payload``, ``priority``,
+    ``customer``, ``affinity``, ``region``, ``requires``, ``max_retries``, ``attempts``,
+    ``steps``, before this attempt): the domain decodes it, after the claim has
+    committed, so that decoding payloads is no work done under the claim lock.
+    """
+
+    __slots__ = ("_job", "attempt", "cluster", "id", "route_reason", "row", "token")
+
+    def __init__(
+        self, row: Mapping[str, Any], attempt: int, cluster: str, route_reason: str, token: int
+    ) -> None:
+        #: The job's stored row.
+        self.row = row
+        #: The job's id.
+        self.id: str = row["id"]
+        #: This attempt's number (1 for the first).
+        self.attempt = attempt
+        #: The cluster it was routed to, and why.
+        self.cluster = cluster
+        self.route_reason = route_reason
+        #: The lease token: every write of this attempt names it.
+        self.token = token
+        #: The domain's decoded job, once it has made it (the store never reads it).
+        self._job: Any = None
+
+
+class Outcome(NamedTuple):
+    """How an attempt ended, to be written fenced by the claim's lease token.
+
+    A named tuple: one is made for every job, and a tuple is the cheapest to make.
+    """
+
+    id: str
+    token: int
+    state: State
+    delay: float = 0.0
+    category: ErrorCategory | None = None
+    step: str | None = None
+    message: str | None = None
+    progress: int = 0
+
+
+@dataclass(slots=True)
+class ClaimRequest:
+    """What one claim may take: how many jobs, within which limits, routed how."""
+
+    owner: str
+    limit: int
+    max_concurrent: int
+    per_customer: int | None
+    #: Capacity of each of this worker's clusters, counted over every worker.
+    capacity: dict[str, int]
+    #: Jobs this worker may still start on each cluster (its own free slots).
+    local_free: dict[str, int]
+    lease_seconds: float
+    #: Places a job, given its stored row, on a cluster with a free slot: (name, reason).
+    route: Callable[[Mapping[str, Any], Mapping[str, int]], tuple[str, str] | None]
+    #: Wait for another worker's claim to commit (else claim nothing if one is running).
+    wait: bool = True
+    #: Take back the expired leases first (the claimer's claims do, at least once per
+    #: ``poll_interval``; a report's claim leaves it to them).
+    reclaim: bool = True
+
+
+class ClaimResult(NamedTuple):
+    """What a claim did: the jobs it claimed, the leases it took back, why it stopped."""
+
+    #: The jobs claimed, in claim order (priority, then age).
+    claimed: list[Claimed]
+    #: The expired leases taken back: one row each, with the job's ``id``, its new
+    #: ``state`` (``ready`` or ``dead``), ``error_message``, ``attempts`` and ``cluster``.
+    reclaimed: list[dict[str, Any]]
+    #: Whether the claim stopped at a limit (the room it found, all taken) rather than
+    #: for want of jobs it could take.
+    limited: bool
 
 
 class JobStore(Protocol):
     """The storage of one job queue; every method runs inside the caller's batch.
 
-    (To be filled: enqueue, claim, renew, finish, release, step_done, outlook, get,
-    depth, list, purge, requeue, wake-ups.)
+    Each method is called by one writer operation (``Database._run``), on the writer's
+    connection (or client): what it changes is committed with that operation's batch,
+    or not at all, and an operation that raises rolls back everything it changed.
+
+    What every store guarantees:
+
+    - **Claims are atomic and the limits exact**, across every process and host that
+      uses the store: no job is claimed by two workers at once, and the jobs in progress
+      never exceed ``max_concurrent``, a cluster's capacity or ``per_customer``, counted
+      over every worker (claims are serialized, or their counts checked atomically).
+    - **Every change to a claimed job is fenced by its lease token**: renewing, finishing,
+      releasing it or recording a step changes it only while it is in progress under that
+      token; a worker whose lease expired and was taken back changes nothing.
+    - **Ids are unique**: :meth:`enqueue` never stores a second job with an id already
+      stored (even when two connections enqueue it at once).
+    - Jobs are claimed in order of priority (urgent first), then of enqueueing.
     """
+
+    async def prepare(self) -> str:
+        """Create the queue's storage if it is missing; return its wake-up channel.
+
+        Called once, by the first operation of a queue, before any other method. The
+        channel names this queue's wake-ups (:meth:`announce`, :meth:`watch`): queues
+        that share a store but not their jobs (two PostgreSQL schemas) have their own.
+        """
+        ...
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> builtins.list[str]:
+        """Store ``jobs``, ready now; return the ids of those already stored.
+
+        If the list returned is not empty, the caller raises, so that the batch rolls
+        back and none of ``jobs`` is stored (the store may have written the others).
+        Otherwise every job is stored, and the other workers are told of new work.
+        """
+        ...
+
+    async def get(self, job_id: str) -> Mapping[str, Any] | None:
+        """Return the row of job ``job_id`` (every column), or None if there is none."""
+        ...
+
+    async def depth(self) -> dict[str, int]:
+        """Count the jobs in each state (the states with no job may be left out)."""
+        ...
+
+    async def by_cluster(self, cluster: str) -> dict[str, int]:
+        """Count, by state, the jobs whose latest attempt ran on ``cluster``.
+
+        A job that has not run yet counts for the cluster it is pinned to (its
+        ``affinity``), if any.
+        """
+        ...
+
+    async def list(self, state: State | None, limit: int) -> Sequence[Mapping[str, Any]]:
+        """Return the rows of up to ``limit`` jobs (in ``state`` if given), in claim order."""
+        ...
+
+    async def purge(self, states: Sequence[State], older_than: float) -> int:
+        """Delete the jobs in ``states`` finished ``older_than`` seconds ago or more.
+
+        ``states`` are finished ones (completed, failed, dead). Returns how many.
+        """
+        ...
+
+    async def exists(self) -> bool:
+        """Return whether the queue's storage exists, creating nothing.
+
+        For the commands that only read: where it does not, there is nothing to show,
+        and where it does, they read it as it is (with no :meth:`prepare`).
+        """
+        ...
+
+    async def requeue(self, job_id: str) -> str | None:
+        """Put job ``job_id`` back to ready, its attempts 0, if it is dead or failed.
+
+        Its steps and last error are kept. Returns None if it was requeued (and the
+        other workers are told of new work); else why not: ``"missing"`` if there is no
+        such job, or its state's value.
+        """
+        ...
+
+    async def claim(self, request: ClaimRequest) -> ClaimResult:
+        """Take back the expired leases, then claim up to ``request.limit`` jobs.
+
+        A job is claimed if it waits (ready, or retrying and due), is pinned to no
+        cluster but ``request``'s, its customer is under ``per_customer`` and
+        ``request.route`` places it on a cluster with a free slot; within the room left
+        under ``max_concurrent`` and each cluster's capacity, counted over every worker.
+        Each claimed job is in progress under a fresh lease token, owned by
+        ``request.owner`` for ``lease_seconds``, its attempts counted. With
+        ``request.wait`` false, a claim that would wait for another worker's claims
+        returns at once, claiming nothing, not ``limited``.
+        """
+        ...
+
+    async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> set[int]:
+        """Extend the leases ``(claimed job, progress to add)``; return the tokens held.
+
+        Each lease held runs ``lease_seconds`` from now, and its progress is added;
+        the others (taken over) change nothing.
+        """
+        ...
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write how attempts ended, each fenced by its token; return the tokens accepted.
+
+        A job leaves progress for the outcome's state, due again after its ``delay``;
+        its last error is replaced where the outcome has a category; its progress is
+        added to; a finished state (completed, failed, dead) stamps ``finished_at``.
+        """
+        ...
+
+    async def release(self, leases: Sequence[tuple[Claimed, int]]) -> None:
+        """Give claimed jobs back, ready at once, the attempt not counted (a clean stop).
+
+        Each one's progress is added; fenced by their tokens.
+        """
+        ...
+
+    async def step_done(self, claimed: Claimed, steps: str, progress: int) -> bool:
+        """Store the finished steps of a claimed job; False if its lease was taken over.
+
+        ``steps``: their JSON list, as stored; ``progress`` is added. A job whose lease
+        was taken over changes nothing.
+        """
+        ...
+
+    async def outlook(
+        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+    ) -> tuple[int, float | None]:
+        """Count the unfinished jobs a worker with these clusters could take.
+
+        A job counts if it is not pinned to another cluster and one of the clusters has
+        every label it requires (``labels``: each cluster's). Returns that count and the
+        seconds until the next such waiting job is due (None if none waits).
+        """
+        ...
+
+    async def announce(self) -> None:
+        """Tell the other connections' :meth:`watch` callbacks of free slots or jobs.
+
+        Sent once the batch commits; nothing where the store has no wake-ups.
+        """
+        ...
+
+    async def watch(self, callback: Callable[[], object]) -> bool:
+        """Call ``callback()`` whenever another connection announces new work.
+
+        Returns False where the store has no wake-ups across connections: the caller
+        then polls (the processor does anyway, every ``poll_interval``). Once true, the
+        callback is called from the caller's event loop until :meth:`unwatch`.
+        """
+        ...
+
+    async def unwatch(self, callback: Callable[[], object]) -> None:
+        """Stop calling ``callback`` (see :meth:`watch`)."""
+        ...

@@ -124,13 +124,14 @@ class Source(Protocol[S_contra]):
         """Return whether there is something to write; cheap and thread-safe."""
         ...
 
-    async def write(self, conn: S_contra) -> None:
-        """Write what is pending, on the writer's connection, inside its transaction.
+    async def write(self, session: S_contra) -> None:
+        """Write what is pending through ``session``, inside the batch.
 
-        Runs in a savepoint: if it raises, its own statements are rolled back, the rest
-        of the batch is committed, and the error is raised as a ``WriteError`` by the
-        next ``put``/``flush`` or at exit. The writer does not call it again for the
-        same data, so a source that wants a retry must keep what it could not write.
+        Its work is kept only if it returns: if it raises, what it did is undone (a
+        savepoint on SQL), the rest of the batch is committed, and the error is raised
+        as a ``WriteError`` by the next ``put``/``flush`` or at exit. The writer does
+        not call it again for the same data, so a source that wants a retry must keep
+        what it could not write.
         It runs in the writer's task: it must not wait on the database (``flush``,
         ``Database._run``, ``put`` on a full queue), which raises ``RuntimeError``.
         """

@@ -21,26 +21,25 @@ whether ``COMMIT`` had been sent); every call after it raises the same at once, 
 the writer asks for :meth:`PostgresBackend.reconnect`, which connects again with
 exponential backoff for up to ``reconnect_timeout`` seconds and restores the
 session's staging tables and ``LISTEN`` registrations.
+
+Here: the session (:class:`PostgresConnection`) and the store (:class:`PostgresBackend`,
+with the bulk path). Beside it: :mod:`._loop` (running asyncpg from trio),
+:mod:`._settings` (the URL's timeouts), :mod:`._errors` (which errors mean the
+connection is gone) and :mod:`._values` (column types).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import decimal
 import functools
 import itertools
 import logging
-import math
 import operator
 import re
 import threading
 import time
-import urllib.parse
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -51,23 +50,24 @@ import asyncpg  # type: ignore[import-untyped]
 from ..._exceptions import (
     ConnectError,
     ConnectionLostError,
-    DatabaseURLError,
     QueryError,
     SchemaError,
 )
-from ..._ports import Batch, Column, Failure, Run, TableSchema, redact, scrub
+from ..._lowlevel import loop_scheduler
+from ..._ports import Batch, Failure, Run, TableSchema, redact, scrub
 from .._sql import SqlSession
 from .._sql._batch import apply
 from .._sql._tables import (
-    BYTES_TYPES,
     check_key,
     create_table_sql,
-    infer_column_type,
     query_error,
     quote,
     upsert_sql,
 )
-from ._loop import Direct, LoopThread, loop_scheduler
+from ._errors import broke
+from ._loop import Direct, LoopThread
+from ._settings import SETTINGS, Settings, split_settings
+from ._values import column_for, infer_type
 
 __all__ = [
     "SETTINGS",
@@ -82,69 +82,6 @@ __all__ = [
 T = TypeVar("T")
 
 log = logging.getLogger("corral.database")
-
-_INFERRED: list[tuple[type, str]] = [
-    (bool, "BOOLEAN"),
-    (int, "BIGINT"),
-    (float, "DOUBLE PRECISION"),
-    (str, "TEXT"),
-    (bytes, "BYTEA"),
-    (bytearray, "BYTEA"),
-    (memoryview, "BYTEA"),
-    (datetime.datetime, "TIMESTAMP"),
-    (datetime.date, "DATE"),
-    (datetime.time, "TIME"),
-    (datetime.timedelta, "INTERVAL"),
-    (decimal.Decimal, "NUMERIC"),
-    (uuid.UUID, "UUID"),
-]
-
-
-def infer_type(column: str, value: object) -> str:
-    """Return the SQL type to create ``column`` with, from its first value."""
-    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
-        return "TIMESTAMPTZ"
-    sql_type = infer_column_type(column, value, _INFERRED)
-    if sql_type is None:
-        raise SchemaError(
-            f"column {column!r}: cannot infer a PostgreSQL type for a {type(value).__name__}; "
-            f"use bool, int, float, str, bytes, datetime, date, time, timedelta, Decimal or "
-            f"UUID, or create the table yourself"
-        )
-    return sql_type
-
-
-def column_for(name: str, sql_type: str) -> Column:
-    """Return the column with the Python types asyncpg takes for ``sql_type``.
-
-    ``sql_type`` is what ``format_type`` prints. Types not listed here (arrays, JSON,
-    your own) take any value, and the driver decides when the batch is written.
-    """
-    t = sql_type.lower()
-    if t in ("smallint", "integer", "bigint"):
-        return Column(name, sql_type, (int,), exclude=(bool,))
-    if t in ("real", "double precision"):
-        return Column(name, sql_type, (float, int), exclude=(bool,))
-    if t.startswith("numeric"):
-        return Column(name, sql_type, (decimal.Decimal, int, float), exclude=(bool,))
-    if t == "text" or t.startswith(("character", "varchar", "citext")):
-        return Column(name, sql_type, (str,))
-    if t == "boolean":
-        return Column(name, sql_type, (bool,))
-    if t == "bytea":
-        return Column(name, sql_type, BYTES_TYPES)
-    if t.startswith("timestamp"):
-        return Column(name, sql_type, (datetime.datetime,))
-    if t == "date":
-        return Column(name, sql_type, (datetime.date,), exclude=(datetime.datetime,))
-    if t.startswith("time"):
-        return Column(name, sql_type, (datetime.time,))
-    if t.startswith("interval"):
-        return Column(name, sql_type, (datetime.timedelta,))
-    if t == "uuid":
-        return Column(name, sql_type, (uuid.UUID, str))
-    return Column(name, sql_type, None)
-
 
 #: After conflicts in a row, the bulk path upserts straight away for up to this many
 #: runs of a table before it tries a plain INSERT again.
@@ -166,95 +103,16 @@ def numbered(sql: str) -> str:
     return _PLACEHOLDER.sub(replace, sql)
 
 
-# -- settings from the URL --------------------------------------------------------------
-
-#: The query parameters of a PostgreSQL URL that corral reads itself (they are not sent
-#: to the server), with their defaults in seconds.
-SETTINGS: dict[str, float] = {
-    "connect_timeout": 10.0,
-    "command_timeout": 60.0,
-    "reconnect_timeout": 30.0,
-}
 #: A reconnection waits this long before its second attempt, twice as long before each
 #: next one, and never more than _MAX_DELAY (the first attempt is at once).
 _FIRST_DELAY = 0.05
 _MAX_DELAY = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The timeouts of one database, in seconds (see :data:`SETTINGS`)."""
-
-    connect_timeout: float
-    """The most that opening a connection (TCP, TLS, authentication) may take."""
-    command_timeout: float
-    """The most that one statement (or one ``COPY``) may wait for the server."""
-    reconnect_timeout: float
-    """How long the writer keeps trying to connect again after losing its connection
-    (0: it does not reconnect)."""
-
-
-def split_settings(dsn: str) -> tuple[str, Settings]:
-    """Return ``dsn`` without corral's own query parameters, and their values.
-
-    Raises :class:`~corral.DatabaseURLError` for a value that is not a number of
-    seconds (> 0; ``reconnect_timeout`` may be 0).
-    """
-    parts = urllib.parse.urlsplit(dsn)
-    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    values = dict(SETTINGS)
-    kept: list[tuple[str, str]] = []
-    for name, text in pairs:
-        if name not in SETTINGS:
-            kept.append((name, text))
-            continue
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        least = 0.0 if name == "reconnect_timeout" else math.ulp(0.0)
-        if not (math.isfinite(value) and value >= least):
-            bound = ">= 0" if least == 0 else "> 0"
-            raise DatabaseURLError(
-                f"{name}={text!r} in {redact(dsn)!r} is not a finite number of seconds "
-                f"{bound}; write it like ?{name}={SETTINGS[name]:g}"
-            )
-        values[name] = value
-    if len(kept) < len(pairs):
-        dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
-    return dsn, Settings(**values)
-
-
 async def _connect(dsn: str, settings: Settings) -> asyncpg.Connection:
     return await asyncpg.connect(
         dsn, timeout=settings.connect_timeout, command_timeout=settings.command_timeout
     )
-
-
-def _broke(conn: asyncpg.Connection, exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) means that ``conn`` is unusable."""
-    if conn.is_closed():
-        return True
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, _BROKEN):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-#: Errors after which the connection is not used again: it broke, the server is going
-#: away (a restart, pg_terminate_backend), or it did not answer in time.
-_BROKEN: tuple[type[BaseException], ...] = (
-    OSError,  # ConnectionError, TimeoutError (asyncpg's timeouts) and the like
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-)
 
 
 # -- the backend -------------------------------------------------------------------------
@@ -477,7 +335,7 @@ class PostgresBackend:
         try:
             return await fn(*args)
         except Exception as exc:
-            if not _broke(conn, exc):
+            if not broke(conn, exc):
                 raise
             conn.terminate()  # nothing waits on it again: a stalled server stays stalled
             if self._outage is None:
@@ -637,7 +495,7 @@ class PostgresBackend:
             try:
                 await self._bulk(run)
             except Exception as exc:
-                if _broke(conn, exc):  # raise what broke it, not a rollback's failure
+                if broke(conn, exc):  # raise what broke it, not a rollback's failure
                     raise
                 await conn.execute("ROLLBACK TO SAVEPOINT corral_run")
                 await self._one_by_one(number, run, failures)
@@ -723,7 +581,7 @@ class PostgresBackend:
             try:
                 await conn.execute(sql, *row)
             except Exception as exc:
-                if _broke(conn, exc):
+                if broke(conn, exc):
                     raise
                 await conn.execute("ROLLBACK TO SAVEPOINT corral_row")
                 failures.append((number, index, exc))

@@ -14,30 +14,17 @@ import concurrent.futures
 import functools
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.lowlevel import EventLoopToken
 
-__all__ = ["Direct", "LoopThread", "Runner", "loop_scheduler"]
+from ..._lowlevel import loop_scheduler
+
+__all__ = ["Direct", "LoopThread", "Runner"]
 
 T = TypeVar("T")
-
-
-def loop_scheduler(token: EventLoopToken) -> Callable[[Callable[[], object]], object]:
-    """Return a function that, from any thread, schedules a callback on ``token``'s loop.
-
-    It is the loop's own thread-safe hook (asyncio's ``call_soon_threadsafe``, trio's
-    ``run_sync_soon``): it never blocks the calling thread. It raises ``RuntimeError``
-    once that loop has closed.
-    """
-    native = token.native_token
-    schedule = getattr(native, "call_soon_threadsafe", None)  # an asyncio loop
-    if schedule is None:
-        schedule = native.run_sync_soon  # type: ignore[attr-defined]  # a trio token
-    return cast("Callable[[Callable[[], object]], object]", schedule)
 
 
 class Direct:

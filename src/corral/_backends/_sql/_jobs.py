@@ -1,17 +1,156 @@
-"""The job queue's statements on SQLite and PostgreSQL: :class:`SqlJobStore`."""
+"""The job queue's statements on SQLite and PostgreSQL: :class:`SqlJobStore`.
+
+The statements themselves are in :mod:`._claims` (what a processor does),
+:mod:`._queue` (what ``db.jobs`` does) and :mod:`._jobs_schema` (the table); this
+class picks, once per connection, those of its database.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import builtins
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from .. import tables_exist
+from . import _claims, _queue
+from ._dialect import DIALECTS
+from ._jobs_schema import CHANNEL, JOBS, channel_for, ensure_schema
 
 if TYPE_CHECKING:
+    from ..._ports._jobs import Claimed, ClaimRequest, ClaimResult, NewJob, Outcome, State
     from .. import Connection
 
 __all__ = ["SqlJobStore"]
 
 
+class _Listening(Protocol):
+    """A connection that can LISTEN (PostgreSQL's)."""
+
+    async def listen(self, channel: str, callback: Callable[[], object]) -> None: ...
+
+    async def unlisten(self, channel: str, callback: Callable[[], object]) -> None: ...
+
+
 class SqlJobStore:
-    """:class:`~corral._ports._jobs.JobStore` on one SQL connection."""
+    """:class:`~corral._ports._jobs.JobStore` on one SQL connection.
+
+    On PostgreSQL, claims are serialized by an advisory lock and batches of jobs change
+    in one statement of arrays; wake-ups are ``NOTIFY`` on the queue's channel (one per
+    schema), heard by ``LISTEN``. On SQLite, each batch holds the database's write lock,
+    batches change one job per statement, and there are no wake-ups across
+    connections (the processor polls).
+    """
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        d = self._d = DIALECTS[conn.dialect]
+        #: The NOTIFY channel: its schema's, once :meth:`prepare` has read it.
+        self.channel = CHANNEL
+        self._listening = cast(_Listening, conn) if d.shared else None
+        if d.shared:
+            self._enqueue = _queue.enqueue_unnest
+            self._renew = _claims.renew_batch
+            self._finish = _claims.finish_batch
+            self._release = _claims.release_batch
+            self._step_done = _claims.step_done_batch
+        else:
+            self._enqueue = _queue.enqueue_checked
+            self._renew = _claims.renew_each
+            self._finish = _claims.finish_each
+            self._release = _claims.release_each
+            self._step_done = _claims.step_done_each
+
+    async def prepare(self) -> str:
+        """Create the table, its indexes and (PostgreSQL) its claim function if missing."""
+        await ensure_schema(self._conn, self._d)
+        if self._d.shared:
+            schema = await self._conn.fetchval("SELECT current_schema()")
+            self.channel = channel_for(str(schema))
+        return self.channel
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> builtins.list[str]:
+        """Insert ``jobs``; return the ids already stored (then the caller rolls back)."""
+        existing = await self._enqueue(self._conn, self._d, jobs)
+        if not existing:
+            await self.announce()
+        return existing
+
+    async def get(self, job_id: str) -> Mapping[str, Any] | None:
+        """Return the row of job ``job_id``, or None."""
+        return await _queue.get(self._conn, job_id)
+
+    async def depth(self) -> dict[str, int]:
+        """Count the jobs in each state."""
+        return await _queue.depth(self._conn)
+
+    async def by_cluster(self, cluster: str) -> dict[str, int]:
+        """Count the jobs of ``cluster`` in each state."""
+        return await _queue.by_cluster(self._conn, cluster)
+
+    async def list(self, state: State | None, limit: int) -> Sequence[Mapping[str, Any]]:
+        """Return up to ``limit`` rows, in ``state`` if given, in claim order."""
+        return await _queue.list_jobs(self._conn, state, limit)
+
+    async def purge(self, states: Sequence[State], older_than: float) -> int:
+        """Delete the jobs in ``states`` finished ``older_than`` seconds ago."""
+        return await _queue.purge(self._conn, self._d, states, older_than)
+
+    async def exists(self) -> bool:
+        """Return whether the jobs table exists (PostgreSQL: on the search path)."""
+        return await tables_exist(self._conn, JOBS)
+
+    async def requeue(self, job_id: str) -> str | None:
+        """Put a dead or failed job back to ready; None if done, else why not."""
+        refused = await _queue.requeue(self._conn, self._d, job_id)
+        if refused is None:
+            await self.announce()
+        return refused
+
+    async def claim(self, request: ClaimRequest) -> ClaimResult:
+        """Reclaim expired leases, then claim jobs within the limits."""
+        return await _claims.claim(self._conn, self._d, request)
+
+    async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> set[int]:
+        """Extend the leases; return the tokens still held."""
+        return await self._renew(self._conn, self._d, leases, lease_seconds)
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write how attempts ended; return the tokens accepted."""
+        return await self._finish(self._conn, self._d, outcomes)
+
+    async def release(self, leases: Sequence[tuple[Claimed, int]]) -> None:
+        """Give claimed jobs back, ready at once, the attempt not counted."""
+        await self._release(self._conn, self._d, leases)
+
+    async def step_done(self, claimed: Claimed, steps: str, progress: int) -> bool:
+        """Record a claimed job's finished steps; False if its lease was taken over."""
+        return await self._step_done(self._conn, self._d, claimed, steps, progress)
+
+    async def outlook(
+        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+    ) -> tuple[int, float | None]:
+        """Count the unfinished jobs these clusters could take; and when the next is due."""
+        return await _claims.outlook(self._conn, self._d, clusters, labels)
+
+    async def announce(self) -> None:
+        """``NOTIFY`` the queue's channel (PostgreSQL); nothing on SQLite."""
+        if self._listening is not None:
+            await self._conn.execute("SELECT pg_notify(?, '')", self.channel)
+
+    async def watch(self, callback: Callable[[], object]) -> bool:
+        """``LISTEN`` on the queue's channel (PostgreSQL); False on SQLite."""
+        if self._listening is None:
+            return False
+        await self._listening.listen(self.channel, callback)
+        return True
+
+    async def unwatch(self, callback: Callable[[], object]) -> None:
+        """``UNLISTEN`` (see :meth:`watch`)."""
+        if self._listening is not None:
+            await self._listening.unlisten(self.channel, callback)
+
+
+if TYPE_CHECKING:
+    from ..._ports._jobs import JobStore
+
+    _conforms: type[JobStore] = SqlJobStore

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._ports._progress import RunProgress, Status, SubtaskProgress
 from .. import tables_exist
+from ._dialect import dialect_of
 
 if TYPE_CHECKING:
     from .. import Connection
@@ -117,24 +118,22 @@ class SqlProgressStore:
     ``CREATE TABLE IF NOT EXISTS``, after a lock on PostgreSQL) and :meth:`exists`.
     """
 
-    __slots__ = ("_conn", "_postgres")
+    __slots__ = ("_conn", "_d")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._postgres = conn.dialect == "postgresql"
+        self._d = dialect_of(conn)
 
     def __repr__(self) -> str:
         return f"<SqlProgressStore on {self._conn!r}>"
 
     def _stamp(self, value: datetime) -> object:
-        # asyncpg takes datetimes; SQLite stores ISO-8601 text (sqlite3's own datetime
-        # adapter is deprecated).
-        return value if self._postgres else value.isoformat()
+        return value if self._d.datetimes else value.isoformat()
 
     async def ensure_schema(self) -> None:
         """Create both tables if missing (see :meth:`ProgressStore.ensure_schema`)."""
         conn = self._conn
-        if self._postgres:
+        if self._d.shared:
             await conn.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
             runs, subtasks = _CREATE_POSTGRES
         else:

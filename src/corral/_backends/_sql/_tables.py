@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..._exceptions import IdentifierError, QueryError, SchemaError
 from ..._ports import TableSchema
+from ._dialect import dialect_of
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -139,13 +140,9 @@ def check_key(
 
 async def tables_exist(conn: Connection, *names: str) -> bool:
     """Return whether every table of ``names`` exists (PostgreSQL: on the search path)."""
+    d = dialect_of(conn)
     for name in names:
-        if conn.dialect == "postgresql":
-            found = await conn.fetchval("SELECT to_regclass(?) IS NOT NULL", quote(name))
-        else:
-            found = await conn.fetchval(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", name
-            )
+        found = await conn.fetchval(d.table_exists, name)
         if not found:
             return False
     return True

@@ -1,0 +1,158 @@
+"""The queue's statements: enqueue jobs, read them, count them, purge and requeue them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..._ports._jobs import NewJob, State
+from ._dialect import Dialect
+from ._jobs_schema import JOBS
+
+if TYPE_CHECKING:
+    from .. import Connection
+
+__all__ = [
+    "by_cluster",
+    "depth",
+    "enqueue_checked",
+    "enqueue_unnest",
+    "get",
+    "list_jobs",
+    "purge",
+    "requeue",
+]
+
+#: An enqueue of at least this many jobs refreshes the table's statistics (PostgreSQL).
+_ANALYZE_AFTER = 1_000
+
+_COLUMNS = (
+    "id, payload, priority, customer, affinity, region, requires, max_retries, "
+    "state, created_at, run_at, updated_at"
+)
+
+
+async def _fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, Any]]:
+    """Run a query; return its rows as dicts whose values are typed ``Any``."""
+    return await conn.fetch(sql, *args)
+
+
+async def enqueue_unnest(conn: Connection, d: Dialect, rows: Sequence[NewJob]) -> list[str]:
+    """Insert ``rows`` in one statement of arrays; return the ids already stored (PostgreSQL).
+
+    No check first: another connection may insert the same ids between a check and the
+    insert. A conflicting row waits for the other insert to commit (or roll back), then
+    is left out; the caller raises, which rolls back the rest.
+    """
+    now = d.now
+    stored = await _fetch(
+        conn,
+        f"INSERT INTO {JOBS} ({_COLUMNS}) SELECT v.*, 'ready', {now}, {now}, {now} "
+        f"FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], "
+        f"?::text[], ?::text[], ?::int[]) AS v ON CONFLICT (id) DO NOTHING "
+        f"RETURNING id",
+        *(list(column) for column in zip(*rows, strict=True)),
+    )
+    if len(stored) < len(rows):
+        inserted = {row["id"] for row in stored}
+        return [row[0] for row in rows if row[0] not in inserted]
+    if len(rows) >= _ANALYZE_AFTER:
+        # Fresh statistics: a claim walks the queue's index, not a sort of every waiting
+        # row (autovacuum would analyze too, but later).
+        await conn.execute(f"ANALYZE {JOBS}")
+    return []
+
+
+async def enqueue_checked(conn: Connection, d: Dialect, rows: Sequence[NewJob]) -> list[str]:
+    """Insert ``rows`` unless one's id is stored; return those ids, sorted (SQLite).
+
+    BEGIN IMMEDIATE: no other connection writes between the check and the insert.
+    """
+    now = d.now
+    ids = [row[0] for row in rows]
+    existing = await _existing(conn, ids)
+    if existing:
+        return existing
+    await conn.executemany(
+        f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+        f"'ready', {now}, {now}, {now})",
+        rows,
+    )
+    return []
+
+
+async def _existing(conn: Connection, ids: list[str]) -> list[str]:
+    """Return which of ``ids`` are stored, sorted (SQLite)."""
+    found: list[str] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = await _fetch(conn, f"SELECT id FROM {JOBS} WHERE id IN ({marks})", *chunk)
+        found.extend(str(row["id"]) for row in rows)
+    return sorted(found)
+
+
+async def get(conn: Connection, job_id: str) -> Mapping[str, Any] | None:
+    """Return the row of job ``job_id``, or None."""
+    rows = await _fetch(conn, f"SELECT * FROM {JOBS} WHERE id = ?", job_id)
+    return rows[0] if rows else None
+
+
+def _counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    return {str(row["state"]): int(row["n"]) for row in rows}
+
+
+async def depth(conn: Connection) -> dict[str, int]:
+    """Count the jobs in each state."""
+    return _counts(await _fetch(conn, f"SELECT state, COUNT(*) AS n FROM {JOBS} GROUP BY state"))
+
+
+async def by_cluster(conn: Connection, cluster: str) -> dict[str, int]:
+    """Count the jobs of one cluster in each state."""
+    rows = await _fetch(
+        conn,
+        f"SELECT state, COUNT(*) AS n FROM {JOBS} WHERE cluster = ? "
+        f"OR (cluster IS NULL AND affinity = ?) GROUP BY state",
+        cluster,
+        cluster,
+    )
+    return _counts(rows)
+
+
+async def list_jobs(conn: Connection, state: State | None, limit: int) -> list[dict[str, Any]]:
+    """Return up to ``limit`` rows, in ``state`` if given, in claim order."""
+    if state is None:
+        return await _fetch(conn, f"SELECT * FROM {JOBS} ORDER BY priority, seq LIMIT ?", limit)
+    return await _fetch(
+        conn,
+        f"SELECT * FROM {JOBS} WHERE state = ? ORDER BY priority, seq LIMIT ?",
+        state.value,
+        limit,
+    )
+
+
+async def purge(conn: Connection, d: Dialect, states: Sequence[State], older_than: float) -> int:
+    """Delete the jobs in ``states`` finished ``older_than`` seconds ago; return how many."""
+    marks = ", ".join("?" * len(states))
+    rows = await _fetch(
+        conn,
+        f"DELETE FROM {JOBS} WHERE state IN ({marks}) AND finished_at <= {d.now} - ? RETURNING id",
+        *(state.value for state in states),
+        float(older_than),
+    )
+    return len(rows)
+
+
+async def requeue(conn: Connection, d: Dialect, job_id: str) -> str | None:
+    """Put a dead or failed job back to ready; None if done, else ``"missing"`` or its state."""
+    now = d.now
+    changed = await conn.fetchval(
+        f"UPDATE {JOBS} SET state = 'ready', attempts = 0, run_at = {now}, "
+        f"updated_at = {now}, finished_at = NULL "
+        f"WHERE id = ? AND state IN ('dead', 'failed') RETURNING id",
+        job_id,
+    )
+    if changed is not None:
+        return None
+    state = await conn.fetchval(f"SELECT state FROM {JOBS} WHERE id = ?", job_id)
+    return "missing" if state is None else str(state)
