@@ -32,8 +32,8 @@ import anyio
 from anyio.lowlevel import current_token
 
 from ._exceptions import MissingDriverError, NotPicklableError, PoolClosedError, WorkerCrashed
+from ._lowlevel import loop_scheduler
 from ._pickling import describe
-from ._sync import loop_scheduler
 from ._validate import check_positive_int
 
 if TYPE_CHECKING:
