@@ -346,3 +346,34 @@ def test_worker_errors_name_the_fix(
     err = _fails("worker", "--db", url, "--until-idle", *args, code=code, cwd=_handlers(tmp_path))
     assert expected in err
     assert not (tmp_path / "jobs.db").exists()  # refused before opening the database
+
+
+# -- issue 13: the command line as an operator uses it ----------------------------------------
+
+
+def test_db_before_the_subcommand_or_from_corral_db(db_url: str, tmp_path: Path) -> None:
+    """``corral --db URL jobs status`` works as ``corral jobs status --db URL`` does."""
+    _ok("--db", db_url, "jobs", "enqueue", "early")
+    _ok("jobs", "enqueue", "late", "--db", db_url)
+    assert sorted(_records(db_url)) == ["early", "late"]
+    after = _ok("jobs", "status", "--db", db_url)
+    assert _ok("--db", db_url, "jobs", "status") == after
+    assert dict(_rows(after))["ready"] == "2"
+    assert "no runs recorded" in _ok("--db", db_url, "progress")
+    from_env = subprocess.run(
+        [sys.executable, "-m", "corral", "jobs", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "CORRAL_DB": db_url},
+        check=False,
+    )
+    assert from_env.returncode == 0, from_env.stderr
+    assert [row[0] for row in _rows(from_env.stdout)] == ["early", "late"]
+    # both given: the one after the subcommand, nearer the command, wins
+    other = f"sqlite:///{tmp_path / 'missing.db'}"
+    assert "no database at" in _fails("--db", db_url, "jobs", "status", "--db", other)
+    assert _ok("--db", other, "jobs", "status", "--db", db_url) == after
+    err = _fails("--db", other, "jobs", "status")
+    assert "no database at" in err
+    assert "missing.db" in err

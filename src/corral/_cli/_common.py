@@ -89,19 +89,33 @@ def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     return inner
 
 
+#: Where ``corral --db URL`` (given before the subcommand) keeps its URL in ``ctx.meta``.
+_GROUP_DB = "corral.db"
+
+_DB_HELP = "Database URL (default: $CORRAL_DB, else sqlite:///corral.db)."
+
+
+def _group_db(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Return a subcommand's ``--db``, else the one given before the subcommand."""
+    return value if value is not None else ctx.meta.get(_GROUP_DB)
+
+
 _db_option = click.option(
-    "--db",
-    "url",
-    default=None,
-    metavar="URL",
-    help="Database URL (default: $CORRAL_DB, else sqlite:///corral.db).",
+    "--db", "url", default=None, metavar="URL", callback=_group_db, help=_DB_HELP
 )
 
 
 @click.group()
+@click.option("--db", "url", default=None, metavar="URL", help=_DB_HELP)
 @click.version_option(package_name="corral")
-def cli() -> None:
-    """corral: structured concurrency for batch work."""
+@click.pass_context
+def cli(ctx: click.Context, url: str | None) -> None:
+    """corral: structured concurrency for batch work.
+
+    --db URL may come before the subcommand (corral --db URL jobs status) or after it
+    (corral jobs status --db URL); given in both places, the one after it wins.
+    """
+    ctx.meta[_GROUP_DB] = url
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
