@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -377,3 +378,144 @@ def test_db_before_the_subcommand_or_from_corral_db(db_url: str, tmp_path: Path)
     err = _fails("--db", other, "jobs", "status")
     assert "no database at" in err
     assert "missing.db" in err
+
+
+def _json(*args: str, cwd: Path | None = None) -> object:
+    """Run a command with ``--json``; its stdout is one JSON document and nothing else."""
+    return json.loads(_ok(*args, "--json", cwd=cwd))
+
+
+def test_json_for_scripts(db_url: str, tmp_path: Path) -> None:
+    """``--json`` on ``jobs status|list|show`` and ``progress``: the documented keys."""
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert "no database at" in _fails("jobs", "status", "--db", empty, "--json")
+    _enqueue(
+        db_url,
+        jobs.Job(
+            "ws-1",
+            {"n": 2, "tags": ["x"]},
+            priority="high",
+            customer="acme",
+            requires={"ssd", "gpu"},
+        ),
+        jobs.Job("bad", {"fail": "data", "row": 7}, affinity="a"),
+        jobs.Job("ws-3"),
+    )
+    result = _corral(
+        *("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle"),
+        *("--cluster", "a=1,labels=gpu+ssd", "--poll-interval", "0.05"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    _enqueue(db_url, jobs.Job("later", customer="zed"))
+
+    status = _json("jobs", "status", "--db", db_url)
+    assert status == {
+        "database": status["database"],
+        "cluster": None,
+        "ready": 1,
+        "in_progress": 0,
+        "retrying": 0,
+        "completed": 2,
+        "failed": 1,
+        "dead": 0,
+        "pending": 1,
+        "total": 4,
+    }
+    assert status["database"] in _ok("jobs", "status", "--db", db_url)  # redacted, as shown
+    on_a = _json("jobs", "status", "--db", db_url, "--cluster", "a")
+    assert isinstance(on_a, dict)
+    assert (on_a["cluster"], on_a["total"]) == ("a", 3)
+
+    listed = _json("jobs", "list", "--db", db_url)
+    assert isinstance(listed, list)
+    assert [job["id"] for job in listed] == ["ws-1", "bad", "ws-3", "later"]  # claim order
+    limited = _corral("jobs", "list", "--db", db_url, "--json", "--limit", "1")
+    assert [job["id"] for job in json.loads(limited.stdout)] == ["ws-1"]
+    assert "1 of 4 jobs shown; pass --limit 4 for all" in limited.stderr  # not in the JSON
+    assert [job["id"] for job in _json("jobs", "list", "--db", db_url, "--state", "failed")] == [
+        "bad"
+    ]
+    assert _json("jobs", "list", "--db", db_url, "--state", "dead") == []
+
+    shown = _json("jobs", "show", "ws-1", "--db", db_url)
+    assert isinstance(shown, dict)
+    assert shown == listed[0]
+    expected = {
+        "id": "ws-1",
+        "payload": {"n": 2, "tags": ["x"]},
+        "priority": "high",
+        "customer": "acme",
+        "affinity": None,
+        "region": None,
+        "requires": ["gpu", "ssd"],
+        "max_retries": 3,
+        "state": "completed",
+        "attempts": 1,
+        "cluster": "a",
+        "steps_done": ["fetch"],
+        "progress": 2,
+        "last_error": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    assert {key: shown[key] for key in expected} == expected
+    for key in ("created_at", "started_at", "updated_at", "finished_at"):
+        assert datetime.fromisoformat(shown[key]).utcoffset() is not None, key  # aware
+    assert isinstance(shown["route_reason"], str)
+    bad = _json("jobs", "show", "bad", "--db", db_url)
+    assert isinstance(bad, dict)
+    assert bad["state"] == "failed"
+    error = bad["last_error"]
+    assert {key: error[key] for key in ("category", "step", "message", "attempt")} == {
+        "category": "DATA",
+        "step": None,
+        "message": "DataError: bad [row] 7",
+        "attempt": 1,
+    }
+    assert "no job with id 'nope'" in _fails("jobs", "show", "nope", "--db", db_url, "--json")
+
+
+def test_progress_json_for_scripts(db_url: str) -> None:
+    async def main() -> int:
+        async with corral.connect(db_url) as db:
+            first = await db.progress.start_run("STATIC", "first")
+            await first.complete(message="all done")
+            run = await db.progress.start_run("STATIC", "counties")
+            sub = await run.start_subtask(1, "count", items_total=10)
+            sub.increment(4)
+            await run.start_subtask(2, "sums")
+            return run.id
+
+    run_id = anyio.run(main)
+    runs = _json("progress", "--db", db_url)
+    assert isinstance(runs, list)
+    assert [(r["id"], r["name"], r["status"]) for r in runs] == [
+        (run_id, "counties", "RUNNING"),
+        (run_id - 1, "first", "COMPLETED"),
+    ]
+    assert {key: runs[1][key] for key in ("type", "message")} == {
+        "type": "STATIC",
+        "message": "all done",
+    }
+    assert runs[0]["ended_at"] is None
+    assert datetime.fromisoformat(runs[1]["ended_at"]).utcoffset() is not None
+    one = _json("progress", str(run_id), "--db", db_url)
+    assert isinstance(one, dict)
+    assert {key: one[key] for key in runs[0]} == runs[0]
+    assert [
+        {key: s[key] for key in ("number", "name", "status", "items_total", "items_complete")}
+        for s in one["subtasks"]
+    ] == [
+        {"number": 1, "name": "count", "status": "RUNNING", "items_total": 10, "items_complete": 4},
+        {
+            "number": 2,
+            "name": "sums",
+            "status": "RUNNING",
+            "items_total": None,
+            "items_complete": 0,
+        },
+    ]
+    assert one["subtasks"][0]["percent"] == 40.0
+    err = _fails("progress", "--db", db_url, "--json", "--watch", code=2)
+    assert "--json prints one snapshot" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any
@@ -28,7 +29,15 @@ if TYPE_CHECKING:
 
     from .._ports import Session
 
-from ._common import _db_option, _limit_option, _open, cli
+from ._common import (
+    _db_option,
+    _echo_json,
+    _json_option,
+    _json_wanted,
+    _limit_option,
+    _open,
+    cli,
+)
 
 __all__: list[str] = []
 
@@ -73,6 +82,7 @@ def jobs_group() -> None:
 @jobs_group.command("status", short_help="Count the jobs in each state.")
 @_db_option
 @click.option("--cluster", metavar="NAME", help="Count only the jobs of this cluster.")
+@_json_option
 def jobs_status(url: str | None, cluster: str | None) -> None:
     """Show how many jobs are in each state, overall or on one cluster.
 
@@ -87,6 +97,9 @@ def jobs_status(url: str | None, cluster: str | None) -> None:
         return await (db.jobs.depth() if cluster is None else db.jobs.by_cluster(cluster))
 
     depth = _open(url, read, read_only=True)
+    if _json_wanted():
+        _echo_json(_depth_json(depth or QueueDepth(), url, cluster))
+        return
     if depth is None:
         click.echo(_nothing_yet(url))
         return
@@ -103,6 +116,7 @@ def jobs_status(url: str | None, cluster: str | None) -> None:
     help="Only the jobs in this state.",
 )
 @_limit_option(50, "jobs to list")
+@_json_option
 def jobs_list(url: str | None, state: str | None, limit: int) -> None:
     """List jobs in claim order (higher priority first, then oldest first)."""
     url = url or default_url()
@@ -113,25 +127,40 @@ def jobs_list(url: str | None, state: str | None, limit: int) -> None:
         return await db.jobs.list(state, limit=limit), await db.jobs.depth()
 
     found = _open(url, read, read_only=True)
+    as_json = _json_wanted()
     if found is None:
-        click.echo(_nothing_yet(url))
+        if as_json:
+            _echo_json([])
+        else:
+            click.echo(_nothing_yet(url))
         return
     records, depth = found
     matching = depth.total if state is None else getattr(depth, state)
     which = "jobs" if state is None else f"{state} jobs"
-    if not records:
+    if as_json:
+        _echo_json(records)
+    elif not records:
         click.echo(f"no {which} in {redact(url)}")
         return
-    _print(_jobs_table(records, f"{which} in {redact(url)}"))
+    else:
+        _print(_jobs_table(records, f"{which} in {redact(url)}"))
     if matching > len(records):
-        click.echo(f"{len(records)} of {matching} {which} shown; pass --limit {matching} for all")
+        click.echo(
+            f"{len(records)} of {matching} {which} shown; pass --limit {matching} for all",
+            err=as_json,  # stdout holds the JSON alone
+        )
 
 
 @jobs_group.command("show", short_help="Show one job's full record.")
 @click.argument("job_id", metavar="ID")
 @_db_option
+@_json_option
 def jobs_show(job_id: str, url: str | None) -> None:
-    """Show one job's full record: payload, attempts, steps, last error, lease."""
+    """Show one job's full record: payload, attempts, steps, last error, lease.
+
+    The last error's traceback, if it has one, follows the table (with ``--json``: the
+    record's ``error_traceback``).
+    """
     url = url or default_url()
 
     async def read(db: Database) -> JobRecord:
@@ -389,10 +418,32 @@ def _job(fields: dict[str, Any], where: str) -> Job:
 # -- the tables -------------------------------------------------------------------------------
 
 
-def _print(table: Table) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _AsJson:
+    """What ``--json`` prints in place of a table."""
+
+    value: object
+
+
+def _print(table: Table | _AsJson) -> None:
+    if isinstance(table, _AsJson):
+        _echo_json(table.value)
+        return
     from rich.console import Console
 
     Console().print(table)
+
+
+def _depth_json(depth: QueueDepth, url: str, cluster: str | None) -> dict[str, object]:
+    """``corral jobs status --json``: the database, the cluster, one count per state."""
+    counts = {field.name: getattr(depth, field.name) for field in dataclasses.fields(depth)}
+    return {
+        "database": redact(url),
+        "cluster": cluster,
+        **counts,
+        "pending": depth.pending,
+        "total": depth.total,
+    }
 
 
 def _text(value: object) -> Text:
@@ -454,7 +505,10 @@ def _jobs_table(records: Iterable[JobRecord], title: str) -> Table:
     return table
 
 
-def _record_table(job: JobRecord) -> Table:
+def _record_table(job: JobRecord) -> Table | _AsJson:
+    """Return the table ``corral jobs show`` prints (with ``--json``: the record as JSON)."""
+    if _json_wanted():
+        return _AsJson(job)
     from rich.table import Table
 
     table = Table(title=_text(f"job {job.id}"), show_header=False)
