@@ -688,3 +688,40 @@ async def test_watch_is_called_back_on_new_work_from_another_connection(
         with anyio.fail_after(10):
             await woken.wait()
         await on(db, lambda jobs: jobs.unwatch(woken.set))
+
+
+async def test_stranded_counts_the_waiting_jobs_a_worker_could_never_take(store_url: str) -> None:
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(
+            db,
+            job("plain"),
+            job("gpu1", requires=("gpu",)),
+            job("gpu2", requires=("gpu",)),
+            job("both", requires=("avx", "gpu")),
+            job("avx", requires=("avx",)),
+            job("east", affinity="east"),
+            job("mine", affinity="c", requires=("tpu",)),  # pinned here: claimable
+            job("running", requires=("gpu",)),
+        )
+        [running] = (await claim(db, request(limit=1))).claimed
+        assert running.id == "plain"
+        await on(db, lambda jobs: jobs.release([(running, 0)]))
+        labels = [frozenset({"avx"}), frozenset({"gpu", "ssd"})]
+        got = await on(db, lambda jobs: jobs.stranded(["c", "x"], labels))
+        # both: no one cluster has avx and gpu; east: pinned to a cluster not here.
+        assert got == {(None, '["avx", "gpu"]'): 1, ("east", "[]"): 1}
+        got = await on(db, lambda jobs: jobs.stranded(["c"], [frozenset()]))
+        assert got == {
+            (None, '["gpu"]'): 3,
+            (None, '["avx", "gpu"]'): 1,
+            (None, '["avx"]'): 1,
+            ("east", "[]"): 1,
+        }
+        # Only waiting jobs: one in progress or finished is not stranded.
+        [first] = (await claim(db, request(limit=1))).claimed
+        await on(db, lambda jobs: jobs.finish([Outcome(first.id, first.token, State.COMPLETED)]))
+        [gpu] = (await claim(db, request(limit=1))).claimed
+        assert gpu.id == "gpu1"
+        got = await on(db, lambda jobs: jobs.stranded(["c"], [frozenset()]))
+        assert got[(None, '["gpu"]')] == 2

@@ -1580,3 +1580,76 @@ async def test_schemas_sharing_a_long_prefix_have_their_own_channels(postgres_ur
                 channels.append(db.jobs.channel)
     assert channels[0] != channels[1]
     assert all(len(channel.encode()) <= 63 for channel in channels)
+
+
+# -- a worker that says what it does --------------------------------------------------------
+
+
+def _lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == "corral.jobs" and r.levelno == level
+    ]
+
+
+async def test_a_worker_logs_when_each_job_starts_and_ends(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "bad":
+            raise jobs.DataError("row 3 has no date")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("good"), jobs.Job("bad")])
+        with caplog.at_level(logging.DEBUG, "corral.jobs"):
+            await run_all(db, handler, clusters=[corral.Cluster("c", 2)])
+    assert sorted(_lines(caplog, logging.DEBUG)) == [
+        "job bad started (attempt 1 on c)",
+        "job good started (attempt 1 on c)",
+    ]
+    ends = _lines(caplog, logging.INFO)
+    assert "job good completed (attempt 1 on c)" in ends
+    assert "job bad failed (attempt 1 on c): DATA: DataError: row 3 has no date" in ends
+
+
+async def test_with_the_logging_notifier_each_end_is_logged_once(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("good"))
+        processor = jobs.Processor(db, noop, config=config())  # the LoggingNotifier
+        with caplog.at_level(logging.INFO, "corral.jobs"), anyio.fail_after(60):
+            await processor.run(until_idle=True)
+    assert caplog.text.count("job good completed (attempt 1 on default)") == 1
+
+
+async def test_job_lines_cost_no_log_call_when_their_levels_are_off(
+    db_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger = logging.getLogger("corral.jobs")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"logged {args!r} with its level off")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job(f"j{i}") for i in range(20)])
+        with caplog.at_level(logging.WARNING, "corral.jobs"):
+            monkeypatch.setattr(logger, "debug", refuse)
+            monkeypatch.setattr(logger, "info", refuse)
+            await run_all(db, noop)
+        assert (await db.jobs.depth()).completed == 20
+
+
+async def test_an_idle_worker_says_which_jobs_no_cluster_of_it_can_take(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(
+            [
+                jobs.Job("ok"),
+                *(jobs.Job(f"gpu{i}", requires={"gpu"}) for i in range(3)),
+                jobs.Job("east", affinity="east"),
+            ]
+        )
+        with caplog.at_level(logging.INFO, "corral.jobs"):
+            await run_all(db, noop, clusters=[corral.Cluster("cpu", 2, labels={"avx"})])
+        assert (await db.jobs.depth()).completed == 1

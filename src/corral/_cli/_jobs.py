@@ -74,9 +74,28 @@ def _nothing_yet(url: str) -> str:
     return f"no jobs in {redact(url)} yet"
 
 
-@cli.group("jobs", short_help="Read and change the job queue.")
+#: ``corral jobs --help`` lists the subcommands in this order (a job's life), then any other.
+_ORDER = ("enqueue", "status", "list", "show", "cancel", "requeue", "purge")
+
+
+class _JobsGroup(click.Group):
+    """``corral jobs``: its help names every subcommand, in the order of a job's life."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: index for index, name in enumerate(_ORDER)}
+        return sorted(names, key=lambda name: (rank.get(name, len(_ORDER)), name))
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = ", ".join(self.list_commands(ctx))
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(f"Read and change the job queue: {names}.")
+
+
+@cli.group("jobs", cls=_JobsGroup, short_help="Read and change the job queue.")
 def jobs_group() -> None:
-    """Read and change the job queue: status, list, show, enqueue, requeue."""
+    """Read and change the job queue (the help lists every subcommand)."""
 
 
 @jobs_group.command("status", short_help="Count the jobs in each state.")

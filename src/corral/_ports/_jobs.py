@@ -296,6 +296,19 @@ class JobStore(Protocol):
         """
         ...
 
+    async def stranded(
+        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+    ) -> builtins.dict[tuple[str | None, str], int]:
+        """Count the waiting jobs a worker with these clusters could never take, by why.
+
+        A waiting job (ready, or retrying) counts if it is pinned to a cluster not in
+        ``clusters``, or pinned to none and requires labels no one of the clusters has
+        (``labels``: each cluster's). Returns how many, by ``(affinity, requires)`` as
+        stored (``affinity`` None for those pinned to none). Read once, when an idle
+        worker stops, to say what it leaves.
+        """
+        ...
+
     async def announce(self) -> None:
         """Tell the other connections' :meth:`watch` callbacks of free slots or jobs.
 
