@@ -535,3 +535,47 @@ def test_an_idle_worker_says_what_it_leaves_and_logs_each_job(db_url: str, tmp_p
     assert result.returncode == 0, result.stderr
     assert "job ok completed (attempt 1 on cpu)" in result.stderr
     assert result.stderr.count("3 jobs require labels no cluster has: gpu") == 1
+
+
+def test_worker_batch_size_and_log_level(db_url: str, tmp_path: Path) -> None:
+    _enqueue(db_url, jobs.Job("one"), jobs.Job("two"))
+    worker = ("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle")
+    result = _corral(
+        *worker, "--batch-size", "1", "--poll-interval", "0.05", cwd=_handlers(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "batch_size=1;" in result.stderr  # the start line names the limits it runs with
+    assert "2 claimed, 2 completed" in result.stderr
+    _enqueue(db_url, jobs.Job("three"), jobs.Job("bad", {"fail": "data", "row": 1}))
+    quiet = _corral(*worker, "--log-level", "warning", cwd=_handlers(tmp_path))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "INFO" not in quiet.stderr
+    assert "job bad failed" in quiet.stderr  # a failure is a warning: still shown
+    assert "WARNING" in quiet.stderr
+    assert _records(db_url)["three"].state is jobs.State.COMPLETED
+    assert "'loud' is not one of 'debug', 'info', 'warning', 'error'" in _fails(
+        *worker, "--log-level", "loud", code=2
+    )
+    assert "--batch-size" in _fails(*worker, "--batch-size", "0", code=2)
+    help_text = " ".join(_ok("worker", "--help").split())
+    for default in (
+        "--max-concurrent INTEGER RANGE Jobs running at once, in all. [default: 10; x>=1]",
+        "[default: 100; x>=1]",
+        "[default: info]",
+    ):
+        assert default in help_text, default
+
+
+def test_jobs_help_lists_every_subcommand() -> None:
+    from corral._cli._jobs import jobs_group
+
+    names = set(jobs_group.commands)
+    assert {"enqueue", "status", "list", "show", "requeue", "purge"} <= names
+    out = _ok("jobs", "--help")
+    summary = " ".join(out.split("Options:")[0].split())
+    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
+    assert set(listed) == names
+    assert listed[:4] == ["enqueue", "status", "list", "show"]  # in the order of a job's life
+    for name in names:
+        assert f" {name}" in summary, name  # the summary names each, none left out
+    assert "Read and change the job queue" in _ok("--help")
