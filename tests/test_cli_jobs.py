@@ -10,6 +10,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 import anyio
 import pytest
@@ -579,3 +580,43 @@ def test_jobs_help_lists_every_subcommand() -> None:
     for name in names:
         assert f" {name}" in summary, name  # the summary names each, none left out
     assert "Read and change the job queue" in _ok("--help")
+
+
+def _screen(lines: IO[str]) -> str:
+    """Read one table that ``--watch`` printed into a pipe (up to its bottom border)."""
+    screen: list[str] = []
+    for line in lines:
+        screen.append(line)
+        if line.startswith("└"):
+            return "".join(screen)
+    raise AssertionError(f"the output ended before a whole table: {''.join(screen)!r}")
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_status_watch_prints_each_change_until_stopped(db_url: str, as_json: bool) -> None:
+    """Into a pipe, ``jobs status --watch`` prints the counts, then again as they change."""
+    _enqueue(db_url, jobs.Job("a"))
+    command = [sys.executable, "-m", "corral", "jobs", "status", "--watch", "--db", db_url]
+    command += ["--refresh", "0.02", *(["--json"] if as_json else [])]
+    with subprocess.Popen(
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as watcher:
+        try:
+            assert watcher.stdout is not None
+
+            def ready() -> int:
+                if as_json:
+                    counts = json.loads(watcher.stdout.readline())  # one object a line
+                    return int(counts["ready"])
+                return int(dict(_rows(_screen(watcher.stdout)))["ready"])
+
+            assert ready() == 1
+            _enqueue(db_url, jobs.Job("b"), jobs.Job("c"))
+            assert ready() == 3  # printed once the counts changed, not at every refresh
+            watcher.send_signal(signal.SIGINT)
+            out, err = watcher.communicate(timeout=60)
+        finally:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    assert "Traceback" not in err
+    assert out == ""  # nothing changed after: nothing more printed

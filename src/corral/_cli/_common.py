@@ -7,6 +7,7 @@ import enum
 import json
 import logging
 import os
+import signal
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
+    "_cancel_on_signal",
     "_db_option",
     "_echo_json",
     "_json_option",
@@ -197,3 +199,14 @@ def _to_json(value: object) -> Any:
 def _echo_json(value: object) -> None:
     """Print ``value`` (see :func:`_to_json`) as one JSON document on stdout."""
     click.echo(json.dumps(_to_json(value), indent=2, ensure_ascii=False))
+
+
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Cancel ``scope`` on the first SIGINT or SIGTERM: a quiet stop, no traceback."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            scope.cancel()
+            return

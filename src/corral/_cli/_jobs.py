@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
+import anyio
 import click
 
 from .._connect import Database
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from .._ports import Session
 
 from ._common import (
+    _cancel_on_signal,
     _db_option,
     _echo_json,
     _json_option,
@@ -102,11 +106,25 @@ def jobs_group() -> None:
 @_db_option
 @click.option("--cluster", metavar="NAME", help="Count only the jobs of this cluster.")
 @_json_option
-def jobs_status(url: str | None, cluster: str | None) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Redraw live until Ctrl-C; into a pipe (or with --json), print the counts again "
+    "each time they change.",
+)
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Seconds between reads with --watch.",
+)
+def jobs_status(url: str | None, cluster: str | None, watch: bool, refresh: float) -> None:
     """Show how many jobs are in each state, overall or on one cluster.
 
     A job belongs to the cluster its latest attempt ran on, or before it runs, to the
-    cluster it is pinned to (its affinity).
+    cluster it is pinned to (its affinity). --watch follows the counts live, as
+    ``corral progress --watch`` follows a run.
     """
     url = url or default_url()
 
@@ -115,6 +133,9 @@ def jobs_status(url: str | None, cluster: str | None) -> None:
             return None
         return await (db.jobs.depth() if cluster is None else db.jobs.by_cluster(cluster))
 
+    if watch:
+        _open(url, lambda db: _watch_depth(db, read, url, cluster, refresh), read_only=True)
+        return
     depth = _open(url, read, read_only=True)
     if _json_wanted():
         _echo_json(_depth_json(depth or QueueDepth(), url, cluster))
@@ -432,6 +453,50 @@ def _job(fields: dict[str, Any], where: str) -> Job:
         return Job(**{**fields, "requires": frozenset(requires)})
     except (TypeError, ValueError) as exc:
         raise click.ClickException(f"{where}{exc}") from None
+
+
+async def _watch_depth(
+    db: Database,
+    read: Callable[[Database], Awaitable[QueueDepth | None]],
+    url: str,
+    cluster: str | None,
+    refresh: float,
+) -> None:
+    """``corral jobs status --watch``: read every ``refresh`` seconds until a signal.
+
+    On a terminal the table is redrawn in place (rich ``Live``); into a pipe, or with
+    ``--json`` (one object a line), the counts are printed once, then again each time
+    they change, so a script or a log sees every change and nothing twice.
+    """
+    from rich.console import Console, Group
+    from rich.live import Live
+
+    console = Console()
+    as_json = _json_wanted()
+    live = None if as_json or not console.is_terminal else Live(console=console, auto_refresh=False)
+    title = f"jobs {'' if cluster is None else f'on cluster {cluster} '}in {redact(url)}"
+    shown: QueueDepth | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(_cancel_on_signal, tg.cancel_scope)
+        if live is not None:
+            live.start()
+        try:
+            while True:
+                depth = await read(db) or QueueDepth()
+                if live is not None:
+                    now = _text(f"{title} at {datetime.now():%H:%M:%S} (Ctrl-C to stop)")
+                    live.update(Group(now, _depth_table(depth)), refresh=True)
+                elif depth != shown:
+                    if as_json:
+                        click.echo(json.dumps(_depth_json(depth, url, cluster)))
+                    else:
+                        console.print(Group(_text(title), _depth_table(depth)))
+                    sys.stdout.flush()
+                shown = depth
+                await anyio.sleep(refresh)
+        finally:
+            if live is not None:
+                live.stop()
 
 
 # -- the tables -------------------------------------------------------------------------------
