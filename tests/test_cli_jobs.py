@@ -381,6 +381,25 @@ def test_db_before_the_subcommand_or_from_corral_db(db_url: str, tmp_path: Path)
     assert "missing.db" in err
 
 
+def test_show_prints_the_traceback_of_the_last_failure(db_url: str, tmp_path: Path) -> None:
+    _enqueue(db_url, jobs.Job("data", {"fail": "data", "row": 7}), jobs.Job("ok"))
+    result = _corral(
+        *("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle"),
+        *("--poll-interval", "0.05"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    # The worker's log has the failure's traceback with it.
+    assert "job data failed" in result.stderr
+    assert "Traceback (most recent call last):" in result.stderr
+    assert 'handlers.py", line 9, in handle' in result.stderr
+    out = _ok("jobs", "show", "data", "--db", db_url)
+    assert "Traceback (most recent call last):" in out
+    assert 'handlers.py", line 9, in handle' in out
+    assert out.rstrip().endswith("DataError: bad [row] 7")  # brackets are text, not markup
+    assert "Traceback" not in _ok("jobs", "show", "ok", "--db", db_url)
+
+
 def _json(*args: str, cwd: Path | None = None) -> object:
     """Run a command with ``--json``; its stdout is one JSON document and nothing else."""
     return json.loads(_ok(*args, "--json", cwd=cwd))

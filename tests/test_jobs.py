@@ -11,6 +11,7 @@ import contextvars
 import functools
 import logging
 import random
+import re
 import threading
 import urllib.parse
 import uuid
@@ -1653,3 +1654,88 @@ async def test_an_idle_worker_says_which_jobs_no_cluster_of_it_can_take(
         with caplog.at_level(logging.INFO, "corral.jobs"):
             await run_all(db, noop, clusters=[corral.Cluster("cpu", 2, labels={"avx"})])
         assert (await db.jobs.depth()).completed == 1
+
+
+# -- tracebacks --------------------------------------------------------------------------------
+
+
+def _fail_deep(depth: int, message: str) -> None:
+    if depth:
+        _fail_deep(depth - 1, message)
+    raise jobs.PermanentError(message)
+
+
+class LoggingRecorder(jobs.LoggingNotifier):
+    """The logging notifier, keeping every event as well."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[jobs.JobEvent] = []
+
+    async def notify(self, event: jobs.JobEvent) -> None:
+        self.events.append(event)
+        await super().notify(event)
+
+
+async def test_a_failed_attempt_keeps_its_traceback(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    notifier = LoggingRecorder()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "fine":
+            return
+        async with ctx.step("parse"):
+            _fail_deep(50 if ctx.job.id == "deep" else 2, ctx.job.payload)
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("deep", "deep down"), jobs.Job("long", "x" * 50_000)])
+        await db.jobs.enqueue(jobs.Job("fine"))
+        with caplog.at_level(logging.WARNING, "corral.jobs"):
+            await run_all(db, handler, recorder=notifier)
+        deep = await db.jobs.get("deep")
+        assert deep.last_error is not None
+        assert deep.last_error.category is jobs.ErrorCategory.PERMANENT
+        tb = deep.error_traceback
+        assert tb is not None
+        assert tb.startswith("Traceback (most recent call last):\n")
+        assert tb.rstrip().endswith("PermanentError: deep down")
+        # Bounded: the last 20 frames, the innermost ones.
+        repeated = re.findall(r"\[Previous line repeated (\d+) more times?\]", tb)
+        assert tb.count('\n  File "') + sum(map(int, repeated)) == 20
+        assert "in _fail_deep" in tb
+        assert "in handler" not in tb
+        # And at most 16 KiB, keeping its start and its end.
+        long = (await db.jobs.get("long")).error_traceback
+        assert long is not None
+        assert len(long.encode()) <= 16 * 1024
+        assert long.startswith("Traceback (most recent call last):\n")
+        assert long.rstrip().endswith("x" * 100)
+        assert "cut" in long
+        assert (await db.jobs.get("fine")).error_traceback is None  # no failure, none
+        # The notifier's event carries it, and the corral.jobs logger logs it.
+        [failed] = [e for e in notifier.events if e.job_id == "deep"]
+        assert failed.traceback == tb
+        [logged] = [r for r in caplog.records if "job deep failed" in r.getMessage()]
+        assert logged.name == "corral.jobs"
+        assert "in _fail_deep" in caplog.text
+        assert "PermanentError: deep down" in caplog.text
+
+
+async def test_a_table_made_before_tracebacks_gets_their_column(db_url: str) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        raise jobs.DataError("bad row")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("old"))
+        drop = "ALTER TABLE corral_jobs DROP COLUMN error_traceback"
+        await db._run(lambda conn: conn.execute(drop))
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("new"))
+        await run_all(db, handler)
+        for job_id in ("old", "new"):
+            rec = await db.jobs.get(job_id)
+            assert rec.error_traceback is not None
+            assert "DataError: bad row" in rec.error_traceback
+    async with database(db_url) as db:  # and once there, it is left as it is
+        assert (await db.jobs.get("old")).error_traceback is not None

@@ -211,7 +211,13 @@ def jobs_show(job_id: str, url: str | None) -> None:
         except JobNotFoundError as exc:
             raise click.ClickException(f"{exc}; corral jobs list shows the ids") from exc
 
-    _print(_record_table(_open(url, read, read_only=True)))
+    record = _open(url, read, read_only=True)
+    shown = _record_table(record)
+    _print(shown)
+    if record.error_traceback and not isinstance(shown, _AsJson):  # JSON has it as a field
+        attempt = record.last_error.attempt if record.last_error is not None else "?"
+        click.echo(f"\ntraceback of attempt {attempt}:")
+        click.echo(record.error_traceback.rstrip())
 
 
 @jobs_group.command("requeue", short_help="Put dead or failed jobs back in the queue.")

@@ -201,6 +201,10 @@ class JobRecord:
     """The sum of the job's ``ctx.progress.increment()`` calls."""
     last_error: LastError | None
     """Its latest failure, if any (kept after a later success)."""
+    error_traceback: str | None
+    """The traceback of that failure, as Python prints it: its last 20 frames (of each
+    chained exception), at most 16 KiB (a longer one keeps its start and its end, and
+    says how much was cut). None where there is none (no failure, an expired lease)."""
     lease_owner: str | None
     """The worker holding its lease while it is in progress."""
     lease_expires_at: datetime | None

@@ -119,11 +119,14 @@ def reported(
             state.counts[_COUNTERS[outcome.state]] += 1
             kind = _KINDS[outcome.state]
             category, step, message = outcome.category, outcome.step, outcome.message
+            tb = outcome.traceback
         else:
             state.counts["lease_lost"] += 1
-            kind, category, step = EventKind.LEASE_LOST, None, None
+            kind, category, step, tb = EventKind.LEASE_LOST, None, None, None
             message = "the outcome was refused: another worker took the lease over"
-        event = JobEvent(kind, outcome.id, attempt, cluster, category, step, message, state.name)
+        event = JobEvent(
+            kind, outcome.id, attempt, cluster, category, step, message, state.name, tb
+        )
         events.append(event)
         if log_ends:
             log.info("%s", describe(event))
