@@ -77,6 +77,7 @@ async def run_all(
     *,
     clusters: list[corral.Cluster] | None = None,
     recorder: Recorder | None = None,
+    classify: Callable[[BaseException], object] | None = None,
     **kwargs: Any,
 ) -> jobs.Processor:
     processor = jobs.Processor(
@@ -85,10 +86,16 @@ async def run_all(
         clusters=clusters,
         config=config(**kwargs),
         notifier=recorder or Recorder(),
+        classify=classify,
     )
     with anyio.fail_after(60):
         await processor.run(until_idle=True)
     return processor
+
+
+def every_other_error_transient(exc: BaseException) -> jobs.ErrorCategory:
+    """The default classify before Python's errors had categories of their own."""
+    return jobs.classify(exc) if isinstance(exc, jobs.JobError) else jobs.ErrorCategory.TRANSIENT
 
 
 async def noop(ctx: jobs.JobContext) -> None:
@@ -174,7 +181,7 @@ def test_default_classification() -> None:
     assert jobs.classify(jobs.PermanentError("x")) is cat.PERMANENT
     assert jobs.classify(TimeoutError()) is cat.TRANSIENT
     assert jobs.classify(MemoryError()) is cat.RESOURCE
-    assert jobs.classify(ValueError()) is cat.TRANSIENT
+    assert jobs.classify(RuntimeError()) is cat.TRANSIENT
     assert cat.TRANSIENT.retryable
     assert not cat.DATA.retryable
     group = ExceptionGroup("g", [TimeoutError(), jobs.ConfigurationError("x"), ValueError()])
@@ -1097,7 +1104,7 @@ async def test_step_names_are_unique_within_an_attempt(db_url: str) -> None:
 
     async with database(db_url) as db:
         await db.jobs.enqueue(jobs.Job("a"))
-        await run_all(db, handler)
+        await run_all(db, handler, classify=every_other_error_transient)
         rec = await db.jobs.get("a")
         assert rec.state is jobs.State.DEAD  # a ValueError: retried, then kept
         assert rec.last_error is not None
@@ -1408,7 +1415,7 @@ async def test_what_a_handler_gives_that_a_database_cannot_store(db_url: str) ->
             async with ctx.step("s\x00"):
                 raise AssertionError("not reached")
 
-        await run_all(db, handler)
+        await run_all(db, handler, classify=every_other_error_transient)
         msg, step = await db.jobs.get("msg"), await db.jobs.get("step")
         assert msg.state is jobs.State.FAILED
         assert msg.last_error is not None
@@ -1739,3 +1746,62 @@ async def test_a_table_made_before_tracebacks_gets_their_column(db_url: str) -> 
             assert "DataError: bad row" in rec.error_traceback
     async with database(db_url) as db:  # and once there, it is left as it is
         assert (await db.jobs.get("old")).error_traceback is not None
+
+
+# -- classification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "category"),
+    [
+        (TypeError("unsupported operand"), "PERMANENT"),
+        (KeyError("date"), "PERMANENT"),
+        (IndexError("list index out of range"), "PERMANENT"),
+        (AttributeError("no attribute 'x'"), "PERMANENT"),
+        (NameError("name 'x' is not defined"), "PERMANENT"),
+        (UnboundLocalError("local 'x'"), "PERMANENT"),
+        (AssertionError("expected 3"), "PERMANENT"),
+        (NotImplementedError("later"), "PERMANENT"),
+        (ZeroDivisionError("division by zero"), "PERMANENT"),
+        (RecursionError("maximum recursion depth exceeded"), "PERMANENT"),
+        (ValueError("invalid literal for int()"), "DATA"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "DATA"),
+        (ModuleNotFoundError("No module named 'pandas'"), "CONFIGURATION"),
+        (OSError("disk busy"), "TRANSIENT"),
+        (ConnectionResetError("reset by peer"), "TRANSIENT"),
+        (TimeoutError("slow"), "TRANSIENT"),
+        (MemoryError(), "RESOURCE"),
+        (RuntimeError("something else"), "TRANSIENT"),
+        (Exception("anything else"), "TRANSIENT"),
+        (jobs.TransientError("a JobError's own category wins"), "TRANSIENT"),
+    ],
+)
+def test_python_errors_are_classified_by_what_a_retry_can_fix(
+    error: Exception, category: str
+) -> None:
+    assert jobs.classify(error) == category
+
+
+async def test_a_plain_bug_fails_at_once_and_a_dropped_connection_is_retried(
+    db_url: str,
+) -> None:
+    recorder = Recorder()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "bug":
+            _ = {}["missing column"]
+        elif ctx.attempt == 1:
+            raise ConnectionResetError("reset by peer")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("bug", max_retries=5), jobs.Job("net")])
+        await run_all(db, handler, recorder=recorder)
+        bug = await db.jobs.get("bug")
+        assert (bug.state, bug.attempts) == (jobs.State.FAILED, 1)  # not retried
+        assert bug.last_error is not None
+        assert bug.last_error.category is jobs.ErrorCategory.PERMANENT
+        assert bug.last_error.message == "KeyError: 'missing column'"
+        assert recorder.kinds("bug") == ["failed"]
+        net = await db.jobs.get("net")
+        assert (net.state, net.attempts) == (jobs.State.COMPLETED, 2)
+        assert recorder.kinds("net") == ["retrying", "completed"]
