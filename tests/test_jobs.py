@@ -1590,79 +1590,6 @@ async def test_schemas_sharing_a_long_prefix_have_their_own_channels(postgres_ur
     assert all(len(channel.encode()) <= 63 for channel in channels)
 
 
-# -- a worker that says what it does --------------------------------------------------------
-
-
-def _lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.name == "corral.jobs" and r.levelno == level
-    ]
-
-
-async def test_a_worker_logs_when_each_job_starts_and_ends(
-    db_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    async def handler(ctx: jobs.JobContext) -> None:
-        if ctx.job.id == "bad":
-            raise jobs.DataError("row 3 has no date")
-
-    async with database(db_url) as db:
-        await db.jobs.enqueue_many([jobs.Job("good"), jobs.Job("bad")])
-        with caplog.at_level(logging.DEBUG, "corral.jobs"):
-            await run_all(db, handler, clusters=[corral.Cluster("c", 2)])
-    assert sorted(_lines(caplog, logging.DEBUG)) == [
-        "job bad started (attempt 1 on c)",
-        "job good started (attempt 1 on c)",
-    ]
-    ends = _lines(caplog, logging.INFO)
-    assert "job good completed (attempt 1 on c)" in ends
-    assert "job bad failed (attempt 1 on c): DATA: DataError: row 3 has no date" in ends
-
-
-async def test_with_the_logging_notifier_each_end_is_logged_once(
-    db_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    async with database(db_url) as db:
-        await db.jobs.enqueue(jobs.Job("good"))
-        processor = jobs.Processor(db, noop, config=config())  # the LoggingNotifier
-        with caplog.at_level(logging.INFO, "corral.jobs"), anyio.fail_after(60):
-            await processor.run(until_idle=True)
-    assert caplog.text.count("job good completed (attempt 1 on default)") == 1
-
-
-async def test_job_lines_cost_no_log_call_when_their_levels_are_off(
-    db_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    logger = logging.getLogger("corral.jobs")
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"logged {args!r} with its level off")
-
-    async with database(db_url) as db:
-        await db.jobs.enqueue_many([jobs.Job(f"j{i}") for i in range(20)])
-        with caplog.at_level(logging.WARNING, "corral.jobs"):
-            monkeypatch.setattr(logger, "debug", refuse)
-            monkeypatch.setattr(logger, "info", refuse)
-            await run_all(db, noop)
-        assert (await db.jobs.depth()).completed == 20
-
-
-async def test_an_idle_worker_says_which_jobs_no_cluster_of_it_can_take(
-    db_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    async with database(db_url) as db:
-        await db.jobs.enqueue_many(
-            [
-                jobs.Job("ok"),
-                *(jobs.Job(f"gpu{i}", requires={"gpu"}) for i in range(3)),
-                jobs.Job("east", affinity="east"),
-            ]
-        )
-        with caplog.at_level(logging.INFO, "corral.jobs"):
-            await run_all(db, noop, clusters=[corral.Cluster("cpu", 2, labels={"avx"})])
-        assert (await db.jobs.depth()).completed == 1
-
-
 # -- tracebacks --------------------------------------------------------------------------------
 
 
@@ -1746,6 +1673,141 @@ async def test_a_table_made_before_tracebacks_gets_their_column(db_url: str) -> 
             assert "DataError: bad row" in rec.error_traceback
     async with database(db_url) as db:  # and once there, it is left as it is
         assert (await db.jobs.get("old")).error_traceback is not None
+
+
+# -- a worker that says what it does --------------------------------------------------------
+
+
+def _lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == "corral.jobs" and r.levelno == level
+    ]
+
+
+async def test_a_worker_logs_when_each_job_starts_and_ends(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "bad":
+            raise jobs.DataError("row 3 has no date")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("good"), jobs.Job("bad")])
+        with caplog.at_level(logging.DEBUG, "corral.jobs"):
+            await run_all(db, handler, clusters=[corral.Cluster("c", 2)])
+    assert sorted(_lines(caplog, logging.DEBUG)) == [
+        "job bad started (attempt 1 on c)",
+        "job good started (attempt 1 on c)",
+    ]
+    ends = _lines(caplog, logging.INFO)
+    assert "job good completed (attempt 1 on c)" in ends
+    assert "job bad failed (attempt 1 on c): DATA: DataError: row 3 has no date" in ends
+
+
+async def test_with_the_logging_notifier_each_end_is_logged_once(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("good"))
+        processor = jobs.Processor(db, noop, config=config())  # the LoggingNotifier
+        with caplog.at_level(logging.INFO, "corral.jobs"), anyio.fail_after(60):
+            await processor.run(until_idle=True)
+    assert caplog.text.count("job good completed (attempt 1 on default)") == 1
+
+
+async def test_job_lines_cost_no_log_call_when_their_levels_are_off(
+    db_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger = logging.getLogger("corral.jobs")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"logged {args!r} with its level off")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job(f"j{i}") for i in range(20)])
+        with caplog.at_level(logging.WARNING, "corral.jobs"):
+            monkeypatch.setattr(logger, "debug", refuse)
+            monkeypatch.setattr(logger, "info", refuse)
+            await run_all(db, noop)
+        assert (await db.jobs.depth()).completed == 20
+
+
+async def test_an_idle_worker_says_which_jobs_no_cluster_of_it_can_take(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(
+            [
+                jobs.Job("ok"),
+                *(jobs.Job(f"gpu{i}", requires={"gpu"}) for i in range(3)),
+                jobs.Job("east", affinity="east"),
+            ]
+        )
+        with caplog.at_level(logging.INFO, "corral.jobs"):
+            await run_all(db, noop, clusters=[corral.Cluster("cpu", 2, labels={"avx"})])
+        assert (await db.jobs.depth()).completed == 1
+    [line] = [m for m in _lines(caplog, logging.WARNING) if "no cluster" in m]
+    assert "3 jobs require labels no cluster has: gpu" in line
+    assert "1 job is pinned to a cluster it lacks: east" in line
+
+
+async def test_an_idle_worker_that_leaves_nothing_says_nothing_of_it(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("ok"), jobs.Job("gpu", requires={"gpu"})])
+        with caplog.at_level(logging.INFO, "corral.jobs"):
+            await run_all(db, noop, clusters=[corral.Cluster("g", 2, labels={"gpu"})])
+    assert not _lines(caplog, logging.WARNING)
+
+
+def test_mixed_costs_are_warned_about(caplog: pytest.LogCaptureFixture, tmp_path: Any) -> None:
+    """A cluster without a cost ranks after those with one: said once, when it is made."""
+    clusters = [corral.Cluster("a", 1, cost=0.5), corral.Cluster("b", 1), corral.Cluster("c", 1)]
+    with caplog.at_level(logging.WARNING, "corral.jobs"):
+
+        async def make() -> None:
+            async with corral.connect(f"sqlite:///{tmp_path / 'q.db'}") as db:
+                jobs.Processor(db, noop, clusters=clusters)
+                jobs.Processor(db, noop, clusters=clusters[:1])
+                jobs.Processor(db, noop, clusters=clusters[1:])
+
+        anyio.run(make)
+    [line] = _lines(caplog, logging.WARNING)
+    assert "b, c have no cost" in line
+    assert "ranks them after a" in line
+    place = _routing.route(jobs.Job("x"), clusters, {"a": 1, "b": 1, "c": 1})
+    assert place is not None
+    assert place[0] == "a"
+
+
+async def test_run_reports_started_once_it_is_listening(db_url: str) -> None:
+    """``await tg.start(processor.run)`` returns with the store ready and watched: a job
+    enqueued then (from another connection on PostgreSQL) runs without a poll."""
+    done = anyio.Event()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        done.set()
+
+    async with database(db_url) as db, database(db_url) as other:
+        processor = jobs.Processor(db, handler, config=config(poll_interval=3600))
+        async with anyio.create_task_group() as tg:
+            await tg.start(processor.run)
+            assert processor.statistics().running == 0
+            source = other if db_url.startswith("postgres") else db
+            await source.jobs.enqueue(jobs.Job("now"))
+            with anyio.fail_after(20):
+                await done.wait()
+            tg.cancel_scope.cancel()
+
+
+async def test_run_started_with_until_idle_returns_once_idle(db_url: str) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("one"))
+        processor = jobs.Processor(db, noop, config=config())
+        async with anyio.create_task_group() as tg:
+            await tg.start(functools.partial(processor.run, until_idle=True))
+        assert (await db.jobs.depth()).completed == 1
 
 
 # -- classification ----------------------------------------------------------------------------
