@@ -87,6 +87,13 @@ def _annotation(annotation: object) -> str:
     return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
 
 
+def _default(value: object) -> str:
+    """Spell a default as its source does (anyio's ignored task status has no repr)."""
+    import anyio
+
+    return "anyio.TASK_STATUS_IGNORED" if value is anyio.TASK_STATUS_IGNORED else repr(value)
+
+
 def _parameters_with_markers(signature: inspect.Signature) -> list[str]:
     out: list[str] = []
     params = list(signature.parameters.values())
@@ -104,9 +111,9 @@ def _parameters_with_markers(signature: inspect.Signature) -> list[str]:
         if param.annotation is not inspect.Parameter.empty:
             text += f": {_annotation(param.annotation)}"
             if param.default is not inspect.Parameter.empty:
-                text += f" = {param.default!r}"
+                text += f" = {_default(param.default)}"
         elif param.default is not inspect.Parameter.empty:
-            text += f"={param.default!r}"
+            text += f"={_default(param.default)}"
         out.append(text)
         if param.kind is inspect.Parameter.POSITIONAL_ONLY and (
             index + 1 == len(params) or kinds[index + 1] is not inspect.Parameter.POSITIONAL_ONLY

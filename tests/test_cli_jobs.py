@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 import anyio
 import pytest
@@ -346,3 +348,294 @@ def test_worker_errors_name_the_fix(
     err = _fails("worker", "--db", url, "--until-idle", *args, code=code, cwd=_handlers(tmp_path))
     assert expected in err
     assert not (tmp_path / "jobs.db").exists()  # refused before opening the database
+
+
+# -- issue 13: the command line as an operator uses it ----------------------------------------
+
+
+def test_db_before_the_subcommand_or_from_corral_db(db_url: str, tmp_path: Path) -> None:
+    """``corral --db URL jobs status`` works as ``corral jobs status --db URL`` does."""
+    _ok("--db", db_url, "jobs", "enqueue", "early")
+    _ok("jobs", "enqueue", "late", "--db", db_url)
+    assert sorted(_records(db_url)) == ["early", "late"]
+    after = _ok("jobs", "status", "--db", db_url)
+    assert _ok("--db", db_url, "jobs", "status") == after
+    assert dict(_rows(after))["ready"] == "2"
+    assert "no runs recorded" in _ok("--db", db_url, "progress")
+    from_env = subprocess.run(
+        [sys.executable, "-m", "corral", "jobs", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "CORRAL_DB": db_url},
+        check=False,
+    )
+    assert from_env.returncode == 0, from_env.stderr
+    assert [row[0] for row in _rows(from_env.stdout)] == ["early", "late"]
+    # both given: the one after the subcommand, nearer the command, wins
+    other = f"sqlite:///{tmp_path / 'missing.db'}"
+    assert "no database at" in _fails("--db", db_url, "jobs", "status", "--db", other)
+    assert _ok("--db", other, "jobs", "status", "--db", db_url) == after
+    err = _fails("--db", other, "jobs", "status")
+    assert "no database at" in err
+    assert "missing.db" in err
+
+
+def test_show_prints_the_traceback_of_the_last_failure(db_url: str, tmp_path: Path) -> None:
+    _enqueue(db_url, jobs.Job("data", {"fail": "data", "row": 7}), jobs.Job("ok"))
+    result = _corral(
+        *("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle"),
+        *("--poll-interval", "0.05"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    # The worker's log has the failure's traceback with it.
+    assert "job data failed" in result.stderr
+    assert "Traceback (most recent call last):" in result.stderr
+    assert 'handlers.py", line 9, in handle' in result.stderr
+    out = _ok("jobs", "show", "data", "--db", db_url)
+    assert "Traceback (most recent call last):" in out
+    assert 'handlers.py", line 9, in handle' in out
+    assert out.rstrip().endswith("DataError: bad [row] 7")  # brackets are text, not markup
+    assert "Traceback" not in _ok("jobs", "show", "ok", "--db", db_url)
+
+
+def _json(*args: str, cwd: Path | None = None) -> object:
+    """Run a command with ``--json``; its stdout is one JSON document and nothing else."""
+    return json.loads(_ok(*args, "--json", cwd=cwd))
+
+
+def test_json_for_scripts(db_url: str, tmp_path: Path) -> None:
+    """``--json`` on ``jobs status|list|show`` and ``progress``: the documented keys."""
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert "no database at" in _fails("jobs", "status", "--db", empty, "--json")
+    _enqueue(
+        db_url,
+        jobs.Job(
+            "ws-1",
+            {"n": 2, "tags": ["x"]},
+            priority="high",
+            customer="acme",
+            requires={"ssd", "gpu"},
+        ),
+        jobs.Job("bad", {"fail": "data", "row": 7}, affinity="a"),
+        jobs.Job("ws-3"),
+    )
+    result = _corral(
+        *("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle"),
+        *("--cluster", "a=1,labels=gpu+ssd", "--poll-interval", "0.05"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    _enqueue(db_url, jobs.Job("later", customer="zed"))
+
+    status = _json("jobs", "status", "--db", db_url)
+    assert status == {
+        "database": status["database"],
+        "cluster": None,
+        "ready": 1,
+        "in_progress": 0,
+        "retrying": 0,
+        "completed": 2,
+        "failed": 1,
+        "dead": 0,
+        "pending": 1,
+        "total": 4,
+    }
+    assert status["database"] in _ok("jobs", "status", "--db", db_url)  # redacted, as shown
+    on_a = _json("jobs", "status", "--db", db_url, "--cluster", "a")
+    assert isinstance(on_a, dict)
+    assert (on_a["cluster"], on_a["total"]) == ("a", 3)
+
+    listed = _json("jobs", "list", "--db", db_url)
+    assert isinstance(listed, list)
+    assert [job["id"] for job in listed] == ["ws-1", "bad", "ws-3", "later"]  # claim order
+    limited = _corral("jobs", "list", "--db", db_url, "--json", "--limit", "1")
+    assert [job["id"] for job in json.loads(limited.stdout)] == ["ws-1"]
+    assert "1 of 4 jobs shown; pass --limit 4 for all" in limited.stderr  # not in the JSON
+    assert [job["id"] for job in _json("jobs", "list", "--db", db_url, "--state", "failed")] == [
+        "bad"
+    ]
+    assert _json("jobs", "list", "--db", db_url, "--state", "dead") == []
+
+    shown = _json("jobs", "show", "ws-1", "--db", db_url)
+    assert isinstance(shown, dict)
+    assert shown == listed[0]
+    expected = {
+        "id": "ws-1",
+        "payload": {"n": 2, "tags": ["x"]},
+        "priority": "high",
+        "customer": "acme",
+        "affinity": None,
+        "region": None,
+        "requires": ["gpu", "ssd"],
+        "max_retries": 3,
+        "state": "completed",
+        "attempts": 1,
+        "cluster": "a",
+        "steps_done": ["fetch"],
+        "progress": 2,
+        "last_error": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    assert {key: shown[key] for key in expected} == expected
+    for key in ("created_at", "started_at", "updated_at", "finished_at"):
+        assert datetime.fromisoformat(shown[key]).utcoffset() is not None, key  # aware
+    assert isinstance(shown["route_reason"], str)
+    bad = _json("jobs", "show", "bad", "--db", db_url)
+    assert isinstance(bad, dict)
+    assert bad["state"] == "failed"
+    error = bad["last_error"]
+    assert {key: error[key] for key in ("category", "step", "message", "attempt")} == {
+        "category": "DATA",
+        "step": None,
+        "message": "DataError: bad [row] 7",
+        "attempt": 1,
+    }
+    assert "no job with id 'nope'" in _fails("jobs", "show", "nope", "--db", db_url, "--json")
+
+
+def test_progress_json_for_scripts(db_url: str) -> None:
+    async def main() -> int:
+        async with corral.connect(db_url) as db:
+            first = await db.progress.start_run("STATIC", "first")
+            await first.complete(message="all done")
+            run = await db.progress.start_run("STATIC", "counties")
+            sub = await run.start_subtask(1, "count", items_total=10)
+            sub.increment(4)
+            await run.start_subtask(2, "sums")
+            return run.id
+
+    run_id = anyio.run(main)
+    runs = _json("progress", "--db", db_url)
+    assert isinstance(runs, list)
+    assert [(r["id"], r["name"], r["status"]) for r in runs] == [
+        (run_id, "counties", "RUNNING"),
+        (run_id - 1, "first", "COMPLETED"),
+    ]
+    assert {key: runs[1][key] for key in ("type", "message")} == {
+        "type": "STATIC",
+        "message": "all done",
+    }
+    assert runs[0]["ended_at"] is None
+    assert datetime.fromisoformat(runs[1]["ended_at"]).utcoffset() is not None
+    one = _json("progress", str(run_id), "--db", db_url)
+    assert isinstance(one, dict)
+    assert {key: one[key] for key in runs[0]} == runs[0]
+    assert [
+        {key: s[key] for key in ("number", "name", "status", "items_total", "items_complete")}
+        for s in one["subtasks"]
+    ] == [
+        {"number": 1, "name": "count", "status": "RUNNING", "items_total": 10, "items_complete": 4},
+        {
+            "number": 2,
+            "name": "sums",
+            "status": "RUNNING",
+            "items_total": None,
+            "items_complete": 0,
+        },
+    ]
+    assert one["subtasks"][0]["percent"] == 40.0
+    err = _fails("progress", "--db", db_url, "--json", "--watch", code=2)
+    assert "--json prints one snapshot" in err
+
+
+def test_an_idle_worker_says_what_it_leaves_and_logs_each_job(db_url: str, tmp_path: Path) -> None:
+    _enqueue(
+        db_url,
+        jobs.Job("ok"),
+        *(jobs.Job(f"gpu{i}", requires={"gpu"}) for i in range(3)),
+    )
+    result = _corral(
+        *("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle"),
+        *("--cluster", "cpu=2", "--poll-interval", "0.05", "--name", "cli-idle"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "job ok completed (attempt 1 on cpu)" in result.stderr
+    assert result.stderr.count("3 jobs require labels no cluster has: gpu") == 1
+
+
+def test_worker_batch_size_and_log_level(db_url: str, tmp_path: Path) -> None:
+    _enqueue(db_url, jobs.Job("one"), jobs.Job("two"))
+    worker = ("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle")
+    result = _corral(
+        *worker, "--batch-size", "1", "--poll-interval", "0.05", cwd=_handlers(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "batch_size=1;" in result.stderr  # the start line names the limits it runs with
+    assert "2 claimed, 2 completed" in result.stderr
+    _enqueue(db_url, jobs.Job("three"), jobs.Job("bad", {"fail": "data", "row": 1}))
+    quiet = _corral(*worker, "--log-level", "warning", cwd=_handlers(tmp_path))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "INFO" not in quiet.stderr
+    assert "job bad failed" in quiet.stderr  # a failure is a warning: still shown
+    assert "WARNING" in quiet.stderr
+    assert _records(db_url)["three"].state is jobs.State.COMPLETED
+    assert "'loud' is not one of 'debug', 'info', 'warning', 'error'" in _fails(
+        *worker, "--log-level", "loud", code=2
+    )
+    assert "--batch-size" in _fails(*worker, "--batch-size", "0", code=2)
+    help_text = " ".join(_ok("worker", "--help").split())
+    for default in (
+        "--max-concurrent INTEGER RANGE Jobs running at once, in all. [default: 10; x>=1]",
+        "[default: 100; x>=1]",
+        "[default: info]",
+    ):
+        assert default in help_text, default
+
+
+def test_jobs_help_lists_every_subcommand() -> None:
+    from corral._cli._jobs import jobs_group
+
+    names = set(jobs_group.commands)
+    assert {"enqueue", "status", "list", "show", "requeue", "purge"} <= names
+    out = _ok("jobs", "--help")
+    summary = " ".join(out.split("Options:")[0].split())
+    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
+    assert set(listed) == names
+    assert listed[:4] == ["enqueue", "status", "list", "show"]  # in the order of a job's life
+    for name in names:
+        assert f" {name}" in summary, name  # the summary names each, none left out
+    assert "Read and change the job queue" in _ok("--help")
+
+
+def _screen(lines: IO[str]) -> str:
+    """Read one table that ``--watch`` printed into a pipe (up to its bottom border)."""
+    screen: list[str] = []
+    for line in lines:
+        screen.append(line)
+        if line.startswith("└"):
+            return "".join(screen)
+    raise AssertionError(f"the output ended before a whole table: {''.join(screen)!r}")
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_status_watch_prints_each_change_until_stopped(db_url: str, as_json: bool) -> None:
+    """Into a pipe, ``jobs status --watch`` prints the counts, then again as they change."""
+    _enqueue(db_url, jobs.Job("a"))
+    command = [sys.executable, "-m", "corral", "jobs", "status", "--watch", "--db", db_url]
+    command += ["--refresh", "0.02", *(["--json"] if as_json else [])]
+    with subprocess.Popen(
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as watcher:
+        try:
+            assert watcher.stdout is not None
+
+            def ready() -> int:
+                if as_json:
+                    counts = json.loads(watcher.stdout.readline())  # one object a line
+                    return int(counts["ready"])
+                return int(dict(_rows(_screen(watcher.stdout)))["ready"])
+
+            assert ready() == 1
+            _enqueue(db_url, jobs.Job("b"), jobs.Job("c"))
+            assert ready() == 3  # printed once the counts changed, not at every refresh
+            watcher.send_signal(signal.SIGINT)
+            out, err = watcher.communicate(timeout=60)
+        finally:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    assert "Traceback" not in err
+    assert out == ""  # nothing changed after: nothing more printed

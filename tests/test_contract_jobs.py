@@ -688,3 +688,91 @@ async def test_watch_is_called_back_on_new_work_from_another_connection(
         with anyio.fail_after(10):
             await woken.wait()
         await on(db, lambda jobs: jobs.unwatch(woken.set))
+
+
+async def test_stranded_counts_the_waiting_jobs_a_worker_could_never_take(store_url: str) -> None:
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(
+            db,
+            job("plain"),
+            job("gpu1", requires=("gpu",)),
+            job("gpu2", requires=("gpu",)),
+            job("both", requires=("avx", "gpu")),
+            job("avx", requires=("avx",)),
+            job("east", affinity="east"),
+            job("mine", affinity="c", requires=("tpu",)),  # pinned here: claimable
+            job("running", requires=("gpu",)),
+        )
+        [running] = (await claim(db, request(limit=1))).claimed
+        assert running.id == "plain"
+        await on(db, lambda jobs: jobs.release([(running, 0)]))
+        labels = [frozenset({"avx"}), frozenset({"gpu", "ssd"})]
+        got = await on(db, lambda jobs: jobs.stranded(["c", "x"], labels))
+        # both: no one cluster has avx and gpu; east: pinned to a cluster not here.
+        assert got == {(None, '["avx", "gpu"]'): 1, ("east", "[]"): 1}
+        got = await on(db, lambda jobs: jobs.stranded(["c"], [frozenset()]))
+        assert got == {
+            (None, '["gpu"]'): 3,
+            (None, '["avx", "gpu"]'): 1,
+            (None, '["avx"]'): 1,
+            ("east", "[]"): 1,
+        }
+        # Only waiting jobs: one in progress or finished is not stranded.
+        [first] = (await claim(db, request(limit=1))).claimed
+        await on(db, lambda jobs: jobs.finish([Outcome(first.id, first.token, State.COMPLETED)]))
+        [gpu] = (await claim(db, request(limit=1))).claimed
+        assert gpu.id == "gpu1"
+        got = await on(db, lambda jobs: jobs.stranded(["c"], [frozenset()]))
+        assert got[(None, '["gpu"]')] == 2
+
+
+# -- tracebacks --------------------------------------------------------------------------------
+
+
+async def test_an_outcome_stores_its_traceback_with_the_last_error(store_url: str) -> None:
+    tb = "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nKeyError: 'k'\n"
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(db, job("a"), job("b"), job("c"))
+        claimed = {c.id: c for c in (await claim(db)).claimed}
+        outcomes = [
+            Outcome(
+                "a",
+                claimed["a"].token,
+                State.RETRYING,
+                category=ErrorCategory.TRANSIENT,
+                message="KeyError: 'k'",
+                traceback=tb,
+            ),
+            Outcome("b", claimed["b"].token, State.FAILED, category=ErrorCategory.DATA),
+            Outcome("c", claimed["c"].token, State.RETRYING, category=ErrorCategory.TRANSIENT),
+        ]
+        await on(db, lambda jobs: jobs.finish(outcomes))
+        assert (await get(db, "a"))["error_traceback"] == tb
+        assert (await get(db, "b"))["error_traceback"] is None
+        # A later success keeps the last error, its traceback with it.
+        again = {c.id: c for c in (await claim(db, request(lease_seconds=EXPIRED))).claimed}
+        done = Outcome("a", again["a"].token, State.COMPLETED)
+        await on(db, lambda jobs: jobs.finish([done]))
+        assert (await get(db, "a"))["error_traceback"] == tb
+        # An expired lease replaces the last error: no traceback of an older attempt stays.
+        await on(
+            db,
+            lambda jobs: jobs.finish(
+                [
+                    Outcome(
+                        "c",
+                        again["c"].token,
+                        State.RETRYING,
+                        category=ErrorCategory.TRANSIENT,
+                        traceback=tb,
+                    )
+                ]
+            ),
+        )
+        assert ids((await claim(db, request(lease_seconds=EXPIRED))).claimed) == ["c"]
+        await claim(db)
+        row = await get(db, "c")
+        assert row["error_message"].startswith("lease expired")
+        assert row["error_traceback"] is None

@@ -11,6 +11,7 @@ import contextvars
 import functools
 import logging
 import random
+import re
 import threading
 import urllib.parse
 import uuid
@@ -76,6 +77,7 @@ async def run_all(
     *,
     clusters: list[corral.Cluster] | None = None,
     recorder: Recorder | None = None,
+    classify: Callable[[BaseException], object] | None = None,
     **kwargs: Any,
 ) -> jobs.Processor:
     processor = jobs.Processor(
@@ -84,10 +86,16 @@ async def run_all(
         clusters=clusters,
         config=config(**kwargs),
         notifier=recorder or Recorder(),
+        classify=classify,
     )
     with anyio.fail_after(60):
         await processor.run(until_idle=True)
     return processor
+
+
+def every_other_error_transient(exc: BaseException) -> jobs.ErrorCategory:
+    """The default classify before Python's errors had categories of their own."""
+    return jobs.classify(exc) if isinstance(exc, jobs.JobError) else jobs.ErrorCategory.TRANSIENT
 
 
 async def noop(ctx: jobs.JobContext) -> None:
@@ -173,7 +181,7 @@ def test_default_classification() -> None:
     assert jobs.classify(jobs.PermanentError("x")) is cat.PERMANENT
     assert jobs.classify(TimeoutError()) is cat.TRANSIENT
     assert jobs.classify(MemoryError()) is cat.RESOURCE
-    assert jobs.classify(ValueError()) is cat.TRANSIENT
+    assert jobs.classify(RuntimeError()) is cat.TRANSIENT
     assert cat.TRANSIENT.retryable
     assert not cat.DATA.retryable
     group = ExceptionGroup("g", [TimeoutError(), jobs.ConfigurationError("x"), ValueError()])
@@ -1096,7 +1104,7 @@ async def test_step_names_are_unique_within_an_attempt(db_url: str) -> None:
 
     async with database(db_url) as db:
         await db.jobs.enqueue(jobs.Job("a"))
-        await run_all(db, handler)
+        await run_all(db, handler, classify=every_other_error_transient)
         rec = await db.jobs.get("a")
         assert rec.state is jobs.State.DEAD  # a ValueError: retried, then kept
         assert rec.last_error is not None
@@ -1407,7 +1415,7 @@ async def test_what_a_handler_gives_that_a_database_cannot_store(db_url: str) ->
             async with ctx.step("s\x00"):
                 raise AssertionError("not reached")
 
-        await run_all(db, handler)
+        await run_all(db, handler, classify=every_other_error_transient)
         msg, step = await db.jobs.get("msg"), await db.jobs.get("step")
         assert msg.state is jobs.State.FAILED
         assert msg.last_error is not None
@@ -1580,3 +1588,282 @@ async def test_schemas_sharing_a_long_prefix_have_their_own_channels(postgres_ur
                 channels.append(db.jobs.channel)
     assert channels[0] != channels[1]
     assert all(len(channel.encode()) <= 63 for channel in channels)
+
+
+# -- tracebacks --------------------------------------------------------------------------------
+
+
+def _fail_deep(depth: int, message: str) -> None:
+    if depth:
+        _fail_deep(depth - 1, message)
+    raise jobs.PermanentError(message)
+
+
+class LoggingRecorder(jobs.LoggingNotifier):
+    """The logging notifier, keeping every event as well."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[jobs.JobEvent] = []
+
+    async def notify(self, event: jobs.JobEvent) -> None:
+        self.events.append(event)
+        await super().notify(event)
+
+
+async def test_a_failed_attempt_keeps_its_traceback(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    notifier = LoggingRecorder()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "fine":
+            return
+        async with ctx.step("parse"):
+            _fail_deep(50 if ctx.job.id == "deep" else 2, ctx.job.payload)
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("deep", "deep down"), jobs.Job("long", "x" * 50_000)])
+        await db.jobs.enqueue(jobs.Job("fine"))
+        with caplog.at_level(logging.WARNING, "corral.jobs"):
+            await run_all(db, handler, recorder=notifier)
+        deep = await db.jobs.get("deep")
+        assert deep.last_error is not None
+        assert deep.last_error.category is jobs.ErrorCategory.PERMANENT
+        tb = deep.error_traceback
+        assert tb is not None
+        assert tb.startswith("Traceback (most recent call last):\n")
+        assert tb.rstrip().endswith("PermanentError: deep down")
+        # Bounded: the last 20 frames, the innermost ones.
+        repeated = re.findall(r"\[Previous line repeated (\d+) more times?\]", tb)
+        assert tb.count('\n  File "') + sum(map(int, repeated)) == 20
+        assert "in _fail_deep" in tb
+        assert "in handler" not in tb
+        # And at most 16 KiB, keeping its start and its end.
+        long = (await db.jobs.get("long")).error_traceback
+        assert long is not None
+        assert len(long.encode()) <= 16 * 1024
+        assert long.startswith("Traceback (most recent call last):\n")
+        assert long.rstrip().endswith("x" * 100)
+        assert "cut" in long
+        assert (await db.jobs.get("fine")).error_traceback is None  # no failure, none
+        # The notifier's event carries it, and the corral.jobs logger logs it.
+        [failed] = [e for e in notifier.events if e.job_id == "deep"]
+        assert failed.traceback == tb
+        [logged] = [r for r in caplog.records if "job deep failed" in r.getMessage()]
+        assert logged.name == "corral.jobs"
+        assert "in _fail_deep" in caplog.text
+        assert "PermanentError: deep down" in caplog.text
+
+
+async def test_a_table_made_before_tracebacks_gets_their_column(db_url: str) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        raise jobs.DataError("bad row")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("old"))
+        drop = "ALTER TABLE corral_jobs DROP COLUMN error_traceback"
+        await db._run(lambda conn: conn.execute(drop))
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("new"))
+        await run_all(db, handler)
+        for job_id in ("old", "new"):
+            rec = await db.jobs.get(job_id)
+            assert rec.error_traceback is not None
+            assert "DataError: bad row" in rec.error_traceback
+    async with database(db_url) as db:  # and once there, it is left as it is
+        assert (await db.jobs.get("old")).error_traceback is not None
+
+
+# -- a worker that says what it does --------------------------------------------------------
+
+
+def _lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == "corral.jobs" and r.levelno == level
+    ]
+
+
+async def test_a_worker_logs_when_each_job_starts_and_ends(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "bad":
+            raise jobs.DataError("row 3 has no date")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("good"), jobs.Job("bad")])
+        with caplog.at_level(logging.DEBUG, "corral.jobs"):
+            await run_all(db, handler, clusters=[corral.Cluster("c", 2)])
+    assert sorted(_lines(caplog, logging.DEBUG)) == [
+        "job bad started (attempt 1 on c)",
+        "job good started (attempt 1 on c)",
+    ]
+    ends = _lines(caplog, logging.INFO)
+    assert "job good completed (attempt 1 on c)" in ends
+    assert "job bad failed (attempt 1 on c): DATA: DataError: row 3 has no date" in ends
+
+
+async def test_with_the_logging_notifier_each_end_is_logged_once(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("good"))
+        processor = jobs.Processor(db, noop, config=config())  # the LoggingNotifier
+        with caplog.at_level(logging.INFO, "corral.jobs"), anyio.fail_after(60):
+            await processor.run(until_idle=True)
+    assert caplog.text.count("job good completed (attempt 1 on default)") == 1
+
+
+async def test_job_lines_cost_no_log_call_when_their_levels_are_off(
+    db_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger = logging.getLogger("corral.jobs")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"logged {args!r} with its level off")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job(f"j{i}") for i in range(20)])
+        with caplog.at_level(logging.WARNING, "corral.jobs"):
+            monkeypatch.setattr(logger, "debug", refuse)
+            monkeypatch.setattr(logger, "info", refuse)
+            await run_all(db, noop)
+        assert (await db.jobs.depth()).completed == 20
+
+
+async def test_an_idle_worker_says_which_jobs_no_cluster_of_it_can_take(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many(
+            [
+                jobs.Job("ok"),
+                *(jobs.Job(f"gpu{i}", requires={"gpu"}) for i in range(3)),
+                jobs.Job("east", affinity="east"),
+            ]
+        )
+        with caplog.at_level(logging.INFO, "corral.jobs"):
+            await run_all(db, noop, clusters=[corral.Cluster("cpu", 2, labels={"avx"})])
+        assert (await db.jobs.depth()).completed == 1
+    [line] = [m for m in _lines(caplog, logging.WARNING) if "no cluster" in m]
+    assert "3 jobs require labels no cluster has: gpu" in line
+    assert "1 job is pinned to a cluster it lacks: east" in line
+
+
+async def test_an_idle_worker_that_leaves_nothing_says_nothing_of_it(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("ok"), jobs.Job("gpu", requires={"gpu"})])
+        with caplog.at_level(logging.INFO, "corral.jobs"):
+            await run_all(db, noop, clusters=[corral.Cluster("g", 2, labels={"gpu"})])
+    assert not _lines(caplog, logging.WARNING)
+
+
+def test_mixed_costs_are_warned_about(caplog: pytest.LogCaptureFixture, tmp_path: Any) -> None:
+    """A cluster without a cost ranks after those with one: said once, when it is made."""
+    clusters = [corral.Cluster("a", 1, cost=0.5), corral.Cluster("b", 1), corral.Cluster("c", 1)]
+    with caplog.at_level(logging.WARNING, "corral.jobs"):
+
+        async def make() -> None:
+            async with corral.connect(f"sqlite:///{tmp_path / 'q.db'}") as db:
+                jobs.Processor(db, noop, clusters=clusters)
+                jobs.Processor(db, noop, clusters=clusters[:1])
+                jobs.Processor(db, noop, clusters=clusters[1:])
+
+        anyio.run(make)
+    [line] = _lines(caplog, logging.WARNING)
+    assert "b, c have no cost" in line
+    assert "ranks them after a" in line
+    place = _routing.route(jobs.Job("x"), clusters, {"a": 1, "b": 1, "c": 1})
+    assert place is not None
+    assert place[0] == "a"
+
+
+async def test_run_reports_started_once_it_is_listening(db_url: str) -> None:
+    """``await tg.start(processor.run)`` returns with the store ready and watched: a job
+    enqueued then (from another connection on PostgreSQL) runs without a poll."""
+    done = anyio.Event()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        done.set()
+
+    async with database(db_url) as db, database(db_url) as other:
+        processor = jobs.Processor(db, handler, config=config(poll_interval=3600))
+        async with anyio.create_task_group() as tg:
+            await tg.start(processor.run)
+            assert processor.statistics().running == 0
+            source = other if db_url.startswith("postgres") else db
+            await source.jobs.enqueue(jobs.Job("now"))
+            with anyio.fail_after(20):
+                await done.wait()
+            tg.cancel_scope.cancel()
+
+
+async def test_run_started_with_until_idle_returns_once_idle(db_url: str) -> None:
+    async with database(db_url) as db:
+        await db.jobs.enqueue(jobs.Job("one"))
+        processor = jobs.Processor(db, noop, config=config())
+        async with anyio.create_task_group() as tg:
+            await tg.start(functools.partial(processor.run, until_idle=True))
+        assert (await db.jobs.depth()).completed == 1
+
+
+# -- classification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "category"),
+    [
+        (TypeError("unsupported operand"), "PERMANENT"),
+        (KeyError("date"), "PERMANENT"),
+        (IndexError("list index out of range"), "PERMANENT"),
+        (AttributeError("no attribute 'x'"), "PERMANENT"),
+        (NameError("name 'x' is not defined"), "PERMANENT"),
+        (UnboundLocalError("local 'x'"), "PERMANENT"),
+        (AssertionError("expected 3"), "PERMANENT"),
+        (NotImplementedError("later"), "PERMANENT"),
+        (ZeroDivisionError("division by zero"), "PERMANENT"),
+        (RecursionError("maximum recursion depth exceeded"), "PERMANENT"),
+        (ValueError("invalid literal for int()"), "DATA"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "DATA"),
+        (ModuleNotFoundError("No module named 'pandas'"), "CONFIGURATION"),
+        (OSError("disk busy"), "TRANSIENT"),
+        (ConnectionResetError("reset by peer"), "TRANSIENT"),
+        (TimeoutError("slow"), "TRANSIENT"),
+        (MemoryError(), "RESOURCE"),
+        (RuntimeError("something else"), "TRANSIENT"),
+        (Exception("anything else"), "TRANSIENT"),
+        (jobs.TransientError("a JobError's own category wins"), "TRANSIENT"),
+    ],
+)
+def test_python_errors_are_classified_by_what_a_retry_can_fix(
+    error: Exception, category: str
+) -> None:
+    assert jobs.classify(error) == category
+
+
+async def test_a_plain_bug_fails_at_once_and_a_dropped_connection_is_retried(
+    db_url: str,
+) -> None:
+    recorder = Recorder()
+
+    async def handler(ctx: jobs.JobContext) -> None:
+        if ctx.job.id == "bug":
+            _ = {}["missing column"]
+        elif ctx.attempt == 1:
+            raise ConnectionResetError("reset by peer")
+
+    async with database(db_url) as db:
+        await db.jobs.enqueue_many([jobs.Job("bug", max_retries=5), jobs.Job("net")])
+        await run_all(db, handler, recorder=recorder)
+        bug = await db.jobs.get("bug")
+        assert (bug.state, bug.attempts) == (jobs.State.FAILED, 1)  # not retried
+        assert bug.last_error is not None
+        assert bug.last_error.category is jobs.ErrorCategory.PERMANENT
+        assert bug.last_error.message == "KeyError: 'missing column'"
+        assert recorder.kinds("bug") == ["failed"]
+        net = await db.jobs.get("net")
+        assert (net.state, net.attempts) == (jobs.State.COMPLETED, 2)
+        assert recorder.kinds("net") == ["retrying", "completed"]

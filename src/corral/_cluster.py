@@ -78,7 +78,10 @@ class Cluster:
             Dask cluster holds a unit); ``None`` leaves it to :func:`corral.map`'s
             ``offload``.
         region: Routing attribute (data locality) for the job processor; stored only.
-        cost: Routing attribute (relative cost) for the job processor; stored only.
+        cost: Routing attribute (relative cost) for the job processor, cheapest
+            first; stored only. Give every cluster of a processor a cost, or none: one
+            without a cost ranks after those with one, as the most expensive (the
+            :class:`~corral.jobs.Processor` warns of such a mix).
         labels: Routing attribute (resources such as ``"gpu"``); stored as a frozenset.
 
     """

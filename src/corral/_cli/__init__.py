@@ -1,7 +1,7 @@
 """The ``corral`` command line (click).
 
 ``corral progress`` shows runs and subtasks; ``corral jobs ...`` reads and changes the
-job queue (status, list, show, enqueue, requeue); ``corral worker`` runs a job
+job queue (``corral jobs --help`` lists its subcommands); ``corral worker`` runs a job
 processor. They read the database, so they show work that runs in another process or
 on another host, from another terminal. Needs the ``cli`` extra:
 ``pip install 'corral[cli]'``.

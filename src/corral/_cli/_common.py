@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import json
 import logging
 import os
+import signal
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -20,7 +25,17 @@ from .._ports import redact
 if TYPE_CHECKING:
     pass
 
-__all__ = ["_db_option", "_limit_option", "_open", "cli", "log"]
+__all__ = [
+    "_cancel_on_signal",
+    "_db_option",
+    "_echo_json",
+    "_json_option",
+    "_json_wanted",
+    "_limit_option",
+    "_open",
+    "cli",
+    "log",
+]
 
 T = TypeVar("T")
 
@@ -89,19 +104,33 @@ def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     return inner
 
 
+#: Where ``corral --db URL`` (given before the subcommand) keeps its URL in ``ctx.meta``.
+_GROUP_DB = "corral.db"
+
+_DB_HELP = "Database URL (default: $CORRAL_DB, else sqlite:///corral.db)."
+
+
+def _group_db(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Return a subcommand's ``--db``, else the one given before the subcommand."""
+    return value if value is not None else ctx.meta.get(_GROUP_DB)
+
+
 _db_option = click.option(
-    "--db",
-    "url",
-    default=None,
-    metavar="URL",
-    help="Database URL (default: $CORRAL_DB, else sqlite:///corral.db).",
+    "--db", "url", default=None, metavar="URL", callback=_group_db, help=_DB_HELP
 )
 
 
 @click.group()
+@click.option("--db", "url", default=None, metavar="URL", help=_DB_HELP)
 @click.version_option(package_name="corral")
-def cli() -> None:
-    """corral: structured concurrency for batch work."""
+@click.pass_context
+def cli(ctx: click.Context, url: str | None) -> None:
+    """corral: structured concurrency for batch work.
+
+    --db URL may come before the subcommand (corral --db URL jobs status) or after it
+    (corral jobs status --db URL); given in both places, the one after it wins.
+    """
+    ctx.meta[_GROUP_DB] = url
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -116,3 +145,68 @@ def _limit_option(default: int, what: str) -> Callable[[_F], _F]:
         show_default=True,
         help=f"How many {what} at most.",
     )
+
+
+#: Where ``--json`` keeps its flag in ``ctx.meta`` (for a command that reads it there).
+_JSON = "corral.json"
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta[_JSON] = value
+    return value
+
+
+_json_option = click.option(
+    "--json",
+    is_flag=True,
+    expose_value=False,  # a command reads it with _json_wanted()
+    callback=_remember_json,
+    help="Print JSON for scripts (the keys are listed in docs/jobs.md), not a table.",
+)
+
+
+def _json_wanted() -> bool:
+    """Return whether the running command was given ``--json``."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and bool(ctx.meta.get(_JSON))
+
+
+def _to_json(value: object) -> Any:
+    """Return ``value`` as plain JSON data: a dataclass as an object of its fields.
+
+    Enums become their value, datetimes ISO 8601 text with their UTC offset, sets sorted
+    lists, tuples lists. The keys of a record are the names of its public fields.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            field.name: _to_json(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+            if not field.name.startswith("_")
+        }
+    if isinstance(value, enum.Enum):
+        return _to_json(value.value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, frozenset | set):
+        return sorted(_to_json(item) for item in value)
+    if isinstance(value, list | tuple):
+        return [_to_json(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _to_json(item) for key, item in value.items()}
+    return value
+
+
+def _echo_json(value: object) -> None:
+    """Print ``value`` (see :func:`_to_json`) as one JSON document on stdout."""
+    click.echo(json.dumps(_to_json(value), indent=2, ensure_ascii=False))
+
+
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Cancel ``scope`` on the first SIGINT or SIGTERM: a quiet stop, no traceback."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            scope.cancel()
+            return

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterable
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
+import anyio
 import click
 
 from .._connect import Database
@@ -28,7 +32,16 @@ if TYPE_CHECKING:
 
     from .._ports import Session
 
-from ._common import _db_option, _limit_option, _open, cli
+from ._common import (
+    _cancel_on_signal,
+    _db_option,
+    _echo_json,
+    _json_option,
+    _json_wanted,
+    _limit_option,
+    _open,
+    cli,
+)
 
 __all__: list[str] = []
 
@@ -65,19 +78,53 @@ def _nothing_yet(url: str) -> str:
     return f"no jobs in {redact(url)} yet"
 
 
-@cli.group("jobs", short_help="Read and change the job queue.")
+#: ``corral jobs --help`` lists the subcommands in this order (a job's life), then any other.
+_ORDER = ("enqueue", "status", "list", "show", "cancel", "requeue", "purge")
+
+
+class _JobsGroup(click.Group):
+    """``corral jobs``: its help names every subcommand, in the order of a job's life."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: index for index, name in enumerate(_ORDER)}
+        return sorted(names, key=lambda name: (rank.get(name, len(_ORDER)), name))
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = ", ".join(self.list_commands(ctx))
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(f"Read and change the job queue: {names}.")
+
+
+@cli.group("jobs", cls=_JobsGroup, short_help="Read and change the job queue.")
 def jobs_group() -> None:
-    """Read and change the job queue: status, list, show, enqueue, requeue."""
+    """Read and change the job queue (the help lists every subcommand)."""
 
 
 @jobs_group.command("status", short_help="Count the jobs in each state.")
 @_db_option
 @click.option("--cluster", metavar="NAME", help="Count only the jobs of this cluster.")
-def jobs_status(url: str | None, cluster: str | None) -> None:
+@_json_option
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Redraw live until Ctrl-C; into a pipe (or with --json), print the counts again "
+    "each time they change.",
+)
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Seconds between reads with --watch.",
+)
+def jobs_status(url: str | None, cluster: str | None, watch: bool, refresh: float) -> None:
     """Show how many jobs are in each state, overall or on one cluster.
 
     A job belongs to the cluster its latest attempt ran on, or before it runs, to the
-    cluster it is pinned to (its affinity).
+    cluster it is pinned to (its affinity). --watch follows the counts live, as
+    ``corral progress --watch`` follows a run.
     """
     url = url or default_url()
 
@@ -86,7 +133,13 @@ def jobs_status(url: str | None, cluster: str | None) -> None:
             return None
         return await (db.jobs.depth() if cluster is None else db.jobs.by_cluster(cluster))
 
+    if watch:
+        _open(url, lambda db: _watch_depth(db, read, url, cluster, refresh), read_only=True)
+        return
     depth = _open(url, read, read_only=True)
+    if _json_wanted():
+        _echo_json(_depth_json(depth or QueueDepth(), url, cluster))
+        return
     if depth is None:
         click.echo(_nothing_yet(url))
         return
@@ -103,6 +156,7 @@ def jobs_status(url: str | None, cluster: str | None) -> None:
     help="Only the jobs in this state.",
 )
 @_limit_option(50, "jobs to list")
+@_json_option
 def jobs_list(url: str | None, state: str | None, limit: int) -> None:
     """List jobs in claim order (higher priority first, then oldest first)."""
     url = url or default_url()
@@ -113,25 +167,40 @@ def jobs_list(url: str | None, state: str | None, limit: int) -> None:
         return await db.jobs.list(state, limit=limit), await db.jobs.depth()
 
     found = _open(url, read, read_only=True)
+    as_json = _json_wanted()
     if found is None:
-        click.echo(_nothing_yet(url))
+        if as_json:
+            _echo_json([])
+        else:
+            click.echo(_nothing_yet(url))
         return
     records, depth = found
     matching = depth.total if state is None else getattr(depth, state)
     which = "jobs" if state is None else f"{state} jobs"
-    if not records:
+    if as_json:
+        _echo_json(records)
+    elif not records:
         click.echo(f"no {which} in {redact(url)}")
         return
-    _print(_jobs_table(records, f"{which} in {redact(url)}"))
+    else:
+        _print(_jobs_table(records, f"{which} in {redact(url)}"))
     if matching > len(records):
-        click.echo(f"{len(records)} of {matching} {which} shown; pass --limit {matching} for all")
+        click.echo(
+            f"{len(records)} of {matching} {which} shown; pass --limit {matching} for all",
+            err=as_json,  # stdout holds the JSON alone
+        )
 
 
 @jobs_group.command("show", short_help="Show one job's full record.")
 @click.argument("job_id", metavar="ID")
 @_db_option
+@_json_option
 def jobs_show(job_id: str, url: str | None) -> None:
-    """Show one job's full record: payload, attempts, steps, last error, lease."""
+    """Show one job's full record: payload, attempts, steps, last error, lease.
+
+    The last error's traceback, if it has one, follows the table (with ``--json``: the
+    record's ``error_traceback``).
+    """
     url = url or default_url()
 
     async def read(db: Database) -> JobRecord:
@@ -142,7 +211,13 @@ def jobs_show(job_id: str, url: str | None) -> None:
         except JobNotFoundError as exc:
             raise click.ClickException(f"{exc}; corral jobs list shows the ids") from exc
 
-    _print(_record_table(_open(url, read, read_only=True)))
+    record = _open(url, read, read_only=True)
+    shown = _record_table(record)
+    _print(shown)
+    if record.error_traceback and not isinstance(shown, _AsJson):  # JSON has it as a field
+        attempt = record.last_error.attempt if record.last_error is not None else "?"
+        click.echo(f"\ntraceback of attempt {attempt}:")
+        click.echo(record.error_traceback.rstrip())
 
 
 @jobs_group.command("requeue", short_help="Put dead or failed jobs back in the queue.")
@@ -386,13 +461,79 @@ def _job(fields: dict[str, Any], where: str) -> Job:
         raise click.ClickException(f"{where}{exc}") from None
 
 
+async def _watch_depth(
+    db: Database,
+    read: Callable[[Database], Awaitable[QueueDepth | None]],
+    url: str,
+    cluster: str | None,
+    refresh: float,
+) -> None:
+    """``corral jobs status --watch``: read every ``refresh`` seconds until a signal.
+
+    On a terminal the table is redrawn in place (rich ``Live``); into a pipe, or with
+    ``--json`` (one object a line), the counts are printed once, then again each time
+    they change, so a script or a log sees every change and nothing twice.
+    """
+    from rich.console import Console, Group
+    from rich.live import Live
+
+    console = Console()
+    as_json = _json_wanted()
+    live = None if as_json or not console.is_terminal else Live(console=console, auto_refresh=False)
+    title = f"jobs {'' if cluster is None else f'on cluster {cluster} '}in {redact(url)}"
+    shown: QueueDepth | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(_cancel_on_signal, tg.cancel_scope)
+        if live is not None:
+            live.start()
+        try:
+            while True:
+                depth = await read(db) or QueueDepth()
+                if live is not None:
+                    now = _text(f"{title} at {datetime.now():%H:%M:%S} (Ctrl-C to stop)")
+                    live.update(Group(now, _depth_table(depth)), refresh=True)
+                elif depth != shown:
+                    if as_json:
+                        click.echo(json.dumps(_depth_json(depth, url, cluster)))
+                    else:
+                        console.print(Group(_text(title), _depth_table(depth)))
+                    sys.stdout.flush()
+                shown = depth
+                await anyio.sleep(refresh)
+        finally:
+            if live is not None:
+                live.stop()
+
+
 # -- the tables -------------------------------------------------------------------------------
 
 
-def _print(table: Table) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _AsJson:
+    """What ``--json`` prints in place of a table."""
+
+    value: object
+
+
+def _print(table: Table | _AsJson) -> None:
+    if isinstance(table, _AsJson):
+        _echo_json(table.value)
+        return
     from rich.console import Console
 
     Console().print(table)
+
+
+def _depth_json(depth: QueueDepth, url: str, cluster: str | None) -> dict[str, object]:
+    """``corral jobs status --json``: the database, the cluster, one count per state."""
+    counts = {field.name: getattr(depth, field.name) for field in dataclasses.fields(depth)}
+    return {
+        "database": redact(url),
+        "cluster": cluster,
+        **counts,
+        "pending": depth.pending,
+        "total": depth.total,
+    }
 
 
 def _text(value: object) -> Text:
@@ -454,7 +595,10 @@ def _jobs_table(records: Iterable[JobRecord], title: str) -> Table:
     return table
 
 
-def _record_table(job: JobRecord) -> Table:
+def _record_table(job: JobRecord) -> Table | _AsJson:
+    """Return the table ``corral jobs show`` prints (with ``--json``: the record as JSON)."""
+    if _json_wanted():
+        return _AsJson(job)
     from rich.table import Table
 
     table = Table(title=_text(f"job {job.id}"), show_header=False)

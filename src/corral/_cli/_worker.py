@@ -35,6 +35,12 @@ __all__: list[str] = []
 
 # -- corral worker: a job processor -----------------------------------------------------------
 
+#: The limits a worker runs with when its options leave them out.
+_DEFAULTS = ProcessorConfig()
+
+#: ``--log-level`` choices, quietest last.
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
 _SPEC = "name=capacity[,region=R][,cost=C][,labels=a+b]"
 _SPEC_EXAMPLE = "--cluster gpu=4,region=us-west-2,cost=0.6,labels=gpu+ssd"
 
@@ -215,7 +221,11 @@ async def _stop_on_signal(
     "(default: one cluster, 'default', with --max-concurrent slots).",
 )
 @click.option(
-    "--max-concurrent", type=click.IntRange(min=1), help="Jobs running at once, in all (10)."
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_concurrent,
+    show_default=True,
+    help="Jobs running at once, in all.",
 )
 @click.option(
     "--per-customer", type=click.IntRange(min=1), help="Jobs of one customer at once (no limit)."
@@ -223,13 +233,33 @@ async def _stop_on_signal(
 @click.option(
     "--lease-seconds",
     type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.lease_seconds,
+    show_default=True,
     help="How long a claim holds without renewal; a dead worker's jobs are reclaimed "
-    "after this long (60).",
+    "after this long.",
 )
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds an idle worker waits before looking for work again, at most (1).",
+    default=_DEFAULTS.poll_interval,
+    show_default=True,
+    help="Seconds an idle worker waits before looking for work again, at most.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.batch_size,
+    show_default=True,
+    help="Jobs claimed in one transaction, at most: larger claims fewer times for many "
+    "short jobs, smaller leaves more for other workers.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="The least severe log lines shown: debug adds each job's start, warning keeps "
+    "failures, dead letters and lease changes only.",
 )
 @click.option("--name", help="This worker's name in leases and logs (default: host:pid:random).")
 @click.option(
@@ -241,10 +271,12 @@ def worker(
     url: str | None,
     handler_ref: str,
     clusters: list[Cluster],
-    max_concurrent: int | None,
+    max_concurrent: int,
     per_customer: int | None,
-    lease_seconds: float | None,
-    poll_interval: float | None,
+    lease_seconds: float,
+    poll_interval: float,
+    batch_size: int,
+    log_level: str,
     name: str | None,
     until_idle: bool,
 ) -> None:
@@ -259,19 +291,19 @@ def worker(
     url = url or default_url()
     if name is not None and not name.strip():
         raise click.BadParameter("is empty; give a name, or leave it out", param_hint="--name")
-    given: dict[str, Any] = {
-        "max_concurrent": max_concurrent,
-        "per_customer": per_customer,
-        "lease_seconds": lease_seconds,
-        "poll_interval": poll_interval,
-    }
     try:
-        config = ProcessorConfig(**{k: v for k, v in given.items() if v is not None})
+        config = ProcessorConfig(
+            max_concurrent=max_concurrent,
+            per_customer=per_customer,
+            lease_seconds=lease_seconds,
+            poll_interval=poll_interval,
+            batch_size=batch_size,
+        )
     except (TypeError, ValueError) as exc:
         raise click.UsageError(f"{exc}; give a finite number") from None
     handler = _load_handler(handler_ref)
     logging.basicConfig(
-        level=logging.INFO,
+        level=log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
@@ -287,7 +319,7 @@ def worker(
         )
         log.info(
             "worker %s: handler %s on %s; %s; max_concurrent=%d per_customer=%s "
-            "lease_seconds=%g; database %s; %s",
+            "lease_seconds=%g batch_size=%d; database %s; %s",
             processor.name,
             handler_ref,
             ", ".join(repr(cluster) for cluster in processor.clusters),
@@ -295,6 +327,7 @@ def worker(
             config.max_concurrent,
             config.per_customer,
             config.lease_seconds,
+            config.batch_size,
             redact(url),
             f"pid {os.getpid()}",
         )

@@ -10,7 +10,9 @@ processor could take. A reporter's write also claims (see ``_reporter``), with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,7 +28,9 @@ from ._state import ProcessorState
 if TYPE_CHECKING:
     from .._ports import Session
 
-__all__ = ["claim_request", "claimer", "listen", "reclaim_events", "unlisten"]
+__all__ = ["claim_request", "claimer", "listen", "reclaim_events", "stranded", "unlisten"]
+
+log = logging.getLogger("corral.jobs")
 
 
 def claim_request(
@@ -61,6 +65,9 @@ async def claimer(state: ProcessorState, until_idle: bool) -> None:
     async def outlook(conn: Session) -> tuple[int, float | None]:
         return await conn.jobs.outlook(names, labels)
 
+    async def stranded_op(conn: Session) -> dict[tuple[str | None, str], int]:
+        return await conn.jobs.stranded(names, labels)
+
     while True:
         request = claim_request(state)
         state.claim_wakeup = anyio.Event()
@@ -79,6 +86,7 @@ async def claimer(state: ProcessorState, until_idle: bool) -> None:
                     start(state, item, run=False)
                 state.late.extend(reclaim_events(state, reclaimed))
             raise
+        state.log_starts = log.isEnabledFor(logging.DEBUG)  # once per claim, not per job
         for item in claimed:
             start(state, item)
         for event in reclaim_events(state, reclaimed):
@@ -94,12 +102,57 @@ async def claimer(state: ProcessorState, until_idle: bool) -> None:
             # job waiting.
             waiting, due = await state.db._run(outlook)
         if until_idle and not state.running and waiting == 0:
+            left = await state.db._run(stranded_op)
+            if left:
+                log.warning("%s", stranded(state.label, left, labels))
             return
         timeout = config.poll_interval
         if due is not None and due > 0:
             timeout = min(timeout, due)
         with anyio.move_on_after(timeout):
             await state.claim_wakeup.wait()
+
+
+def stranded(
+    label: str,
+    left: Mapping[tuple[str | None, str], int],
+    labels: Sequence[frozenset[str]],
+) -> str:
+    """Say which waiting jobs a processor with clusters of ``labels`` leaves, and why.
+
+    ``left``: as :meth:`JobStore.stranded <corral._ports._jobs.JobStore.stranded>`
+    returns it, not empty.
+    """
+    having = frozenset().union(*labels)
+    pinned: dict[str, int] = {}
+    missing: set[str] = set()
+    unlabelled = 0
+    for (affinity, requires), n in left.items():
+        if affinity is not None:
+            pinned[affinity] = pinned.get(affinity, 0) + n
+            continue
+        unlabelled += n
+        needed = frozenset(json.loads(requires))
+        # The labels none of the clusters has; or, if each is somewhere, the set of
+        # them, which no one cluster has together.
+        missing.update(needed - having or {"+".join(sorted(needed))})
+    parts = []
+    if unlabelled:
+        verb = "requires" if unlabelled == 1 else "require"
+        parts.append(
+            f"{_jobs(unlabelled)} {verb} labels no cluster has: {', '.join(sorted(missing))}"
+        )
+    if pinned:
+        n = sum(pinned.values())
+        where = "is pinned to a cluster" if n == 1 else "are pinned to clusters"
+        parts.append(f"{_jobs(n)} {where} it lacks: {', '.join(sorted(pinned))}")
+    total = unlabelled + sum(pinned.values())
+    why = "; ".join(parts)
+    return f"{label} is idle, leaving {_jobs(total)} that no cluster of it can take: {why}"
+
+
+def _jobs(n: int) -> str:
+    return "1 job" if n == 1 else f"{n} jobs"
 
 
 def reclaim_events(state: ProcessorState, reclaimed: list[dict[str, Any]]) -> list[JobEvent]:

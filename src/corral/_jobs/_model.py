@@ -49,15 +49,46 @@ _RANKS = {Priority.URGENT: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW
 PRIORITY_BY_RANK = {rank: priority for priority, rank in _RANKS.items()}
 
 
+#: Python's programming errors: a retry runs the same code on the same input, and fails
+#: again. ``NotImplementedError`` and ``RecursionError`` are ``RuntimeError``\ s, which
+#: are otherwise TRANSIENT, so they are named here.
+_PERMANENT = (
+    TypeError,
+    AttributeError,
+    NameError,
+    LookupError,
+    AssertionError,
+    NotImplementedError,
+    RecursionError,
+    ArithmeticError,
+    SyntaxError,
+)
+
+
 def classify(exc: BaseException) -> ErrorCategory:
     """Classify a handler's exception: the processor's default ``classify``.
 
-    A :class:`~corral.jobs.JobError` (``TransientError``, ``DataError`` ...) gives its
-    own category; ``TimeoutError`` and ``ConnectionError`` are TRANSIENT;
-    ``MemoryError`` is RESOURCE; any other exception is TRANSIENT, so it is retried
-    up to ``max_retries`` times and then kept in the dead letter queue, never lost. An
-    exception group (from a task group in the handler) takes the category of its
-    first exception that is not retryable, else of its first exception.
+    By what a retry can fix, checked in this order:
+
+    - a :class:`~corral.jobs.JobError` (``TransientError``, ``DataError`` ...): its own
+      category;
+    - ``MemoryError``: RESOURCE;
+    - ``OSError`` (``ConnectionError``, ``TimeoutError``, a refused or reset socket, a
+      busy file ...): TRANSIENT;
+    - Python's programming errors, ``TypeError``, ``AttributeError``, ``NameError``,
+      ``LookupError`` (``KeyError``, ``IndexError``), ``AssertionError``,
+      ``NotImplementedError``, ``RecursionError``, ``ArithmeticError``
+      (``ZeroDivisionError``) and ``SyntaxError``: PERMANENT, failed at once (a retry
+      would fail the same way);
+    - ``ValueError`` (``UnicodeDecodeError``, ``json.JSONDecodeError`` ...): DATA, the
+      input is bad;
+    - ``ImportError`` (``ModuleNotFoundError``): CONFIGURATION;
+    - any other exception: TRANSIENT, so it is retried up to ``max_retries`` times and
+      then kept in the dead letter queue, never lost.
+
+    An exception group (from a task group in the handler) takes the category of its
+    first exception that is not retryable, else of its first exception. Pass
+    ``classify=`` to the processor to decide otherwise (calling this one for the rest).
     """
     if isinstance(exc, BaseExceptionGroup):
         # Raised by a task group in the handler: a failure a retry cannot fix wins.
@@ -68,6 +99,14 @@ def classify(exc: BaseException) -> ErrorCategory:
         return ErrorCategory(exc.category)
     if isinstance(exc, MemoryError):
         return ErrorCategory.RESOURCE
+    if isinstance(exc, OSError):
+        return ErrorCategory.TRANSIENT
+    if isinstance(exc, _PERMANENT):
+        return ErrorCategory.PERMANENT
+    if isinstance(exc, ValueError):
+        return ErrorCategory.DATA
+    if isinstance(exc, ImportError):
+        return ErrorCategory.CONFIGURATION
     return ErrorCategory.TRANSIENT
 
 
@@ -201,6 +240,10 @@ class JobRecord:
     """The sum of the job's ``ctx.progress.increment()`` calls."""
     last_error: LastError | None
     """Its latest failure, if any (kept after a later success)."""
+    error_traceback: str | None
+    """The traceback of that failure, as Python prints it: its last 20 frames (of each
+    chained exception), at most 16 KiB (a longer one keeps its start and its end, and
+    says how much was cut). None where there is none (no failure, an expired lease)."""
     lease_owner: str | None
     """The worker holding its lease while it is in progress."""
     lease_expires_at: datetime | None

@@ -49,6 +49,8 @@ class JobEvent:
     """For a failure or a reclaim: what went wrong."""
     worker: str | None = None
     """The worker (processor) that sends the notification."""
+    traceback: str | None = None
+    """For a failure: its traceback, bounded as ``JobRecord.error_traceback``."""
 
 
 class Notifier(Protocol):
@@ -70,7 +72,8 @@ class LoggingNotifier:
     """A :class:`Notifier` that logs each event on the ``corral.jobs`` logger.
 
     Completions and retries at INFO, failures, dead letters and lease changes at
-    WARNING (dead letters at ERROR).
+    WARNING (dead letters at ERROR). A failure's traceback follows its line, in the
+    same log record.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -91,4 +94,6 @@ class LoggingNotifier:
             text += f" in step {event.step!r}"
         if event.message:
             text += f": {event.message}"
+        if event.traceback:
+            text += f"\n{event.traceback.rstrip()}"
         self.logger.log(level, text)

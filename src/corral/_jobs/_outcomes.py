@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import traceback as _traceback
 
 from .._exceptions import ConfigurationError
 from .._validate import storable_text
@@ -19,12 +20,17 @@ from ._context import JobContext
 from ._model import ErrorCategory, State
 from ._state import ProcessorState
 
-__all__ = ["check", "failure", "message", "with_progress"]
+__all__ = ["check", "failure", "message", "traceback_text", "with_progress"]
 
 log = logging.getLogger("corral.jobs")
 
 #: The longest error message recorded (longer ones are cut, ending with "...").
 _MESSAGE_LIMIT = 2000
+#: The frames of a traceback recorded: the innermost ones (of each chained exception).
+TRACEBACK_FRAMES = 20
+#: The most bytes (UTF-8) of a traceback recorded; a longer one keeps its first and
+#: last halves, with a line saying how much was cut between them.
+TRACEBACK_BYTES = 16 * 1024
 
 
 async def check(state: ProcessorState, entry: JobContext) -> _claims.Outcome | None:
@@ -49,6 +55,7 @@ async def check(state: ProcessorState, entry: JobContext) -> _claims.Outcome | N
             category=category,
             step="validate",
             message=message(exc),
+            traceback=traceback_text(exc),
         )
     return None
 
@@ -77,6 +84,7 @@ def failure(state: ProcessorState, entry: JobContext, exc: Exception) -> _claims
         category=category,
         step=entry._failed_step,
         message=message(exc),
+        traceback=traceback_text(exc),
     )
 
 
@@ -84,6 +92,23 @@ def message(exc: BaseException) -> str:
     """Return how an outcome records ``exc``: its type and text, storable, within limits."""
     text = storable_text(f"{type(exc).__name__}: {exc}")
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def traceback_text(exc: BaseException) -> str:
+    """Return how an outcome records ``exc``'s traceback: bounded, storable.
+
+    Formatted as Python prints it, chained exceptions included, with the last
+    :data:`TRACEBACK_FRAMES` frames of each; at most :data:`TRACEBACK_BYTES` bytes.
+    """
+    text = storable_text("".join(_traceback.format_exception(exc, limit=-TRACEBACK_FRAMES)))
+    encoded = text.encode()
+    if len(encoded) <= TRACEBACK_BYTES:
+        return text
+    half = (TRACEBACK_BYTES - 64) // 2  # 64 bytes left for the line that says so
+    cut = len(encoded) - 2 * half
+    head = encoded[:half].decode(errors="ignore")
+    tail = encoded[-half:].decode(errors="ignore")
+    return f"{head}\n[... {cut:,} bytes cut ...]\n{tail}"
 
 
 def with_progress(outcome: _claims.Outcome, progress: int) -> _claims.Outcome:
@@ -99,4 +124,5 @@ def with_progress(outcome: _claims.Outcome, progress: int) -> _claims.Outcome:
         outcome.step,
         outcome.message,
         progress,
+        outcome.traceback,
     )

@@ -30,6 +30,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 
 from .._cluster import Cluster
 from .._database import Database
@@ -106,6 +107,12 @@ class Processor:
     Jobs pinned (``affinity``) to a cluster this processor does not have are left for
     a processor that has it.
 
+    It logs on ``corral.jobs`` each job's start (DEBUG) and end (INFO, with the
+    category and message of a failure; with the default notifier, whose lines those
+    are, failures at WARNING), asking the logger once per batch, not per job. Clusters
+    some of which have a ``cost`` and some not are warned of when it is made: one
+    without ranks after those with one, as the most expensive.
+
     """
 
     def __init__(
@@ -140,6 +147,17 @@ class Processor:
         names = [c.name for c in cluster_list]
         if len(set(names)) != len(names):
             raise ValueError(f"two clusters share a name: {names!r}")
+        unpriced = [c.name for c in cluster_list if c.cost is None]
+        if 0 < len(unpriced) < len(cluster_list):
+            priced = [c.name for c in cluster_list if c.cost is not None]
+            log.warning(
+                "%s %s no cost: the scheduler ranks %s after %s, as the most expensive; "
+                "give every cluster a cost, or none",
+                "cluster" if len(unpriced) == 1 else "clusters",
+                f"{unpriced[0]} has" if len(unpriced) == 1 else f"{', '.join(unpriced)} have",
+                "it" if len(unpriced) == 1 else "them",
+                ", ".join(priced),
+            )
         for what, fn in (("classify", classify), ("validate", validate)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{what} must be a function, got {fn!r}")
@@ -193,7 +211,12 @@ class Processor:
 
     # -- running --------------------------------------------------------------------------
 
-    async def run(self, *, until_idle: bool = False) -> None:
+    async def run(
+        self,
+        *,
+        until_idle: bool = False,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Claim and run jobs until cancelled, or with ``until_idle`` until none is left.
 
         ``until_idle``: return once this processor runs nothing and no job it could
@@ -203,7 +226,13 @@ class Processor:
         cancels the running handlers and gives their jobs back to the queue, ready at
         once, the attempt not counted. Either way, once its jobs are settled, the
         notifier is given ``config.notify_timeout`` seconds for the notifications still
-        waiting before ``run`` returns.
+        waiting before ``run`` returns. An idle ``until_idle`` run that leaves waiting
+        jobs none of its clusters can take (labels none has, pinned to one it lacks)
+        says so once, at WARNING on ``corral.jobs``.
+
+        ``task_status``: started with ``await task_group.start(processor.run)``, that
+        returns once the store is ready and watched for new work (a job enqueued then
+        wakes this processor), before the first claim.
         """
         if self._state is not None:
             raise RuntimeError(f"{self!r} is already running: one run() at a time")
@@ -221,6 +250,9 @@ class Processor:
             notifier=self._notifier,
             counts=self._counts,
             on_cluster=dict.fromkeys(self._by_name, 0),
+            log_ends=not (
+                isinstance(self._notifier, LoggingNotifier) and self._notifier.logger is log
+            ),
         )
         listening = False
         queue = self._db._view(JobQueue)  # db.jobs
@@ -239,6 +271,7 @@ class Processor:
                         queue._ready = True
                     finally:
                         listening = listen_call.committing and bool(listen_call.result)
+                    task_status.started()  # ready and watched: tg.start() returns
                     async with anyio.create_task_group() as tg:
                         state.tg = tg
                         tg.start_soon(renewer, state)

@@ -68,6 +68,7 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
         steps_done=tuple(stored_steps(row["steps"])),
         progress=int(row["progress"]),
         last_error=error,
+        error_traceback=row.get("error_traceback"),
         lease_owner=row["lease_owner"],
         lease_expires_at=timestamp(row["lease_expires"]),
         created_at=created,

@@ -9,6 +9,7 @@ claimed and queues the notifications.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -24,7 +25,9 @@ from ._state import ProcessorState
 if TYPE_CHECKING:
     from .._ports import Session
 
-__all__ = ["report", "reporter"]
+__all__ = ["describe", "report", "reporter"]
+
+log = logging.getLogger("corral.jobs")
 
 _KINDS = {
     State.COMPLETED: EventKind.COMPLETED,
@@ -57,6 +60,7 @@ async def report(state: ProcessorState, *, claim: bool = False) -> None:
     batch, state.outcomes = state.outcomes, []
     if not batch:
         return
+    state.log_starts = log.isEnabledFor(logging.DEBUG)  # once per batch, for its successors
     freeing = [e for o in batch if (e := state.running.get(o.token)) is not None]
     request = claim_request(state, freeing) if claim and state.tg is not None else None
     if request is not None:
@@ -105,6 +109,7 @@ def reported(
     """
     # The bookkeeping, with no await: slots freed, successors started.
     events: list[JobEvent] = []
+    log_ends = state.log_ends and log.isEnabledFor(logging.INFO)  # once per batch
     for outcome in batch:
         entry = forget(state, outcome.token, wake=False)  # the claimer is woken below
         attempt, cluster = 0, None
@@ -114,13 +119,17 @@ def reported(
             state.counts[_COUNTERS[outcome.state]] += 1
             kind = _KINDS[outcome.state]
             category, step, message = outcome.category, outcome.step, outcome.message
+            tb = outcome.traceback
         else:
             state.counts["lease_lost"] += 1
-            kind, category, step = EventKind.LEASE_LOST, None, None
+            kind, category, step, tb = EventKind.LEASE_LOST, None, None, None
             message = "the outcome was refused: another worker took the lease over"
-        events.append(
-            JobEvent(kind, outcome.id, attempt, cluster, category, step, message, state.name)
+        event = JobEvent(
+            kind, outcome.id, attempt, cluster, category, step, message, state.name, tb
         )
+        events.append(event)
+        if log_ends:
+            log.info("%s", describe(event))
     if request is None:
         state.claim_wakeup.set()  # slots freed: the claimer claims
     else:
@@ -130,3 +139,16 @@ def reported(
             state.claim_wakeup.set()  # room left: the claimer claims, or checks for idleness
     events.extend(reclaim_events(state, reclaimed))
     return events
+
+
+def describe(event: JobEvent) -> str:
+    """Say what ``event`` tells, on one line: the job, how it ended, its attempt, where."""
+    where = f" on {event.cluster}" if event.cluster else ""
+    text = f"job {event.job_id} {event.kind.value} (attempt {event.attempt}{where})"
+    if event.category is not None:
+        text += f": {event.category.value}"
+    if event.step is not None:
+        text += f" in step {event.step!r}"
+    if event.message:
+        text += f": {event.message}"
+    return text

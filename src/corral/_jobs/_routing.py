@@ -80,8 +80,10 @@ def route(
 
     A job with ``affinity`` runs on that cluster only (manual placement). Otherwise the
     clusters that have every label the job ``requires`` and a free slot are ranked by
-    data locality (a cluster in the job's ``region`` first), then cost (cheapest first,
-    a cluster without a cost last), then free slots (most first), then name.
+    data locality (a cluster in the job's ``region`` first), then cost (cheapest first;
+    a cluster without a cost after those with one, as the most expensive: a
+    :class:`~corral.jobs.Processor` made with such a mix warns), then free slots (most
+    first), then name.
     ``None`` means no cluster can take the job now; it stays queued.
     """
     if job.affinity is not None:

@@ -11,6 +11,7 @@ ended (see ``_outcomes``) goes to the reporter as an ``Outcome``.
 from __future__ import annotations
 
 import contextvars
+import logging
 import types
 from collections.abc import Awaitable, Generator
 from typing import Any
@@ -28,6 +29,8 @@ from ._outcomes import check, failure, with_progress
 from ._state import ProcessorState
 
 __all__ = ["dispatch", "forget", "runner", "start"]
+
+log = logging.getLogger("corral.jobs")
 
 #: A runner checks for cancellation (and lets other tasks run) after this many jobs in
 #: a row that did not wait on anything.
@@ -102,6 +105,8 @@ async def runner(state: ProcessorState) -> None:
 async def work(state: ProcessorState, ctx: JobContext) -> None:
     """Run one job; its outcome goes to the reporter (cancellation propagates)."""
     claimed = ctx._claimed
+    if state.log_starts:
+        log.debug("job %s started (attempt %d on %s)", claimed.id, claimed.attempt, claimed.cluster)
     try:
         refusal = None if state.validate is None else await check(state, ctx)
         if refusal is not None:

@@ -70,6 +70,12 @@ class ProcessorState:
     """The processor's counters (kept over its runs): see ``ProcessorStatistics``."""
     on_cluster: dict[str, int]
     """The attempts running here, by cluster name."""
+    log_ends: bool = True
+    """Whether the reporter logs how each attempt ended (not where the notifier is the
+    :class:`~corral.jobs.LoggingNotifier` of ``corral.jobs``, whose lines those are)."""
+    log_starts: bool = False
+    """Whether the runners log each job's start: ``corral.jobs`` at DEBUG, read once per
+    claim (a flag per job costs less than asking the logger)."""
     running: dict[int, JobContext] = field(default_factory=dict)
     """The attempts running here, by lease token (one job may have two: an attempt
     whose lease expired and was reclaimed, here or elsewhere, and the new one)."""

@@ -10,7 +10,8 @@ reads back are *job rows*: mappings of column name to value, as stored. Their co
 - ``state`` (a :class:`State` value), ``attempts`` (int), ``cluster``, ``route_reason``
   (str or None), ``steps`` (the JSON list of its finished steps: ``"[]"`` for none),
   ``progress`` (int), ``error_category``, ``error_step``, ``error_message``,
-  ``error_attempt``, ``lease_owner`` (or None), ``lease_expires``, ``created_at``,
+  ``error_attempt``, ``error_traceback`` (the last error's traceback, or None),
+  ``lease_owner`` (or None), ``lease_expires``, ``created_at``,
   ``started_at``, ``run_at``, ``updated_at``, ``finished_at`` (epoch seconds, or None).
 
 The domain encodes and decodes the JSON columns; the store keeps them as they are.
@@ -119,6 +120,9 @@ class Outcome(NamedTuple):
     step: str | None = None
     message: str | None = None
     progress: int = 0
+    #: The failure's formatted traceback (bounded by the domain), stored with its
+    #: last error; None where there is none.
+    traceback: str | None = None
 
 
 @dataclass(slots=True)
@@ -150,6 +154,7 @@ class ClaimResult(NamedTuple):
     claimed: list[Claimed]
     #: The expired leases taken back: one row each, with the job's ``id``, its new
     #: ``state`` (``ready`` or ``dead``), ``error_message``, ``attempts`` and ``cluster``.
+    #: (Their last error is the expired lease, with no traceback.)
     reclaimed: list[dict[str, Any]]
     #: Whether the claim stopped at a limit (the room it found, all taken) rather than
     #: for want of jobs it could take.
@@ -265,8 +270,9 @@ class JobStore(Protocol):
         """Write how attempts ended, each fenced by its token; return the tokens accepted.
 
         A job leaves progress for the outcome's state, due again after its ``delay``;
-        its last error is replaced where the outcome has a category; its progress is
-        added to; a finished state (completed, failed, dead) stamps ``finished_at``.
+        its last error (with its ``traceback``, or None) is replaced where the outcome
+        has a category; its progress is added to; a finished state (completed, failed,
+        dead) stamps ``finished_at``.
         """
         ...
 
@@ -293,6 +299,19 @@ class JobStore(Protocol):
         A job counts if it is not pinned to another cluster and one of the clusters has
         every label it requires (``labels``: each cluster's). Returns that count and the
         seconds until the next such waiting job is due (None if none waits).
+        """
+        ...
+
+    async def stranded(
+        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+    ) -> builtins.dict[tuple[str | None, str], int]:
+        """Count the waiting jobs a worker with these clusters could never take, by why.
+
+        A waiting job (ready, or retrying) counts if it is pinned to a cluster not in
+        ``clusters``, or pinned to none and requires labels no one of the clusters has
+        (``labels``: each cluster's). Returns how many, by ``(affinity, requires)`` as
+        stored (``affinity`` None for those pinned to none). Read once, when an idle
+        worker stops, to say what it leaves.
         """
         ...
 

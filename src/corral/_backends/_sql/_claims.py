@@ -84,6 +84,7 @@ async def claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult:
             f"ELSE 'ready' END, error_category = 'TRANSIENT', error_step = NULL, "
             f"error_message = 'lease expired: worker ' || COALESCE(lease_owner, '?') || "
             f"' stopped renewing it (killed or stuck)', error_attempt = attempts, "
+            f"error_traceback = NULL, "
             f"lease_token = NULL, lease_owner = NULL, lease_expires = NULL, run_at = {now}, "
             f"updated_at = {now}, "
             f"finished_at = CASE WHEN attempts > max_retries THEN {now} END "
@@ -318,9 +319,19 @@ async def renew_each(
 
 def _columns(
     o: Outcome,
-) -> tuple[str, int, str, float, str | None, str | None, str | None, int]:
+) -> tuple[str, int, str, float, str | None, str | None, str | None, int, str | None]:
     category = None if o.category is None else o.category.value
-    return (o.id, o.token, o.state.value, o.delay, category, o.step, o.message, o.progress)
+    return (
+        o.id,
+        o.token,
+        o.state.value,
+        o.delay,
+        category,
+        o.step,
+        o.message,
+        o.progress,
+        o.traceback,
+    )
 
 
 async def finish_batch(conn: Connection, d: Dialect, outcomes: Sequence[Outcome]) -> set[int]:
@@ -344,7 +355,7 @@ async def finish_batch(conn: Connection, d: Dialect, outcomes: Sequence[Outcome]
             values,
         )
     if rest:
-        _, _, states, delays, categories, steps, messages, added = zip(
+        _, _, states, delays, categories, steps, messages, added, tracebacks = zip(
             *map(_columns, rest), strict=True
         )
         accepted |= await _update_claimed(
@@ -355,6 +366,7 @@ async def finish_batch(conn: Connection, d: Dialect, outcomes: Sequence[Outcome]
             f"error_message = COALESCE(v.m, j.error_message), "
             f"error_attempt = CASE WHEN v.c IS NULL THEN j.error_attempt "
             f"ELSE j.attempts END, "
+            f"error_traceback = CASE WHEN v.c IS NULL THEN j.error_traceback ELSE v.tb END, "
             f"progress = j.progress + v.p, lease_token = NULL, lease_owner = NULL, "
             f"lease_expires = NULL, updated_at = {now}, "
             f"finished_at = CASE WHEN v.s IN ({FINISHED}) THEN {now} END",
@@ -367,6 +379,7 @@ async def finish_batch(conn: Connection, d: Dialect, outcomes: Sequence[Outcome]
                 ("st", "text", list(steps)),
                 ("m", "text", list(messages)),
                 ("p", "bigint", list(added)),
+                ("tb", "text", list(tracebacks)),
             ],
         )
     return accepted
@@ -376,13 +389,16 @@ async def finish_each(conn: Connection, d: Dialect, outcomes: Sequence[Outcome])
     """As :func:`finish_batch`, one statement per outcome."""
     now = d.now
     accepted = set()
-    for job_id, token, state, delay, category, step, message, progress in map(_columns, outcomes):
+    for job_id, token, state, delay, category, step, message, progress, tb in map(
+        _columns, outcomes
+    ):
         row = await conn.fetchval(
             f"UPDATE {JOBS} SET state = ?, run_at = {now} + ?, "
             f"error_category = COALESCE(?, error_category), "
             f"error_step = CASE WHEN ? IS NULL THEN error_step ELSE ? END, "
             f"error_message = COALESCE(?, error_message), "
             f"error_attempt = CASE WHEN ? IS NULL THEN error_attempt ELSE attempts END, "
+            f"error_traceback = CASE WHEN ? IS NULL THEN error_traceback ELSE ? END, "
             f"progress = progress + ?, lease_token = NULL, lease_owner = NULL, "
             f"lease_expires = NULL, updated_at = {now}, "
             f"finished_at = CASE WHEN ? IN ({FINISHED}) THEN {now} END "
@@ -394,6 +410,8 @@ async def finish_each(conn: Connection, d: Dialect, outcomes: Sequence[Outcome])
             step,
             message,
             category,
+            category,
+            tb,
             progress,
             state,
             job_id,

@@ -132,6 +132,12 @@ class SqlJobStore:
         """Count the unfinished jobs these clusters could take; and when the next is due."""
         return await _claims.outlook(self._conn, self._d, clusters, labels)
 
+    async def stranded(
+        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+    ) -> dict[tuple[str | None, str], int]:
+        """Count the waiting jobs these clusters could never take, by why."""
+        return await _queue.stranded(self._conn, clusters, labels)
+
     async def announce(self) -> None:
         """``NOTIFY`` the queue's channel (PostgreSQL); nothing on SQLite."""
         if self._listening is not None:

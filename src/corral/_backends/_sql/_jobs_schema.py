@@ -84,10 +84,11 @@ async def ensure_schema(conn: Connection, dialect: Dialect) -> None:
         f"attempts INTEGER NOT NULL DEFAULT 0, cluster TEXT, route_reason TEXT, "
         f"steps TEXT NOT NULL DEFAULT '[]', progress BIGINT NOT NULL DEFAULT 0, "
         f"error_category TEXT, error_step TEXT, error_message TEXT, error_attempt INTEGER, "
-        f"lease_token BIGINT, lease_owner TEXT, lease_expires {real}, "
+        f"error_traceback TEXT, lease_token BIGINT, lease_owner TEXT, lease_expires {real}, "
         f"created_at {real} NOT NULL, started_at {real}, run_at {real} NOT NULL, "
         f"updated_at {real} NOT NULL, finished_at {real})"
     )
+    await _add_columns(conn, postgres)
     await conn.execute(
         f"CREATE INDEX IF NOT EXISTS {JOBS}_waiting ON {JOBS} (priority, seq) WHERE {WAITING}"
     )
@@ -97,6 +98,33 @@ async def ensure_schema(conn: Connection, dialect: Dialect) -> None:
     )
     if postgres:
         await conn.execute(_BUSY_FUNCTION)
+
+
+#: Columns added since the table was first made: ``(name, SQL type)``. A table made
+#: before has them added by :func:`ensure_schema` (nullable, so that its rows keep).
+ADDED_COLUMNS = (("error_traceback", "TEXT"),)
+
+
+async def _add_columns(conn: Connection, postgres: bool) -> None:
+    """Add the :data:`ADDED_COLUMNS` a table made before lacks (one read when none).
+
+    The columns are read first, so that a table that has them all is not altered: on
+    PostgreSQL even ``ADD COLUMN IF NOT EXISTS`` takes the table's exclusive lock,
+    which would wait for (and hold back) every worker's transaction on it. Creating
+    the table is serialized (PostgreSQL: the schema lock; SQLite: the write lock of
+    the batch), so two connections never add one column twice.
+    """
+    if postgres:
+        sql = (
+            f"SELECT attname AS name FROM pg_attribute WHERE attrelid = '{JOBS}'::regclass "
+            f"AND attnum > 0 AND NOT attisdropped"
+        )
+    else:
+        sql = f"SELECT name FROM pragma_table_info('{JOBS}')"
+    present = {row["name"] for row in await conn.fetch(sql)}
+    for name, sql_type in ADDED_COLUMNS:
+        if name not in present:
+            await conn.execute(f"ALTER TABLE {JOBS} ADD COLUMN {name} {sql_type}")
 
 
 #: ``corral_jobs_busy(wait, by_customer)``: take the claim lock (waiting for it, or

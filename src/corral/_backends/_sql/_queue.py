@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -156,3 +157,31 @@ async def requeue(conn: Connection, d: Dialect, job_id: str) -> str | None:
         return None
     state = await conn.fetchval(f"SELECT state FROM {JOBS} WHERE id = ?", job_id)
     return "missing" if state is None else str(state)
+
+
+async def stranded(
+    conn: Connection, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+) -> dict[tuple[str | None, str], int]:
+    """Count the waiting jobs a worker with these clusters could never take, by why.
+
+    See :meth:`corral._ports._jobs.JobStore.stranded`. One query over the waiting jobs
+    that are pinned elsewhere or require labels; the labels are matched here.
+    """
+    marks = ", ".join("?" * len(clusters))
+    rows = await _fetch(
+        conn,
+        f"SELECT affinity, requires, COUNT(*) AS n FROM {JOBS} "
+        f"WHERE state IN ('ready', 'retrying') AND (affinity IS NULL AND requires <> '[]' "
+        f"OR affinity NOT IN ({marks})) GROUP BY affinity, requires",
+        *clusters,
+    )
+    left: dict[tuple[str | None, str], int] = {}
+    for row in rows:
+        affinity, requires = row["affinity"], row["requires"]
+        if affinity is None:
+            needed = frozenset(json.loads(requires))
+            if any(needed <= have for have in labels):
+                continue
+        key = (affinity, requires)
+        left[key] = left.get(key, 0) + int(row["n"])
+    return left
