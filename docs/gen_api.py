@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import inspect
 import pkgutil
@@ -20,6 +21,7 @@ import re
 import sys
 import textwrap
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -307,8 +309,46 @@ def document(qualified: str, obj: Any) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _defining_modules() -> Iterator[None]:
+    """Give public objects back their defining module while the reference is generated.
+
+    The face modules set ``__module__`` to the public home (``corral._public``) and keep the
+    defining module in ``_corral_defined_in``; ``inspect.getsource``, ``typing.get_overloads``
+    and the reprs of bases look objects up by ``__module__``, so it is restored meanwhile.
+    """
+    changed: dict[int, tuple[Any, str]] = {}
+
+    def restore(obj: Any) -> None:
+        own = vars(obj) if hasattr(obj, "__dict__") else {}
+        defined_in = own.get("_corral_defined_in")
+        if defined_in is None or id(obj) in changed:
+            return
+        changed[id(obj)] = (obj, obj.__module__)
+        obj.__module__ = defined_in
+        if isinstance(obj, type):
+            for value in list(own.values()):
+                if isinstance(value, type):
+                    restore(value)
+
+    try:
+        for module_name in MODULES:
+            module = importlib.import_module(module_name)
+            for name in module.__all__:
+                restore(getattr(module, name))
+        yield
+    finally:
+        for obj, public in changed.values():
+            obj.__module__ = public
+
+
 def generate() -> str:
     """Return the text of docs/api.md."""
+    with _defining_modules():
+        return _generate()
+
+
+def _generate() -> str:
     parts = [HEADER]
     for module_name in MODULES:
         module: ModuleType = importlib.import_module(module_name)

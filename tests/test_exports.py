@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
+import sys
+from collections.abc import Iterator
 
 import corral
 import corral.blocking
 import corral.dask
+import corral.jobs
+
+FACES = (corral, corral.jobs, corral.blocking, corral.dask)
 
 EXPECTED = {
     "Cluster",
@@ -88,7 +94,7 @@ def test_dask_pool_statistics_fields_are_documented() -> None:
     import dataclasses
 
     fields = [f.name for f in dataclasses.fields(corral.dask.DaskPoolStatistics)]
-    source = inspect.getsource(corral.dask.DaskPoolStatistics)
+    source = _defining_source(corral.dask.DaskPoolStatistics)
     for name in fields:
         assert re.search(rf'{name}: \w+\n    """', source), (
             f"DaskPoolStatistics.{name} has no docstring"
@@ -144,7 +150,7 @@ def test_database_statistics_fields_are_documented() -> None:
 
     fields = [f.name for f in dataclasses.fields(corral.DatabaseStatistics)]
     assert fields == ["accepted", "committed", "batches", "pending", "failed", "errors_dropped"]
-    source = inspect.getsource(corral.DatabaseStatistics)
+    source = _defining_source(corral.DatabaseStatistics)
     for name in fields:
         assert re.search(rf'{name}: int( = 0)?\n    """', source), (
             f"DatabaseStatistics.{name} has no docstring"
@@ -155,3 +161,42 @@ def test_py_typed_is_shipped() -> None:
     from importlib.resources import files
 
     assert files("corral").joinpath("py.typed").is_file()
+
+
+def _defining_source(obj: object) -> str:
+    """The source of the private module that defines ``obj`` (its ``__module__`` is public)."""
+    return inspect.getsource(importlib.import_module(obj._corral_defined_in))  # type: ignore[attr-defined]
+
+
+def _public_objects() -> Iterator[tuple[str, object]]:
+    for module in FACES:
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type) or inspect.isfunction(obj):
+                yield f"{module.__name__}.{name}", obj
+                if isinstance(obj, type):
+                    for attr, value in vars(obj).items():
+                        if isinstance(value, type) and value.__module__.startswith("corral"):
+                            yield f"{module.__name__}.{name}.{attr}", value
+
+
+def test_public_names_report_their_public_home() -> None:
+    faces = {module.__name__ for module in FACES}
+    for exported, obj in _public_objects():
+        home: str = obj.__module__
+        assert home in faces, f"{exported} reports {home}"
+        found: object = sys.modules[home]
+        for part in obj.__qualname__.split("."):  # type: ignore[attr-defined]
+            found = getattr(found, part)
+        assert found is obj, f"{exported} is not {home}.{obj.__qualname__}"  # type: ignore[attr-defined]
+    assert corral.NotPicklableError.__module__ == "corral"
+    assert corral.jobs.Processor.__module__ == "corral.jobs"
+    assert corral.blocking.is_picklable.__module__ == "corral"  # its first public home
+    assert corral.dask.DaskPool.__module__ == "corral.dask"
+
+
+def test_an_exception_class_reads_as_its_public_name() -> None:
+    assert repr(corral.NotPicklableError) == "<class 'corral.NotPicklableError'>"
+    assert repr(corral.jobs.PermanentError) == "<class 'corral.jobs.PermanentError'>"
+    error = corral.WorkerCrashed("boom")
+    assert f"{type(error).__module__}.{type(error).__qualname__}" == "corral.WorkerCrashed"

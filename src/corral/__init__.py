@@ -57,6 +57,7 @@ from ._progress import RunProgress as RunProgress
 from ._progress import Status as Status
 from ._progress import Subtask as Subtask
 from ._progress import SubtaskProgress as SubtaskProgress
+from ._public import fixup_module_metadata as _fixup_module_metadata
 from ._thread import to_thread as to_thread
 
 __version__ = "0.1.0"
@@ -115,3 +116,6 @@ __all__ = (
     "to_process",
     "to_thread",
 )
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata

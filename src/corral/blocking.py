@@ -25,6 +25,7 @@ from anyio.lowlevel import current_token
 
 from ._map import imap, is_async_callable, map
 from ._pickling import check_process_function, describe, is_picklable
+from ._public import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = [
     "Task",
@@ -227,3 +228,7 @@ def _stream(stream: Any) -> Generator[tuple[int, Any], None, None]:
             except StopAsyncIteration:
                 return
             yield pair
+
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata

@@ -8,5 +8,9 @@
 from ._dask import DaskPool as DaskPool
 from ._dask import DaskPoolStatistics as DaskPoolStatistics
 from ._dask import wait_concurrent as wait_concurrent
+from ._public import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = ("DaskPool", "DaskPoolStatistics", "wait_concurrent")
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata

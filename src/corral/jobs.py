@@ -48,6 +48,7 @@ from ._jobs._notify import Notifier as Notifier
 from ._jobs._processor import Processor as Processor
 from ._jobs._processor import ProcessorStatistics as ProcessorStatistics
 from ._jobs._queue import JobQueue as JobQueue
+from ._public import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = (
     "ConfigurationError",
@@ -82,3 +83,6 @@ __all__ = (
     "TransientError",
     "classify",
 )
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata
