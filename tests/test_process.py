@@ -825,3 +825,47 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     output = json.loads(done.stdout)
     assert len(set(output["busy"])) == 2
     assert output["alive"] == [], "a worker outlived its killed parent"
+
+
+UNGUARDED = """
+import sys
+
+import anyio
+
+import corral
+
+
+def square(x):
+    return x * x
+
+
+async def main():
+    print(await corral.map(square, range(4), offload="process"))
+
+
+anyio.run(main, backend=sys.argv[1])  # no `if __name__ == "__main__":`
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_script_without_a_main_guard_is_told_so(tmp_path: Path, backend: str) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(UNGUARDED))
+    done = subprocess.run(
+        [sys.executable, str(script), backend],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    # The workers re-import the script: they exit quietly instead of each printing the
+    # traceback of multiprocessing's bootstrapping RuntimeError, and the one error names the fix.
+    assert "bootstrapping phase" not in done.stderr
+    assert done.stderr.count("Traceback") == 1
+    errors = [line for line in lines if line.startswith("corral.WorkerCrashed:")]
+    assert len(errors) == 1, done.stderr
+    assert str(script) in errors[0]
+    assert 'if __name__ == "__main__":' in errors[0]

@@ -73,6 +73,24 @@ T = TypeVar("T")
 Call = tuple[tuple[Any, ...], dict[str, Any] | None]
 #: ``(True, value)`` or ``(False, exception)``.
 Outcome = tuple[bool, Any]
+#: The exit code of a worker that was importing the main module when it was asked to start
+#: workers itself: a script that starts processes without ``if __name__ == "__main__":``.
+_UNGUARDED_MAIN_EXIT = 78
+
+
+def _importing_main() -> bool:
+    """Whether this process is a worker still re-importing its parent's main module."""
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
+def _unguarded_main_message(context: BaseContext) -> str:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or "the main module"
+    return (
+        f"{path} starts processes when it is imported, and every worker process imports it "
+        f"again ({context.get_start_method()} start method): put the code that runs the "
+        f'script under `if __name__ == "__main__":`'
+    )
 
 
 def cpu_count() -> int:
@@ -459,6 +477,10 @@ class ProcessPool:
                 self._killed += 1
 
     async def _start_worker(self) -> _Worker:
+        if _importing_main():
+            # A worker running its parent's unguarded script: multiprocessing would refuse
+            # with a RuntimeError traceback in every worker; exit quietly, the parent says why.
+            os._exit(_UNGUARDED_MAIN_EXIT)
         parent_sock, child_sock = socket.socketpair()
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
@@ -483,8 +505,10 @@ class ProcessPool:
             kind, detail = await worker.receive()
         except _WorkerDied:
             with anyio.CancelScope(shield=True):
-                how, _ = await anyio.to_thread.run_sync(worker.describe_death)
+                how, code = await anyio.to_thread.run_sync(worker.describe_death)
             self._discard(worker, crashed=True)
+            if code == _UNGUARDED_MAIN_EXIT:
+                raise WorkerCrashed(_unguarded_main_message(self._context)) from None
             raise WorkerCrashed(f"a new worker process died during start-up ({how})") from None
         except BaseException:
             self._discard(worker, crashed=False)
