@@ -86,14 +86,20 @@ class LoggingNotifier:
             EventKind.RETRYING: logging.INFO,
             EventKind.DEAD: logging.ERROR,
         }.get(event.kind, logging.WARNING)
-        where = f" on {event.cluster}" if event.cluster else ""
-        text = f"job {event.job_id} {event.kind.value} (attempt {event.attempt}{where})"
-        if event.category is not None:
-            text += f": {event.category.value}"
-        if event.step is not None:
-            text += f" in step {event.step!r}"
-        if event.message:
-            text += f": {event.message}"
+        text = describe(event)
         if event.traceback:
             text += f"\n{event.traceback.rstrip()}"
         self.logger.log(level, text)
+
+
+def describe(event: JobEvent) -> str:
+    """Say what ``event`` tells, on one line: the job, how it ended, its attempt, where."""
+    where = f" on {event.cluster}" if event.cluster else ""
+    text = f"job {event.job_id} {event.kind.value} (attempt {event.attempt}{where})"
+    if event.category is not None:
+        text += f": {event.category.value}"
+    if event.step is not None:
+        text += f" in step {event.step!r}"
+    if event.message:
+        text += f": {event.message}"
+    return text

@@ -18,7 +18,7 @@ from . import _claims
 from ._claimer import claim_request, reclaim_events
 from ._deliverer import send
 from ._model import State
-from ._notify import EventKind, JobEvent
+from ._notify import EventKind, JobEvent, describe
 from ._runner import forget, start
 from ._state import ProcessorState
 
@@ -139,16 +139,3 @@ def reported(
             state.claim_wakeup.set()  # room left: the claimer claims, or checks for idleness
     events.extend(reclaim_events(state, reclaimed))
     return events
-
-
-def describe(event: JobEvent) -> str:
-    """Say what ``event`` tells, on one line: the job, how it ended, its attempt, where."""
-    where = f" on {event.cluster}" if event.cluster else ""
-    text = f"job {event.job_id} {event.kind.value} (attempt {event.attempt}{where})"
-    if event.category is not None:
-        text += f": {event.category.value}"
-    if event.step is not None:
-        text += f" in step {event.step!r}"
-    if event.message:
-        text += f": {event.message}"
-    return text

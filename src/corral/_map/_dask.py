@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._dask import DaskPool
-from ._engine import Engine
+from ._engine import Engine, adaptive_chunksize
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -47,16 +47,7 @@ class DaskChunks:
         """Nothing to do: cancelled workers cancel their Dask tasks themselves."""
 
     def _next_chunksize(self) -> int:
-        engine = self.engine
-        if engine.chunksize is not None:
-            return engine.chunksize
-        if self.seconds_per_item is None:
-            return 1
-        size = _CHUNK_SECONDS / max(self.seconds_per_item, 1e-7)
-        if engine.length_hint:
-            remaining = max(engine.length_hint - engine.taken, 0)
-            size = min(size, remaining / (2 * engine.limit))
-        return max(1, min(int(size), engine.max_chunk))
+        return adaptive_chunksize(self.engine, self.seconds_per_item, _CHUNK_SECONDS)
 
     async def worker(self) -> None:
         """Run chunks on the cluster until the input is exhausted or the run stops."""

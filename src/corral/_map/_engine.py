@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
 __all__ = [
+    "adaptive_chunksize",
     "DEFAULT_LIMITS",
     "MAX_CHUNK",
     "Engine",
@@ -370,3 +371,22 @@ class Engine:
             self.window_event.set()
             self.window_event = None
         return index, value
+
+
+def adaptive_chunksize(engine: Engine, seconds_per_item: float | None, target: float) -> int:
+    """Return the next chunk's size: ``target`` seconds of work, as measured so far.
+
+    The caller's ``chunksize`` if it gave one; one item until a chunk has been timed;
+    then as many items as take ``target`` seconds, tapered near the end of an input of
+    known length (so that the last chunks spread over every worker), at most
+    ``max_chunk``.
+    """
+    if engine.chunksize is not None:
+        return engine.chunksize
+    if seconds_per_item is None:
+        return 1
+    size = target / max(seconds_per_item, 1e-7)
+    if engine.length_hint:
+        remaining = max(engine.length_hint - engine.taken, 0)
+        size = min(size, remaining / (2 * engine.limit))
+    return max(1, min(int(size), engine.max_chunk))
