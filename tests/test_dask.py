@@ -99,6 +99,16 @@ def die_on_13(x: int) -> int:
     return x
 
 
+def fail_twice(path: str) -> int:
+    """Run on a worker: raise on the first two calls (counted in ``path``), then succeed."""
+    calls = len(open(path).read()) if os.path.exists(path) else 0  # noqa: SIM115
+    with open(path, "a") as f:
+        f.write("x")
+    if calls < 2:
+        raise OSError(f"flaky call {calls + 1}")
+    return calls + 1
+
+
 def _unfinished(dask_scheduler: Any) -> int:
     states = ("released", "waiting", "no-worker", "queued", "processing")
     return sum(1 for ts in dask_scheduler.tasks.values() if ts.state in states)
@@ -295,6 +305,20 @@ async def test_a_worker_killed_mid_chunk_fails_its_item_only(pool: DaskPool, cli
     assert isinstance(results[13], corral.WorkerCrashed)
     assert [r for i, r in enumerate(results) if i != 13] == [i for i in range(40) if i != 13]
     assert pool.statistics().crashed >= 2  # the chunk's worker, then item 13's alone
+
+
+@pytest.mark.parametrize(("retries", "expected"), [(2, 3), (1, None), (0, None)])
+async def test_retries_rerun_a_failed_run(
+    client: Any, tmp_path: Path, retries: int, expected: int | None
+) -> None:
+    calls = tmp_path / "calls"
+    async with DaskPool(client, retries=retries) as pool:
+        if expected is None:
+            with pytest.raises(OSError, match=f"flaky call {retries + 1}"):
+                await pool.run(fail_twice, str(calls))
+        else:
+            assert await pool.run(fail_twice, str(calls)) == expected
+    assert len(calls.read_text()) == min(retries + 1, 3)  # every rerun, no more
 
 
 def test_missing_extra_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
