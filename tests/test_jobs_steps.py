@@ -8,6 +8,7 @@ to every later attempt: a retry, a requeue, a reclaim after the worker was kille
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import subprocess
@@ -92,8 +93,10 @@ async def test_a_retry_gets_the_stored_results_without_calling_the_steps(db_url:
 
     async def handler(ctx: jobs.JobContext) -> None:
         aligned = await ctx.run_step("align", align, "ACGT", threads_=8)
+        seen.setdefault(ctx.attempt, []).append(copy.deepcopy(aligned))
+        aligned["pair"] = "changed by the handler"  # its own copy: not what is stored
         counts = await ctx.run_step("count", count, aligned, ctx)
-        seen.setdefault(ctx.attempt, []).extend([aligned, counts])
+        seen[ctx.attempt].append(counts)
         if ctx.attempt == 2:  # fails after step 2: steps 1 and 2 are stored
             assert ctx.steps_done == ("align", "count")
             raise jobs.TransientError("the network went away")
@@ -112,7 +115,7 @@ async def test_a_retry_gets_the_stored_results_without_calling_the_steps(db_url:
     assert threads  # align ran in a worker thread, not the event loop's
     assert threading.main_thread().name not in threads
     aligned = {"sample": "ACGT", "threads": 8, "pair": [1, 2]}  # as JSON gives it back
-    assert seen == {2: [aligned, [4, 8]], 3: [aligned, [4, 8], "12 reads"]}
+    assert seen == {1: [aligned], 2: [aligned, [4, 8]], 3: [aligned, [4, 8], "12 reads"]}
     assert rec.steps_done == ("align", "count", "report")
     assert rec.step_results == {"align": aligned, "count": [4, 8], "report": "12 reads"}
     assert stored == rec.step_results  # the column: one JSON object, {name: result}

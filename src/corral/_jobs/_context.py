@@ -246,8 +246,11 @@ class JobContext:
         self._enter_step(name)
         steps = self._steps
         if name in steps:
+            result = steps[name]
+            if name not in self._step_json:  # encoded before the handler can change it
+                self._step_json[name] = _dumps(result)
             await anyio.lowlevel.checkpoint()
-            return steps[name]
+            return result
         try:
             if is_async_callable(fn):
                 result = await fn(*args, **kwargs)
