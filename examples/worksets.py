@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -67,9 +68,8 @@ class Collect:
         self.events.append(event)
 
 
-async def work(ctx: jobs.JobContext, step: str, seconds: float) -> None:
-    """Stand-in for real I/O; traces which steps each attempt really ran."""
-    await anyio.sleep(seconds)  # the step's first checkpoint: a finished step stops here
+def trace(ctx: jobs.JobContext, step: str) -> None:
+    """Note that a step's function really ran (a finished step's is never called again)."""
     TRACE.setdefault(ctx.job.id, []).append(f"{step}#{ctx.attempt}")
 
 
@@ -79,26 +79,46 @@ def check(job: jobs.Job) -> None:
         raise jobs.ConfigurationError("no upload target configured")
 
 
+async def download(ctx: jobs.JobContext, files: int) -> dict[str, Any]:
+    """Step 1 (async): fetch the files; its result is stored with the step (JSON)."""
+    trace(ctx, "download")
+    await anyio.sleep(0.002 * files)  # stand-in for real I/O
+    return {"folder": f"/scratch/{ctx.job.id}", "files": files}
+
+
+def transform(ctx: jobs.JobContext, fetched: dict[str, Any], corrupt: int | None) -> int:
+    """Step 2 (a plain function: run_step runs it in a worker thread): parse each file."""
+    trace(ctx, "transform")
+    for n in range(fetched["files"]):
+        if n == corrupt:
+            raise jobs.DataError(f"file {n} is not valid CSV")  # failed at once
+        ctx.progress.increment()  # one file done (thread-safe)
+    return 100 * int(fetched["files"])  # rows
+
+
+async def upload(ctx: jobs.JobContext, target: str, rows: int) -> str:
+    """Step 3 (async): upload the rows; a passing failure is retried from this step."""
+    trace(ctx, "upload")
+    await anyio.sleep(0.005)
+    if target in OFFLINE:
+        raise jobs.TransientError(f"{target} is offline")  # retried, then dead
+    if target == "mirror-eu" and ctx.attempt == 1:
+        raise jobs.TransientError("upload to mirror-eu timed out")  # retried
+    return f"{target}://{ctx.job.id} ({rows} rows)"
+
+
 async def process_workset(ctx: jobs.JobContext) -> None:
-    """The handler: returning completes the job, raising fails this attempt."""
+    """The handler: returning completes the job, raising fails this attempt.
+
+    Each ``run_step`` runs its function once per job: a retry (or a requeue, or another
+    worker reclaiming the job) gets a finished step's stored result without calling it.
+    """
     workset = ctx.job.payload
     GAUGE.enter(ctx.job.customer)
     try:
-        async with ctx.step("download"):
-            await work(ctx, "download", 0.002 * workset["files"])
-        async with ctx.step("transform"):
-            await work(ctx, "transform", 0.001)
-            for n in range(workset["files"]):
-                if n == workset.get("corrupt"):
-                    raise jobs.DataError(f"file {n} is not valid CSV")  # failed at once
-                ctx.progress.increment()  # one file done
-        async with ctx.step("upload"):
-            await work(ctx, "upload", 0.005)
-            target = workset["target"]
-            if target in OFFLINE:
-                raise jobs.TransientError(f"{target} is offline")  # retried, then dead
-            if target == "mirror-eu" and ctx.attempt == 1:
-                raise jobs.TransientError("upload to mirror-eu timed out")  # retried
+        fetched = await ctx.run_step("download", download, ctx, workset["files"])
+        rows = await ctx.run_step("transform", transform, ctx, fetched, workset.get("corrupt"))
+        await ctx.run_step("upload", upload, ctx, workset["target"], rows)
     finally:
         GAUGE.leave(ctx.job.customer)
 
@@ -168,6 +188,7 @@ async def main(url: str, quick: bool) -> None:
         await processor.run(until_idle=True)
         done = await db.jobs.get("ws-09")
         print(f"  {done.id} {done.state.value}; steps run this time: {', '.join(TRACE[done.id])}")
+        print(f"  its step results: {done.step_results}")
 
         # A burst for one customer: the limits hold while it runs.
         await db.jobs.enqueue_many(

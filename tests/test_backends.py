@@ -413,7 +413,7 @@ async def test_sqlite_mode_ro_refuses_writes(tmp_path: Path) -> None:
 
 
 async def test_sqlite_mode_rw_does_not_create_the_file(tmp_path: Path) -> None:
-    with pytest.raises(corral.ConnectError, match="unable to open database file"):
+    with pytest.raises(corral.ConnectError, match="file does not exist, and mode=rw opens only"):
         async with corral.connect(_sqlite_url(tmp_path, "?mode=rw")):
             pass
     assert not (tmp_path / "test.db").exists()

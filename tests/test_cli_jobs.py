@@ -474,6 +474,7 @@ def test_json_for_scripts(db_url: str, tmp_path: Path) -> None:
         "attempts": 1,
         "cluster": "a",
         "steps_done": ["fetch"],
+        "step_results": {"fetch": None},
         "progress": 2,
         "last_error": None,
         "lease_owner": None,

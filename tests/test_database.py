@@ -443,7 +443,10 @@ async def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     ("url", "match"),
     [
         ("mysql://root@localhost/db", "unsupported database URL scheme 'mysql'.*postgresql://"),
-        ("corral.db", "not a database URL; corral supports sqlite:///"),
+        (
+            "corral.db",
+            r"not a database URL \(it has no scheme\): did you mean sqlite:///corral.db\?",
+        ),
         ("sqlite://corral.db", "three slashes"),
         ("sqlite:///", "names no file"),
     ],

@@ -31,6 +31,7 @@ __all__ = [
     "RemoteError",
     "ResourceError",
     "SchemaError",
+    "StepResultError",
     "TransientError",
     "UnknownColumnError",
     "UnstorableTextError",
@@ -360,6 +361,17 @@ class JobStateError(CorralError, ValueError):
 class LeaseLostError(CorralError):
     """A worker's lease on its job was taken over: its writes for the job are refused.
 
-    Raised inside a handler (by ``ctx.step``) when the lease expired and another worker
-    reclaimed the job; the processor then drops this attempt without recording it.
+    Raised inside a handler (by ``ctx.step`` and ``ctx.run_step``) when the lease expired
+    and another worker reclaimed the job; the processor then drops this attempt without
+    recording it.
+    """
+
+
+class StepResultError(PermanentError, TypeError, ValueError):
+    """A step's result (``ctx.run_step``) cannot be stored as JSON.
+
+    It holds something ``json.dumps`` does not take (a set, an object, bytes, a
+    circular reference), or it nests deeper than ``Job.MAX_PAYLOAD_DEPTH`` levels.
+    Raised before anything is stored; the job fails as PERMANENT (a retry would compute
+    the same result again).
     """

@@ -27,6 +27,7 @@ from ._exceptions import LeaseLostError as LeaseLostError
 from ._exceptions import PayloadError as PayloadError
 from ._exceptions import PermanentError as PermanentError
 from ._exceptions import ResourceError as ResourceError
+from ._exceptions import StepResultError as StepResultError
 from ._exceptions import TransientError as TransientError
 from ._jobs._context import JobContext as JobContext
 from ._jobs._context import JobProgress as JobProgress
@@ -80,6 +81,7 @@ __all__ = (
     "RetryPolicy",
     "State",
     "Step",
+    "StepResultError",
     "TransientError",
     "classify",
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os.path
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -157,7 +158,7 @@ def parse_url(url: object) -> tuple[str, str]:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise DatabaseURLError(f"{redact(url)!r} is not a database URL; corral supports {_SCHEMES}")
+        raise _no_scheme(url)
     if scheme == "sqlite":
         if not rest.startswith("/"):
             raise DatabaseURLError(
@@ -180,6 +181,27 @@ def parse_url(url: object) -> tuple[str, str]:
         return scheme, url
     raise DatabaseURLError(
         f"unsupported database URL scheme {scheme!r} in {redact(url)!r}; corral supports {_SCHEMES}"
+    )
+
+
+def _no_scheme(url: str) -> DatabaseURLError:
+    """Return the error for ``url`` without ``scheme://``: a bare path, or a server's address.
+
+    A bare path is taken for an SQLite file, ``user@host/db`` for a PostgreSQL server,
+    and the error asks whether that was meant; ``user:password@host`` shows no password.
+    """
+    if "@" in url:
+        meant = redact(f"postgresql://{url}")
+        shown = meant.removeprefix("postgresql://")
+    elif ":" not in url or url == ":memory:":
+        meant, shown = f"sqlite:///{os.path.expanduser(url)}", url
+    else:
+        return DatabaseURLError(
+            f"{redact(url)!r} is not a database URL (it has no scheme); corral supports {_SCHEMES}"
+        )
+    return DatabaseURLError(
+        f"{shown!r} is not a database URL (it has no scheme): did you mean {meant}? corral "
+        f"supports {_SCHEMES}"
     )
 
 

@@ -8,7 +8,7 @@ re-exported here for the processor's modules.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._ports._jobs import Claimed as Claimed
 from .._ports._jobs import ClaimRequest as ClaimRequest
@@ -79,6 +79,6 @@ def claimed_job(claimed: Claimed) -> Job:
     return job
 
 
-def claimed_steps(claimed: Claimed) -> list[str]:
-    """Return the steps the earlier attempts of a claimed job finished."""
+def claimed_steps(claimed: Claimed) -> dict[str, Any]:
+    """Return the steps the earlier attempts of a claimed job finished, with results."""
     return stored_steps(claimed.row["steps"])

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import anyio
+import anyio.lowlevel
 
 from .._cluster import Cluster
-from .._exceptions import LeaseLostError
+from .._exceptions import LeaseLostError, StepResultError
+from .._map import is_async_callable
+from .._thread import to_thread
 from .._validate import check_text
 from . import _claims
-from ._model import Job
+from ._model import Job, _nests_deeper, load_json
 
 if TYPE_CHECKING:
     from .._database import Database
     from .._ports import Session
 
 __all__ = ["JobContext", "JobProgress", "Step"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: Held while a context makes its progress counter (rare: once per job that counts).
 _MAKING = threading.Lock()
@@ -68,10 +75,14 @@ class Step:
     When the block ends normally the step is recorded as finished (committed before
     the block returns), so a later attempt of the job does not run it again: there,
     :attr:`done` is true and the block's body is cancelled at its first checkpoint
-    (its first ``await`` that yields), which ``async with`` then absorbs. A body with
-    no checkpoint runs in full, so keep a finished step's side effects behind an
-    ``await``, or test ``step.done``. When the block raises, the step is recorded as
-    the one that failed.
+    (its first ``await`` that yields), which ``async with`` then absorbs. When the
+    block raises, the step is recorded as the one that failed.
+
+    .. warning:: A finished step's code *before its first checkpoint runs again*, and a
+       body with no checkpoint (synchronous code only) runs again in full: ``async
+       with`` cannot skip a block. Prefer :meth:`JobContext.run_step`, which never
+       calls a finished step's function; else keep the side effects behind an
+       ``await``, or test ``step.done``.
     """
 
     __slots__ = ("_ctx", "_scope", "done", "name")
@@ -84,16 +95,7 @@ class Step:
         self._scope: anyio.CancelScope | None = None
 
     async def __aenter__(self) -> Step:
-        entered = self._ctx._entered
-        if entered is None:
-            entered = self._ctx._entered = set()
-        if self.name in entered:
-            raise ValueError(
-                f"step {self.name!r} was already used in this attempt of job "
-                f"{self._ctx._claimed.id!r}: step names must be unique within a job (a finished "
-                f"step is skipped on retry by its name); give each step its own name"
-            )
-        entered.add(self.name)
+        self._ctx._enter_step(self.name)
         if self.done:
             scope = self._scope = anyio.CancelScope()
             scope.__enter__()
@@ -137,7 +139,10 @@ class JobContext:
         self._db = db
         self._claimed = claimed
         self._progress: JobProgress | None = None
-        self._steps_list: list[str] | None = None
+        self._steps_map: dict[str, Any] | None = None
+        # The JSON of each step's result, once encoded (the stored column is rebuilt
+        # from these at each finished step).
+        self._step_json: dict[str, str] = {}
         self._entered: set[str] | None = None
         self._failed_step: str | None = None
         # The processor's, while the job is its: the runner's cancel scope while it
@@ -168,10 +173,11 @@ class JobContext:
         return 0 if self._progress is None else self._progress._take()
 
     @property
-    def _steps(self) -> list[str]:
-        steps = self._steps_list
+    def _steps(self) -> dict[str, Any]:
+        """The finished steps, ``{name: result}``: of earlier attempts and this one."""
+        steps = self._steps_map
         if steps is None:
-            steps = self._steps_list = _claims.claimed_steps(self._claimed)
+            steps = self._steps_map = _claims.claimed_steps(self._claimed)
         return steps
 
     def __repr__(self) -> str:
@@ -184,21 +190,117 @@ class JobContext:
         return tuple(self._steps)
 
     def step(self, name: str) -> Step:
-        """Return the step ``name`` of this job, for ``async with``; see :class:`Step`."""
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"a step name must be a non-empty str, got {name!r}")
-        check_text("step name", name)
+        """Return the step ``name`` of this job, for ``async with``; see :class:`Step`.
+
+        A finished step's body is skipped only from its first checkpoint on: the code
+        before it runs again. :meth:`run_step` skips a finished step's code entirely.
+        """
+        _check_step_name(name)
         return Step(self, name)
 
-    async def _finish_step(self, name: str) -> None:
-        if name not in self._steps:
-            self._steps.append(name)
+    @overload
+    async def run_step(
+        self, name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    @overload
+    async def run_step(
+        self, name: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    async def run_step(
+        self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` once per job as the step ``name``; return its result.
+
+        The result is stored with the step (as JSON, committed before this returns),
+        and a later attempt of the job (a retry, a reclaim after a lost worker, a
+        requeue) returns the stored result without calling ``fn`` at all. What is
+        returned is the result as JSON gives it back, on the first attempt too: a tuple
+        comes back as a list, dict keys as str. When ``fn`` raises, its exception
+        propagates and the step is recorded as the one that failed (a later attempt
+        calls ``fn`` again). A plain function cannot be interrupted: cancelled, the
+        step waits for it to return.
+
+        Args:
+            name: The step's name: a non-empty str, unique within the job. Steps are
+                known by name, not by order, so steps may run concurrently (in a task
+                group), each storing its own result.
+            fn: An async function (awaited in the handler's task), or a plain function,
+                which runs in a worker thread (:func:`corral.to_thread`) so that it does
+                not block the event loop: make it thread-safe, and make a function that
+                must run on the event loop async.
+            *args: Positional arguments for ``fn``.
+            **kwargs: Keyword arguments for ``fn``.
+
+        Raises:
+            StepResultError: ``fn`` returned something JSON cannot store (nothing is
+                stored; the job fails as PERMANENT).
+            ValueError: ``name`` was already used (by ``run_step`` or ``step``) in this
+                attempt.
+            LeaseLostError: another worker took the job over before the result was
+                stored; let it propagate (the attempt is dropped).
+
+        """
+        _check_step_name(name)
+        self._enter_step(name)
+        steps = self._steps
+        if name in steps:
+            result = steps[name]
+            if name not in self._step_json:  # encoded before the handler can change it
+                self._step_json[name] = _dumps(result)
+            await anyio.lowlevel.checkpoint()
+            return result
+        try:
+            if is_async_callable(fn):
+                result = await fn(*args, **kwargs)
+            else:
+                result = await to_thread(fn, *args, **kwargs)
+            text = _dump_result(result, self._claimed.id, name)
+        except BaseException:
+            if self._failed_step is None:
+                self._failed_step = name
+            raise
+        await self._finish_step(name, load_json(text), text)
+        return steps[name]
+
+    def _enter_step(self, name: str) -> None:
+        """Note that the step ``name`` is used in this attempt; ValueError if it was."""
+        entered = self._entered
+        if entered is None:
+            entered = self._entered = set()
+        if name in entered:
+            raise ValueError(
+                f"step {name!r} was already used in this attempt of job "
+                f"{self._claimed.id!r}: step names must be unique within a job (a finished "
+                f"step is skipped on retry by its name); give each step its own name"
+            )
+        entered.add(name)
+
+    def _steps_text(self) -> str:
+        """Encode the finished steps as the ``steps`` column stores them."""
+        texts = self._step_json
+        parts = []
+        for name, result in self._steps.items():
+            text = texts.get(name)
+            if text is None:  # decoded from the store, or a step without a result
+                text = texts[name] = _dumps(result)
+            parts.append(f"{_dumps(name)}:{text}")
+        return "{" + ",".join(parts) + "}"
+
+    async def _finish_step(self, name: str, result: object = None, text: str = "null") -> None:
+        """Store the step ``name`` as finished, with its result (and ``text``, its JSON)."""
+        steps = self._steps
+        if name not in steps:
+            steps[name] = result
+            self._step_json[name] = text
         claimed = self._claimed
         progress = self._take_progress()
-        steps = json.dumps(self._steps)
 
         async def record(conn: Session) -> bool:
-            return await conn.jobs.step_done(claimed, steps, progress)
+            # Encoded here, in the writer, so that each write stores every step
+            # finished by then, whatever the order concurrent steps' writes are in.
+            return await conn.jobs.step_done(claimed, self._steps_text(), progress)
 
         call = _claims.Call(record)
         try:
@@ -212,3 +314,37 @@ class JobContext:
                 f"job {claimed.id!r}: this worker's lease was taken over by another "
                 f"worker (it was not renewed in time); this attempt stops here"
             )
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _check_step_name(name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a step name must be a non-empty str, got {name!r}")
+    check_text("step name", name)
+
+
+def _dump_result(result: object, job_id: str, step: str) -> str:
+    """Encode the result of step ``step``; StepResultError if JSON cannot store it."""
+    limit = Job.MAX_PAYLOAD_DEPTH
+    fix = (
+        "return JSON types (dict, list, str, int, float, bool, None): convert it, or "
+        "store the data elsewhere (a file, a table) and return a reference (a path, a key)"
+    )
+    try:
+        text = _dumps(result)
+    except RecursionError:
+        text = None
+    except (TypeError, ValueError) as exc:
+        raise StepResultError(
+            f"job {job_id!r}: step {step!r} returned {type(result).__name__} that cannot be "
+            f"stored as JSON ({exc}); {fix}"
+        ) from exc
+    if text is None or _nests_deeper(text, limit):
+        raise StepResultError(
+            f"job {job_id!r}: step {step!r} returned a result nesting deeper than {limit} "
+            f"levels (lists and dicts in one another), which not every worker could "
+            f"decode; {fix}"
+        )
+    return text

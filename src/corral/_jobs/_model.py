@@ -235,7 +235,10 @@ class JobRecord:
     route_reason: str | None
     """Why the scheduler chose that cluster."""
     steps_done: tuple[str, ...]
-    """Steps that finished; a retry does not run them again."""
+    """Steps that finished, in the order they did; a retry does not run them again."""
+    step_results: dict[str, Any]
+    """The results of those steps, by name: what ``ctx.run_step`` returned, as JSON
+    decodes it; None for a step of ``ctx.step`` (it has no result)."""
     progress: int
     """The sum of the job's ``ctx.progress.increment()`` calls."""
     last_error: LastError | None

@@ -52,6 +52,7 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
     assert updated is not None
     assert run_at is not None
     job = stored_job(row)
+    steps = stored_steps(row["steps"])
     return JobRecord(
         id=job.id,
         payload=job.payload,
@@ -65,7 +66,8 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
         attempts=int(row["attempts"]),
         cluster=row["cluster"],
         route_reason=row["route_reason"],
-        steps_done=tuple(stored_steps(row["steps"])),
+        steps_done=tuple(steps),
+        step_results=steps,
         progress=int(row["progress"]),
         last_error=error,
         error_traceback=row.get("error_traceback"),

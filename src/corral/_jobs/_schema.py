@@ -25,7 +25,9 @@ __all__ = [
 FINISHED = (State.COMPLETED.value, State.FAILED.value, State.DEAD.value)
 #: How a job requiring no labels stores them.
 NO_LABELS = "[]"
-#: How a job with no finished steps stores them.
+#: How a job with no finished steps stores them (the column's default). A job with
+#: finished steps stores a JSON object, ``{name: result}`` in the order they finished
+#: (``null`` for a step of ``ctx.step``, which has no result).
 NO_STEPS = "[]"
 
 
@@ -49,9 +51,17 @@ def stored_labels(requires: object) -> frozenset[str]:
     return _NO_LABELS_SET if requires == NO_LABELS else frozenset(load_json(requires))
 
 
-def stored_steps(steps: object) -> list[str]:
-    """Decode a stored ``steps`` column: the steps a job's attempts finished."""
-    return [] if steps == NO_STEPS else list(load_json(steps, []))
+def stored_steps(steps: object) -> dict[str, Any]:
+    """Decode a stored ``steps`` column: the steps a job's attempts finished, with results.
+
+    Returns ``{name: result}`` in the order they finished. The list of names that
+    corral stored before steps had results (``["fetch", "parse"]``) reads as steps
+    with no result (``None``).
+    """
+    if steps == NO_STEPS:
+        return {}
+    value = load_json(steps, {})
+    return value if isinstance(value, dict) else dict.fromkeys(value)
 
 
 _NO_LABELS_SET: frozenset[str] = frozenset()

@@ -8,9 +8,10 @@ reads back are *job rows*: mappings of column name to value, as stored. Their co
   ``region`` (str or None), ``requires`` (the JSON list of the labels it needs, sorted:
   ``"[]"`` for none), ``max_retries`` (int);
 - ``state`` (a :class:`State` value), ``attempts`` (int), ``cluster``, ``route_reason``
-  (str or None), ``steps`` (the JSON list of its finished steps: ``"[]"`` for none),
-  ``progress`` (int), ``error_category``, ``error_step``, ``error_message``,
-  ``error_attempt``, ``error_traceback`` (the last error's traceback, or None),
+  (str or None), ``steps`` (JSON text of its finished steps, as the domain encodes
+  them: ``"[]"`` for none), ``progress`` (int), ``error_category``, ``error_step``,
+  ``error_message``, ``error_attempt``, ``error_traceback`` (the last error's traceback,
+  or None),
   ``lease_owner`` (or None), ``lease_expires``, ``created_at``,
   ``started_at``, ``run_at``, ``updated_at``, ``finished_at`` (epoch seconds, or None).
 
@@ -286,7 +287,7 @@ class JobStore(Protocol):
     async def step_done(self, claimed: Claimed, steps: str, progress: int) -> bool:
         """Store the finished steps of a claimed job; False if its lease was taken over.
 
-        ``steps``: their JSON list, as stored; ``progress`` is added. A job whose lease
+        ``steps``: their JSON text, stored as it is; ``progress`` is added. A job whose lease
         was taken over changes nothing.
         """
         ...

@@ -66,6 +66,7 @@ from .._sql._tables import (
 )
 from ._errors import broke
 from ._loop import Direct, LoopThread
+from ._search_path import missing_schemas, search_path_in, search_path_problem
 from ._settings import SETTINGS, Settings, split_settings
 from ._values import column_for, infer_type
 
@@ -113,6 +114,22 @@ async def _connect(dsn: str, settings: Settings) -> asyncpg.Connection:
     return await asyncpg.connect(
         dsn, timeout=settings.connect_timeout, command_timeout=settings.command_timeout
     )
+
+
+async def _connect_checked(dsn: str, settings: Settings) -> tuple[asyncpg.Connection, list[str]]:
+    """Connect, and check the schemas of its ``search_path``; return those missing.
+
+    With some missing, the connection is closed (see :mod:`._search_path`).
+    """
+    conn = await _connect(dsn, settings)
+    try:
+        missing = await missing_schemas(conn, from_url=search_path_in(dsn))
+    except BaseException:
+        conn.terminate()
+        raise
+    if missing:
+        conn.terminate()
+    return conn, missing
 
 
 # -- the backend -------------------------------------------------------------------------
@@ -306,7 +323,7 @@ class PostgresBackend:
         runner: Direct | LoopThread
         runner = Direct() if isinstance(native, asyncio.AbstractEventLoop) else LoopThread()
         try:
-            conn = await runner.call(_connect, server_dsn, settings)
+            conn, missing = await runner.call(_connect_checked, server_dsn, settings)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await runner.close()
@@ -316,6 +333,11 @@ class PostgresBackend:
                     f"{type(exc).__name__}: {scrub(str(exc), dsn)}"
                 ) from exc
             raise
+        if missing:
+            with anyio.CancelScope(shield=True):
+                await runner.close()
+            problem = search_path_problem(missing, redact(dsn), from_url=search_path_in(dsn))
+            raise ConnectError(problem)
         return cls(conn, runner, server_dsn, settings)
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -96,6 +96,40 @@ def _open(
     return conn, file, identity
 
 
+def _why_unopenable(path: str, options: SqliteOptions) -> str | None:
+    """Say why SQLite could not open ``path``, with the fix, if it is a path's fault.
+
+    SQLite says "unable to open database file" whatever the cause; these are the
+    common ones: a folder that does not exist (corral creates the file, not the folders
+    above it), a file where a folder should be, and no file with ``mode=ro`` or ``rw``.
+    """
+    if path == ":memory:":
+        return None
+    file = os.path.abspath(path)
+    folder = os.path.dirname(file)
+    if not os.path.isdir(folder):
+        existing = folder  # the nearest folder above that exists (or a file in the way)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            return (
+                f"{existing!r} is a file, not a folder, so no database can be in it; give "
+                f"the database a path in a folder"
+            )
+        return (
+            f"its folder {folder!r} does not exist, and corral creates the database file, "
+            f"not the folders above it: create the folder first (mkdir -p {folder}), or "
+            f"give a path in a folder that exists"
+        )
+    if options.mode != "rwc" and not os.path.exists(file):
+        return (
+            f"the file does not exist, and mode={options.mode} opens only a database that "
+            f"exists; check the path, or drop mode= from the URL (mode=rwc, the default, "
+            f"creates the file)"
+        )
+    return None
+
+
 class SqliteConnection(SqlSession):
     """The session of an SQLite store: its ports, and SQL (``_sql.Connection``)."""
 
@@ -200,7 +234,8 @@ class SqliteBackend:
                 _open, path, options, limiter=limiter
             )
         except sqlite3.Error as exc:
-            raise ConnectError(f"could not open SQLite database {path!r}: {exc}") from exc
+            why = _why_unopenable(path, options) or str(exc)
+            raise ConnectError(f"could not open SQLite database {path!r}: {why}") from exc
         read_only = options.mode == "ro"
         return cls(conn, limiter, path=path, file=file, read_only=read_only, identity=identity)
 
