@@ -254,6 +254,11 @@ class ProcessPool:
             available, else ``spawn``. A ``fork`` context is refused: forking a parent
             that runs threads (as an event loop with thread offload does) can deadlock.
 
+    Raises:
+        TypeError, ValueError: ``max_workers`` is not a positive int, or ``mp_context``
+            uses ``fork``.
+        NotPicklableError: ``initializer`` or ``initargs`` cannot cross the process
+            boundary.
     """
 
     def __init__(
