@@ -10,7 +10,9 @@ Markdown, so before it does, this extension rewrites, in every docstring of the 
   object it names, resolved like Sphinx does (the name as written, then relative to the
   object, its class, its module and the ``corral`` package); an object the reference
   does not show (a private helper) renders as code, without a link and without a warning;
-- a ``.. code-block::`` directive, or a ``::`` paragraph end, into a fenced code block.
+- a ``.. code-block::`` directive, or a ``::`` paragraph end, into a fenced code block;
+- an attribute without a docstring of its own (one set in ``__init__``) gets its entry of
+  its class's ``Attributes:`` section, so its own heading in the reference says what it is.
 
 It runs once the whole package is loaded (``on_package``), so every name can be resolved.
 """
@@ -43,9 +45,22 @@ class RstMarkup(griffe.Extension):
             seen.add(obj.path)
             if obj.docstring is not None:
                 obj.docstring.value = _rewrite(obj.docstring.value, obj, pkg)
+                if obj.is_class:
+                    _document_attributes(obj)
             stack.extend(
                 member for member in obj.members.values() if not isinstance(member, griffe.Alias)
             )
+
+
+def _document_attributes(cls: griffe.Object) -> None:
+    assert cls.docstring is not None
+    for section in cls.docstring.parse("google"):
+        if section.kind is not griffe.DocstringSectionKind.attributes:
+            continue
+        for entry in section.value:
+            member = cls.members.get(entry.name)
+            if member is not None and not member.is_alias and member.docstring is None:
+                member.docstring = griffe.Docstring(entry.description, parent=member)
 
 
 def _rewrite(text: str, obj: griffe.Object, pkg: griffe.Module) -> str:

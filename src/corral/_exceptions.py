@@ -342,30 +342,35 @@ class TransientError(JobError):
     """A failure that may pass by itself (a timeout, a dropped connection): retried."""
 
     category = "TRANSIENT"
+    """Retried with exponential backoff, resuming at the step that failed."""
 
 
 class ResourceError(JobError):
     """Not enough of something right now (memory, quota, a busy cluster): retried."""
 
     category = "RESOURCE"
+    """Retried with exponential backoff, resuming at the step that failed."""
 
 
 class ConfigurationError(JobError):
     """The job or its environment is set up wrongly: failed at once, never retried."""
 
     category = "CONFIGURATION"
+    """Failed at once, never retried."""
 
 
 class DataError(JobError):
     """The job's input is bad: failed at once, never retried."""
 
     category = "DATA"
+    """Failed at once, never retried."""
 
 
 class PermanentError(JobError):
     """Any other failure that a retry cannot fix: failed at once, never retried."""
 
     category = "PERMANENT"
+    """Failed at once, never retried."""
 
 
 class PayloadError(CorralError, TypeError, ValueError):
