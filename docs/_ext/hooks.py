@@ -9,6 +9,7 @@ and point those links at its sections. Any other link out of ``docs/`` is left a
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def examples_page() -> str:
     ]
     for path in example_files():
         name = f"examples/{path.name}"
-        summary = path.read_text(encoding="utf-8").split('"""')[1].strip().splitlines()[0]
+        docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        summary = docstring.strip().split("\n", 1)[0]
         lines += [
             f"## `{name}` {{#{anchor(path)}}}",
             "",
