@@ -54,7 +54,9 @@ class RstMarkup(griffe.Extension):
 
 def _document_attributes(cls: griffe.Object) -> None:
     assert cls.docstring is not None
-    for section in cls.docstring.parse("google"):
+    # Quietly: griffe's dataclass extension may not have made the class's __init__ yet,
+    # and the parse that mkdocstrings makes later reports what is wrong with the docstring.
+    for section in cls.docstring.parse("google", warnings=False):
         if section.kind is not griffe.DocstringSectionKind.attributes:
             continue
         for entry in section.value:
