@@ -29,8 +29,9 @@ from ._validate import check_offload, check_positive_int, check_text
 
 __all__ = ["Cluster", "ClusterStatistics", "Offload"]
 
-#: Where a plain function runs: ``"thread"`` or ``"process"``.
 Offload = Literal["thread", "process"]
+"""Where a plain function runs: ``"thread"`` (worker threads) or ``"process"`` (the default
+process pool)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,18 @@ class Cluster:
             :class:`~corral.jobs.Processor` warns of such a mix).
         labels: Routing attribute (resources such as ``"gpu"``); stored as a frozenset.
 
+    Raises:
+        TypeError: An argument has the wrong type (``labels`` given as one ``str``, say).
+        ValueError: ``capacity`` is not positive, ``offload`` is not a known place, or a
+            name holds a character a database cannot store
+            (:class:`~corral.UnstorableTextError`).
+
+    Attributes:
+        name: The cluster's name.
+        offload: Where plain functions mapped on it run (``None``: the map decides).
+        region: Its routing region, or ``None``.
+        cost: Its routing cost as a float, or ``None``.
+        labels: Its routing labels.
     """
 
     __slots__ = ("_semaphore", "cost", "labels", "name", "offload", "region")

@@ -177,6 +177,15 @@ async def wait_concurrent(future: concurrent.futures.Future[T]) -> T:
     through the loop's thread-safe hook; nothing polls. Works on asyncio and trio, and
     for the futures of ``client.get_executor()`` as well. Cancelling the caller cancels
     ``future`` (which stops it only if it has not started).
+
+    Args:
+        future: The future to wait for, completed by any thread.
+
+    Returns:
+        The future's result.
+
+    Raises:
+        Exception: The future's exception, if it failed.
     """
     if not future.done():
         event = anyio.Event()
@@ -438,11 +447,22 @@ class DaskPool:
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` as one Dask task and return its result.
 
-        Raises whatever ``fn`` raised (after ``retries`` reruns);
-        :class:`~corral.NotPicklableError` before anything is sent if ``fn`` or an
-        argument cannot be pickled; :class:`~corral.WorkerCrashed` if the workers
-        running it died (once the scheduler's allowed failures are spent). Cancelling
-        the caller cancels the task on the cluster.
+        Cancelling the caller cancels the task on the cluster.
+
+        Args:
+            fn: Any function cloudpickle can send (lambdas and closures too).
+            *args: Positional arguments for ``fn``.
+            **kwargs: Keyword arguments for ``fn``.
+
+        Returns:
+            What ``fn`` returned on the Dask worker.
+
+        Raises:
+            Exception: Whatever ``fn`` raised, after the pool's ``retries`` reruns.
+            NotPicklableError: ``fn`` or an argument cannot be pickled, before anything
+                is sent.
+            WorkerCrashed: The workers running it died (once the scheduler's allowed
+                failures are spent).
         """
         dumps_function(fn)  # refuse an unpicklable fn by name, before anything is sent
         for position, value in enumerate(args):

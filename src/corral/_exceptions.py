@@ -58,13 +58,21 @@ class WorkerCrashed(CorralError):
 
     The process exited (``os._exit``), was killed by a signal or by the OOM killer.
     Only the call that was running in it fails; the pool starts a replacement.
+
+    Args:
+        message: What happened, naming the worker and the call.
+        pid: The operating-system id of the worker process that died.
+        exitcode: Its exit code; negative for a signal, ``None`` if unknown.
+
+    Attributes:
+        pid: The operating-system id of the worker process that died.
+        exitcode: Its exit code; negative for a signal (``-9`` is SIGKILL), ``None`` if
+            unknown.
     """
 
     def __init__(self, message: str, *, pid: int | None = None, exitcode: int | None = None):
         super().__init__(message)
-        #: The operating-system id of the worker process that died.
         self.pid = pid
-        #: Its exit code; negative for a signal (``-9`` is SIGKILL), ``None`` if unknown.
         self.exitcode = exitcode
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -94,6 +102,18 @@ class RemoteError(CorralError):
     ``__init__(self, code, message)`` that passes only ``message`` to
     ``super().__init__``). Only that call fails; the worker lives on. The remote
     traceback is chained as ``__cause__``, as for any exception raised in a worker.
+
+    Args:
+        message: What happened, naming the original exception.
+        type_name: The qualified name of the original exception's class.
+        original_message: ``str()`` of the original exception.
+        remote_traceback: The original exception's traceback, formatted in the worker.
+
+    Attributes:
+        type_name: The qualified name of the original exception's class
+            (``module.Class``).
+        original_message: ``str()`` of the original exception.
+        remote_traceback: The original exception's traceback, formatted in the worker.
     """
 
     def __init__(
@@ -105,11 +125,8 @@ class RemoteError(CorralError):
         remote_traceback: str = "",
     ) -> None:
         super().__init__(message)
-        #: The qualified name of the original exception's class (``module.Class``).
         self.type_name = type_name
-        #: ``str()`` of the original exception.
         self.original_message = original_message
-        #: The original exception's traceback, formatted in the worker.
         self.remote_traceback = remote_traceback
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -185,12 +202,18 @@ class ConnectionLostError(CorralError, ConnectionError):
     (a PostgreSQL URL parameter). The writer reconnects by itself, with backoff, for up
     to ``reconnect_timeout`` seconds; this error is raised once it has given up. The
     driver's error is chained as ``__cause__``.
+
+    Args:
+        message: What broke, and what was being done.
+        commit_sent: Whether ``COMMIT`` had been sent when the connection broke.
+
+    Attributes:
+        commit_sent: Whether the connection broke after ``COMMIT`` was sent, before its
+            answer came: the transaction may or may not have committed.
     """
 
     def __init__(self, message: str, *, commit_sent: bool = False) -> None:
         super().__init__(message)
-        #: Whether the connection broke after ``COMMIT`` was sent, before its answer
-        #: came: the transaction may or may not have committed.
         self.commit_sent = commit_sent
 
 
@@ -272,15 +295,24 @@ class WriteError(CorralError):
     ``put()`` or ``flush()`` after the failure, or when the ``connect`` block exits.
     When a whole batch could not be committed (the connection broke, ``COMMIT``
     failed), ``row`` is ``None`` and the writer stops.
+
+    Args:
+        message: What failed, naming the table and the row.
+        table: The table the row was written to.
+        row: The row that failed.
+
+    Attributes:
+        table: The name of the table the row was written to (``None`` for a whole
+            batch).
+        row: The row that failed, as a dict of column to value (``None`` for a whole
+            batch).
     """
 
     def __init__(
         self, message: str, *, table: str | None = None, row: dict[str, object] | None = None
     ) -> None:
         super().__init__(message)
-        #: The name of the table the row was written to (``None`` for a whole batch).
         self.table = table
-        #: The row that failed, as a dict of column to value (``None`` for a whole batch).
         self.row = row
 
 
@@ -304,36 +336,42 @@ class JobError(CorralError):
     """
 
     category: str = "PERMANENT"
+    """The error category this class stands for; each subclass sets its own."""
 
 
 class TransientError(JobError):
     """A failure that may pass by itself (a timeout, a dropped connection): retried."""
 
     category = "TRANSIENT"
+    """Retried with exponential backoff, resuming at the step that failed."""
 
 
 class ResourceError(JobError):
     """Not enough of something right now (memory, quota, a busy cluster): retried."""
 
     category = "RESOURCE"
+    """Retried with exponential backoff, resuming at the step that failed."""
 
 
 class ConfigurationError(JobError):
     """The job or its environment is set up wrongly: failed at once, never retried."""
 
     category = "CONFIGURATION"
+    """Failed at once, never retried."""
 
 
 class DataError(JobError):
     """The job's input is bad: failed at once, never retried."""
 
     category = "DATA"
+    """Failed at once, never retried."""
 
 
 class PermanentError(JobError):
     """Any other failure that a retry cannot fix: failed at once, never retried."""
 
     category = "PERMANENT"
+    """Failed at once, never retried."""
 
 
 class PayloadError(CorralError, TypeError, ValueError):

@@ -23,7 +23,14 @@ _FIX = "define it at module level, or pass offload='thread'"
 
 
 def is_picklable(obj: object) -> bool:
-    """Return whether ``obj`` survives ``pickle.dumps``, as a process pool needs."""
+    """Return whether ``obj`` survives ``pickle.dumps``, as a process pool needs.
+
+    Args:
+        obj: A function, an argument or a result that would cross a process boundary.
+
+    Returns:
+        ``True`` if ``pickle.dumps(obj)`` succeeds, ``False`` if it raises.
+    """
     try:
         pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:

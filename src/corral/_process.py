@@ -254,6 +254,11 @@ class ProcessPool:
             available, else ``spawn``. A ``fork`` context is refused: forking a parent
             that runs threads (as an event loop with thread offload does) can deadlock.
 
+    Raises:
+        TypeError, ValueError: ``max_workers`` is not a positive int, or ``mp_context``
+            uses ``fork``.
+        NotPicklableError: ``initializer`` or ``initargs`` cannot cross the process
+            boundary.
     """
 
     def __init__(
@@ -322,13 +327,26 @@ class ProcessPool:
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` in a worker process and return its result.
 
-        Raises whatever ``fn`` raised (its remote traceback chained as ``__cause__``),
-        or :class:`~corral.RemoteError` in its place when that exception cannot be
-        pickled or unpickled; :class:`~corral.WorkerCrashed` if the worker died while
-        running it (a worker found dead before it read the call is replaced, and the
-        call sent again); :class:`~corral.NotPicklableError` if ``fn``, an argument or
-        the result cannot be pickled or unpickled. Cancelling the caller kills the worker
-        running the call.
+        Cancelling the caller kills the worker running the call. A worker found dead
+        before it read the call is replaced, and the call sent again.
+
+        Args:
+            fn: An importable (module-level) plain function.
+            *args: Positional arguments for ``fn``; picklable.
+            **kwargs: Keyword arguments for ``fn``; picklable.
+
+        Returns:
+            What ``fn`` returned, unpickled in this process.
+
+        Raises:
+            Exception: Whatever ``fn`` raised, its remote traceback chained as
+                ``__cause__``.
+            RemoteError: In place of ``fn``'s exception when that exception cannot be
+                pickled or unpickled.
+            WorkerCrashed: The worker died while running the call.
+            NotPicklableError: ``fn``, an argument or the result cannot be pickled or
+                unpickled.
+            PoolClosedError: The pool is closed.
         """
         check_process_function(fn)
         call: Call = (args, kwargs or None)
@@ -660,11 +678,24 @@ def default_pool() -> ProcessPool:
 async def to_process(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``fn(*args, **kwargs)`` in the default process pool and return its result.
 
-    The pool is persistent: workers are started once and reused by every call. ``fn``
-    must be importable and the arguments and result picklable; anything else is
-    rejected with :class:`~corral.NotPicklableError` before work starts. Cancelling the
-    caller kills the worker running the call (nothing keeps running behind it). A
-    worker that dies fails the call with :class:`~corral.WorkerCrashed`.
+    The pool is persistent: workers are started once and reused by every call.
+    Cancelling the caller kills the worker running the call (nothing keeps running
+    behind it).
+
+    Args:
+        fn: An importable (module-level) plain function.
+        *args: Positional arguments for ``fn``; picklable.
+        **kwargs: Keyword arguments for ``fn``; picklable.
+
+    Returns:
+        What ``fn`` returned.
+
+    Raises:
+        Exception: Whatever ``fn`` raised, its remote traceback chained as ``__cause__``
+            (:class:`~corral.RemoteError` in its place if it cannot be pickled).
+        NotPicklableError: ``fn``, an argument or the result cannot cross the process
+            boundary; checked for ``fn`` before work starts.
+        WorkerCrashed: The worker died while running the call.
     """
     return await default_pool().run(fn, *args, **kwargs)
 

@@ -4,7 +4,7 @@ Each face module (``corral``, ``corral.jobs``, ``corral.blocking``, ``corral.das
 :func:`fixup_module_metadata` at the end of its import, so that reprs, tracebacks and pickles
 read ``corral.NotPicklableError`` rather than ``corral._exceptions.NotPicklableError``. The
 defining module is kept in ``_corral_defined_in`` for tools that read the source
-(``docs/gen_api.py``).
+(``tests/test_exports.py``).
 """
 
 from __future__ import annotations

@@ -27,11 +27,22 @@ async def to_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) ->
     interrupted, so a cancelled caller waits for ``fn`` to return and then raises the
     cancellation; nothing keeps running behind it.
 
-    Raises ``TypeError`` before starting a thread if ``fn`` is an async function (a
-    coroutine function, a partial of one, or an object with an async ``__call__``), as
-    :func:`corral.map` and :func:`corral.to_process` do, and after the call if ``fn``
-    returned an awaitable anyway (a coroutine is closed first, so it never runs): a
-    thread only makes the coroutine, it cannot run it; await it on the event loop.
+    Args:
+        fn: A plain (blocking) function.
+        *args: Positional arguments for ``fn``.
+        **kwargs: Keyword arguments for ``fn``.
+
+    Returns:
+        What ``fn`` returned.
+
+    Raises:
+        TypeError: Before starting a thread if ``fn`` is an async function (a coroutine
+            function, a partial of one, or an object with an async ``__call__``), as
+            :func:`corral.map` and :func:`corral.to_process` do; and after the call if
+            ``fn`` returned an awaitable anyway (a coroutine is closed first, so it
+            never runs): a thread only makes the coroutine, it cannot run it; await it
+            on the event loop.
+        Exception: Whatever ``fn`` raised.
     """
     if is_async_callable(fn):
         raise TypeError(

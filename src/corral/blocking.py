@@ -43,6 +43,10 @@ class Task:
 
     ``arguments`` is a tuple (or list) of positional arguments, or a mapping of keyword
     arguments. A single argument is written ``(x,)``.
+
+    Raises:
+        TypeError: ``callback_function`` is not callable or is async, or ``arguments``
+            is neither a tuple, a list nor a mapping.
     """
 
     callback_function: Callable[..., Any]
@@ -94,6 +98,15 @@ def should_use_processes(kind: Literal["cpu", "io"]) -> bool:
 
     CPU-bound Python holds the GIL, so only processes run it in parallel; I/O-bound
     work waits with the GIL released, so threads are cheaper and enough.
+
+    Args:
+        kind: ``"cpu"`` for CPU-bound work, ``"io"`` for I/O-bound work.
+
+    Returns:
+        ``True`` for ``"cpu"``, ``False`` for ``"io"``: the ``use_processes`` to pass.
+
+    Raises:
+        ValueError: ``kind`` is neither ``"cpu"`` nor ``"io"``.
     """
     if kind == "cpu":
         return True
@@ -146,6 +159,27 @@ def execute_tasks_in_parallel(
     pool (functions must be importable, arguments picklable). With
     ``return_exceptions=False`` the first exception cancels the rest and is raised;
     with ``True`` exceptions stand in place of results.
+
+    Args:
+        tasks: The :class:`Task` objects to run; a list is checked whole before any
+            work starts, another iterable is pulled lazily.
+        max_workers: The most tasks running at once; ``None``: 40 threads, or one per
+            worker of the process pool.
+        use_processes: ``False`` runs the tasks in threads, ``True`` in corral's
+            persistent process pool (functions importable, arguments picklable).
+        return_exceptions: ``False`` cancels the rest at the first exception and raises
+            it; ``True`` puts exceptions in place of results.
+
+    Returns:
+        One result per task, in input order.
+
+    Raises:
+        TypeError: ``tasks`` is not an iterable of :class:`Task`, or ``use_processes`` is
+            not a bool.
+        NotPicklableError: ``use_processes=True`` and a task's function cannot run in a
+            process.
+        RuntimeError: Called from inside a running event loop.
+        Exception: The first task's exception, with ``return_exceptions=False``.
     """
     return _run_all(
         "execute_tasks_in_parallel", tasks, max_workers, use_processes, return_exceptions, True
@@ -158,7 +192,29 @@ def execute_tasks_in_parallel_unordered(
     use_processes: bool = False,
     return_exceptions: bool = False,
 ) -> list[Any]:
-    """Like :func:`execute_tasks_in_parallel`, with results in completion order."""
+    """Like :func:`execute_tasks_in_parallel`, with results in completion order.
+
+    Args:
+        tasks: The :class:`Task` objects to run; a list is checked whole before any
+            work starts, another iterable is pulled lazily.
+        max_workers: The most tasks running at once; ``None``: 40 threads, or one per
+            worker of the process pool.
+        use_processes: ``False`` runs the tasks in threads, ``True`` in corral's
+            persistent process pool (functions importable, arguments picklable).
+        return_exceptions: ``False`` cancels the rest at the first exception and raises
+            it; ``True`` puts exceptions in place of results.
+
+    Returns:
+        One result per task, in completion order.
+
+    Raises:
+        TypeError: ``tasks`` is not an iterable of :class:`Task`, or ``use_processes`` is
+            not a bool.
+        NotPicklableError: ``use_processes=True`` and a task's function cannot run in a
+            process.
+        RuntimeError: Called from inside a running event loop.
+        Exception: The first task's exception, with ``return_exceptions=False``.
+    """
     return _run_all(
         "execute_tasks_in_parallel_unordered",
         tasks,
@@ -204,6 +260,29 @@ def execute_tasks_in_parallel_streaming(
     Memory stays bounded by ``max_workers`` whatever the number of tasks. The event
     loop runs in a helper thread for as long as the generator is iterated; closing the
     generator early (``break``) cancels the tasks in flight and stops that thread.
+
+    Args:
+        tasks: The :class:`Task` objects to run; a list is checked whole before any
+            work starts, another iterable is pulled lazily.
+        max_workers: The most tasks running at once; ``None``: 40 threads, or one per
+            worker of the process pool.
+        use_processes: ``False`` runs the tasks in threads, ``True`` in corral's
+            persistent process pool (functions importable, arguments picklable).
+        return_exceptions: ``False`` cancels the rest at the first exception and raises
+            it; ``True`` puts exceptions in place of results.
+        ordered: ``True`` yields in input order, ``False`` in completion order.
+
+    Yields:
+        ``(index, result)`` pairs, ``index`` being the task's position in ``tasks``.
+
+    Raises:
+        TypeError: ``tasks`` is not an iterable of :class:`Task`, or ``use_processes`` is
+            not a bool.
+        NotPicklableError: ``use_processes=True`` and a task's function cannot run in a
+            process.
+        RuntimeError: Called from inside a running event loop.
+        Exception: The first task's exception, with ``return_exceptions=False``
+            (after the results completed before it).
     """
     offload = _prepare("execute_tasks_in_parallel_streaming", tasks, use_processes)
     stream = imap(

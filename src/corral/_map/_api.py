@@ -70,7 +70,12 @@ class MapResults(Generic[R]):
 
 
 class IMap(Generic[R]):
-    """The async context manager returned by :func:`imap`."""
+    """The async context manager returned by :func:`imap`; made by :func:`imap` only.
+
+    ``async with`` it once: entering starts the workers and returns the
+    :class:`MapResults` to iterate; leaving cancels what is still in flight. Iterating
+    it directly (without ``async with``) raises ``TypeError``.
+    """
 
     __slots__ = ("_engine", "_entered", "_task_group")
 
@@ -339,6 +344,31 @@ def imap(
     than ``2 * limit`` items (times the chunk size for processes) ahead of the next
     result to hand out. Leaving the block early (``break``, an exception,
     cancellation) cancels the calls in flight and stops pulling input.
+
+    Args:
+        fn: A coroutine function, or a plain function (threads, or processes with
+            ``offload="process"``), as for :func:`map`.
+        items: Any iterable or async iterable, even endless; pulled lazily.
+        limit: The most calls in flight at once (defaults as for :func:`map`).
+        offload: Where a plain function runs: ``"thread"``, ``"process"``, a
+            :class:`~corral.ProcessPool` or a :class:`corral.dask.DaskPool`.
+        ordered: ``True`` hands out results in input order, ``False`` in completion
+            order.
+        return_exceptions: ``False`` hands out the results completed before the first
+            exception, then raises it; ``True`` hands out exceptions in place of results.
+        chunksize: Items per round trip to a worker process, or per Dask task; ``None``
+            adapts it.
+        timeout: Seconds per item; an item that overruns fails with ``TimeoutError``.
+        cluster: A :class:`~corral.Cluster` whose capacity this stream shares.
+        progress: Anything with ``increment(n)``; told as items complete.
+
+    Returns:
+        An async context manager; entering it starts the workers and gives a
+        :class:`MapResults` to iterate.
+
+    Raises:
+        TypeError, ValueError: Bad arguments, at once when ``imap`` is called.
+        NotPicklableError: ``fn`` cannot run in a process, at once.
     """
     engine = _Engine(
         fn,

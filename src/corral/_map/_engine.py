@@ -61,7 +61,14 @@ class ProgressSink(Protocol):
     """Anything with ``increment(n)``: told how many items completed, as they complete."""
 
     def increment(self, n: int = 1, /) -> object:
-        """Record that ``n`` more items completed."""
+        """Record that ``n`` more items completed.
+
+        Args:
+            n: How many items completed since the last call (at least 1).
+
+        Returns:
+            Anything; corral ignores it (so ``Subtask.increment`` fits as it is).
+        """
 
 
 class Strategy(Protocol):
