@@ -548,6 +548,18 @@ def test_hints_name_a_command_that_works_as_written(
     )
 
 
+def _rest(process: subprocess.Popen[str]) -> str:
+    """Return what ``process`` prints until it exits, read through its file object.
+
+    Not ``communicate(timeout=...)``: it reads the pipe's descriptor itself, and would
+    miss the lines the file object read ahead for ``_readline``.
+    """
+    assert process.stdout is not None
+    out = process.stdout.read()
+    process.wait(timeout=120)
+    return out
+
+
 def _readline(stream: Any, until: str) -> list[str]:
     """Read lines from ``stream`` up to the first holding ``until``; return them."""
     lines = []
@@ -592,7 +604,7 @@ def test_cli_watch_waits_for_a_run_skips_an_abandoned_one_and_prints_plain_lines
             "1. Process all counties: 1,234/3,143 39% RUNNING\n",
         ]
         _complete(db_url, run_id)
-        rest, _ = watcher.communicate(timeout=120)
+        rest = _rest(watcher)
     assert watcher.returncode == 0, rest
     last, final = rest.splitlines()
     assert last == "1. Process all counties: 3,143/3,143 100% COMPLETED done"
@@ -618,7 +630,7 @@ def test_cli_watch_waits_on_an_empty_database_creating_nothing_and_ctrl_c_is_one
         _readline(watcher.stdout, "waiting for a run")  # no table yet: it waits for one
         assert _schema(db_url) == before
         watcher.send_signal(signal.SIGINT)
-        rest, _ = watcher.communicate(timeout=120)
+        rest = _rest(watcher)
     assert watcher.returncode == 130
     assert rest.splitlines() == [
         f"stopped waiting for a run (Ctrl-C); nothing in {db_url} was changed"

@@ -18,9 +18,12 @@ from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
+from click.testing import CliRunner, Result
 
 import corral
+from corral._cli import cli
 from corral._ports import Session
 from corral._ports._progress import ProgressStore, RunProgress, Status
 from corral._progress import ABANDONED_AFTER, is_abandoned, last_update
@@ -75,8 +78,8 @@ def start_child(
 ) -> tuple[subprocess.Popen[str], int]:
     """Start the worker's ``open`` program; return it and its run's id, once started.
 
-    Its stdout and stderr are one pipe (``communicate`` then reads what the iteration
-    here buffered too); the lines it printed before are appended to ``lines``.
+    Its stdout and stderr are one pipe, read through its file object only (see
+    :func:`rest`); the lines it printed before are appended to ``lines``.
     """
     child = subprocess.Popen(
         [sys.executable, WORKER, "open", url, backend, *extra],
@@ -92,7 +95,19 @@ def start_child(
         if lines is not None:
             lines.append(line)
     child.kill()
-    raise AssertionError(f"the child ended before its run started: {child.communicate()}")
+    raise AssertionError(f"the child ended before its run started: {rest(child)}")
+
+
+def rest(child: subprocess.Popen[str]) -> str:
+    """Return what ``child`` prints until it exits, once it has exited.
+
+    Read from its file object: ``communicate(timeout=...)`` reads the pipe's descriptor
+    itself, and would miss the lines the file object read ahead while iterating.
+    """
+    assert child.stdout is not None
+    out = child.stdout.read()
+    child.wait(timeout=60)
+    return out
 
 
 # -- leaving connect ends the runs it started --------------------------------------------------
@@ -167,7 +182,7 @@ def test_ctrl_c_marks_the_run_interrupted(db_url: str, backend: str) -> None:
     child, run_id = start_child(db_url, backend)
     with child:
         child.send_signal(signal.SIGINT)
-        out, _ = child.communicate(timeout=60)
+        out = rest(child)
     assert child.returncode != 0, out
     run = read_run(db_url, run_id)
     assert (run.status, run.message) == (Status.INTERRUPTED, "interrupted: KeyboardInterrupt")
@@ -182,13 +197,13 @@ def test_ctrl_c_on_show_progress_prints_one_line_and_no_traceback(
     child, run_id = start_child(db_url, backend, "show", lines=before)
     with child:
         child.send_signal(signal.SIGINT)
-        out, _ = child.communicate(timeout=60)
+        out = rest(child)
     assert child.returncode == -signal.SIGINT, out  # as an uncaught Ctrl-C exits
     # All it printed (stderr too): the display, its last state, and one line; not one
     # line of traceback.
-    title, count, line = [
-        line for line in (*before, *out.splitlines(True)) if "started" not in line
-    ]
+    printed = [line for line in (*before, *out.splitlines(True)) if "started" not in line]
+    assert len(printed) == 3, printed
+    title, count, line = printed
     assert (title, count) == (
         f"run {run_id}: STATIC interrupt me\n",
         "1. Count: 3/10 30% RUNNING\n",
@@ -241,14 +256,10 @@ async def test_a_run_s_heartbeat_is_its_counts_and_a_periodic_touch(db_url: str)
                 pass
 
 
-def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "corral", "progress", "--db", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
-        check=False,
+def _cli(url: str, *args: str) -> Result:
+    """Run ``corral progress --db URL ARGS`` in process (click's runner)."""
+    return CliRunner().invoke(
+        cli, ["progress", "--db", url, *args], env={"COLUMNS": "200", "NO_COLOR": "1"}
     )
 
 
@@ -256,7 +267,7 @@ def test_a_killed_program_s_run_is_abandoned_once_its_heartbeat_is_old(db_url: s
     child, run_id = start_child(db_url, "asyncio")
     with child:
         child.kill()  # SIGKILL: nothing ends the run
-        child.communicate(timeout=60)
+        rest(child)
     run = read_run(db_url, run_id)
     assert run.status is Status.RUNNING
     assert run.updated_at is not None
@@ -265,12 +276,11 @@ def test_a_killed_program_s_run_is_abandoned_once_its_heartbeat_is_old(db_url: s
     assert is_abandoned(run, now=beat + timedelta(seconds=ABANDONED_AFTER + 1))
     assert is_abandoned(run, after=5, now=beat + timedelta(seconds=6))
     listing = _cli(db_url, "--abandoned-after", "0")  # any age is too old
-    assert listing.returncode == 0, listing.stderr
-    [row] = [line for line in listing.stdout.splitlines() if "interrupt me" in line]
+    assert listing.exit_code == 0, listing.output
+    [row] = [line for line in listing.output.splitlines() if "interrupt me" in line]
     assert "ABANDONED" in row
     assert " ago" in row  # the last update, for people
-    assert json.loads(_cli(db_url, "--json", "--abandoned-after", "0").stdout)[0]["abandoned"]
-    fresh = json.loads(_cli(db_url, "--json").stdout)[0]
+    fresh = json.loads(_cli(db_url, "--json").output)[0]
     assert (fresh["status"], fresh["abandoned"]) == ("RUNNING", False)
     assert fresh["updated_at"] == beat.isoformat()
 
@@ -323,9 +333,9 @@ async def test_tables_of_the_previous_version_are_read_then_brought_up_to_date(
 
         await db._run(make_old)
     # A reader (corral progress) reads them as they are, creating and changing nothing.
-    listing = _cli(db_url)
-    assert listing.returncode == 0, listing.stderr
-    assert "ABANDONED" in listing.stdout  # no heartbeat at all: judged by its start
+    listing = await anyio.to_thread.run_sync(_cli, db_url)
+    assert listing.exit_code == 0, listing.output
+    assert "ABANDONED" in listing.output  # no heartbeat at all: judged by its start
     async with corral.connect(db_url) as db:
         assert await db.progress._exists()
         [old] = await db.progress.runs()
