@@ -69,10 +69,10 @@ async def main(url: str | None, quick: bool) -> None:
                     summed.increment()
             await db.flush()
             await summed.complete(message=f"{len(counties):,} summaries written")
-        await run.complete(message="all counties processed")
-        written = db.statistics().committed
-        print(f"run {run.id} completed: {written:,} rows committed to {db.url}")
-        print(f"see it again with: corral progress --db {db.url} {run.id}")
+            written = db.statistics().committed
+            # The display shows this message as it ends, with a command to see the run
+            # again (when the database outlives the program). Ctrl-C stops it in one line.
+            await run.complete(message=f"all counties processed, {written:,} rows committed")
 
 
 if __name__ == "__main__":

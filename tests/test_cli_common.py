@@ -24,7 +24,6 @@ SECRET = "s3cr3t-Pw"
 #: Every command that only reads, and what it says on a database with no table yet.
 READERS = [
     (["progress"], 0, "no runs recorded in {url} yet"),
-    (["progress", "--watch"], 0, "no runs recorded in {url} yet"),
     (["progress", "7"], 1, "no run 7: no runs recorded in {url} yet"),
     (["jobs", "status"], 0, "no jobs in {url} yet"),
     (["jobs", "status", "--cluster", "a"], 0, "no jobs in {url} yet"),

@@ -5,7 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -418,3 +420,230 @@ async def test_increment_after_the_block_ended_raises_database_closed(db_url: st
     async with corral.connect(db_url) as db:
         [row] = await db.progress.get(run.id)
         assert row.items_complete == 3
+
+
+# -- the screen ------------------------------------------------------------------------------
+
+
+def _snapshot(number: int, name: str, done: int, total: int, **fields: object) -> Any:
+    from corral._progress import SubtaskProgress
+
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "run_id": 1,
+        "number": number,
+        "name": name,
+        "status": corral.Status.RUNNING,
+        "items_total": total,
+        "items_complete": done,
+        "percent": 100.0 * done / total,
+        "message": None,
+        "started_at": now,
+        "ended_at": None,
+        "updated_at": now,
+        **fields,
+    }
+    return SubtaskProgress(**values)
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_the_finished_display_keeps_bars_and_counts_at_80_columns(width: int) -> None:
+    from corral._display import ProgressBars
+
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=False)
+    bars = ProgressBars("run 1: STATIC Process Counties", console=console, plain=False)
+    bars.start()
+    bars.update(
+        [
+            _snapshot(
+                1,
+                "Fetch all counties",
+                3143,
+                3143,
+                status=corral.Status.COMPLETED,
+                message="3,143 counties fetched",
+            ),
+            _snapshot(2, "Summarise all counties", 1000, 3143),
+        ]
+    )
+    bars.stop()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "run 1: STATIC Process Counties"
+    fetched, summed = lines[1:3]
+    assert all(len(line) <= width for line in lines)
+    assert fetched.startswith("1. Fetch all counties ")
+    assert "━" * 10 in fetched  # a full bar, at least 10 wide
+    assert "3,143/3,143 100%" in fetched
+    assert "COMPLETED 3," in fetched  # the status, and as much of the message as fits
+    assert summed.startswith("2. Summarise all counties ")
+    assert "━" in summed
+    assert "1,000/3,143  32%" in summed
+    if width >= 160:
+        assert "COMPLETED 3,143 counties fetched" in fetched
+
+
+async def test_the_run_s_final_message_is_shown_and_a_pipe_gets_plain_lines(db_url: str) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=False)  # as a pipe is
+    async with corral.connect(db_url) as db:
+        run = await db.progress.start_run("STATIC", "final")
+        sub = await run.start_subtask(1, "Count", items_total=4)
+        async with corral.show_progress(run, refresh=0.01, console=console):
+            sub.increment(4)
+            await sub.complete(message="4 counted")
+            await run.complete(message="all counties processed")
+    text = out.getvalue()
+    assert "\x1b" not in text
+    title, *counting, last, final = text.splitlines()
+    assert title == f"run {run.id}: STATIC final"
+    assert all(line.startswith("1. Count: ") for line in counting)  # as it was seen
+    assert last == "1. Count: 4/4 100% COMPLETED 4 counted"
+    assert final.startswith(f"run {run.id} COMPLETED: all counties processed")
+
+
+def test_hints_name_a_command_that_works_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral import _display
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_display.shutil, "which", lambda name: "/usr/local/bin/corral")
+    assert _display.corral_command() == "corral"
+    monkeypatch.setattr(_display.shutil, "which", lambda name: None)  # not on PATH
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    script = venv / "corral"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(_display.sys, "executable", str(venv / "python"))
+    assert _display.corral_command() == ".venv/bin/corral"  # relative: below the cwd
+    monkeypatch.chdir(HERE)
+    assert _display.corral_command() == str(script)  # else absolute
+    script.unlink()
+    monkeypatch.setattr(_display.sys, "argv", [str(tmp_path / "nothing" / "corral")])
+    assert _display.corral_command() == f"{venv / 'python'} -m corral"  # no script at all
+    # The database must still be there later: no temporary file, no :memory:, and no
+    # password printed.
+    kept = tmp_path / "kept.db"
+    kept.write_bytes(b"")
+    monkeypatch.setattr(_display.shutil, "which", lambda name: "/usr/local/bin/corral")
+    monkeypatch.setattr(_display.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    url = f"sqlite:///{kept}"
+    assert _display.progress_hint(url, 3) == f"corral progress --db {url} 3"
+    assert _display.progress_hint(url, 3, watch=True) == f"corral progress --db {url} --watch 3"
+    monkeypatch.setenv("CORRAL_DB", url)
+    assert _display.progress_hint(url, 3) == "corral progress 3"  # the default URL
+    assert _display.progress_hint(f"sqlite:///{tmp_path / 'gone.db'}", 3) is None
+    assert _display.progress_hint("sqlite:///:memory:", 3) is None
+    monkeypatch.setattr(_display.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert _display.progress_hint(url, 3) is None  # in the temporary directory
+    assert _display.progress_hint("postgresql://u:secret@h/db", 3) is None
+    assert _display.progress_hint("postgresql://u@h/db", 3) == (
+        "corral progress --db postgresql://u@h/db 3"
+    )
+    monkeypatch.delenv("CORRAL_DB")
+    assert _display.progress_hint("postgresql://u@h/db?search_path=a b", 3) == (
+        "corral progress --db 'postgresql://u@h/db?search_path=a b' 3"
+    )
+
+
+def _rest(process: subprocess.Popen[str]) -> str:
+    """Return what ``process`` prints until it exits, read through its file object.
+
+    Not ``communicate(timeout=...)``: it reads the pipe's descriptor itself, and would
+    miss the lines the file object read ahead for ``_readline``.
+    """
+    assert process.stdout is not None
+    out = process.stdout.read()
+    process.wait(timeout=120)
+    return out
+
+
+def _readline(stream: Any, until: str) -> list[str]:
+    """Read lines from ``stream`` up to the first holding ``until``; return them."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if until in line:
+            return lines
+    raise AssertionError(f"no line with {until!r}; read {lines!r}")
+
+
+def test_cli_watch_waits_for_a_run_skips_an_abandoned_one_and_prints_plain_lines(
+    db_url: str,
+) -> None:
+    async def abandoned() -> int:
+        async with corral.connect(db_url) as db:
+            old = datetime.now(UTC) - timedelta(hours=1)
+
+            async def start(conn: Connection) -> int:
+                await conn.progress.ensure_schema()
+                return await conn.progress.start_run("STATIC", "died an hour ago", old)
+
+            return await db._run(start)
+
+    dead = anyio.run(abandoned)
+    env = {**os.environ, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "corral", "progress", "--db", db_url, "--watch"]
+    with subprocess.Popen(
+        [*command, "--refresh", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    ) as watcher:
+        assert watcher.stdout is not None
+        [waiting] = _readline(watcher.stdout, "waiting")
+        assert waiting.startswith("waiting for a run to start in ")
+        run_id = _start(db_url)  # 1,234 of 3,143 counted
+        assert run_id != dead
+        seen = _readline(watcher.stdout, "1. Process all counties")
+        assert seen == [
+            f"run {run_id}: STATIC Process Counties\n",
+            "1. Process all counties: 1,234/3,143 39% RUNNING\n",
+        ]
+        _complete(db_url, run_id)
+        rest = _rest(watcher)
+    assert watcher.returncode == 0, rest
+    last, final = rest.splitlines()
+    assert last == "1. Process all counties: 3,143/3,143 100% COMPLETED done"
+    assert final.startswith(f"run {run_id} COMPLETED")
+    text = waiting + "".join(seen) + rest
+    assert "\x1b" not in text  # a pipe: no escape codes
+    assert "died an hour ago" not in text
+
+
+def test_cli_watch_waits_on_an_empty_database_creating_nothing_and_ctrl_c_is_one_line(
+    db_url: str,
+) -> None:
+    from test_cli_common import _empty, _schema
+
+    _empty(db_url)
+    before = _schema(db_url)
+    env = {**os.environ, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "corral", "progress", "--db", db_url, "--watch"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as watcher:
+        assert watcher.stdout is not None
+        _readline(watcher.stdout, "waiting for a run")  # no table yet: it waits for one
+        assert _schema(db_url) == before
+        watcher.send_signal(signal.SIGINT)
+        rest = _rest(watcher)
+    assert watcher.returncode == 130
+    assert rest.splitlines() == [
+        f"stopped waiting for a run (Ctrl-C); nothing in {db_url} was changed"
+    ]
+    assert _schema(db_url) == before
+    run_id = _start(db_url)
+    ended = subprocess.run(  # a run whose heartbeat is too old is not followed
+        [*command, "--abandoned-after", "0", str(run_id)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert ended.returncode == 0, ended.stderr
+    assert f"run {run_id} looks abandoned: RUNNING, last update " in ended.stdout

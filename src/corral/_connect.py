@@ -8,12 +8,16 @@ imports no domain and every domain reaches its own view the same way.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+
 from . import _database
 from ._jobs._queue import JobQueue
-from ._progress import ProgressTracker
+from ._progress import DEFAULT_HEARTBEAT, ProgressTracker, check_heartbeat
 
 __all__ = ["Database", "connect"]
 
@@ -24,6 +28,9 @@ class Database(_database.Database):
     Made by :func:`connect`, valid inside its ``async with`` block. All writes go
     through one writer coroutine, which owns the connection and commits in batches.
     """
+
+    #: Seconds between two heartbeats of an open, idle progress run (``connect``'s).
+    _progress_heartbeat: float = DEFAULT_HEARTBEAT
 
     @property
     def progress(self) -> ProgressTracker:
@@ -36,6 +43,21 @@ class Database(_database.Database):
         return self._view(JobQueue)
 
 
+def _asyncio_saw_sigint() -> bool:
+    """Return whether asyncio's runner has received Ctrl-C (best effort).
+
+    ``asyncio.run`` (and ``anyio.run`` on asyncio) answers SIGINT by cancelling its main
+    task, and raises ``KeyboardInterrupt`` only once that task has ended: inside it,
+    Ctrl-C reads as a cancellation. The runner's handler counts the signals it got.
+    """
+    try:
+        handler = signal.getsignal(signal.SIGINT)
+    except ValueError:  # pragma: no cover - not the main interpreter
+        return False
+    runner = getattr(getattr(handler, "func", None), "__self__", None)
+    return isinstance(runner, asyncio.Runner) and getattr(runner, "_interrupt_count", 0) > 0
+
+
 @asynccontextmanager
 async def connect(
     url: str | None = None,
@@ -43,6 +65,7 @@ async def connect(
     batch_size: int = 50_000,
     flush_interval: float = 0.05,
     max_pending: int = 100_000,
+    heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> AsyncIterator[Database]:
     """Open a database and run its writer for the body of an ``async with`` block.
 
@@ -59,6 +82,11 @@ async def connect(
             committed anyway; also how often registered sources are polled.
         max_pending: The most rows queued for the writer; ``put`` waits for room beyond
             it (backpressure), so memory stays bounded however fast producers are.
+        heartbeat: Seconds between two heartbeats of a progress run started here and
+            open but idle (a run being counted gets one at most once a second, in the
+            batch that adds its counts). Readers judge a RUNNING run abandoned after
+            ``corral progress --abandoned-after`` seconds without one (120 by default,
+            four periods of the default 30): raise both together.
 
     Guarantees: every row accepted by ``put`` is committed before ``connect`` returns,
     whether the body ends normally, raises or is cancelled (the drain is shielded from
@@ -86,7 +114,14 @@ async def connect(
     mode; PostgreSQL through asyncpg (``pip install 'corral[postgres]'``), copying
     each batch into a staging table before one upsert.
 
+    Progress runs started in the block (``db.progress.start_run``) and still open when
+    it is left on an exception are ended before the writer drains: FAILED, with the
+    exception's type and text as their message, or INTERRUPTED for a
+    ``KeyboardInterrupt`` (Ctrl-C), a ``SystemExit`` or a cancellation. A block that
+    ends normally leaves its open runs RUNNING (another process may finish them).
+
     """
+    period = check_heartbeat(heartbeat)
     async with _database.open_database(
         Database,
         url,
@@ -94,4 +129,14 @@ async def connect(
         flush_interval=flush_interval,
         max_pending=max_pending,
     ) as db:
-        yield db
+        db._progress_heartbeat = period
+        try:
+            yield db
+        except BaseException as exc:
+            tracker = db._views.get(ProgressTracker)
+            if isinstance(tracker, ProgressTracker):
+                with anyio.CancelScope(shield=True):
+                    await tracker._end_open_runs(
+                        exc, anyio.get_cancelled_exc_class(), sigint=_asyncio_saw_sigint()
+                    )
+            raise

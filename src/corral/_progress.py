@@ -17,14 +17,26 @@ database's :class:`~corral._ports._progress.ProgressStore`, reached as
 ``session.progress`` in the writer. On SQL databases two tables hold it, created on
 first use: ``corral_runs`` and ``corral_subtasks``, with columns of plain types so that
 other tools can read them.
+
+Runs end even when their program dies. While a run is open (started here and not
+finished), the tracker keeps its *heartbeat*, the run's ``updated_at``: the writer's
+batch that adds a run's counts stamps it (at most once a second), and an open, idle run
+is touched once per heartbeat period (``connect(heartbeat=30)``). Nothing is written
+per increment. Leaving ``connect`` on an exception ends the runs it started and left
+open: FAILED with the exception's type, or INTERRUPTED for Ctrl-C
+(``KeyboardInterrupt``) or a cancellation. A process killed outright (SIGKILL, a power
+cut) ends nothing: its runs stay RUNNING, their heartbeat stops, and readers judge
+them *abandoned* once it is older than :data:`ABANDONED_AFTER` (:func:`is_abandoned`:
+a judgement computed by the reader, not a stored status).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import ProgressNotFoundError
@@ -35,19 +47,93 @@ if TYPE_CHECKING:
     from ._ports._session import Session
 
 __all__ = [
+    "ABANDONED_AFTER",
+    "DEFAULT_HEARTBEAT",
     "ProgressTracker",
     "Run",
     "RunProgress",
     "Status",
     "Subtask",
     "SubtaskProgress",
+    "is_abandoned",
+    "last_update",
 ]
 
 T = TypeVar("T")
 
+#: Seconds between two heartbeats of an open, idle run (``connect(heartbeat=...)``).
+DEFAULT_HEARTBEAT = 30.0
+#: Seconds without a heartbeat after which a RUNNING run is judged abandoned: four
+#: default heartbeat periods (``corral progress --abandoned-after``).
+ABANDONED_AFTER = 4 * DEFAULT_HEARTBEAT
+#: Seconds between two heartbeats of a run whose counts the writer adds, at least.
+_COUNTED_HEARTBEAT = 1.0
+#: A run's message when leaving ``connect`` ended it is cut to this many characters.
+_MESSAGE_CHARS = 300
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def last_update(run: RunProgress) -> datetime:
+    """Return a run's heartbeat: its ``updated_at``, else (an older store) its start."""
+    return run.updated_at if run.updated_at is not None else run.started_at
+
+
+def is_abandoned(
+    run: RunProgress, *, after: float = ABANDONED_AFTER, now: datetime | None = None
+) -> bool:
+    """Return whether ``run`` is RUNNING with no heartbeat for more than ``after`` seconds.
+
+    The reader's judgement that the process running it died (a SIGKILL, a crash, a
+    lost host): nothing stores it. ``now`` defaults to the current time (UTC).
+    """
+    if run.status is not Status.RUNNING:
+        return False
+    now = _now() if now is None else now
+    return (now - last_update(run)).total_seconds() > after
+
+
+def check_heartbeat(value: object) -> float:
+    """Return ``value`` as a heartbeat period in seconds, or raise naming the fix."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"heartbeat must be seconds as a number, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"heartbeat must be a finite number of seconds > 0, got {value}")
+    return float(value)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def ending(
+    exc: BaseException, cancelled: type[BaseException], *, sigint: bool = False
+) -> tuple[Status, str]:
+    """Return the status and message of a run left open by ``exc`` leaving ``connect``.
+
+    INTERRUPTED for a ``KeyboardInterrupt``, a ``SystemExit`` or a cancellation
+    (``cancelled``: the event loop's class) anywhere in ``exc``, a cancellation counting
+    as a ``KeyboardInterrupt`` when ``sigint`` (the event loop cancelled its main task
+    for Ctrl-C, as asyncio's runner does); else FAILED, with the type and text of the
+    first exception.
+    """
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt | SystemExit):
+            return Status.INTERRUPTED, f"interrupted: {type(leaf).__name__}"
+    failures = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
+    if not failures:
+        return Status.INTERRUPTED, f"interrupted: {'KeyboardInterrupt' if sigint else 'cancelled'}"
+    first = failures[0]
+    text = str(first)
+    message = f"{type(first).__name__}: {text}" if text else type(first).__name__
+    if len(message) > _MESSAGE_CHARS:
+        message = message[: _MESSAGE_CHARS - 1] + "…"
+    return Status.FAILED, message
 
 
 def _check_text(what: str, value: object, *, optional: bool = False) -> str | None:
@@ -70,11 +156,23 @@ class ProgressTracker:
     """Runs and subtasks in one database: ``db.progress``.
 
     Every write goes through the database's writer; increments are coalesced in memory
-    and written as atomic additions (see the module documentation).
+    and written as atomic additions, and the runs started here keep a heartbeat (see
+    the module documentation).
     """
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: Seconds between two heartbeats of an open, idle run.
+        self._heartbeat: float = getattr(db, "_progress_heartbeat", DEFAULT_HEARTBEAT)
+        #: The time source of heartbeats and stamps (a test's fake clock replaces it).
+        self._clock: Callable[[], datetime] = _now
+        #: Runs started here and not finished: they get heartbeats, and are ended when
+        #: ``connect`` is left on an exception.
+        self._open: set[int] = set()
+        #: When each run was last given a heartbeat, by this tracker.
+        self._stamped: dict[int, datetime] = {}
+        #: When the open runs' next heartbeat is due.
+        self._next_beat: datetime | None = None
         self._lock = threading.Lock()
         self._tally: dict[tuple[int, int], int] = {}
         # Increments of 1, the common case, are counted without a lock: next() on an
@@ -110,22 +208,56 @@ class ProgressTracker:
     # -- the writer's source protocol ------------------------------------------------
 
     def pending(self) -> bool:
-        """Return whether increments wait to be written (for the writer)."""
+        """Return whether increments or a heartbeat wait to be written (for the writer)."""
         self._collect()
-        return bool(self._tally)
+        if self._tally:
+            return True
+        beat = self._next_beat
+        return beat is not None and bool(self._open) and self._clock() >= beat
+
+    def _to_touch(self, tally: dict[tuple[int, int], int], now: datetime) -> set[int]:
+        """Return the runs whose heartbeat is due: open ones, and counted ones."""
+        touch: set[int] = set()
+        if self._open and self._next_beat is not None and now >= self._next_beat:
+            touch |= self._open
+        every = timedelta(seconds=min(_COUNTED_HEARTBEAT, self._heartbeat))
+        for run_id in {run_id for run_id, _ in tally}:
+            stamped = self._stamped.get(run_id)
+            if stamped is None or now - stamped >= every:
+                touch.add(run_id)
+        return touch
+
+    def _beaten(self, touched: set[int], now: datetime) -> None:
+        """Remember the heartbeats just written (those of open runs, and the others)."""
+        if len(self._stamped) > 1000:  # runs counted here from elsewhere: keep it small
+            self._stamped = {run_id: self._stamped[run_id] for run_id in self._open}
+        for run_id in touched:
+            self._stamped[run_id] = now
+        if self._open and self._open <= touched:
+            self._next_beat = now + timedelta(seconds=self._heartbeat)
 
     async def write(self, conn: Session) -> None:
-        """Write the pending increments as atomic additions (called by the writer)."""
+        """Write the pending increments as atomic additions, and the heartbeats due.
+
+        Called by the writer; one statement for the counts, and one for the runs'
+        heartbeats when some are due (see the module documentation).
+        """
         self._collect()
         with self._lock:
             tally, self._tally = self._tally, {}
-        if not tally:
+        now = self._clock()
+        touch = self._to_touch(tally, now)
+        if not tally and not touch:
             return
         try:
-            await conn.progress.add(tally, _now())
+            if tally:
+                await conn.progress.add(tally, now)
+            if touch:
+                await conn.progress.touch_runs(touch, now)
         except BaseException:
             self._add_back(tally)  # keep the counts: the next batch tries again
             raise
+        self._beaten(touch, now)
 
     def _add_back(self, tally: dict[tuple[int, int], int]) -> None:
         with self._lock:
@@ -166,13 +298,53 @@ class ProgressTracker:
         """Record a new run, RUNNING from now, and return a handle to it."""
         _check_text("type", type)
         _check_text("name", name)
-        started = _now()
+        started = self._clock()
 
         async def insert(conn: Session) -> int:
             return await conn.progress.start_run(type, name, started)
 
         run_id = await self._call(insert)
+        self._open.add(run_id)
+        self._stamped[run_id] = started
+        if self._next_beat is None or len(self._open) == 1:
+            self._next_beat = started + timedelta(seconds=self._heartbeat)
         return Run(self, run_id, type, name)
+
+    async def _interrupt(self, run_id: int, message: str) -> bool:
+        """Mark ``run_id`` INTERRUPTED if it is still RUNNING; return whether it was."""
+        now = self._clock()
+
+        async def end(conn: Session) -> list[int]:
+            return await conn.progress.end_running([run_id], Status.INTERRUPTED, message, now)
+
+        ended = await self._call(end)
+        self._open.discard(run_id)
+        return bool(ended)
+
+    async def _end_open_runs(
+        self, exc: BaseException, cancelled: type[BaseException], *, sigint: bool = False
+    ) -> None:
+        """End the runs started here and still open, as ``exc`` leaves ``connect``.
+
+        FAILED or INTERRUPTED (see :func:`ending`), and only where the stored status is
+        still RUNNING. Best effort: ``exc`` is what the caller sees, so a failure here
+        (the writer stopped on an error) is not raised.
+        """
+        if not self._open:
+            return
+        status, message = ending(exc, cancelled, sigint=sigint)
+        ids = set(self._open)
+        now = self._clock()
+
+        async def end(conn: Session) -> list[int]:
+            return await conn.progress.end_running(ids, status, message, now)
+
+        try:
+            await self._call(end)
+        except Exception as error:  # the writer has stopped: it says why, not this
+            exc.add_note(f"corral: runs {sorted(ids)} left RUNNING: {error}")
+            return
+        self._open -= ids
 
     async def run(self, run_id: int) -> Run:
         """Return a handle to an existing run (from this or any other process or host).
@@ -266,7 +438,7 @@ class Run:
         _check_count("number", number)
         _check_text("name", name)
         _check_count("items_total", items_total, optional=True)
-        now = _now()
+        now = self._tracker._clock()
 
         async def insert(conn: Session) -> None:
             await conn.progress.start_subtask(self.id, number, name, items_total, now)
@@ -286,14 +458,19 @@ class Run:
         """Mark the run FAILED now."""
         await self._finish(Status.FAILED, message)
 
+    async def interrupt(self, *, message: str | None = None) -> None:
+        """Mark the run INTERRUPTED now (stopped from outside before it finished)."""
+        await self._finish(Status.INTERRUPTED, message)
+
     async def _finish(self, status: Status, message: str | None) -> None:
         _check_text("message", message, optional=True)
-        now = _now()
+        now = self._tracker._clock()
 
         async def update(conn: Session) -> None:
             await conn.progress.finish_run(self.id, status, message, now)
 
         await self._tracker._call(update)
+        self._tracker._open.discard(self.id)
 
 
 class Subtask:
@@ -401,7 +578,7 @@ class Subtask:
         message: str | None,
         items_total: int | None = None,
     ) -> None:
-        now = _now()
+        now = self._tracker._clock()
         run_id, number = self._key
 
         async def update(conn: Session) -> None:

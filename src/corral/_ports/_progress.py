@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Protocol
 
@@ -29,6 +29,9 @@ class Status(enum.StrEnum):
     FAILED = "FAILED"
     #: Not done, on purpose.
     SKIPPED = "SKIPPED"
+    #: Stopped from outside before it finished: Ctrl-C (``KeyboardInterrupt``) or a
+    #: cancellation that left the ``connect`` block that started the run.
+    INTERRUPTED = "INTERRUPTED"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,7 +73,10 @@ class RunProgress:
     type: str
     #: Its name, for people.
     name: str
-    #: RUNNING, COMPLETED, FAILED or SKIPPED.
+    #: RUNNING, COMPLETED, FAILED, SKIPPED or INTERRUPTED, as stored. A RUNNING run
+    #: whose heartbeat (``updated_at``) stopped is *abandoned*: a reader's judgement,
+    #: computed from ``updated_at`` (see :func:`corral._progress.is_abandoned`), not a
+    #: stored status.
     status: Status
     #: The latest message, if any.
     message: str | None
@@ -78,6 +84,11 @@ class RunProgress:
     started_at: datetime
     #: When it ended (UTC); ``None`` while running.
     ended_at: datetime | None
+    #: Its heartbeat (UTC): when it was started, last touched by the process running it
+    #: (:meth:`ProgressStore.touch_runs`) or ended. ``None`` for a run recorded by a
+    #: version of corral without heartbeats. Not compared: two snapshots of one state
+    #: are equal whatever their heartbeat.
+    updated_at: datetime | None = dataclasses.field(default=None, compare=False)
 
 
 class ProgressStore(Protocol):
@@ -100,13 +111,19 @@ class ProgressStore(Protocol):
       store keeps (PostgreSQL timestamps, SQLite ISO-8601 text).
     - :meth:`ensure_schema` may be called by several processes at once; :meth:`exists`
       and the reads create nothing.
+    - **Heartbeat.** A run's ``updated_at`` is set to ``started_at`` by
+      :meth:`start_run`, to ``ended_at`` by :meth:`finish_run` and :meth:`end_running`,
+      and to the time given by :meth:`touch_runs` while it is RUNNING; readers judge a
+      RUNNING run whose heartbeat is old abandoned (its process died).
     """
 
     async def ensure_schema(self) -> None:
         """Create what runs and subtasks are kept in, where it is missing.
 
         Safe to call again, and from several processes or hosts at once (they do not
-        collide: PostgreSQL takes a transaction-scoped lock for it).
+        collide: PostgreSQL takes a transaction-scoped lock for it). A store made by an
+        earlier version is brought up to date here: what it lacks (the runs'
+        ``updated_at``) is added, existing runs and subtasks kept.
         """
         ...
 
@@ -127,7 +144,35 @@ class ProgressStore(Protocol):
     ) -> None:
         """Set a run's status and end time, and its message unless ``message`` is None.
 
-        An unknown ``run_id`` changes nothing and is no error.
+        ``updated_at`` is set to ``ended_at`` too. An unknown ``run_id`` changes nothing
+        and is no error.
+        """
+        ...
+
+    async def end_running(
+        self,
+        run_ids: Collection[int],
+        status: Status,
+        message: str | None,
+        ended_at: datetime,
+    ) -> list[int]:
+        """Finish those of ``run_ids`` that are still RUNNING; return their ids, sorted.
+
+        As :meth:`finish_run` does (status, end time, ``updated_at``, and the message
+        unless None), in one statement or request batch, and only where the stored
+        status is RUNNING at that moment: a run that another process finished keeps its
+        status. Unknown ids are skipped. Used when a program leaves ``connect`` on an
+        exception, to end the runs it had started.
+        """
+        ...
+
+    async def touch_runs(self, run_ids: Collection[int], updated_at: datetime) -> None:
+        """Set the heartbeat (``updated_at``) of those of ``run_ids`` that are RUNNING.
+
+        One statement or request batch for all of them; finished and unknown runs are
+        left as they are. The tracker calls it at most once per heartbeat period while a
+        run is open and idle, and at most once a second for runs whose counts it adds:
+        never per increment.
         """
         ...
 

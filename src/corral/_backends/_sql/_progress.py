@@ -2,12 +2,15 @@
 
 Two tables hold the state, created on first use: ``corral_runs`` and
 ``corral_subtasks``. Their columns are plain types so that other tools can read them;
-times are ``TIMESTAMPTZ`` on PostgreSQL and ISO-8601 text on SQLite.
+times are ``TIMESTAMPTZ`` on PostgreSQL and ISO-8601 text on SQLite. A run's
+``updated_at`` (its heartbeat) came after the first version: :meth:`ensure_schema`
+adds the column to a table made without it (``ALTER TABLE ... ADD COLUMN``), and the
+reads take a row without it as a run with no heartbeat.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +36,22 @@ _ADD = (
     f"UPDATE {SUBTASKS} SET items_complete = items_complete + ?, updated_at = ? "
     f"WHERE run_id = ? AND number = ?"
 )
-_START_RUN = f"INSERT INTO {RUNS} (type, name, status, started_at) VALUES (?, ?, ?, ?) RETURNING id"
+_START_RUN = (
+    f"INSERT INTO {RUNS} (type, name, status, started_at, updated_at) "
+    f"VALUES (?, ?, ?, ?, ?) RETURNING id"
+)
 _FINISH_RUN = (
-    f"UPDATE {RUNS} SET status = ?, message = COALESCE(?, message), ended_at = ? WHERE id = ?"
+    f"UPDATE {RUNS} SET status = ?, message = COALESCE(?, message), ended_at = ?, "
+    f"updated_at = ? WHERE id = ?"
+)
+#: Runs' ids in one IN (...) list, at most (far below either database's limit).
+_IDS_PER_STATEMENT = 500
+#: A run's heartbeat, added to a table made without it; filled for the runs there from
+#: their subtasks' latest write (else their start).
+_ADD_HEARTBEAT = f"ALTER TABLE {RUNS} ADD COLUMN updated_at {{stamp}}"
+_FILL_HEARTBEAT = (
+    f"UPDATE {RUNS} SET updated_at = COALESCE((SELECT MAX(s.updated_at) FROM {SUBTASKS} s "
+    f"WHERE s.run_id = {RUNS}.id), started_at) WHERE updated_at IS NULL"
 )
 _START_SUBTASK = (
     f"INSERT INTO {SUBTASKS} (run_id, number, name, status, items_total, "
@@ -54,7 +70,7 @@ def _create_tables(ident: str, stamp: str) -> tuple[str, str]:
     return (
         f"CREATE TABLE IF NOT EXISTS {RUNS} ("
         f"id {ident}, type TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, "
-        f"message TEXT, started_at {stamp} NOT NULL, ended_at {stamp})",
+        f"message TEXT, started_at {stamp} NOT NULL, ended_at {stamp}, updated_at {stamp})",
         f"CREATE TABLE IF NOT EXISTS {SUBTASKS} ("
         f"run_id BIGINT NOT NULL REFERENCES {RUNS}(id) ON DELETE CASCADE, "
         f"number BIGINT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, "
@@ -100,6 +116,7 @@ def _subtask_from_row(row: Mapping[str, Any]) -> SubtaskProgress:
 
 
 def _run_from_row(row: Mapping[str, Any]) -> RunProgress:
+    heartbeat = row.get("updated_at")  # absent from a table not brought up to date
     return RunProgress(
         id=int(row["id"]),
         type=row["type"],
@@ -108,14 +125,21 @@ def _run_from_row(row: Mapping[str, Any]) -> RunProgress:
         message=row["message"],
         started_at=_read_time(row["started_at"]),
         ended_at=None if row["ended_at"] is None else _read_time(row["ended_at"]),
+        updated_at=None if heartbeat is None else _read_time(heartbeat),
     )
+
+
+def _chunks(ids: Collection[int]) -> list[list[int]]:
+    ordered = sorted(set(ids))
+    return [ordered[i : i + _IDS_PER_STATEMENT] for i in range(0, len(ordered), _IDS_PER_STATEMENT)]
 
 
 class SqlProgressStore:
     """:class:`~corral._ports._progress.ProgressStore` on one SQL connection.
 
     Each method is one statement (one round trip), but :meth:`ensure_schema` (two
-    ``CREATE TABLE IF NOT EXISTS``, after a lock on PostgreSQL) and :meth:`exists`.
+    ``CREATE TABLE IF NOT EXISTS``, after a lock on PostgreSQL, and the columns an older
+    table lacks) and :meth:`exists`.
     """
 
     __slots__ = ("_conn", "_d")
@@ -140,6 +164,25 @@ class SqlProgressStore:
             runs, subtasks = _CREATE_SQLITE
         await conn.execute(runs)
         await conn.execute(subtasks)
+        await self._add_heartbeat()
+
+    async def _add_heartbeat(self) -> None:
+        """Add ``updated_at`` to a runs table made by a version without it."""
+        conn = self._conn
+        if self._d.shared:
+            present = await conn.fetchval(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = ? AND column_name = 'updated_at'",
+                RUNS,
+            )
+            stamp = "TIMESTAMPTZ"
+        else:
+            columns = await conn.fetch(f"PRAGMA table_info({RUNS})")
+            present = sum(1 for column in columns if column["name"] == "updated_at")
+            stamp = "TEXT"
+        if not present:
+            await conn.execute(_ADD_HEARTBEAT.format(stamp=stamp))
+            await conn.execute(_FILL_HEARTBEAT)
 
     async def exists(self) -> bool:
         """Return whether both tables exist (see :meth:`ProgressStore.exists`)."""
@@ -147,8 +190,9 @@ class SqlProgressStore:
 
     async def start_run(self, type: str, name: str, started_at: datetime) -> int:
         """Insert a run (see :meth:`ProgressStore.start_run`)."""
+        stamp = self._stamp(started_at)
         run_id = await self._conn.fetchval(
-            _START_RUN, type, name, Status.RUNNING.value, self._stamp(started_at)
+            _START_RUN, type, name, Status.RUNNING.value, stamp, stamp
         )
         assert isinstance(run_id, int)
         return run_id
@@ -157,7 +201,45 @@ class SqlProgressStore:
         self, run_id: int, status: Status, message: str | None, ended_at: datetime
     ) -> None:
         """Update a run (see :meth:`ProgressStore.finish_run`)."""
-        await self._conn.execute(_FINISH_RUN, status.value, message, self._stamp(ended_at), run_id)
+        stamp = self._stamp(ended_at)
+        await self._conn.execute(_FINISH_RUN, status.value, message, stamp, stamp, run_id)
+
+    async def end_running(
+        self,
+        run_ids: Collection[int],
+        status: Status,
+        message: str | None,
+        ended_at: datetime,
+    ) -> list[int]:
+        """End the runs still RUNNING (see :meth:`ProgressStore.end_running`)."""
+        stamp = self._stamp(ended_at)
+        ended: list[int] = []
+        for ids in _chunks(run_ids):
+            rows = await self._conn.fetch(
+                f"UPDATE {RUNS} SET status = ?, message = COALESCE(?, message), "
+                f"ended_at = ?, updated_at = ? WHERE status = ? "
+                f"AND id IN ({', '.join('?' * len(ids))}) RETURNING id",
+                status.value,
+                message,
+                stamp,
+                stamp,
+                Status.RUNNING.value,
+                *ids,
+            )
+            ended.extend(int(str(row["id"])) for row in rows)
+        return sorted(ended)
+
+    async def touch_runs(self, run_ids: Collection[int], updated_at: datetime) -> None:
+        """Set the heartbeat of running runs (see :meth:`ProgressStore.touch_runs`)."""
+        stamp = self._stamp(updated_at)
+        for ids in _chunks(run_ids):
+            await self._conn.execute(
+                f"UPDATE {RUNS} SET updated_at = ? WHERE status = ? "
+                f"AND id IN ({', '.join('?' * len(ids))})",
+                stamp,
+                Status.RUNNING.value,
+                *ids,
+            )
 
     async def start_subtask(
         self,
