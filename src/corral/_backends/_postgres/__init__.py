@@ -54,7 +54,7 @@ from ..._exceptions import (
     SchemaError,
 )
 from ..._lowlevel import loop_scheduler
-from ..._ports import Batch, Failure, Run, TableSchema, redact, scrub
+from ..._ports import Batch, Failure, Operation, Run, TableSchema, redact, scrub
 from .._sql import SqlSession
 from .._sql._batch import apply
 from .._sql._tables import (
@@ -592,6 +592,13 @@ class PostgresBackend:
         self._staged.clear()
         self._commit_sent = False
         await self.call(self.conn.execute, "BEGIN")
+
+    async def run_alone(self, op: Operation[PostgresConnection]) -> None:
+        """Run a one-statement operation outside a transaction: it commits on its own."""
+        self._staged.clear()
+        self._commit_sent = True  # a connection lost in it may have committed it
+        await op.run(self.session)
+        self._committed()
 
     async def commit(self) -> None:
         """Commit the batch transaction."""
