@@ -164,6 +164,23 @@ async def corral_enqueue(url, count):
         return time.perf_counter() - start
 
 
+async def corral_enqueue_each(url, count, tasks):
+    """Enqueue ``count`` jobs one ``enqueue`` call each, from ``tasks`` tasks; return seconds."""
+    batch = [jobs.Job(id=f"j{i:07d}", payload={"n": i}) for i in range(count)]
+    async with corral.connect(url) as db:
+        await db.jobs.depth()  # creates the table, outside the timing
+
+        async def producer(part):
+            for job in part:
+                await db.jobs.enqueue(job)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for t in range(tasks):
+                tg.start_soon(producer, batch[t::tasks])
+        return time.perf_counter() - start
+
+
 async def corral_enqueue_spaced(url, count, gap):
     async with corral.connect(url) as db:
         await db.jobs.depth()
@@ -353,6 +370,44 @@ async def pgq_enqueue(url, count):
         await conn.close()
 
 
+#: pgqueuer's enqueue from many tasks shares a pool of this many connections.
+PGQ_POOL = 20
+
+
+async def pgq_enqueue_each(url, count, tasks):
+    """Enqueue ``count`` jobs one ``Queries.enqueue`` each, from ``tasks`` tasks; seconds.
+
+    One connection for one task; else a pool of PGQ_POOL, each task taking a connection
+    for each enqueue (pgqueuer commits every call on its own: it cannot batch calls).
+    """
+    payloads = [f'{{"n":{i}}}'.encode() for i in range(count)]
+    if tasks == 1:
+        conn = await asyncpg.connect(url)
+        try:
+            queries = pgq_queries(conn)
+            start = time.perf_counter()
+            for payload in payloads:
+                await queries.enqueue(PGQ_ENTRYPOINT, payload, 0)
+            return time.perf_counter() - start
+        finally:
+            await conn.close()
+    pool = await asyncpg.create_pool(url, min_size=PGQ_POOL, max_size=PGQ_POOL)
+    try:
+
+        async def producer(part):
+            for payload in part:
+                async with pool.acquire() as conn:
+                    await pgq_queries(conn).enqueue(PGQ_ENTRYPOINT, payload, 0)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for t in range(tasks):
+                tg.start_soon(producer, payloads[t::tasks])
+        return time.perf_counter() - start
+    finally:
+        await pool.close()
+
+
 async def pgq_enqueue_spaced(url, count, gap):
     conn = await asyncpg.connect(url)
     try:
@@ -438,6 +493,7 @@ TOOLS = {
         "install": corral_install,
         "enqueue": corral_enqueue,
         "enqueue_spaced": corral_enqueue_spaced,
+        "enqueue_each": corral_enqueue_each,
         "done": corral_done,
         "last_finish": corral_last_finish,
         "latencies": corral_latencies,
@@ -449,6 +505,7 @@ TOOLS = {
         "install": pgq_install,
         "enqueue": pgq_enqueue,
         "enqueue_spaced": pgq_enqueue_spaced,
+        "enqueue_each": pgq_enqueue_each,
         "done": pgq_done,
         "last_finish": pgq_last_finish,
         "latencies": pgq_latencies,
@@ -613,6 +670,50 @@ def measure_pickup(args, tool, settings):
     return latencies
 
 
+def measure_enqueue_each(args, tool, tasks, store):
+    """Time ``args.enqueue_jobs`` enqueues of one job each from ``tasks`` tasks; seconds."""
+    if store == "sqlite":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{tmp}/jobs.db"
+            return run_loop(corral_enqueue_each, url, args.enqueue_jobs, tasks)
+    spec = TOOLS[tool]
+    with fresh_schema(args.postgres) as url:
+        run_loop(spec["install"], url)
+        return run_loop(spec["enqueue_each"], url, args.enqueue_jobs, tasks)
+
+
+def run_enqueue_rates(args, tools):
+    """Interleaved rounds of every enqueue variant; returns rows (median seconds)."""
+    variants = []
+    for tasks in (1, 100):
+        if "corral" in tools:
+            variants.append((f"corral enqueue, PostgreSQL, {tasks} task(s)", "corral", tasks, "pg"))
+        if "pgqueuer" in tools:
+            pool = "one connection" if tasks == 1 else f"pool of {PGQ_POOL}"
+            variants.append((f"pgqueuer enqueue, {tasks} task(s), {pool}", "pgqueuer", tasks, "pg"))
+        if "corral" in tools:
+            variants.append((f"corral enqueue, SQLite, {tasks} task(s)", "corral", tasks, "sqlite"))
+    raw = {name: [] for name, *_ in variants}
+    for round_number in range(args.repeat):
+        shift = round_number % len(variants)
+        for name, tool, tasks, store in variants[shift:] + variants[:shift]:
+            seconds = measure_enqueue_each(args, tool, tasks, store)
+            raw[name].append(seconds)
+            print(
+                f"  round {round_number + 1}: {name:<44} {seconds:7.3f} s "
+                f"({args.enqueue_jobs / seconds:8,.0f} jobs/s)",
+                flush=True,
+            )
+    rows = []
+    for name, *_ in variants:
+        row = _common.row(name, statistics.median(raw[name]), args.enqueue_jobs)
+        row["best"] = args.enqueue_jobs / min(raw[name])
+        rows.append(row)
+    return rows
+
+
 def print_phases(label, phases):
     """Sum the PhaseTimer reports of every worker and print per-operation means."""
     total = defaultdict(lambda: [0, 0.0, 0])
@@ -721,6 +822,10 @@ def main():
     parser.add_argument("--only", choices=["corral", "pgqueuer"], help="run one tool only")
     parser.add_argument("--no-pickup", action="store_true", help="skip the latency part")
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput part")
+    parser.add_argument("--no-enqueue", action="store_true", help="skip the enqueue-rate part")
+    parser.add_argument(
+        "--enqueue-jobs", type=int, default=5_000, help="jobs per enqueue-rate round"
+    )
     parser.add_argument(
         "--analyze",
         action="store_true",
@@ -776,6 +881,48 @@ def main():
         f"1-minute load {load:.2f}"
     )
     results = {"quick": args.quick, "workers": args.workers, "jobs": args.jobs, "loop": loop}
+
+    if not args.no_enqueue:
+        print(
+            f"\nEnqueue rate: {args.enqueue_jobs:,} jobs, one enqueue call each, from 1 and "
+            f"from 100 concurrent tasks; {args.repeat} interleaved rounds",
+            flush=True,
+        )
+        rows = run_enqueue_rates(args, tools)
+        reference = rows[0]["name"]
+        _common.print_table(
+            f"Enqueue {args.enqueue_jobs:,} jobs one call each (median of {args.repeat})",
+            rows,
+            reference,
+            extra=[("best jobs/s", "best", "{:,.0f}")],
+        )
+        rate = {r["name"]: r["items"] / r["seconds"] for r in rows}
+        for tasks in (1, 100):
+            mine = next(
+                (
+                    v
+                    for k, v in rate.items()
+                    if k.startswith("corral enqueue, P") and k.endswith(f" {tasks} task(s)")
+                ),
+                None,
+            )
+            theirs = next(
+                (
+                    v
+                    for k, v in rate.items()
+                    if k.startswith("pgqueuer") and f" {tasks} task(s)" in k
+                ),
+                None,
+            )
+            if mine and theirs:
+                target = 1 if tasks == 1 else 10
+                ratio = mine / theirs
+                print(
+                    f"corral / pgqueuer enqueue rate, {tasks} task(s): {ratio:.2f}x "
+                    f"(target >= {target}x: {'met' if ratio >= target else 'NOT met'})"
+                )
+                results[f"enqueue_ratio_{tasks}_tasks"] = ratio
+        results["enqueue"] = rows
 
     if not args.no_throughput:
         print(
