@@ -64,6 +64,12 @@ import corral
 from corral import jobs
 
 START_METHOD = "spawn"
+#: How a queue may be filled before a drain (--fill), as the rows name it.
+FILLS = {
+    "bulk": "bulk enqueue",
+    "one": "enqueued one at a time",
+    "one+analyze": "enqueued one at a time, then ANALYZE",
+}
 PGQ_ENTRYPOINT = "noop"
 
 
@@ -614,13 +620,22 @@ class Workers:
 # -- measurements -------------------------------------------------------------------------------
 
 
+#: A queue filled one job per call is filled from this many tasks at once.
+FILL_TASKS = 100
+
+
 def measure_drain(args, tool, settings):
     """Enqueue args.jobs jobs, then time W workers draining them. Returns a result dict."""
     spec = TOOLS[tool]
     with fresh_schema(args.postgres) as url:
         run_loop(spec["install"], url)
-        enqueue_seconds = run_loop(spec["enqueue"], url, args.jobs)
-        if args.analyze:  # fresh planner statistics of the full queue, outside the timing
+        fill = settings.get("fill", "bulk")
+        if fill == "bulk":
+            enqueue_seconds = run_loop(spec["enqueue"], url, args.jobs)
+        else:  # one enqueue call per job, from FILL_TASKS tasks: what the tutorial shows
+            enqueue_seconds = run_loop(spec["enqueue_each"], url, args.jobs, FILL_TASKS)
+        if args.analyze or fill.endswith("+analyze"):
+            # fresh planner statistics of the full queue, outside the timing
             run_loop(admin, url, f"ANALYZE {spec['table']}")
         with Workers(tool, url, settings, "drain", args.workers, args.profile) as workers:
             wall_start = time.time()
@@ -831,6 +846,13 @@ def main():
         action="store_true",
         help="ANALYZE the queue table after the bulk enqueue (both tools; not timed)",
     )
+    parser.add_argument(
+        "--fill",
+        default="bulk",
+        help="how the queue is filled before a drain, a comma-separated list of: bulk (one "
+        "enqueue_many), one (one enqueue call per job, from 100 tasks), one+analyze (one, "
+        "then ANALYZE; corral only)",
+    )
     parser.add_argument("--uvloop", action="store_true", help="run every worker on uvloop")
     parser.add_argument(
         "--phases", action="store_true", help="corral: time claim and report transactions"
@@ -863,17 +885,20 @@ def main():
         pgq_version = None
     common = {"poll_interval": args.poll_interval, "uvloop": args.uvloop, "phases": args.phases}
     variants = []
-    if "corral" in tools:
-        for b in (int(b) for b in args.batch_sizes.split(",")):
-            limit = args.max_concurrent or max(1_000, 2 * args.workers * b)
-            settings = {**common, "batch_size": b, "max_concurrent": limit}
-            name = f"corral Processor, batch {b}, max_concurrent {limit}"
-            variants.append((name, "corral", settings))
-    if "pgqueuer" in tools:
-        for b in (int(b) for b in args.pgq_batch_sizes.split(",")):
-            label = " (its default)" if b == 10 else ""
-            name = f"pgqueuer {pgq_version}, batch {b}{label}"
-            variants.append((name, "pgqueuer", {**common, "pgq_batch_size": b}))
+    for fill in args.fill.split(","):
+        how = FILLS[fill]
+        if "corral" in tools:
+            for b in (int(b) for b in args.batch_sizes.split(",")):
+                limit = args.max_concurrent or max(1_000, 2 * args.workers * b)
+                settings = {**common, "batch_size": b, "max_concurrent": limit, "fill": fill}
+                name = f"corral Processor, batch {b}, max_concurrent {limit}, {how}"
+                variants.append((name, "corral", settings))
+        if "pgqueuer" in tools and not fill.endswith("+analyze"):
+            for b in (int(b) for b in args.pgq_batch_sizes.split(",")):
+                label = " (its default)" if b == 10 else ""
+                name = f"pgqueuer {pgq_version}, batch {b}{label}, {how}"
+                settings = {**common, "pgq_batch_size": b, "fill": fill}
+                variants.append((name, "pgqueuer", settings))
     load = _common.warn_if_busy()
     loop = "uvloop" if args.uvloop else "asyncio"
     print(
@@ -958,6 +983,27 @@ def main():
                 f"jobs/s (target >= 2x: {'met' if ratio >= 2 else 'NOT met'})"
             )
             results["ratio_vs_pgqueuer_best"] = ratio
+        by_fill = {}
+        for fill, how in FILLS.items():
+            mine = [r for r in corral_rows if r["name"].endswith(f", {how}")]
+            theirs = [r for r in pgq_rows if r["name"].endswith(f", {how}")]
+            if mine:
+                by_fill[fill] = (min(r["seconds"] for r in mine), theirs)
+        for fill, (seconds, theirs) in by_fill.items():
+            if theirs:
+                ratio = min(r["seconds"] for r in theirs) / seconds
+                print(
+                    f"{FILLS[fill]}: corral best / pgqueuer best {ratio:.2f}x jobs/s "
+                    f"(target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'})"
+                )
+                results[f"ratio_vs_pgqueuer_best_{fill}"] = ratio
+        if "one" in by_fill and "one+analyze" in by_fill:
+            ratio = by_fill["one+analyze"][0] / by_fill["one"][0]
+            print(
+                f"corral best, enqueued one at a time / the same after ANALYZE: {ratio:.2f}x "
+                f"jobs/s (target >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'})"
+            )
+            results["ratio_one_vs_analyzed"] = ratio
         results["throughput"] = {"reference": reference, "rows": rows}
 
     if not args.no_pickup:
