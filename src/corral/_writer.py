@@ -41,6 +41,7 @@ from cancellation and ends only when the database closes, after the queue is dra
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -242,6 +243,21 @@ _Item = Run | _Op[Any] | _Group[Any] | _Flush
 _Operation = _Op[Any] | _Group[Any]
 
 
+def _no_task() -> object:
+    return None
+
+
+def _native_current_task() -> Callable[[], object]:
+    """Return the event loop's own ``current_task`` (asyncio's, or trio's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio (anyio runs on nothing else)
+        import trio.lowlevel
+
+        return trio.lowlevel.current_task
+    return asyncio.current_task
+
+
 def _counted(n: int, what: str) -> str:
     return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
@@ -309,7 +325,10 @@ class Writer(Generic[S]):
         #: The sources whose write() ran in the current transaction.
         self._written: list[Source[S]] = []
         self._done = anyio.Event()
-        self._task_id: int | None = None
+        #: The writer's task (the event loop's own object), once it runs; and how to get
+        #: the current one (cheaper than anyio.get_current_task(), on every operation).
+        self._task: object = None
+        self._current_task: Callable[[], object] = _no_task
 
     # -- producers -------------------------------------------------------------------------
 
@@ -321,7 +340,7 @@ class Writer(Generic[S]):
             self._raise_closed()
 
     def _check_not_writer(self, what: str) -> None:
-        if self._task_id is not None and anyio.get_current_task().id == self._task_id:
+        if self._task is not None and self._current_task() is self._task:
             raise RuntimeError(
                 f"{what} was called from inside the writer (a Database._run function or a "
                 f"source's write), where it would wait for the writer itself: write through "
@@ -562,7 +581,8 @@ class Writer(Generic[S]):
 
     async def run(self) -> None:
         """Collect a batch and commit it, over and over, until closed and drained."""
-        self._task_id = anyio.get_current_task().id
+        self._current_task = _native_current_task()
+        self._task = self._current_task()
         with anyio.CancelScope(shield=True):
             try:
                 while True:

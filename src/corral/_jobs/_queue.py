@@ -20,7 +20,7 @@ from ._model import (
     dump_payload,
     timestamp,
 )
-from ._schema import FINISHED, stored_job, stored_steps
+from ._schema import FINISHED, NO_LABELS, stored_job, stored_steps
 
 if TYPE_CHECKING:
     from .._database import Database
@@ -146,12 +146,13 @@ class JobQueue:
                     f"enqueue takes corral.jobs.Job objects, got {type(job).__name__} "
                     f"{job!r:.80}; wrap it: jobs.Job(id=..., payload=...)"
                 )
-        seen: set[str] = set()
-        for job in batch:
-            if job.id in seen:
-                raise DuplicateJobError(f"job id {job.id!r} appears twice in one enqueue")
-            seen.add(job.id)
-        if not batch:
+        if len(batch) > 1:
+            seen: set[str] = set()
+            for job in batch:
+                if job.id in seen:
+                    raise DuplicateJobError(f"job id {job.id!r} appears twice in one enqueue")
+                seen.add(job.id)
+        elif not batch:
             return 0
         rows: list[NewJob] = [
             (
@@ -161,7 +162,7 @@ class JobQueue:
                 job.customer,
                 job.affinity,
                 job.region,
-                json.dumps(sorted(job.requires)),
+                json.dumps(sorted(job.requires)) if job.requires else NO_LABELS,
                 job.max_retries,
             )
             for job in batch
