@@ -24,9 +24,6 @@ __all__ = [
     "requeue",
 ]
 
-#: An enqueue of at least this many jobs refreshes the table's statistics (PostgreSQL).
-_ANALYZE_AFTER = 1_000
-
 _COLUMNS = (
     "id, payload, priority, customer, affinity, region, requires, max_retries, "
     "state, created_at, run_at, updated_at"
@@ -97,10 +94,7 @@ async def enqueue_unnest(
                     undo.extend(job_id for job_id in ids if job_id in inserted)
             if undo:
                 await conn.execute(f"DELETE FROM {JOBS} WHERE id = ANY(?::text[])", undo)
-    if sum(len(group) for group in groups) >= _ANALYZE_AFTER:
-        # Fresh statistics: a claim walks the queue's index, not a sort of every waiting
-        # row (autovacuum would analyze too, but later).
-        await conn.execute(f"ANALYZE {JOBS}")
+    # No ANALYZE: the claims' plans do not depend on the statistics (see _claims).
     return refused
 
 
