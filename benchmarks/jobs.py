@@ -64,6 +64,12 @@ import corral
 from corral import jobs
 
 START_METHOD = "spawn"
+#: How a queue may be filled before a drain (--fill), as the rows name it.
+FILLS = {
+    "bulk": "bulk enqueue",
+    "one": "enqueued one at a time",
+    "one+analyze": "enqueued one at a time, then ANALYZE",
+}
 PGQ_ENTRYPOINT = "noop"
 
 
@@ -161,6 +167,23 @@ async def corral_enqueue(url, count):
     async with corral.connect(url) as db:
         start = time.perf_counter()
         await db.jobs.enqueue_many(batch)
+        return time.perf_counter() - start
+
+
+async def corral_enqueue_each(url, count, tasks):
+    """Enqueue ``count`` jobs one ``enqueue`` call each, from ``tasks`` tasks; return seconds."""
+    batch = [jobs.Job(id=f"j{i:07d}", payload={"n": i}) for i in range(count)]
+    async with corral.connect(url) as db:
+        await db.jobs.depth()  # creates the table, outside the timing
+
+        async def producer(part):
+            for job in part:
+                await db.jobs.enqueue(job)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for t in range(tasks):
+                tg.start_soon(producer, batch[t::tasks])
         return time.perf_counter() - start
 
 
@@ -353,6 +376,44 @@ async def pgq_enqueue(url, count):
         await conn.close()
 
 
+#: pgqueuer's enqueue from many tasks shares a pool of this many connections.
+PGQ_POOL = 20
+
+
+async def pgq_enqueue_each(url, count, tasks):
+    """Enqueue ``count`` jobs one ``Queries.enqueue`` each, from ``tasks`` tasks; seconds.
+
+    One connection for one task; else a pool of PGQ_POOL, each task taking a connection
+    for each enqueue (pgqueuer commits every call on its own: it cannot batch calls).
+    """
+    payloads = [f'{{"n":{i}}}'.encode() for i in range(count)]
+    if tasks == 1:
+        conn = await asyncpg.connect(url)
+        try:
+            queries = pgq_queries(conn)
+            start = time.perf_counter()
+            for payload in payloads:
+                await queries.enqueue(PGQ_ENTRYPOINT, payload, 0)
+            return time.perf_counter() - start
+        finally:
+            await conn.close()
+    pool = await asyncpg.create_pool(url, min_size=PGQ_POOL, max_size=PGQ_POOL)
+    try:
+
+        async def producer(part):
+            for payload in part:
+                async with pool.acquire() as conn:
+                    await pgq_queries(conn).enqueue(PGQ_ENTRYPOINT, payload, 0)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for t in range(tasks):
+                tg.start_soon(producer, payloads[t::tasks])
+        return time.perf_counter() - start
+    finally:
+        await pool.close()
+
+
 async def pgq_enqueue_spaced(url, count, gap):
     conn = await asyncpg.connect(url)
     try:
@@ -438,6 +499,7 @@ TOOLS = {
         "install": corral_install,
         "enqueue": corral_enqueue,
         "enqueue_spaced": corral_enqueue_spaced,
+        "enqueue_each": corral_enqueue_each,
         "done": corral_done,
         "last_finish": corral_last_finish,
         "latencies": corral_latencies,
@@ -449,6 +511,7 @@ TOOLS = {
         "install": pgq_install,
         "enqueue": pgq_enqueue,
         "enqueue_spaced": pgq_enqueue_spaced,
+        "enqueue_each": pgq_enqueue_each,
         "done": pgq_done,
         "last_finish": pgq_last_finish,
         "latencies": pgq_latencies,
@@ -557,13 +620,22 @@ class Workers:
 # -- measurements -------------------------------------------------------------------------------
 
 
+#: A queue filled one job per call is filled from this many tasks at once.
+FILL_TASKS = 100
+
+
 def measure_drain(args, tool, settings):
     """Enqueue args.jobs jobs, then time W workers draining them. Returns a result dict."""
     spec = TOOLS[tool]
     with fresh_schema(args.postgres) as url:
         run_loop(spec["install"], url)
-        enqueue_seconds = run_loop(spec["enqueue"], url, args.jobs)
-        if args.analyze:  # fresh planner statistics of the full queue, outside the timing
+        fill = settings.get("fill", "bulk")
+        if fill == "bulk":
+            enqueue_seconds = run_loop(spec["enqueue"], url, args.jobs)
+        else:  # one enqueue call per job, from FILL_TASKS tasks: what the tutorial shows
+            enqueue_seconds = run_loop(spec["enqueue_each"], url, args.jobs, FILL_TASKS)
+        if args.analyze or fill.endswith("+analyze"):
+            # fresh planner statistics of the full queue, outside the timing
             run_loop(admin, url, f"ANALYZE {spec['table']}")
         with Workers(tool, url, settings, "drain", args.workers, args.profile) as workers:
             wall_start = time.time()
@@ -611,6 +683,50 @@ def measure_pickup(args, tool, settings):
     if len(latencies) != args.pickups:
         raise AssertionError(f"{tool}: {len(latencies)} pickups recorded of {args.pickups}")
     return latencies
+
+
+def measure_enqueue_each(args, tool, tasks, store):
+    """Time ``args.enqueue_jobs`` enqueues of one job each from ``tasks`` tasks; seconds."""
+    if store == "sqlite":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{tmp}/jobs.db"
+            return run_loop(corral_enqueue_each, url, args.enqueue_jobs, tasks)
+    spec = TOOLS[tool]
+    with fresh_schema(args.postgres) as url:
+        run_loop(spec["install"], url)
+        return run_loop(spec["enqueue_each"], url, args.enqueue_jobs, tasks)
+
+
+def run_enqueue_rates(args, tools):
+    """Interleaved rounds of every enqueue variant; returns rows (median seconds)."""
+    variants = []
+    for tasks in (1, 100):
+        if "corral" in tools:
+            variants.append((f"corral enqueue, PostgreSQL, {tasks} task(s)", "corral", tasks, "pg"))
+        if "pgqueuer" in tools:
+            pool = "one connection" if tasks == 1 else f"pool of {PGQ_POOL}"
+            variants.append((f"pgqueuer enqueue, {tasks} task(s), {pool}", "pgqueuer", tasks, "pg"))
+        if "corral" in tools:
+            variants.append((f"corral enqueue, SQLite, {tasks} task(s)", "corral", tasks, "sqlite"))
+    raw = {name: [] for name, *_ in variants}
+    for round_number in range(args.repeat):
+        shift = round_number % len(variants)
+        for name, tool, tasks, store in variants[shift:] + variants[:shift]:
+            seconds = measure_enqueue_each(args, tool, tasks, store)
+            raw[name].append(seconds)
+            print(
+                f"  round {round_number + 1}: {name:<44} {seconds:7.3f} s "
+                f"({args.enqueue_jobs / seconds:8,.0f} jobs/s)",
+                flush=True,
+            )
+    rows = []
+    for name, *_ in variants:
+        row = _common.row(name, statistics.median(raw[name]), args.enqueue_jobs)
+        row["best"] = args.enqueue_jobs / min(raw[name])
+        rows.append(row)
+    return rows
 
 
 def print_phases(label, phases):
@@ -721,10 +837,21 @@ def main():
     parser.add_argument("--only", choices=["corral", "pgqueuer"], help="run one tool only")
     parser.add_argument("--no-pickup", action="store_true", help="skip the latency part")
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput part")
+    parser.add_argument("--no-enqueue", action="store_true", help="skip the enqueue-rate part")
+    parser.add_argument(
+        "--enqueue-jobs", type=int, default=5_000, help="jobs per enqueue-rate round"
+    )
     parser.add_argument(
         "--analyze",
         action="store_true",
         help="ANALYZE the queue table after the bulk enqueue (both tools; not timed)",
+    )
+    parser.add_argument(
+        "--fill",
+        default="bulk",
+        help="how the queue is filled before a drain, a comma-separated list of: bulk (one "
+        "enqueue_many), one (one enqueue call per job, from 100 tasks), one+analyze (one, "
+        "then ANALYZE; corral only)",
     )
     parser.add_argument("--uvloop", action="store_true", help="run every worker on uvloop")
     parser.add_argument(
@@ -758,17 +885,20 @@ def main():
         pgq_version = None
     common = {"poll_interval": args.poll_interval, "uvloop": args.uvloop, "phases": args.phases}
     variants = []
-    if "corral" in tools:
-        for b in (int(b) for b in args.batch_sizes.split(",")):
-            limit = args.max_concurrent or max(1_000, 2 * args.workers * b)
-            settings = {**common, "batch_size": b, "max_concurrent": limit}
-            name = f"corral Processor, batch {b}, max_concurrent {limit}"
-            variants.append((name, "corral", settings))
-    if "pgqueuer" in tools:
-        for b in (int(b) for b in args.pgq_batch_sizes.split(",")):
-            label = " (its default)" if b == 10 else ""
-            name = f"pgqueuer {pgq_version}, batch {b}{label}"
-            variants.append((name, "pgqueuer", {**common, "pgq_batch_size": b}))
+    for fill in args.fill.split(","):
+        how = FILLS[fill]
+        if "corral" in tools:
+            for b in (int(b) for b in args.batch_sizes.split(",")):
+                limit = args.max_concurrent or max(1_000, 2 * args.workers * b)
+                settings = {**common, "batch_size": b, "max_concurrent": limit, "fill": fill}
+                name = f"corral Processor, batch {b}, max_concurrent {limit}, {how}"
+                variants.append((name, "corral", settings))
+        if "pgqueuer" in tools and not fill.endswith("+analyze"):
+            for b in (int(b) for b in args.pgq_batch_sizes.split(",")):
+                label = " (its default)" if b == 10 else ""
+                name = f"pgqueuer {pgq_version}, batch {b}{label}, {how}"
+                settings = {**common, "pgq_batch_size": b, "fill": fill}
+                variants.append((name, "pgqueuer", settings))
     load = _common.warn_if_busy()
     loop = "uvloop" if args.uvloop else "asyncio"
     print(
@@ -776,6 +906,48 @@ def main():
         f"1-minute load {load:.2f}"
     )
     results = {"quick": args.quick, "workers": args.workers, "jobs": args.jobs, "loop": loop}
+
+    if not args.no_enqueue:
+        print(
+            f"\nEnqueue rate: {args.enqueue_jobs:,} jobs, one enqueue call each, from 1 and "
+            f"from 100 concurrent tasks; {args.repeat} interleaved rounds",
+            flush=True,
+        )
+        rows = run_enqueue_rates(args, tools)
+        reference = rows[0]["name"]
+        _common.print_table(
+            f"Enqueue {args.enqueue_jobs:,} jobs one call each (median of {args.repeat})",
+            rows,
+            reference,
+            extra=[("best jobs/s", "best", "{:,.0f}")],
+        )
+        rate = {r["name"]: r["items"] / r["seconds"] for r in rows}
+        for tasks in (1, 100):
+            mine = next(
+                (
+                    v
+                    for k, v in rate.items()
+                    if k.startswith("corral enqueue, P") and k.endswith(f" {tasks} task(s)")
+                ),
+                None,
+            )
+            theirs = next(
+                (
+                    v
+                    for k, v in rate.items()
+                    if k.startswith("pgqueuer") and f" {tasks} task(s)" in k
+                ),
+                None,
+            )
+            if mine and theirs:
+                target = 1 if tasks == 1 else 10
+                ratio = mine / theirs
+                print(
+                    f"corral / pgqueuer enqueue rate, {tasks} task(s): {ratio:.2f}x "
+                    f"(target >= {target}x: {'met' if ratio >= target else 'NOT met'})"
+                )
+                results[f"enqueue_ratio_{tasks}_tasks"] = ratio
+        results["enqueue"] = rows
 
     if not args.no_throughput:
         print(
@@ -811,6 +983,27 @@ def main():
                 f"jobs/s (target >= 2x: {'met' if ratio >= 2 else 'NOT met'})"
             )
             results["ratio_vs_pgqueuer_best"] = ratio
+        by_fill = {}
+        for fill, how in FILLS.items():
+            mine = [r for r in corral_rows if r["name"].endswith(f", {how}")]
+            theirs = [r for r in pgq_rows if r["name"].endswith(f", {how}")]
+            if mine:
+                by_fill[fill] = (min(r["seconds"] for r in mine), theirs)
+        for fill, (seconds, theirs) in by_fill.items():
+            if theirs:
+                ratio = min(r["seconds"] for r in theirs) / seconds
+                print(
+                    f"{FILLS[fill]}: corral best / pgqueuer best {ratio:.2f}x jobs/s "
+                    f"(target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'})"
+                )
+                results[f"ratio_vs_pgqueuer_best_{fill}"] = ratio
+        if "one" in by_fill and "one+analyze" in by_fill:
+            ratio = by_fill["one+analyze"][0] / by_fill["one"][0]
+            print(
+                f"corral best, enqueued one at a time / the same after ANALYZE: {ratio:.2f}x "
+                f"jobs/s (target >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'})"
+            )
+            results["ratio_one_vs_analyzed"] = ratio
         results["throughput"] = {"reference": reference, "rows": rows}
 
     if not args.no_pickup:

@@ -14,6 +14,11 @@ sets it) and on PostgreSQL:
   committed row by row (aiosqlite where installed, else sqlite3 in a thread; asyncpg),
   timed on the first `--per-row` rows and scaled to all (a computed row).
 
+A second table, the shape of the fetch-then-write pattern corral replaces: rows
+{"k": int, "a": str, "b": float}, primary key k, 100,000 of them (``--int-rows``), put by
+one task looping ``await table.put(row)`` and by ``--producers`` tasks, against the same
+floors (one COPY, one executemany of the dicts).
+
     python benchmarks/writer.py                 # 200,000 rows, median of 3
     python benchmarks/writer.py --quick         # 20,000 rows, one run: a smoke test
     python benchmarks/writer.py --postgres postgresql://user@host/db
@@ -61,6 +66,15 @@ UPSERT = (
 )
 
 
+ITEMS_COLUMNS = ("k", "a", "b")
+ITEMS_SQLITE_DDL = 'CREATE TABLE "items" ("k" INTEGER PRIMARY KEY, "a" TEXT, "b" REAL)'
+ITEMS_POSTGRES_DDL = 'CREATE TABLE "items" ("k" BIGINT PRIMARY KEY, "a" TEXT, "b" DOUBLE PRECISION)'
+
+
+def make_int_rows(count):
+    return [{"k": i, "a": f"value {i}", "b": 0.5 * i} for i in range(count)]
+
+
 def make_rows(count):
     return [
         {"ticker": f"T{i % 500:03d}", "day": f"2026-{i // 500:05d}", "close": 1.5 * i, "volume": i}
@@ -81,12 +95,33 @@ def sqlite_fresh(path):
     return conn
 
 
-def sqlite_count(path):
+def sqlite_count(path, table="prices"):
     conn = sqlite3.connect(path)
     try:
-        return conn.execute('SELECT COUNT(*) FROM "prices"').fetchone()[0]
+        return conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
     finally:
         conn.close()
+
+
+def sqlite_fresh_items(path):
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(ITEMS_SQLITE_DDL)
+    return conn
+
+
+def sqlite_floor_items(path, rows):
+    conn = sqlite_fresh_items(path)
+    start = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany('INSERT INTO "items" VALUES (:k, :a, :b)', rows)
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return seconds
 
 
 def sqlite_floor_dicts(path, rows):
@@ -147,12 +182,34 @@ async def postgres_fresh(url):
     return conn
 
 
-async def postgres_count(url):
+async def postgres_count(url, table="prices"):
     import asyncpg
 
     conn = await asyncpg.connect(url)
     try:
-        return await conn.fetchval('SELECT COUNT(*) FROM "prices"')
+        return await conn.fetchval(f'SELECT COUNT(*) FROM "{table}"')
+    finally:
+        await conn.close()
+
+
+async def postgres_fresh_items(url):
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    await conn.execute('DROP TABLE IF EXISTS "items"')
+    await conn.execute(ITEMS_POSTGRES_DDL)
+    return conn
+
+
+async def postgres_floor_items(url, rows):
+    conn = await postgres_fresh_items(url)
+    try:
+        start = time.perf_counter()
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "items", records=[tuple(row.values()) for row in rows], columns=ITEMS_COLUMNS
+            )
+        return time.perf_counter() - start
     finally:
         await conn.close()
 
@@ -189,9 +246,9 @@ async def postgres_per_row(url, rows):
 # -- corral -----------------------------------------------------------------------------------
 
 
-async def corral_writer(url, rows, producers):
+async def corral_writer(url, rows, producers, table="prices", key=("ticker", "day")):
     async with corral.connect(url) as db:
-        prices = db.table("prices", key=("ticker", "day"))
+        prices = db.table(table, key=key)
         shares = [rows[i::producers] for i in range(producers)]
 
         async def produce(share):
@@ -264,6 +321,45 @@ def measure_against_floors(args, url, rows, floors, prepare, check):
     return out
 
 
+def measure_items(args, url, rows, floor, prepare, check):
+    """The integer-key table: its floor, then corral from one task and from many."""
+    batches = {}
+
+    def corral_run(producers, backend):
+        prepare()
+        seconds, batches[producers, backend] = anyio.run(
+            corral_writer, url, rows, producers, "items", "k", backend=backend
+        )
+        return seconds
+
+    runs = [(1, "asyncio"), (args.producers, "asyncio"), (1, "trio")]
+    specs = [
+        floor,
+        *(
+            (
+                f"corral: {n} task{'s' if n > 1 else ''} put, then flush ({backend})",
+                partial(corral_run, n, backend),
+                check,
+            )
+            for n, backend in runs
+        ),
+    ]
+    out = measure_rounds(specs, args.repeat, len(rows))
+    for row, run in zip(out[1:], runs, strict=True):
+        row["note"] = f"{batches[run]} transactions"
+    floor_seconds = out[0]["seconds"]
+    for r in out:
+        r["throughput"] = floor_seconds / r["seconds"]
+    return out
+
+
+def print_items(title, out):
+    _common.print_table(
+        title, out, out[0]["name"], extra=[("throughput vs floor", "throughput", "{:.2f}")]
+    )
+    return {"items": out[0]["items"], "reference": out[0]["name"], "rows": out}
+
+
 def report(title, rows, reference, per_row_count, per_row_seconds, items):
     scaled = per_row_seconds * items / per_row_count
     rows.append(
@@ -311,7 +407,7 @@ def run_sqlite(args, rows, workdir):
     seconds = anyio.run(sqlite_per_row, path, per_row)
     peer = "aiosqlite" if aiosqlite is not None else "sqlite3 in a thread"
     print(f"  per row ({peer}): {len(per_row):,} rows in {seconds:.3f} s")
-    return report(
+    result = report(
         f"SQLite: {items:,} rows into an empty table (primary key ticker, day)",
         out,
         out[0]["name"],
@@ -319,6 +415,30 @@ def run_sqlite(args, rows, workdir):
         seconds,
         items,
     )
+    ints = make_int_rows(args.int_rows)
+
+    def check_items():
+        assert sqlite_count(path, "items") == len(ints)
+
+    print(f"\nSQLite, integer key: {len(ints):,} rows, median of {args.repeat} rounds")
+    out = measure_items(
+        args,
+        url,
+        ints,
+        (
+            "floor: one executemany of the dicts, one transaction",
+            lambda: sqlite_floor_items(path, ints),
+            lambda: None,
+        ),
+        lambda: sqlite_fresh_items(path).close(),
+        check_items,
+    )
+    result["integer_key"] = print_items(
+        f"SQLite: {len(ints):,} rows {{k: int, a: str, b: float}} into an empty table "
+        f"(primary key k)",
+        out,
+    )
+    return result
 
 
 def run_postgres(args, rows):
@@ -368,7 +488,7 @@ def run_postgres(args, rows):
         per_row = rows[: args.per_row]
         seconds = asyncio.run(postgres_per_row(url, per_row))
         print(f"  per row (asyncpg): {len(per_row):,} rows in {seconds:.3f} s")
-        return report(
+        result = report(
             f"PostgreSQL: {items:,} rows into an empty table (primary key ticker, day)",
             out,
             out[0]["name"],
@@ -376,6 +496,34 @@ def run_postgres(args, rows):
             seconds,
             items,
         )
+        ints = make_int_rows(args.int_rows)
+
+        async def fresh_items():
+            conn = await postgres_fresh_items(url)
+            await conn.close()
+
+        def check_items():
+            assert asyncio.run(postgres_count(url, "items")) == len(ints)
+
+        print(f"\nPostgreSQL, integer key: {len(ints):,} rows, median of {args.repeat} rounds")
+        out = measure_items(
+            args,
+            url,
+            ints,
+            (
+                "floor: one COPY of the rows, one transaction",
+                lambda: asyncio.run(postgres_floor_items(url, ints)),
+                lambda: None,
+            ),
+            lambda: asyncio.run(fresh_items()),
+            check_items,
+        )
+        result["integer_key"] = print_items(
+            f"PostgreSQL: {len(ints):,} rows {{k: int, a: str, b: float}} into an empty "
+            f"table (primary key k)",
+            out,
+        )
+        return result
     finally:
         asyncio.run(admin(f'DROP SCHEMA "{schema}" CASCADE'))
 
@@ -384,6 +532,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--producers", type=int, default=100)
+    parser.add_argument(
+        "--int-rows", type=int, default=100_000, help="rows of the integer-key table"
+    )
     parser.add_argument("--per-row", type=int, default=2_000, help="rows timed one by one")
     parser.add_argument("--repeat", type=int, default=3, help="repeats per row (median)")
     parser.add_argument(
@@ -396,7 +547,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="20,000 rows, one run")
     args = parser.parse_args()
     if args.quick:
-        args.rows, args.repeat, args.per_row = 20_000, 1, 300
+        args.rows, args.repeat, args.per_row, args.int_rows = 20_000, 1, 300, 20_000
     args.per_row = min(args.per_row, args.rows)
     databases = args.databases.split(",")
     _common.warn_if_busy()

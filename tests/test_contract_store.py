@@ -38,6 +38,9 @@ class Boom(Exception):
 class Call:
     """An :class:`~corral._ports.Operation`: the writer's, without its queue."""
 
+    #: Its statements need the batch's transaction.
+    autocommit = False
+
     def __init__(self, fn: Callable[[Any], Awaitable[object]], *, abandoned: bool = False):
         self.fn = fn
         self.abandoned = abandoned

@@ -356,7 +356,9 @@ async def test_an_operation_whose_commit_was_cut_off_is_reported_as_unknown(
         await db.jobs.enqueue(jobs.Job("first"))
         p.cut_after_commit()
         with pytest.raises(corral.CommitUnknownError) as caught:
-            await db.jobs.enqueue(jobs.Job("second"))
+            # Two jobs: a transaction with a COMMIT (one job alone is one statement
+            # that commits on its own, with no COMMIT to cut off).
+            await db.jobs.enqueue_many([jobs.Job("second"), jobs.Job("second-b")])
         assert "may or may not have committed" in str(caught.value)
         # The writer reconnected and goes on; the job was in fact committed (the
         # server had the COMMIT), which the caller can read back.

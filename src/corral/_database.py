@@ -449,6 +449,29 @@ class Database:
         result: T = await self._writer.run_op(fn)
         return result
 
+    async def _run_grouped(
+        self,
+        fn: Callable[[Connection, list[Any]], Awaitable[list[Any]]],
+        arg: object,
+        *,
+        one_statement: bool = False,
+    ) -> Any:
+        """Run ``fn(connection, [arg, ...])`` in the writer, for this call and its neighbours.
+
+        Group commit: calls with the same ``fn`` (equal, as bound methods of one object
+        are) queued one after another while the writer is busy are one operation of one
+        batch, ``fn`` called once with every call's ``arg`` in order. ``fn`` returns one
+        answer per argument: an exception instance is raised to that caller alone (``fn``
+        must have undone that call's own work), anything else is returned to it once
+        the batch is committed. If ``fn`` raises, the work of every call is rolled back
+        and each raises the error. Otherwise as :meth:`_run`, except that a caller
+        cancelled once its group has begun does not stop the group: its work is
+        committed with the others'. ``one_statement``: ``fn`` called with ``[arg]`` alone
+        runs one statement, atomic by itself, so that a call alone in its batch may run
+        outside a transaction (PostgreSQL: one round trip, one commit).
+        """
+        return await self._writer.run_grouped(fn, fn, arg, one_statement=one_statement)
+
     def _register_source(self, source: Source[Connection]) -> None:
         """Have the writer call ``source.write(connection)`` whenever it has something.
 

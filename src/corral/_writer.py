@@ -12,7 +12,9 @@ one transaction (``corral._backends._sql._batch``):
    each run in a savepoint; a run that fails is written again row by row, each row in
    its own savepoint, so that only the failing rows are left out;
 2. operations, in queue order among the rows, each in its own savepoint (an operation
-   alone in its batch runs in the transaction itself, rolled back if it fails);
+   alone in its batch runs in the transaction itself, rolled back if it fails); calls
+   of one kind queued one after another (``run_grouped``: enqueues from many tasks)
+   are one operation, so they share a statement and a commit (group commit);
 3. the registered sources that have something pending, each in its own savepoint;
 4. ``COMMIT``.
 
@@ -39,6 +41,7 @@ from cancellation and ends only when the database closes, after the queue is dra
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -71,6 +74,9 @@ class _Op(Generic[S]):
 
     __slots__ = ("abandoned", "error", "event", "fn", "result", "scope")
 
+    #: Its statements need the batch's transaction (see :attr:`_Group.autocommit`).
+    autocommit = False
+
     def __init__(self, fn: Callable[[S], Awaitable[Any]]) -> None:
         self.fn = fn
         self.event = anyio.Event()
@@ -99,6 +105,116 @@ class _Op(Generic[S]):
         self.scope = None
         return self.error is None and not self.abandoned
 
+    def answer(self) -> None:
+        """Tell the caller: its batch is committed (or it failed, :attr:`error` says)."""
+        self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Answer the caller with ``error``."""
+        self.error = error
+        self.event.set()
+
+    def reset(self) -> None:
+        """Forget what a lost transaction made of the call: it runs again."""
+        self.result = self.error = None
+
+    def pending(self) -> int:
+        """How many callers wait on it (and are not abandoned): 1 or 0."""
+        return 0 if self.abandoned else 1
+
+
+class _Call:
+    """One caller's part of a :class:`_Group`: its argument, and what it gets back."""
+
+    __slots__ = ("abandoned", "arg", "error", "event", "one_statement", "result")
+
+    def __init__(self, arg: object, one_statement: bool) -> None:
+        self.arg = arg
+        #: The call's work alone is one statement, atomic without a transaction.
+        self.one_statement = one_statement
+        self.event = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        #: The caller was cancelled before its group ran: left out of it.
+        self.abandoned = False
+
+
+class _Group(Generic[S]):
+    """Calls of one kind queued one after another, run as one operation: group commit.
+
+    ``fn(session, args)`` gets the argument of every call still wanted, in order, and
+    returns one answer per call: an exception instance is raised to that caller alone,
+    anything else is its result. If ``fn`` raises, every call gets the error and the
+    group's work is undone. The :class:`~corral._ports.Operation` the store runs.
+    """
+
+    __slots__ = ("calls", "fn", "key", "started")
+
+    def __init__(self, key: object, fn: Callable[[S, list[Any]], Awaitable[list[Any]]]) -> None:
+        self.key = key
+        self.fn = fn
+        self.calls: list[_Call] = []
+        #: The store has begun to run it: no call joins or leaves it any more.
+        self.started = False
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether every caller gave up: skip it."""
+        return all(call.abandoned for call in self.calls)
+
+    @property
+    def autocommit(self) -> bool:
+        """Whether it is one call whose work is one statement.
+
+        Alone in its batch, the store may then run it outside a transaction (one round
+        trip and one commit).
+        """
+        calls = self.calls
+        return len(calls) == 1 and calls[0].one_statement
+
+    async def run(self, session: S) -> bool:
+        """Call ``fn`` with the calls still wanted; return whether its work is kept."""
+        self.started = True
+        calls = [call for call in self.calls if not call.abandoned]
+        if not calls:
+            return False
+        try:
+            answers = await self.fn(session, [call.arg for call in calls])
+        except Exception as exc:
+            lost = _lost_connection(exc)
+            if lost is not None:  # not the calls' error: the batch's
+                raise lost from None
+            for call in calls:
+                call.error = exc
+            return False
+        for call, answer in zip(calls, answers, strict=True):
+            if isinstance(answer, BaseException):
+                call.error = answer
+            else:
+                call.result = answer
+        return True
+
+    def answer(self) -> None:
+        """Tell every caller: the batch is committed."""
+        for call in self.calls:
+            call.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Answer every caller with ``error``."""
+        for call in self.calls:
+            call.error = error
+            call.event.set()
+
+    def reset(self) -> None:
+        """Forget what a lost transaction made of the calls: they run again."""
+        self.started = False
+        for call in self.calls:
+            call.result = call.error = None
+
+    def pending(self) -> int:
+        """How many callers wait on it (and are not abandoned)."""
+        return sum(1 for call in self.calls if not call.abandoned)
+
 
 class _Flush:
     """A barrier: set once everything queued before it is committed."""
@@ -122,7 +238,24 @@ class _SpaceWaiter:
 
 #: What the queue holds: runs of rows (a row joins its table's newest run when it has
 #: the same columns), operations and flush barriers, in order.
-_Item = Run | _Op[Any] | _Flush
+_Item = Run | _Op[Any] | _Group[Any] | _Flush
+#: An operation of the queue: one call, or a group of calls.
+_Operation = _Op[Any] | _Group[Any]
+
+
+def _no_task() -> object:
+    return None
+
+
+def _native_current_task() -> Callable[[], object]:
+    """Return the event loop's own ``current_task`` (asyncio's, or trio's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio (anyio runs on nothing else)
+        import trio.lowlevel
+
+        return trio.lowlevel.current_task
+    return asyncio.current_task
 
 
 def _counted(n: int, what: str) -> str:
@@ -192,7 +325,10 @@ class Writer(Generic[S]):
         #: The sources whose write() ran in the current transaction.
         self._written: list[Source[S]] = []
         self._done = anyio.Event()
-        self._task_id: int | None = None
+        #: The writer's task (the event loop's own object), once it runs; and how to get
+        #: the current one (cheaper than anyio.get_current_task(), on every operation).
+        self._task: object = None
+        self._current_task: Callable[[], object] = _no_task
 
     # -- producers -------------------------------------------------------------------------
 
@@ -204,7 +340,7 @@ class Writer(Generic[S]):
             self._raise_closed()
 
     def _check_not_writer(self, what: str) -> None:
-        if self._task_id is not None and anyio.get_current_task().id == self._task_id:
+        if self._task is not None and self._current_task() is self._task:
             raise RuntimeError(
                 f"{what} was called from inside the writer (a Database._run function or a "
                 f"source's write), where it would wait for the writer itself: write through "
@@ -322,6 +458,46 @@ class Writer(Generic[S]):
             raise op.error
         return op.result
 
+    async def run_grouped(
+        self,
+        key: object,
+        fn: Callable[[S, list[Any]], Awaitable[list[Any]]],
+        arg: object,
+        *,
+        one_statement: bool = False,
+    ) -> Any:
+        """Queue a call of ``fn`` with ``arg``, grouped with the calls of ``key`` beside it.
+
+        A call joins the group of ``key`` at the tail of the queue, if there is one that
+        has not begun (so the order among rows and operations is kept): every call that
+        arrives while the writer is busy goes into one operation, ``fn(session, args)``,
+        of one batch (see :class:`_Group`). Returns this call's answer once its batch is
+        committed, or raises it. A caller cancelled before its group has begun is left
+        out of it; once it has begun, the call's work is committed with the others'.
+        ``one_statement``: ``fn`` called with this argument alone runs one statement,
+        atomic by itself (see :attr:`_Group.autocommit`).
+        """
+        self._check_not_writer("Database._run_grouped()")
+        if self.closed:
+            self._raise_closed()
+        queue = self._queue
+        group = queue[-1] if queue else None
+        if type(group) is not _Group or group.key != key or len(group.calls) >= self._batch_size:
+            group = _Group(key, fn)
+            queue.append(group)
+            self._epoch += 1
+            self._wake()
+        call = _Call(arg, one_statement)
+        group.calls.append(call)
+        try:
+            await call.event.wait()
+        except BaseException:
+            call.abandoned = True
+            raise
+        if call.error is not None:
+            raise call.error
+        return call.result
+
     def register(self, source: Source[S]) -> None:
         """Call ``source.write`` in every batch while ``source.pending()``."""
         self._sources.append(source)
@@ -405,7 +581,8 @@ class Writer(Generic[S]):
 
     async def run(self) -> None:
         """Collect a batch and commit it, over and over, until closed and drained."""
-        self._task_id = anyio.get_current_task().id
+        self._current_task = _native_current_task()
+        self._task = self._current_task()
         with anyio.CancelScope(shield=True):
             try:
                 while True:
@@ -487,7 +664,7 @@ class Writer(Generic[S]):
 
     def _after_loss(self, items: list[_Item], lost: ConnectionLostError) -> list[_Item]:
         """Answer what the lost transaction cannot retry; return what it can, in order."""
-        ops = [item for item in items if isinstance(item, _Op)]
+        ops = [item for item in items if isinstance(item, _Op | _Group)]
         written, self._written = self._written, []
         if lost.commit_sent and (ops or written):
             # It may have committed: run nothing of it again.
@@ -498,8 +675,7 @@ class Writer(Generic[S]):
             )
             error.__cause__ = lost
             for op in ops:
-                op.error = error
-                op.event.set()
+                op.fail(error)
             if rows:
                 self.failed += rows
                 failure = WriteError(
@@ -515,7 +691,7 @@ class Writer(Generic[S]):
             return []
         self._report_sources(written, lost, "were rolled back and are lost")
         for op in ops:
-            op.result = op.error = None
+            op.reset()
         return items
 
     def _report_sources(
@@ -550,11 +726,11 @@ class Writer(Generic[S]):
         if failures:
             self._keep_row_failures(failures)
         for op in ops:
-            op.event.set()
+            op.answer()
         for marker in flushes:
             marker.event.set()
 
-    def _batch(self, items: list[_Item]) -> tuple[Batch[S], list[_Op[S]], list[_Flush], int]:
+    def _batch(self, items: list[_Item]) -> tuple[Batch[S], list[_Operation], list[_Flush], int]:
         """Return the batch of ``items``, its operations and flushes, and its row count.
 
         Consecutive runs make one segment; each operation is one; flushes are answered
@@ -563,13 +739,13 @@ class Writer(Generic[S]):
         segments: list[Segment[S]] = []
         runs: list[Run] = []
         flushes: list[_Flush] = []
-        ops: list[_Op[S]] = []
+        ops: list[_Operation] = []
         rows = 0
         for item in items:
             if type(item) is Run:
                 runs.append(item)
                 rows += len(item.rows)
-            elif isinstance(item, _Op):
+            elif isinstance(item, _Op | _Group):
                 if runs:
                     segments.append(runs)
                     runs = []
@@ -615,7 +791,7 @@ class Writer(Generic[S]):
         self._inflight = []
         self._queue.clear()
         rows = sum(len(item.rows) for item in lost if isinstance(item, Run))
-        ops = sum(1 for item in lost if isinstance(item, _Op) and not item.abandoned)
+        ops = sum(item.pending() for item in lost if isinstance(item, _Op | _Group))
         fatal: BaseException = exc
         if isinstance(exc, Exception):
             fatal = WriteError(
@@ -629,7 +805,9 @@ class Writer(Generic[S]):
         self.failed += rows
         self._used = 0
         for item in lost:
-            if isinstance(item, _Op | _Flush):
+            if isinstance(item, _Op | _Group):
+                item.fail(fatal)
+            elif isinstance(item, _Flush):
                 item.error = fatal
                 item.event.set()
         self._refuse_waiters()

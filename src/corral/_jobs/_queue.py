@@ -20,7 +20,7 @@ from ._model import (
     dump_payload,
     timestamp,
 )
-from ._schema import FINISHED, stored_job, stored_steps
+from ._schema import FINISHED, NO_LABELS, stored_job, stored_steps
 
 if TYPE_CHECKING:
     from .._database import Database
@@ -148,12 +148,13 @@ class JobQueue:
                     f"enqueue takes corral.jobs.Job objects, got {type(job).__name__} "
                     f"{job!r:.80}; wrap it: jobs.Job(id=..., payload=...)"
                 )
-        seen: set[str] = set()
-        for job in batch:
-            if job.id in seen:
-                raise DuplicateJobError(f"job id {job.id!r} appears twice in one enqueue")
-            seen.add(job.id)
-        if not batch:
+        if len(batch) > 1:
+            seen: set[str] = set()
+            for job in batch:
+                if job.id in seen:
+                    raise DuplicateJobError(f"job id {job.id!r} appears twice in one enqueue")
+                seen.add(job.id)
+        elif not batch:
             return 0
         rows: list[NewJob] = [
             (
@@ -163,22 +164,35 @@ class JobQueue:
                 job.customer,
                 job.affinity,
                 job.region,
-                json.dumps(sorted(job.requires)),
+                json.dumps(sorted(job.requires)) if job.requires else NO_LABELS,
                 job.max_retries,
             )
             for job in batch
         ]
-
-        async def insert(conn: Session) -> None:
-            # The store checks the ids as it inserts (no other connection may insert the
-            # same ids between a check and the insert); raising rolls back the rest.
-            existing = await conn.jobs.enqueue(rows)
-            if existing:
-                raise _duplicates(existing, len(rows))
-
-        await self._call(insert)
+        # One job of a queue that is ready is one statement (atomic alone: it may
+        # commit on its own); more, or the first, need the batch's transaction.
+        one = len(rows) == 1 and self._ready
+        await self._db._run_grouped(self._insert, rows, one_statement=one)
+        self._ready = True
         self._wake()
         return len(batch)
+
+    async def _insert(
+        self, conn: Session, calls: builtins.list[builtins.list[NewJob]]
+    ) -> builtins.list[DuplicateJobError | None]:
+        """Store the jobs of concurrent enqueues (one list a call), each call's whole or none.
+
+        One operation of the writer for every enqueue queued while it was busy (group
+        commit): one statement, one wake-up and one commit for them all. A call with an
+        id stored already gets its DuplicateJobError; the others' jobs are stored.
+        """
+        if not self._ready:
+            self.channel = await conn.jobs.prepare()
+        refused = await conn.jobs.enqueue_groups(calls)
+        return [
+            _duplicates(existing, len(rows)) if existing else None
+            for existing, rows in zip(refused, calls, strict=True)
+        ]
 
     async def get(self, job_id: str) -> JobRecord:
         """Return a snapshot of job ``job_id``; :class:`~corral.jobs.JobNotFoundError` if none."""

@@ -195,9 +195,22 @@ class JobStore(Protocol):
     async def enqueue(self, jobs: Sequence[NewJob]) -> builtins.list[str]:
         """Store ``jobs``, ready now; return the ids of those already stored.
 
-        If the list returned is not empty, the caller raises, so that the batch rolls
-        back and none of ``jobs`` is stored (the store may have written the others).
-        Otherwise every job is stored, and the other workers are told of new work.
+        If the list returned is not empty, none of ``jobs`` is stored. Otherwise every
+        job is stored, and the other workers are told of new work.
+        """
+        ...
+
+    async def enqueue_groups(
+        self, groups: Sequence[Sequence[NewJob]]
+    ) -> builtins.list[builtins.list[str]]:
+        """Store each group of jobs whole or not at all; return, per group, the ids refused.
+
+        The enqueues of many callers at once (group commit). A group is refused when one
+        of its ids is stored already, or stored by an earlier group of the call: then
+        none of its jobs is stored, and its list names those ids; the other groups are
+        stored all the same (one group's duplicate never refuses another's jobs). The
+        result is what enqueueing the groups one after another would leave. The other
+        workers are told of new work once, if any group was stored.
         """
         ...
 

@@ -102,6 +102,15 @@ class Operation(Protocol[S_contra]):
         """Whether the caller gave up on the call: skip it."""
         ...
 
+    @property
+    def autocommit(self) -> bool:
+        """Whether its work is one statement, atomic by itself.
+
+        Alone in its batch, a store may run it outside a transaction (the statement
+        commits on its own).
+        """
+        ...
+
     async def run(self, session: S_contra) -> bool:
         """Call the operation on ``session``; return whether its work is to be kept.
 

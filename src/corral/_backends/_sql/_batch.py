@@ -6,8 +6,10 @@ own savepoint, so that only the failing rows are left out); each operation and e
 source runs in a savepoint of its own, rolled back if it fails; then ``COMMIT``. Two
 shapes take fewer round trips: a batch of rows only is one ``write`` call that begins
 and commits too, and an operation alone in its batch runs in the transaction itself,
-without a savepoint (if it fails, the transaction is rolled back instead). A fatal
-error rolls the transaction back and is raised.
+without a savepoint (if it fails, the transaction is rolled back instead), or, when
+its work is one statement (:attr:`~corral._ports.Operation.autocommit`: a lone
+enqueue), outside a transaction where the store can. A fatal error rolls the
+transaction back and is raised.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ class Transactional(Protocol[S_co]):
 
     async def begin(self) -> None:
         """Open the batch transaction."""
+        ...
+
+    async def run_alone(self, op: Operation[S_co]) -> None:
+        """Run an :attr:`~corral._ports.Operation.autocommit` operation alone in its batch.
+
+        Outside a transaction if the store can (its one statement commits on its own: a
+        lost connection then says the commit was sent); else as any lone operation.
+        """
         ...
 
     async def commit(self) -> None:
@@ -83,7 +93,11 @@ async def apply(store: Transactional[S], batch: Batch[S]) -> None:
             # less); if it fails, the whole transaction is rolled back instead.
             op = segments[0]
             assert not isinstance(op, list)
-            if not op.abandoned:
+            if op.abandoned:
+                pass
+            elif op.autocommit:
+                await store.run_alone(op)
+            else:
                 await store.begin()
                 if await op.run(store.session):
                     await store.commit()

@@ -69,11 +69,17 @@ class SqlJobStore:
         return self.channel
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> builtins.list[str]:
-        """Insert ``jobs``; return the ids already stored (then the caller rolls back)."""
-        existing = await self._enqueue(self._conn, self._d, jobs)
-        if not existing:
-            await self.announce()
-        return existing
+        """Insert ``jobs`` unless one's id is stored; return those ids (then none is)."""
+        return (await self.enqueue_groups([jobs]))[0]
+
+    async def enqueue_groups(
+        self, groups: Sequence[Sequence[NewJob]]
+    ) -> builtins.list[builtins.list[str]]:
+        """Insert each group whole or not at all; return, per group, the ids refused.
+
+        On PostgreSQL the statement that inserts also notifies (one round trip).
+        """
+        return await self._enqueue(self._conn, self._d, groups, self.channel)
 
     async def get(self, job_id: str) -> Mapping[str, Any] | None:
         """Return the row of job ``job_id``, or None."""

@@ -24,9 +24,6 @@ __all__ = [
     "requeue",
 ]
 
-#: An enqueue of at least this many jobs refreshes the table's statistics (PostgreSQL).
-_ANALYZE_AFTER = 1_000
-
 _COLUMNS = (
     "id, payload, priority, customer, affinity, region, requires, max_retries, "
     "state, created_at, run_at, updated_at"
@@ -38,48 +35,97 @@ async def _fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, An
     return await conn.fetch(sql, *args)
 
 
-async def enqueue_unnest(conn: Connection, d: Dialect, rows: Sequence[NewJob]) -> list[str]:
-    """Insert ``rows`` in one statement of arrays; return the ids already stored (PostgreSQL).
+def _rounds(groups: Sequence[Sequence[NewJob]]) -> list[list[int]]:
+    """Split the groups (their indexes) into rounds whose ids are all distinct.
 
-    No check first: another connection may insert the same ids between a check and the
-    insert. A conflicting row waits for the other insert to commit (or roll back), then
-    is left out; the caller raises, which rolls back the rest.
+    Usually one round. A group that shares an id with an earlier one goes into a round
+    after that one's, so that running the rounds in order leaves what running the
+    groups in order would: a refused group frees its ids for the groups after it.
+    """
+    total = sum(len(group) for group in groups)
+    if len({job[0] for group in groups for job in group}) == total:
+        return [list(range(len(groups)))]
+    rounds: list[tuple[set[str], list[int]]] = []
+    for n, group in enumerate(groups):
+        ids = {job[0] for job in group}
+        after = max((r for r, (taken, _) in enumerate(rounds) if taken & ids), default=-1)
+        if after + 1 == len(rounds):
+            rounds.append((set(), []))
+        taken, members = rounds[after + 1]
+        taken |= ids
+        members.append(n)
+    return [members for _, members in rounds]
+
+
+async def enqueue_unnest(
+    conn: Connection, d: Dialect, groups: Sequence[Sequence[NewJob]], channel: str
+) -> list[list[str]]:
+    """Insert each group whole or not at all, one statement of arrays a round (PostgreSQL).
+
+    Returns, per group, the ids already stored (empty: stored). No check first:
+    another connection may insert the same ids between a check and the insert. A
+    conflicting row waits for the other insert to commit (or roll back), then is left
+    out; the rows the same statement inserted for a group so refused are deleted
+    again (inside the batch's transaction: no other connection ever sees them). The
+    statement notifies ``channel`` if it stored any row.
     """
     now = d.now
-    stored = await _fetch(
-        conn,
-        f"INSERT INTO {JOBS} ({_COLUMNS}) SELECT v.*, 'ready', {now}, {now}, {now} "
-        f"FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], "
-        f"?::text[], ?::text[], ?::int[]) AS v ON CONFLICT (id) DO NOTHING "
-        f"RETURNING id",
-        *(list(column) for column in zip(*rows, strict=True)),
-    )
-    if len(stored) < len(rows):
-        inserted = {row["id"] for row in stored}
-        return [row[0] for row in rows if row[0] not in inserted]
-    if len(rows) >= _ANALYZE_AFTER:
-        # Fresh statistics: a claim walks the queue's index, not a sort of every waiting
-        # row (autovacuum would analyze too, but later).
-        await conn.execute(f"ANALYZE {JOBS}")
-    return []
+    refused: list[list[str]] = [[] for _ in groups]
+    for members in _rounds(groups):
+        rows = [job for n in members for job in groups[n]]
+        stored = await conn.fetchval(
+            f"WITH ins AS (INSERT INTO {JOBS} ({_COLUMNS}) "
+            f"SELECT v.*, 'ready', {now}, {now}, {now} "
+            f"FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], "
+            f"?::text[], ?::text[], ?::int[]) AS v ON CONFLICT (id) DO NOTHING "
+            f"RETURNING id) SELECT (SELECT array_agg(id) FROM ins), "
+            f"(SELECT pg_notify(?, '') FROM ins LIMIT 1)",
+            *(list(column) for column in zip(*rows, strict=True)),
+            channel,
+        )
+        if stored is None or len(stored) < len(rows):  # type: ignore[arg-type]
+            inserted = set(stored or ())  # type: ignore[call-overload]
+            undo: list[str] = []
+            for n in members:
+                ids = [job[0] for job in groups[n]]
+                missing = [job_id for job_id in ids if job_id not in inserted]
+                if missing:
+                    refused[n] = missing
+                    undo.extend(job_id for job_id in ids if job_id in inserted)
+            if undo:
+                await conn.execute(f"DELETE FROM {JOBS} WHERE id = ANY(?::text[])", undo)
+    # No ANALYZE: the claims' plans do not depend on the statistics (see _claims).
+    return refused
 
 
-async def enqueue_checked(conn: Connection, d: Dialect, rows: Sequence[NewJob]) -> list[str]:
-    """Insert ``rows`` unless one's id is stored; return those ids, sorted (SQLite).
+async def enqueue_checked(
+    conn: Connection, d: Dialect, groups: Sequence[Sequence[NewJob]], channel: str
+) -> list[list[str]]:
+    """Insert each group unless one of its ids is stored; return those ids, sorted (SQLite).
 
     BEGIN IMMEDIATE: no other connection writes between the check and the insert.
+    ``channel`` is unused (SQLite has no wake-ups across connections).
     """
     now = d.now
-    ids = [row[0] for row in rows]
-    existing = await _existing(conn, ids)
-    if existing:
-        return existing
-    await conn.executemany(
-        f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-        f"'ready', {now}, {now}, {now})",
-        rows,
-    )
-    return []
+    refused: list[list[str]] = [[] for _ in groups]
+    for members in _rounds(groups):
+        existing = set(await _existing(conn, [job[0] for n in members for job in groups[n]]))
+        rows: list[NewJob] = []
+        for n in members:
+            group = groups[n]
+            if existing:
+                found = sorted(job[0] for job in group if job[0] in existing)
+                if found:
+                    refused[n] = found
+                    continue
+            rows.extend(group)
+        if rows:
+            await conn.executemany(
+                f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                f"'ready', {now}, {now}, {now})",
+                rows,
+            )
+    return refused
 
 
 async def _existing(conn: Connection, ids: list[str]) -> list[str]:

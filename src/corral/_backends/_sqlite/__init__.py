@@ -37,7 +37,7 @@ import anyio
 import anyio.to_thread
 
 from ..._exceptions import ConnectError, DatabaseMovedError, ReadOnlyError, SchemaError
-from ..._ports import Batch, Failure, Run, TableSchema
+from ..._ports import Batch, Failure, Operation, Run, TableSchema
 from .. import SqliteOptions, parse_url, sqlite_options
 from .._sql import SqlSession
 from .._sql._batch import apply
@@ -358,6 +358,17 @@ class SqliteBackend:
         """Open the batch transaction, taking the write lock at once (unless read-only)."""
         begin = "BEGIN" if self.read_only else "BEGIN IMMEDIATE"
         await self.call(lambda: self.conn.execute(begin).close())
+
+    async def run_alone(self, op: Operation[SqliteConnection]) -> None:
+        """Run a one-statement operation as any lone one: in a transaction of its own.
+
+        (SQLite's transaction costs no round trip; its write lock covers the checks.)
+        """
+        await self.begin()
+        if await op.run(self.session):
+            await self.commit()
+        else:
+            await self.rollback()
 
     async def commit(self) -> None:
         """Commit the batch transaction; raise if the file is no longer where it was opened."""
