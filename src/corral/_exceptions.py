@@ -16,6 +16,7 @@ __all__ = [
     "DuplicateJobError",
     "IdentifierError",
     "JobError",
+    "JobKindError",
     "JobNotFoundError",
     "JobStateError",
     "LeaseLostError",
@@ -362,4 +363,12 @@ class LeaseLostError(CorralError):
 
     Raised inside a handler (by ``ctx.step``) when the lease expired and another worker
     reclaimed the job; the processor then drops this attempt without recording it.
+    """
+
+
+class JobKindError(CorralError, TypeError, ValueError):
+    """A job kind is not a valid name: kinds are short, non-empty str (``"render"``).
+
+    Raised by ``Job(kind=...)``, by a ``Processor`` given a mapping of handlers whose
+    keys are not such names, and by ``db.jobs.depth``/``list`` given such a ``kind=``.
     """
