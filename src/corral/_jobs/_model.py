@@ -65,7 +65,8 @@ class Cancellation(enum.StrEnum):
     """What ``db.jobs.cancel(job_id)`` did."""
 
     CANCELLED = "cancelled"
-    """The job was waiting (ready, or retrying): it is cancelled now, and never claimed."""
+    """The job was waiting (ready, or retrying): it is cancelled now, and never claimed
+    (or it was cancelled already)."""
     REQUESTED = "requested"
     """The job is running: its worker cancels the handler at its next lease renewal (at
     once, for a processor on the same ``Database``) and finishes it cancelled."""

@@ -326,10 +326,11 @@ class JobQueue:
         the handler at its next lease renewal (every third of ``lease_seconds``; at once
         for a processor running on this ``Database``), and the job ends ``cancelled``,
         not retried, its finished steps and progress kept (asking again changes
-        nothing). A cancelled job stays in the table until purged, and runs again if
+        nothing). A job cancelled already is left as it is, and ``CANCELLED`` returned
+        again. A cancelled job stays in the table until purged, and runs again if
         requeued. Raises :class:`~corral.jobs.JobNotFoundError` if there is no such job,
-        :class:`~corral.jobs.JobStateError` if it is finished already (completed,
-        failed, dead or cancelled), as :meth:`requeue` does.
+        and :class:`~corral.jobs.JobStateError` if it is finished otherwise (completed,
+        failed or dead), as :meth:`requeue` does.
         """
         if not isinstance(job_id, str):
             raise TypeError(f"job id must be a str, got {job_id!r}")
@@ -345,7 +346,7 @@ class JobQueue:
             for wake in list(self._renewers):
                 wake()
             return Cancellation.REQUESTED
-        if done == Cancellation.CANCELLED:
+        if done == Cancellation.CANCELLED:  # now, or before (the store's answers agree)
             return Cancellation.CANCELLED
         raise JobStateError(
             f"job {job_id!r} is {done} already: only a waiting or running job can be cancelled"
