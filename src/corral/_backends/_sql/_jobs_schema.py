@@ -1,8 +1,9 @@
 """The job queue's table, and what its statements differ in by database.
 
-One table, ``corral_jobs``, created on first use (:func:`ensure_schema`), with its two
-partial indexes and, on PostgreSQL, the function that takes the claim lock and counts
-the jobs in progress in one round trip. Times are epoch seconds from the database's
+One table, ``corral_jobs``, created on first use (:func:`ensure_schema`), with its three
+partial indexes (the waiting jobs in claim order, and by kind; the leases) and, on
+PostgreSQL, the function that takes the claim lock and counts the jobs in progress in
+one round trip. Times are epoch seconds from the database's
 clock (so hosts with skewed clocks agree on leases). What the statements of SQLite and
 PostgreSQL differ in is :class:`~._dialect.Dialect`, picked once per connection.
 """
@@ -105,6 +106,13 @@ async def ensure_schema(conn: Connection, dialect: Dialect) -> None:
     await _add_columns(conn, postgres)
     await conn.execute(
         f"CREATE INDEX IF NOT EXISTS {JOBS}_waiting ON {JOBS} (priority, seq) WHERE {WAITING}"
+    )
+    # For the claims of a processor of some kinds only: in claim order within a kind, so
+    # that the waiting jobs of other kinds ahead are not walked (50,000 of them made a
+    # drain of 5,000 jobs of one kind 3 to 5 times slower on PostgreSQL without it).
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_waiting_kind ON {JOBS} (kind, priority, seq) "
+        f"WHERE {WAITING}"
     )
     await conn.execute(
         f"CREATE INDEX IF NOT EXISTS {JOBS}_leases ON {JOBS} (lease_expires) "
