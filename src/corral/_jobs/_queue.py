@@ -367,5 +367,5 @@ def _duplicates(existing: list[str], of: int) -> DuplicateJobError:
     return DuplicateJobError(
         f"job id {existing[0]!r} is already stored ({len(existing)} of the {of} ids are), "
         f"so no job of this call was stored; ids are unique: pick new ids (a stored job "
-        f"that is dead or failed can be run again with db.jobs.requeue(id))"
+        f"that is dead, failed or cancelled can be run again with db.jobs.requeue(id))"
     )
