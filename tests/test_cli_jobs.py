@@ -680,10 +680,19 @@ def test_kinds_from_enqueue_to_worker(tmp_path: Path) -> None:
     out = _ok("jobs", "status", "--db", db_url, "--kind", "render")
     assert out.startswith("jobs of kind render in ")
     assert (dict(_rows(out))["ready"], dict(_rows(out))["total"]) == ("2", "2")
-    by_kind = _rows(_ok("jobs", "status", "--db", db_url, "--by-kind"))
-    assert [row[0] for row in by_kind] == ["default", "index", "render", "all"]
-    assert by_kind[2][:2] == ["render", "2"]
-    assert by_kind[3][1] == "5"
+    out = _ok("jobs", "status", "--db", db_url, "--by-kind")
+    assert out.startswith("jobs by kind in ")
+    header = next(line for line in out.splitlines() if line.startswith("┃"))
+    assert [cell.strip() for cell in header.strip()[1:-1].split("┃")] == [
+        "state",
+        "default",
+        "index",
+        "render",
+        "all",
+    ]
+    by_kind = {row[0]: row[1:] for row in _rows(out)}
+    assert by_kind["ready"] == ["2", "1", "2", "5"]
+    assert by_kind["total"] == ["2", "1", "2", "5"]
     as_json = _json("jobs", "status", "--db", db_url, "--by-kind")
     assert isinstance(as_json, dict)
     assert set(as_json["kinds"]) == {"default", "index", "render"}

@@ -111,7 +111,7 @@ def jobs_group() -> None:
 @_db_option
 @click.option("--cluster", metavar="NAME", help="Count only the jobs of this cluster.")
 @click.option("--kind", metavar="KIND", help="Count only the jobs of this kind.")
-@click.option("--by-kind", is_flag=True, help="Count the jobs of each kind apart: a row each.")
+@click.option("--by-kind", is_flag=True, help="Count the jobs of each kind apart: a column each.")
 @_json_option
 @click.option(
     "--watch",
@@ -697,22 +697,26 @@ def _depth_table(depth: QueueDepth) -> Table:
 
 
 def _kinds_table(by_kind: dict[str, QueueDepth]) -> Table:
-    """``corral jobs status --by-kind``: a row per kind, a column per state."""
+    """``corral jobs status --by-kind``: a row per state, a column per kind (and all)."""
     from rich.table import Table
 
-    table = Table()
-    table.add_column("kind", overflow="fold")
-    for name in (*(state.value for state in _STATES), "pending", "total"):
-        table.add_column(name, justify="right")
-    for kind, depth in by_kind.items():
-        counts = [getattr(depth, state.value) for state in _STATES]
-        table.add_row(_text(kind), *(f"{n:,}" for n in (*counts, depth.pending, depth.total)))
+    columns = list(by_kind.items())  # a list: a kind named "all" keeps its own column
     if len(by_kind) > 1:
-        every = [sum(getattr(d, state.value) for d in by_kind.values()) for state in _STATES]
-        pending = sum(d.pending for d in by_kind.values())
-        total = sum(d.total for d in by_kind.values())
-        table.add_section()
-        table.add_row("all", *(f"{n:,}" for n in (*every, pending, total)))
+        every = {
+            field.name: sum(getattr(d, field.name) for d in by_kind.values())
+            for field in dataclasses.fields(QueueDepth)
+        }
+        columns.append(("all", QueueDepth(**every)))
+    table = Table()
+    table.add_column("state")
+    for kind, _ in columns:
+        table.add_column(_text(kind), justify="right", overflow="fold")
+    depths = [depth for _, depth in columns]
+    for state in _STATES:
+        table.add_row(state.value, *(f"{getattr(d, state.value):,}" for d in depths))
+    table.add_section()
+    table.add_row("pending", *(f"{d.pending:,}" for d in depths))
+    table.add_row("total", *(f"{d.total:,}" for d in depths))
     return table
 
 
