@@ -5,6 +5,8 @@ the database: a ``jobs.Processor`` claims it, routes it to cluster-a or cluster-
 or by data locality, resources and cost), runs it step by step, retries it when it fails
 for a passing reason (resuming at the step that failed), fails it at once when its data
 is bad, and keeps what exhausts its retries in the dead letter queue until requeued.
+Reports are another kind of job, run by a processor of their own; one of them hangs, and
+is cancelled while it runs.
 
     python examples/worksets.py              # 20 files per workset, a burst of 40
     python examples/worksets.py --quick      # 3 files per workset, a burst of 8
@@ -15,6 +17,7 @@ is bad, and keeps what exhausts its retries in the dead letter queue until reque
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from collections import Counter
@@ -105,6 +108,24 @@ async def upload(ctx: jobs.JobContext, target: str, rows: int) -> str:
     if target == "mirror-eu" and ctx.attempt == 1:
         raise jobs.TransientError("upload to mirror-eu timed out")  # retried
     return f"{target}://{ctx.job.id} ({rows} rows)"
+
+
+async def render(ctx: jobs.JobContext, pages: int) -> None:
+    """The report's one step: render its pages."""
+    trace(ctx, "render")
+    await anyio.sleep(0.001)
+    ctx.progress.increment(pages)
+
+
+HUNG: dict[str, anyio.Event] = {}  # set by main(): the event a hanging report sets
+
+
+async def render_report(ctx: jobs.JobContext) -> None:
+    """The handler of the jobs of kind "report"."""
+    if ctx.job.payload.get("hang"):
+        HUNG["started"].set()
+        await anyio.sleep_forever()  # until db.jobs.cancel: its worker cancels it here
+    await ctx.run_step("render", render, ctx, ctx.job.payload["pages"])
 
 
 async def process_workset(ctx: jobs.JobContext) -> None:
@@ -206,6 +227,28 @@ async def main(url: str, quick: bool) -> None:
             f"at most {GAUGE.peak['umbrella']} at once (per_customer={CONFIG.per_customer})"
         )
         print(processor.statistics())
+
+        # Reports: jobs of another kind, for a processor that serves only that kind. One
+        # is cancelled while it waits (at once), one while it runs (at its next renewal).
+        await db.jobs.enqueue_many(
+            [
+                jobs.Job("report-1", {"pages": 3}, kind="report"),
+                jobs.Job("report-2", {"pages": 2}, kind="report"),
+                jobs.Job("report-hung", {"hang": True}, kind="report"),
+            ]
+        )
+        print("\ncancel report-2:", (await db.jobs.cancel("report-2")).value)  # cancelled
+        HUNG["started"] = anyio.Event()
+        reports = jobs.Processor(db, {"report": render_report}, config=CONFIG)
+        async with anyio.create_task_group() as tg:
+            # until_idle: it waits for no job of another kind (ws-11 among them).
+            tg.start_soon(functools.partial(reports.run, until_idle=True))
+            await HUNG["started"].wait()
+            print("cancel report-hung:", (await db.jobs.cancel("report-hung")).value)  # requested
+        for job in await db.jobs.list(kind="report"):
+            print(f"  {job.id} {job.state.value}, attempts {job.attempts}, pages {job.progress}")
+        for kind, depth in (await db.jobs.depth_by_kind()).items():
+            print(f"  kind {kind:<8} {depth}")
         print()
         await show_depth(db, "at the end")  # ws-11 waits for a processor with cluster-c
 

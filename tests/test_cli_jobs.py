@@ -40,6 +40,12 @@ async def block(ctx):
 
 def plain(ctx):
     return None
+
+
+app = {"render": handle, "index": handle}
+empty = {}
+bad_keys = {" render": handle}
+plain_in_app = {"render": plain}
 """
 
 
@@ -150,6 +156,7 @@ def test_enqueue_then_status_list_and_show(db_url: str, tmp_path: Path) -> None:
         "completed": "0",
         "failed": "0",
         "dead": "0",
+        "cancelled": "0",
         "pending": "5",
         "total": "5",
     }
@@ -258,7 +265,7 @@ def test_worker_until_idle_then_requeue(db_url: str, tmp_path: Path) -> None:
 
     err = _fails("jobs", "requeue", "g", "nope", "data", "--db", db_url)
     assert "3 of 3 job(s) not requeued" in err
-    assert "job 'g' is completed: only a dead or failed job can be requeued" in err
+    assert "job 'g' is completed: only a dead, failed or cancelled job can be requeued" in err
     assert "no job with id 'nope'" in err
     assert "job 'data' is ready" in err
 
@@ -268,7 +275,7 @@ def test_worker_until_idle_then_requeue(db_url: str, tmp_path: Path) -> None:
     assert out.startswith("deleted 2 completed job(s) finished over 0 s ago")
     assert sorted(_records(db_url)) == ["data", "flaky"]  # requeued: not finished
     err = _fails("jobs", "purge", "--db", db_url, "--older-than", "0", "--state", "ready", code=2)
-    assert "'ready' is not one of 'completed', 'failed', 'dead'" in err
+    assert "'ready' is not one of 'completed', 'failed', 'dead', 'cancelled'" in err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -433,12 +440,14 @@ def test_json_for_scripts(db_url: str, tmp_path: Path) -> None:
     assert status == {
         "database": status["database"],
         "cluster": None,
+        "kind": None,
         "ready": 1,
         "in_progress": 0,
         "retrying": 0,
         "completed": 2,
         "failed": 1,
         "dead": 0,
+        "cancelled": 0,
         "pending": 1,
         "total": 4,
     }
@@ -463,6 +472,7 @@ def test_json_for_scripts(db_url: str, tmp_path: Path) -> None:
     assert shown == listed[0]
     expected = {
         "id": "ws-1",
+        "kind": "default",
         "payload": {"n": 2, "tags": ["x"]},
         "priority": "high",
         "customer": "acme",
@@ -471,6 +481,7 @@ def test_json_for_scripts(db_url: str, tmp_path: Path) -> None:
         "requires": ["gpu", "ssd"],
         "max_retries": 3,
         "state": "completed",
+        "cancel_requested": False,
         "attempts": 1,
         "cluster": "a",
         "steps_done": ["fetch"],
@@ -591,7 +602,7 @@ def test_jobs_help_lists_every_subcommand() -> None:
     from corral._cli._jobs import jobs_group
 
     names = set(jobs_group.commands)
-    assert {"enqueue", "status", "list", "show", "requeue", "purge"} <= names
+    assert {"enqueue", "status", "list", "show", "cancel", "requeue", "purge"} <= names
     out = _ok("jobs", "--help")
     summary = " ".join(out.split("Options:")[0].split())
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
@@ -640,3 +651,154 @@ def test_status_watch_prints_each_change_until_stopped(db_url: str, as_json: boo
     assert watcher.returncode == 0, err
     assert "Traceback" not in err
     assert out == ""  # nothing changed after: nothing more printed
+
+
+# -- issue 13: job kinds and cancellation -----------------------------------------------------
+
+
+def test_kinds_from_enqueue_to_worker(tmp_path: Path) -> None:
+    """On SQLite only: the commands are the same on both stores, which the store's
+    contract tests (tests/test_contract_jobs.py) hold to the same answers by kind."""
+    db_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    out = _ok("jobs", "enqueue", "r1", "--db", db_url, "--kind", "render")
+    assert out.startswith("enqueued r1 (normal, kind render) in ")
+    path = tmp_path / "more.jsonl"
+    path.write_text('{"id": "i1", "kind": "index"}\n{"id": "plain"}\n{"id": "r2"}\n')
+    _ok("jobs", "enqueue", "--db", db_url, "--file", str(path))
+    _ok("jobs", "enqueue", "--db", db_url, "--file", "-", "--kind", "render", stdin='{"id": "r3"}')
+    records = _records(db_url)
+    assert {r.id: r.kind for r in records.values()} == {
+        "r1": "render",
+        "i1": "index",
+        "plain": "default",
+        "r2": "default",  # the line gives no kind, and no --kind fills it in
+        "r3": "render",
+    }
+    err = _fails("jobs", "enqueue", "x", "--db", db_url, "--kind", " render")
+    assert "Job kind must be a short name" in err
+    assert "such as 'render'" in err
+
+    out = _ok("jobs", "status", "--db", db_url, "--kind", "render")
+    assert out.startswith("jobs of kind render in ")
+    assert (dict(_rows(out))["ready"], dict(_rows(out))["total"]) == ("2", "2")
+    out = _ok("jobs", "status", "--db", db_url, "--by-kind")
+    assert out.startswith("jobs by kind in ")
+    header = next(line for line in out.splitlines() if line.startswith("┃"))
+    assert [cell.strip() for cell in header.strip()[1:-1].split("┃")] == [
+        "state",
+        "default",
+        "index",
+        "render",
+        "all",
+    ]
+    by_kind = {row[0]: row[1:] for row in _rows(out)}
+    assert by_kind["ready"] == ["2", "1", "2", "5"]
+    assert by_kind["total"] == ["2", "1", "2", "5"]
+    as_json = _json("jobs", "status", "--db", db_url, "--by-kind")
+    assert isinstance(as_json, dict)
+    assert set(as_json["kinds"]) == {"default", "index", "render"}
+    assert as_json["kinds"]["render"]["ready"] == 2
+    assert as_json["kinds"]["render"]["total"] == 2
+    err = _fails("jobs", "status", "--db", db_url, "--kind", "render", "--cluster", "a", code=2)
+    assert "give one of --cluster, --kind, not both" in err
+    listed = _rows(_ok("jobs", "list", "--db", db_url, "--kind", "render"))
+    assert [(row[0], row[7]) for row in listed] == [("r1", "render"), ("r3", "render")]
+    shown = dict(row for row in _rows(_ok("jobs", "show", "i1", "--db", db_url)) if row[0])
+    assert shown["kind"] == "index"
+
+    result = _corral(
+        *("worker", "--db", db_url, "--app", "handlers:app", "--until-idle"),
+        *("--poll-interval", "0.05", "--name", "cli-kinds"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "worker cli-kinds: app handlers:app (kinds index, render) on " in result.stderr
+    assert "job r1 of kind render completed (attempt 1 on default)" in result.stderr
+    assert "3 claimed, 3 completed" in result.stderr
+    states = {r.id: r.state.value for r in _records(db_url).values()}
+    assert states == {
+        "r1": "completed",
+        "i1": "completed",
+        "r3": "completed",
+        "plain": "ready",  # the default kind: not the app's
+        "r2": "ready",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        ([], 2, "give --handler MODULE:FUNCTION (one handler for every job) or --app"),
+        (["--handler", "handlers:handle", "--app", "handlers:app"], 2, "not both"),
+        (["--app", "handlers"], 2, "'handlers' is not module:mapping"),
+        (["--app", "handlers:handle"], 1, "is a function, not a mapping of job kind to handler"),
+        (["--app", "handlers:empty"], 1, "is an empty mapping: map at least one job kind"),
+        (["--app", "handlers:bad_keys"], 1, "the key must be a short name"),
+        (["--app", "handlers:plain_in_app"], 1, "the handler of kind 'render' is a plain"),
+        (["--app", "handlers:nope"], 1, "has no 'nope'; define nope = {'kind': handler"),
+    ],
+)
+def test_worker_app_errors_name_the_fix(
+    tmp_path: Path, args: list[str], code: int, expected: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    err = _fails("worker", "--db", url, "--until-idle", *args, code=code, cwd=_handlers(tmp_path))
+    assert expected in err
+    assert not (tmp_path / "jobs.db").exists()  # refused before opening the database
+
+
+def test_cancel_a_waiting_and_a_running_job(db_url: str, tmp_path: Path) -> None:
+    _enqueue(db_url, jobs.Job("blocker"), jobs.Job("waiting"))
+    command = [sys.executable, "-m", "corral", "worker", "--db", db_url, "--until-idle"]
+    command += ["--handler", "handlers:block", "--name", "cli-test", "--max-concurrent", "1"]
+    command += ["--lease-seconds", "0.6", "--poll-interval", "0.05"]
+    with subprocess.Popen(
+        command,
+        cwd=_handlers(tmp_path),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            assert worker.stdout.readline() == "started blocker\n"  # the handler is running
+            out = _ok("jobs", "cancel", "waiting", "--db", db_url)
+            assert out == "cancelled waiting: was ready\n"
+            out = _ok("jobs", "cancel", "blocker", "--db", db_url)
+            assert out == (
+                "cancel requested for blocker: in progress on worker cli-test, which stops it "
+                "at its next lease renewal\n"
+            )
+            # Its next renewal cancels the handler; then nothing is left: it stops.
+            out, err = worker.communicate(timeout=60)
+        finally:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert "job blocker cancelled (attempt 1 on default): cancelled on request" in err
+    assert "worker cli-test stopped: 1 claimed, 0 completed, 0 retried, 0 failed, 0 dead, " in err
+    assert "1 cancelled" in err
+    records = _records(db_url)
+    assert (records["blocker"].state, records["blocker"].attempts) == (jobs.State.CANCELLED, 1)
+    assert records["waiting"].state is jobs.State.CANCELLED
+    assert dict(_rows(_ok("jobs", "status", "--db", db_url)))["cancelled"] == "2"
+    listed = _ok("jobs", "list", "--db", db_url, "--state", "cancelled")
+    assert [row[0] for row in _rows(listed)] == ["blocker", "waiting"]
+
+    assert _ok("jobs", "cancel", "blocker", "--db", db_url) == "blocker was cancelled already\n"
+    out = _ok("jobs", "requeue", "waiting", "--db", db_url)
+    assert out.startswith("requeued waiting: was cancelled after 0 attempt(s)")
+    result = _corral(
+        *("worker", "--db", db_url, "--handler", "handlers:handle", "--until-idle"),
+        *("--poll-interval", "0.05"),
+        cwd=_handlers(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    err = _fails("jobs", "cancel", "waiting", "nope", "--db", db_url)
+    assert "2 of 2 job(s) not cancelled" in err
+    assert "job 'waiting' is completed already: only a waiting or running job can be" in err
+    assert "corral jobs requeue ID runs a finished job again" in err
+    assert "no job with id 'nope'" in err
+    out = _ok("jobs", "purge", "--db", db_url, "--older-than", "0", "--state", "cancelled")
+    assert out.startswith("deleted 1 cancelled job(s)")
+    assert sorted(_records(db_url)) == ["waiting"]

@@ -29,6 +29,7 @@ from corral._ports._jobs import (
     JobStore,
     NewJob,
     Outcome,
+    Renewal,
     State,
 )
 
@@ -61,11 +62,12 @@ def job(
     affinity: str | None = None,
     requires: tuple[str, ...] = (),
     max_retries: int = 3,
+    kind: str = "default",
 ) -> NewJob:
     """A job as the domain hands it to the store (see ``NewJob``)."""
     payload = json.dumps({"id": job_id})
     labels = json.dumps(sorted(requires))
-    return (job_id, payload, priority, customer, affinity, None, labels, max_retries)
+    return (job_id, payload, priority, customer, affinity, None, labels, max_retries, kind)
 
 
 async def enqueue(db: corral.Database, *jobs: NewJob) -> None:
@@ -92,6 +94,7 @@ def request(
     capacity: dict[str, int] | None = None,
     local_free: dict[str, int] | None = None,
     lease_seconds: float = 60.0,
+    kinds: frozenset[str] | None = None,
 ) -> ClaimRequest:
     capacity = {"c": 100} if capacity is None else capacity
     return ClaimRequest(
@@ -103,6 +106,7 @@ def request(
         local_free=dict(capacity) if local_free is None else local_free,
         lease_seconds=lease_seconds,
         route=route,
+        kinds=kinds,
     )
 
 
@@ -387,7 +391,7 @@ async def test_renew_extends_the_leases_held_and_adds_their_progress(store_url: 
         await enqueue(db, job("a"))
         [c] = (await claim(db, request(lease_seconds=10))).claimed
         before = (await get(db, "a"))["lease_expires"]
-        assert await on(db, lambda jobs: jobs.renew([(c, 5)], 3600)) == {c.token}
+        assert await on(db, lambda jobs: jobs.renew([(c, 5)], 3600)) == Renewal({c.token}, set())
         row = await get(db, "a")
         assert row["lease_expires"] > before + 3000
         assert row["progress"] == 5
@@ -400,7 +404,7 @@ async def test_a_wrong_token_changes_nothing(store_url: str) -> None:
         [c] = (await claim(db)).claimed
         before = await get(db, "a")
         forged = Claimed(c.row, c.attempt, c.cluster, c.route_reason, c.token + 1)
-        assert await on(db, lambda jobs: jobs.renew([(forged, 5)], 3600)) == set()
+        assert await on(db, lambda jobs: jobs.renew([(forged, 5)], 3600)) == Renewal(set(), set())
         assert await on(db, lambda jobs: jobs.step_done(forged, '["one"]', 1)) is False
         outcome = Outcome("a", forged.token, State.COMPLETED, progress=1)
         assert await on(db, lambda jobs: jobs.finish([outcome])) == set()
@@ -425,7 +429,7 @@ async def test_an_expired_lease_is_reclaimed_and_its_old_token_fenced_off(
         assert new.token != old.token
         # The first worker comes back: nothing it writes changes the job.
         before = await get(db, "a")
-        assert await on(db, lambda jobs: jobs.renew([(old, 1)], 3600)) == set()
+        assert await on(db, lambda jobs: jobs.renew([(old, 1)], 3600)) == Renewal(set(), set())
         assert await on(db, lambda jobs: jobs.step_done(old, '["x"]', 1)) is False
         finished = Outcome("a", old.token, State.COMPLETED)
         assert await on(db, lambda jobs: jobs.finish([finished])) == set()
@@ -776,3 +780,203 @@ async def test_an_outcome_stores_its_traceback_with_the_last_error(store_url: st
         row = await get(db, "c")
         assert row["error_message"].startswith("lease expired")
         assert row["error_traceback"] is None
+
+
+# -- kinds -------------------------------------------------------------------------------------
+
+
+async def test_a_claim_takes_only_the_kinds_it_asks_for(store_url: str) -> None:
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(
+            db,
+            job("a"),
+            job("r1", kind="render"),
+            job("i1", kind="index"),
+            job("r2", kind="render", priority=0),
+            job("i2", kind="index"),
+        )
+        assert (await get(db, "a"))["kind"] == "default"
+        assert (await get(db, "r1"))["kind"] == "render"
+        result = await claim(db, request(kinds=frozenset({"render"})))
+        assert ids(result.claimed) == ["r2", "r1"]
+        assert [c.row["kind"] for c in result.claimed] == ["render", "render"]
+        assert not result.limited  # for want of render jobs: the others are not its own
+        assert (await claim(db, request(kinds=frozenset({"render"})))).claimed == []
+        # Jobs of other kinds hold no room of a claim: one slot, the index job takes it.
+        result = await claim(db, request(limit=1, kinds=frozenset({"index", "nothing"})))
+        assert ids(result.claimed) == ["i1"]
+        assert ids((await claim(db, request(kinds=frozenset()))).claimed) == []
+        assert ids((await claim(db)).claimed) == ["a", "i2"]  # every kind
+
+
+async def test_depth_list_outlook_and_stranded_by_kind(store_url: str) -> None:
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(
+            db,
+            job("a"),
+            job("r1", kind="render"),
+            job("r2", kind="render"),
+            job("r3", kind="render", affinity="elsewhere"),
+            job("i1", kind="index", requires=("gpu",)),
+        )
+        [r1] = (await claim(db, request(limit=1, kinds=frozenset({"render"})))).claimed
+        assert r1.id == "r1"
+        await on(db, lambda jobs: jobs.finish([Outcome("r1", r1.token, State.COMPLETED)]))
+        assert await on(db, lambda jobs: jobs.depth("render")) == {"completed": 1, "ready": 2}
+        assert await on(db, lambda jobs: jobs.depth("nothing")) == {}
+        assert await on(db, lambda jobs: jobs.depth_by_kind()) == {
+            "default": {"ready": 1},
+            "render": {"completed": 1, "ready": 2},
+            "index": {"ready": 1},
+        }
+        listed = await on(db, lambda jobs: jobs.list(None, 10, "render"))
+        assert [r["id"] for r in listed] == ["r1", "r2", "r3"]
+        listed = await on(db, lambda jobs: jobs.list(State.READY, 10, "render"))
+        assert [r["id"] for r in listed] == ["r2", "r3"]
+        assert [r["id"] for r in await on(db, lambda jobs: jobs.list(None, 1, "index"))] == ["i1"]
+        plain = [frozenset()]
+        # A render worker waits for r2 only (r3 is pinned elsewhere); an index worker
+        # for nothing it could take (i1 needs a label it lacks), which it strands.
+        count, _ = await on(db, lambda jobs: jobs.outlook(["c"], plain, frozenset({"render"})))
+        assert count == 1
+        count, due = await on(db, lambda jobs: jobs.outlook(["c"], plain, frozenset({"index"})))
+        assert (count, due) == (0, None)
+        count, _ = await on(db, lambda jobs: jobs.outlook(["c"], plain))
+        assert count == 2  # a and r2
+        got = await on(db, lambda jobs: jobs.stranded(["c"], plain, frozenset({"render"})))
+        assert got == {("elsewhere", "[]"): 1}
+        got = await on(db, lambda jobs: jobs.stranded(["c"], plain, frozenset({"index"})))
+        assert got == {(None, '["gpu"]'): 1}
+        got = await on(db, lambda jobs: jobs.stranded(["c"], plain, frozenset({"default"})))
+        assert got == {}
+        assert await on(db, lambda jobs: jobs.stranded(["c"], plain)) == {
+            ("elsewhere", "[]"): 1,
+            (None, '["gpu"]'): 1,
+        }
+
+
+# -- cancellation ------------------------------------------------------------------------------
+
+
+async def test_cancel_a_waiting_job_at_once_and_a_finished_one_not(store_url: str) -> None:
+    async with corral.connect(store_url) as db:
+        await _finished_set(db)  # a completed, b failed, c dead, d in progress, e ready
+        await enqueue(db, job("f"))
+        [f] = (await claim(db, request(capacity={"x": 1}))).claimed  # e is pinned to c
+        retry = Outcome("f", f.token, State.RETRYING, delay=0, category=ErrorCategory.TRANSIENT)
+        await on(db, lambda jobs: jobs.finish([retry]))
+        assert await state_of(db, "f") == State.RETRYING
+        assert await on(db, lambda jobs: jobs.cancel("e")) == "cancelled"
+        assert await on(db, lambda jobs: jobs.cancel("f")) == "cancelled"
+        for job_id in "ef":
+            row = await get(db, job_id)
+            assert State(row["state"]) == State.CANCELLED
+            assert row["finished_at"] is not None
+            assert row["lease_owner"] is None
+        assert await on(db, lambda jobs: jobs.cancel("a")) == "completed"
+        assert await on(db, lambda jobs: jobs.cancel("b")) == "failed"
+        assert await on(db, lambda jobs: jobs.cancel("c")) == "dead"
+        assert await on(db, lambda jobs: jobs.cancel("e")) == "cancelled"  # its state
+        assert await on(db, lambda jobs: jobs.cancel("nobody")) == "missing"
+        assert await state_of(db, "a") == State.COMPLETED
+        # A cancelled job is claimed by no one, due or not, whatever the claim asks.
+        assert (await claim(db, request(capacity={"c": 10, "x": 10}))).claimed == []
+        count, due = await on(db, lambda jobs: jobs.outlook(["c", "x"], [frozenset()] * 2))
+        assert (count, due) == (1, None)  # d, in progress; not e nor f
+        assert await on(db, lambda jobs: jobs.stranded(["x"], [frozenset()])) == {}
+        depth = await on(db, lambda jobs: jobs.depth())
+        assert depth["cancelled"] == 2
+
+
+async def test_cancel_a_running_job_is_reported_by_its_next_renewal(store_url: str) -> None:
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(db, job("run"), job("other"))
+        claimed = {c.id: c for c in (await claim(db)).claimed}
+        run, other = claimed["run"], claimed["other"]
+        assert await on(db, lambda jobs: jobs.step_done(run, '["one"]', 2)) is True
+        assert await on(db, lambda jobs: jobs.cancel("run")) == "requested"
+        assert await on(db, lambda jobs: jobs.cancel("run")) == "requested"  # no change
+        row = await get(db, "run")
+        assert (State(row["state"]), bool(row["cancel_requested"])) == (State.IN_PROGRESS, True)
+        assert row["lease_owner"] == "w1"
+        assert not (await get(db, "other"))["cancel_requested"]
+        leases = [(run, 1), (other, 0)]
+        renewal = await on(db, lambda jobs: jobs.renew(leases, 3600))
+        assert renewal == Renewal({run.token, other.token}, {run.token})
+        forged = Claimed(run.row, run.attempt, run.cluster, run.route_reason, run.token + 1)
+        assert await on(db, lambda jobs: jobs.renew([(forged, 0)], 3600)) == Renewal(set(), set())
+        # Its worker finishes it cancelled: not retried, its steps and progress kept.
+        cancelled = Outcome("run", run.token, State.CANCELLED, progress=3)
+        assert await on(db, lambda jobs: jobs.finish([cancelled])) == {run.token}
+        row = await get(db, "run")
+        assert State(row["state"]) == State.CANCELLED
+        assert (row["steps"], row["progress"], row["attempts"]) == ('["one"]', 6, 1)
+        assert (row["lease_owner"], row["error_category"]) == (None, None)
+        assert row["finished_at"] is not None
+        assert (await claim(db)).claimed == []
+        assert await on(db, lambda jobs: jobs.cancel("run")) == "cancelled"
+
+
+async def test_a_cancelled_job_is_requeued_and_purged_as_a_finished_one(store_url: str) -> None:
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(db, job("run"), job("wait"))
+        [run] = (await claim(db, request(limit=1))).claimed
+        await on(db, lambda jobs: jobs.step_done(run, '["one"]', 0))
+        assert await on(db, lambda jobs: jobs.cancel("run")) == "requested"
+        await on(db, lambda jobs: jobs.finish([Outcome("run", run.token, State.CANCELLED)]))
+        assert await on(db, lambda jobs: jobs.cancel("wait")) == "cancelled"
+        assert await on(db, lambda jobs: jobs.requeue("run")) is None
+        row = await get(db, "run")
+        assert (State(row["state"]), row["attempts"], row["steps"]) == (State.READY, 0, '["one"]')
+        assert (bool(row["cancel_requested"]), row["finished_at"]) == (False, None)
+        [again] = (await claim(db)).claimed
+        assert (again.id, again.row["steps"]) == ("run", '["one"]')
+        renewal = await on(db, lambda jobs: jobs.renew([(again, 0)], 3600))
+        assert renewal == Renewal({again.token}, set())  # the old request is gone
+        assert await on(db, lambda jobs: jobs.purge([State.CANCELLED], 0)) == 1
+        assert await on(db, lambda jobs: jobs.get("wait")) is None
+
+
+async def test_cancels_from_several_connections_while_others_claim(store_url: str) -> None:
+    """No job is claimed once its cancellation has committed, and each ends once."""
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(db, *(job(f"j{n:02}") for n in range(40)))
+    claimed: list[Claimed] = []
+    answers: dict[str, str] = {}
+
+    async def claimer(n: int) -> None:
+        async with corral.connect(store_url) as db:
+            for _ in range(10):
+                claimed.extend((await claim(db, request(f"w{n}", limit=2))).claimed)
+
+    async def canceller() -> None:
+        async with corral.connect(store_url) as db:
+            for n in range(0, 40, 2):
+                answers[f"j{n:02}"] = await on(db, lambda jobs, n=n: jobs.cancel(f"j{n:02}"))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(3):
+            tg.start_soon(claimer, n)
+        tg.start_soon(canceller)
+    async with corral.connect(store_url) as db:
+        taken = {c.id for c in claimed}
+        assert len(taken) == len(claimed)  # none claimed twice
+        for job_id, answer in answers.items():
+            row = await get(db, job_id)
+            if answer == "cancelled":  # cancelled while it waited: never claimed
+                assert job_id not in taken
+                assert State(row["state"]) == State.CANCELLED
+            else:  # claimed first: running, its cancellation asked
+                assert answer == "requested"
+                assert job_id in taken
+                assert (State(row["state"]), bool(row["cancel_requested"])) == (
+                    State.IN_PROGRESS,
+                    True,
+                )
+        depth = await on(db, lambda jobs: jobs.depth())
+        assert depth.get("cancelled", 0) + len(claimed) + depth.get("ready", 0) == 40

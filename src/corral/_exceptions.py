@@ -16,6 +16,7 @@ __all__ = [
     "DuplicateJobError",
     "IdentifierError",
     "JobError",
+    "JobKindError",
     "JobNotFoundError",
     "JobStateError",
     "LeaseLostError",
@@ -412,4 +413,12 @@ class StepResultError(PermanentError, TypeError, ValueError):
     circular reference), or it nests deeper than ``Job.MAX_PAYLOAD_DEPTH`` levels.
     Raised before anything is stored; the job fails as PERMANENT (a retry would compute
     the same result again).
+    """
+
+
+class JobKindError(CorralError, TypeError, ValueError):
+    """A job kind is not a valid name: kinds are short, non-empty str (``"render"``).
+
+    Raised by ``Job(kind=...)``, by a ``Processor`` given a mapping of handlers whose
+    keys are not such names, and by ``db.jobs.depth``/``list`` given such a ``kind=``.
     """

@@ -21,6 +21,7 @@ from ._exceptions import ConfigurationError as ConfigurationError
 from ._exceptions import DataError as DataError
 from ._exceptions import DuplicateJobError as DuplicateJobError
 from ._exceptions import JobError as JobError
+from ._exceptions import JobKindError as JobKindError
 from ._exceptions import JobNotFoundError as JobNotFoundError
 from ._exceptions import JobStateError as JobStateError
 from ._exceptions import LeaseLostError as LeaseLostError
@@ -32,6 +33,7 @@ from ._exceptions import TransientError as TransientError
 from ._jobs._context import JobContext as JobContext
 from ._jobs._context import JobProgress as JobProgress
 from ._jobs._context import Step as Step
+from ._jobs._model import Cancellation as Cancellation
 from ._jobs._model import ErrorCategory as ErrorCategory
 from ._jobs._model import Job as Job
 from ._jobs._model import JobRecord as JobRecord
@@ -52,6 +54,7 @@ from ._jobs._queue import JobQueue as JobQueue
 from ._public import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = (
+    "Cancellation",
     "ConfigurationError",
     "DataError",
     "DuplicateJobError",
@@ -61,6 +64,7 @@ __all__ = (
     "JobContext",
     "JobError",
     "JobEvent",
+    "JobKindError",
     "JobNotFoundError",
     "JobProgress",
     "JobQueue",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -15,9 +15,11 @@ import click
 from .._connect import Database
 from .._database import default_url
 from .._display import _when
-from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
+from .._exceptions import DuplicateJobError, JobKindError, JobNotFoundError, JobStateError
+from .._jobs._model import check_kind
 from .._ports import redact
 from ..jobs import (
+    Cancellation,
     Job,
     JobRecord,
     LastError,
@@ -55,7 +57,10 @@ _STATES = (
     State.COMPLETED,
     State.FAILED,
     State.DEAD,
+    State.CANCELLED,
 )
+#: The finished states, which ``corral jobs purge`` deletes.
+_FINISHED = (State.COMPLETED, State.FAILED, State.DEAD, State.CANCELLED)
 
 
 async def _has_jobs(db: Database) -> bool:
@@ -105,6 +110,8 @@ def jobs_group() -> None:
 @jobs_group.command("status", short_help="Count the jobs in each state.")
 @_db_option
 @click.option("--cluster", metavar="NAME", help="Count only the jobs of this cluster.")
+@click.option("--kind", metavar="KIND", help="Count only the jobs of this kind.")
+@click.option("--by-kind", is_flag=True, help="Count the jobs of each kind apart: a column each.")
 @_json_option
 @click.option(
     "--watch",
@@ -119,32 +126,100 @@ def jobs_group() -> None:
     show_default=True,
     help="Seconds between reads with --watch.",
 )
-def jobs_status(url: str | None, cluster: str | None, watch: bool, refresh: float) -> None:
-    """Show how many jobs are in each state, overall or on one cluster.
+def jobs_status(
+    url: str | None,
+    cluster: str | None,
+    kind: str | None,
+    by_kind: bool,
+    watch: bool,
+    refresh: float,
+) -> None:
+    """Show how many jobs are in each state: overall, on one cluster, of one kind, by kind.
 
     A job belongs to the cluster its latest attempt ran on, or before it runs, to the
-    cluster it is pinned to (its affinity). --watch follows the counts live, as
-    ``corral progress --watch`` follows a run.
+    cluster it is pinned to (its affinity). --by-kind counts each kind of job apart.
+    --watch follows the counts live, as ``corral progress --watch`` follows a run.
     """
     url = url or default_url()
-
-    async def read(db: Database) -> QueueDepth | None:
-        if not await _has_jobs(db):
-            return None
-        return await (db.jobs.depth() if cluster is None else db.jobs.by_cluster(cluster))
-
+    given = [name for name, value in (("--cluster", cluster), ("--kind", kind)) if value]
+    if by_kind:
+        given.append("--by-kind")
+    if len(given) > 1:
+        raise click.UsageError(
+            f"give one of {', '.join(given)}, not both: each counts the jobs another way"
+        )
+    if kind is not None:
+        _check_kind(kind)
+    view = _StatusView(url, cluster, kind, by_kind)
     if watch:
-        _open(url, lambda db: _watch_depth(db, read, url, cluster, refresh), read_only=True)
+        _open(url, lambda db: _watch_depth(db, view, refresh), read_only=True)
         return
-    depth = _open(url, read, read_only=True)
+    counts = _open(url, view.read, read_only=True)
     if _json_wanted():
-        _echo_json(_depth_json(depth or QueueDepth(), url, cluster))
+        _echo_json(view.json(counts))
         return
-    if depth is None:
+    if counts is None:
         click.echo(_nothing_yet(url))
         return
-    click.echo(f"jobs {'' if cluster is None else f'on cluster {cluster} '}in {redact(url)}")
-    _print(_depth_table(depth))
+    click.echo(view.title)
+    _print(view.table(counts))
+
+
+def _check_kind(kind: str) -> None:
+    """Refuse a ``--kind`` that is no job kind (a usage error, exit status 2)."""
+    try:
+        check_kind(kind, "--kind")
+    except JobKindError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kind") from None
+
+
+#: What ``corral jobs status`` reads: the counts of one view, or of each kind.
+_Counts = QueueDepth | dict[str, QueueDepth]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StatusView:
+    """Which counts ``corral jobs status`` shows, and how: a table, or JSON."""
+
+    url: str
+    cluster: str | None
+    kind: str | None
+    by_kind: bool
+
+    async def read(self, db: Database) -> _Counts | None:
+        if not await _has_jobs(db):
+            return None
+        if self.by_kind:
+            return await db.jobs.depth_by_kind()
+        if self.cluster is not None:
+            return await db.jobs.by_cluster(self.cluster)
+        return await db.jobs.depth(kind=self.kind)
+
+    @property
+    def title(self) -> str:
+        where = ""
+        if self.cluster is not None:
+            where = f"on cluster {self.cluster} "
+        elif self.kind is not None:
+            where = f"of kind {self.kind} "
+        elif self.by_kind:
+            where = "by kind "
+        return f"jobs {where}in {redact(self.url)}"
+
+    def table(self, counts: _Counts) -> Table:
+        if isinstance(counts, dict):
+            return _kinds_table(counts)
+        return _depth_table(counts)
+
+    def json(self, counts: _Counts | None) -> dict[str, object]:
+        """``corral jobs status --json``: the database, what was counted, the counts."""
+        head: dict[str, object] = {"database": redact(self.url), "cluster": self.cluster}
+        head["kind"] = self.kind
+        if self.by_kind:
+            kinds = counts if isinstance(counts, dict) else {}
+            return {**head, "kinds": {name: _counts_json(d) for name, d in kinds.items()}}
+        depth = counts if isinstance(counts, QueueDepth) else QueueDepth()
+        return {**head, **_counts_json(depth)}
 
 
 @jobs_group.command("list", short_help="List jobs in claim order.")
@@ -155,16 +230,20 @@ def jobs_status(url: str | None, cluster: str | None, watch: bool, refresh: floa
     default=None,
     help="Only the jobs in this state.",
 )
+@click.option("--kind", metavar="KIND", help="Only the jobs of this kind.")
 @_limit_option(50, "jobs to list")
 @_json_option
-def jobs_list(url: str | None, state: str | None, limit: int) -> None:
+def jobs_list(url: str | None, state: str | None, kind: str | None, limit: int) -> None:
     """List jobs in claim order (higher priority first, then oldest first)."""
     url = url or default_url()
+    if kind is not None:
+        _check_kind(kind)
 
     async def read(db: Database) -> tuple[list[JobRecord], QueueDepth] | None:
         if not await _has_jobs(db):
             return None
-        return await db.jobs.list(state, limit=limit), await db.jobs.depth()
+        records = await db.jobs.list(state, limit=limit, kind=kind)
+        return records, await db.jobs.depth(kind=kind)
 
     found = _open(url, read, read_only=True)
     as_json = _json_wanted()
@@ -177,6 +256,8 @@ def jobs_list(url: str | None, state: str | None, limit: int) -> None:
     records, depth = found
     matching = depth.total if state is None else getattr(depth, state)
     which = "jobs" if state is None else f"{state} jobs"
+    if kind is not None:
+        which += f" of kind {kind}"
     if as_json:
         _echo_json(records)
     elif not records:
@@ -220,15 +301,61 @@ def jobs_show(job_id: str, url: str | None) -> None:
         click.echo(record.error_traceback.rstrip())
 
 
-@jobs_group.command("requeue", short_help="Put dead or failed jobs back in the queue.")
+@jobs_group.command("cancel", short_help="Cancel waiting or running jobs.")
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@_db_option
+def jobs_cancel(job_ids: tuple[str, ...], url: str | None) -> None:
+    """Cancel jobs: a waiting one at once, a running one at its worker's next renewal.
+
+    A running job's worker cancels its handler at its next lease renewal (every third
+    of its --lease-seconds) and finishes it cancelled, its steps and progress kept. A
+    cancelled job is not retried: corral jobs requeue ID runs it again. Every ID is
+    tried; if one cannot be cancelled (unknown, or finished already) the others still
+    are, and the command exits with status 1.
+    """
+    url = url or default_url()
+
+    async def cancel(db: Database) -> list[str]:
+        problems: list[str] = []
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                before = await db.jobs.get(job_id)
+                done = await db.jobs.cancel(job_id)
+            except JobNotFoundError as exc:
+                problems.append(f"{exc}; corral jobs list shows the ids")
+                continue
+            except JobStateError as exc:
+                problems.append(f"{exc}; corral jobs requeue ID runs a finished job again")
+                continue
+            if done is Cancellation.CANCELLED and before.state is State.CANCELLED:
+                click.echo(f"{job_id} was cancelled already")
+            elif done is Cancellation.CANCELLED:
+                click.echo(f"cancelled {job_id}: was {before.state.value}")
+            else:
+                worker = f"worker {before.lease_owner}" if before.lease_owner else "its worker"
+                click.echo(
+                    f"cancel requested for {job_id}: in progress on {worker}, which stops "
+                    f"it at its next lease renewal"
+                )
+        return problems
+
+    problems = _open(url, cancel)
+    if problems:
+        raise click.ClickException(
+            f"{len(problems)} of {len(set(job_ids))} job(s) not cancelled:\n  "
+            + "\n  ".join(problems)
+        )
+
+
+@jobs_group.command("requeue", short_help="Put dead, failed or cancelled jobs back.")
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
 @_db_option
 def jobs_requeue(job_ids: tuple[str, ...], url: str | None) -> None:
-    """Put dead or failed jobs back in the queue, ready, their attempts reset to 0.
+    """Put dead, failed or cancelled jobs back in the queue, ready, their attempts reset to 0.
 
     They resume after the steps they finished. Every ID is tried; if one cannot be
-    requeued (unknown, or not dead or failed) the others still are, and the command
-    exits with status 1.
+    requeued (unknown, or not dead, failed or cancelled) the others still are, and the
+    command exits with status 1.
     """
     url = url or default_url()
 
@@ -278,7 +405,7 @@ def jobs_requeue(job_ids: tuple[str, ...], url: str | None) -> None:
     "--state",
     "states",
     multiple=True,
-    type=click.Choice([s.value for s in (State.COMPLETED, State.FAILED, State.DEAD)]),
+    type=click.Choice([s.value for s in _FINISHED]),
     help="Which finished jobs to delete; repeat for several (default: completed).",
 )
 @_db_option
@@ -304,6 +431,7 @@ _JOB_KEYS = (
     "region",
     "requires",
     "max_retries",
+    "kind",
 )
 
 
@@ -337,12 +465,18 @@ _JOB_KEYS = (
     help="Retries of a retryable failure before the dead letter queue (default: 3).",
 )
 @click.option(
+    "--kind",
+    metavar="KIND",
+    help="Which handler runs it: a worker's --app maps kinds to handlers (default: default).",
+)
+@click.option(
     "--file",
     "jsonl",
     type=click.File("r", encoding="utf-8"),
     metavar="FILE.jsonl",
     help="Enqueue one job per line of FILE ('-' for stdin): a JSON object with the keys "
-    "id, payload, priority, customer, affinity, region, requires (a list), max_retries; "
+    "id, payload, priority, customer, affinity, region, requires (a list), max_retries, "
+    "kind; "
     "the options above fill in the keys a line leaves out.",
 )
 def jobs_enqueue(
@@ -355,6 +489,7 @@ def jobs_enqueue(
     region: str | None,
     requires: tuple[str, ...],
     max_retries: int | None,
+    kind: str | None,
     jsonl: IO[str] | None,
 ) -> None:
     """Add a job (ID) or many (--file FILE.jsonl) to the queue, ready to run.
@@ -369,6 +504,7 @@ def jobs_enqueue(
         "region": region,
         "requires": requires or None,
         "max_retries": max_retries,
+        "kind": kind,
     }
     if payload is not None:
         try:
@@ -404,7 +540,8 @@ def jobs_enqueue(
     count = _open(url, enqueue, create=True)
     if jsonl is None:
         job = batch[0]
-        click.echo(f"enqueued {job.id} ({Priority(job.priority).value}) in {redact(url)}")
+        of_kind = "" if job.kind == "default" else f", kind {job.kind}"
+        click.echo(f"enqueued {job.id} ({Priority(job.priority).value}{of_kind}) in {redact(url)}")
     else:
         click.echo(f"enqueued {count} job(s) from {jsonl.name} in {redact(url)}")
 
@@ -461,13 +598,7 @@ def _job(fields: dict[str, Any], where: str) -> Job:
         raise click.ClickException(f"{where}{exc}") from None
 
 
-async def _watch_depth(
-    db: Database,
-    read: Callable[[Database], Awaitable[QueueDepth | None]],
-    url: str,
-    cluster: str | None,
-    refresh: float,
-) -> None:
+async def _watch_depth(db: Database, view: _StatusView, refresh: float) -> None:
     """``corral jobs status --watch``: read every ``refresh`` seconds until a signal.
 
     On a terminal the table is redrawn in place (rich ``Live``); into a pipe, or with
@@ -480,23 +611,24 @@ async def _watch_depth(
     console = Console()
     as_json = _json_wanted()
     live = None if as_json or not console.is_terminal else Live(console=console, auto_refresh=False)
-    title = f"jobs {'' if cluster is None else f'on cluster {cluster} '}in {redact(url)}"
-    shown: QueueDepth | None = None
+    title = view.title
+    empty: _Counts = {} if view.by_kind else QueueDepth()
+    shown: _Counts | None = None
     async with anyio.create_task_group() as tg:
         await tg.start(_cancel_on_signal, tg.cancel_scope)
         if live is not None:
             live.start()
         try:
             while True:
-                depth = await read(db) or QueueDepth()
+                depth = await view.read(db) or empty
                 if live is not None:
                     now = _text(f"{title} at {datetime.now():%H:%M:%S} (Ctrl-C to stop)")
-                    live.update(Group(now, _depth_table(depth)), refresh=True)
+                    live.update(Group(now, view.table(depth)), refresh=True)
                 elif depth != shown:
                     if as_json:
-                        click.echo(json.dumps(_depth_json(depth, url, cluster)))
+                        click.echo(json.dumps(view.json(depth)))
                     else:
-                        console.print(Group(_text(title), _depth_table(depth)))
+                        console.print(Group(_text(title), view.table(depth)))
                     sys.stdout.flush()
                 shown = depth
                 await anyio.sleep(refresh)
@@ -524,16 +656,10 @@ def _print(table: Table | _AsJson) -> None:
     Console().print(table)
 
 
-def _depth_json(depth: QueueDepth, url: str, cluster: str | None) -> dict[str, object]:
-    """``corral jobs status --json``: the database, the cluster, one count per state."""
+def _counts_json(depth: QueueDepth) -> dict[str, int]:
+    """One count per state, then ``pending`` and ``total``."""
     counts = {field.name: getattr(depth, field.name) for field in dataclasses.fields(depth)}
-    return {
-        "database": redact(url),
-        "cluster": cluster,
-        **counts,
-        "pending": depth.pending,
-        "total": depth.total,
-    }
+    return {**counts, "pending": depth.pending, "total": depth.total}
 
 
 def _text(value: object) -> Text:
@@ -570,11 +696,35 @@ def _depth_table(depth: QueueDepth) -> Table:
     return table
 
 
+def _kinds_table(by_kind: dict[str, QueueDepth]) -> Table:
+    """``corral jobs status --by-kind``: a row per state, a column per kind (and all)."""
+    from rich.table import Table
+
+    columns = list(by_kind.items())  # a list: a kind named "all" keeps its own column
+    if len(by_kind) > 1:
+        every = {
+            field.name: sum(getattr(d, field.name) for d in by_kind.values())
+            for field in dataclasses.fields(QueueDepth)
+        }
+        columns.append(("all", QueueDepth(**every)))
+    table = Table()
+    table.add_column("state")
+    for kind, _ in columns:
+        table.add_column(_text(kind), justify="right", overflow="fold")
+    depths = [depth for _, depth in columns]
+    for state in _STATES:
+        table.add_row(state.value, *(f"{getattr(d, state.value):,}" for d in depths))
+    table.add_section()
+    table.add_row("pending", *(f"{d.pending:,}" for d in depths))
+    table.add_row("total", *(f"{d.total:,}" for d in depths))
+    return table
+
+
 def _jobs_table(records: Iterable[JobRecord], title: str) -> Table:
     from rich.table import Table
 
     table = Table(title=_text(title))
-    columns = ("id", "state", "priority", "customer", "cluster", "attempts", "last error")
+    columns = ("id", "state", "priority", "customer", "cluster", "attempts", "last error", "kind")
     for column in (*columns, "updated"):
         table.add_column(
             column,
@@ -590,6 +740,7 @@ def _jobs_table(records: Iterable[JobRecord], title: str) -> Table:
             _text(job.cluster or (f"({job.affinity})" if job.affinity else "")),
             f"{job.attempts}/{job.max_retries + 1}",
             _text(_error_text(job.last_error, 60)),
+            _text(job.kind),
             _when(job.updated_at),
         )
     return table
@@ -605,8 +756,14 @@ def _record_table(job: JobRecord) -> Table | _AsJson:
     table.add_column("field", style="bold")
     table.add_column("value")
     error = job.last_error
+    state = job.state.value
+    if job.cancel_requested and job.state is State.IN_PROGRESS:
+        state += " (cancel requested: stops at its worker's next lease renewal)"
+    elif job.cancel_requested and job.state in (State.READY, State.RETRYING):
+        state += " (cancel requested while it ran: cancelled when next claimed)"
     rows: list[tuple[str, object]] = [
-        ("state", job.state.value),
+        ("kind", job.kind),
+        ("state", state),
         ("priority", job.priority.value),
         ("customer", job.customer),
         ("affinity", job.affinity),

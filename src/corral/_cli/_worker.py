@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -21,7 +21,8 @@ import click
 from .._cluster import Cluster
 from .._connect import Database
 from .._database import default_url
-from .._exceptions import CommitUnknownError
+from .._exceptions import CommitUnknownError, JobKindError
+from .._jobs._model import check_kind
 from .._ports import redact
 from ..jobs import (
     JobContext,
@@ -111,21 +112,70 @@ Handler = Callable[[JobContext], Awaitable[object]]
 
 def _load_handler(ref: str) -> Handler:
     """Import ``module:function`` (the current directory is importable too)."""
-    module_name, colon, attr = (part.strip() for part in ref.partition(":"))
     example = "e.g. --handler myjobs:handle for async def handle(ctx) in myjobs.py"
+    target, attr = _load(ref, "--handler", "function", example)
+    _check_handler(target, f"--handler {ref!r}", attr.rpartition(".")[2], example)
+    return cast(Handler, target)
+
+
+def _load_app(ref: str) -> dict[str, Handler]:
+    """Import ``module:mapping``, a mapping of job kind to handler (``--app``)."""
+    example = (
+        "e.g. --app myjobs:handlers for handlers = {'render': render, 'index': index} in myjobs.py"
+    )
+    target, _ = _load(ref, "--app", "mapping", example)
+    if not isinstance(target, Mapping):
+        raise click.ClickException(
+            f"--app {ref!r} is a {type(target).__name__}, not a mapping of job kind to "
+            f"handler; {example} (or give one handler for every kind with --handler)"
+        )
+    if not target:
+        raise click.ClickException(
+            f"--app {ref!r} is an empty mapping: map at least one job kind to its handler, "
+            f"{example}"
+        )
+    handlers: dict[str, Handler] = {}
+    for kind, handler in target.items():
+        try:
+            check_kind(kind, f"--app {ref!r}: the key")
+        except JobKindError as exc:
+            raise click.ClickException(f"{exc} (a job kind)") from None
+        name = getattr(handler, "__name__", "handle")
+        _check_handler(handler, f"--app {ref!r}: the handler of kind {kind!r}", name, example)
+        handlers[kind] = cast(Handler, handler)
+    return handlers
+
+
+def _check_handler(target: object, what: str, name: str, example: str) -> None:
+    """Refuse a handler that is not an async function (or another awaitable callable)."""
+    if not callable(target):
+        raise click.ClickException(
+            f"{what} is a {type(target).__name__}, not a function; point it at "
+            f"an async function taking the job's context, {example}"
+        )
+    if inspect.isroutine(target) and not inspect.iscoroutinefunction(target):
+        raise click.ClickException(
+            f"{what} is a plain function, and the worker awaits its handler; "
+            f"define it with async def {name}(ctx)"
+        )
+
+
+def _load(ref: str, option: str, what: str, example: str) -> tuple[object, str]:
+    """Import ``module:attribute`` for ``option``; return it and its attribute's name."""
+    module_name, colon, attr = (part.strip() for part in ref.partition(":"))
     if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
         stem = Path(module_name).stem
+        default = "handle" if option == "--handler" else "handlers"
         raise click.BadParameter(
-            f"{ref!r} names a file: give the module's import name, e.g. --handler "
-            f"{stem}:{attr or 'handle'}, run from the directory that holds {stem}.py "
+            f"{ref!r} names a file: give the module's import name, e.g. {option} "
+            f"{stem}:{attr or default}, run from the directory that holds {stem}.py "
             f"(or with that directory on PYTHONPATH)",
-            param_hint="--handler",
+            param_hint=option,
         )
     if not colon or not module_name or not attr:
         raise click.BadParameter(
-            f"{ref!r} is not module:function; name the module and the async function in "
-            f"it, {example}",
-            param_hint="--handler",
+            f"{ref!r} is not module:{what}; name the module and the {what} in it, {example}",
+            param_hint=option,
         )
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -160,22 +210,16 @@ def _load_handler(ref: str) -> Handler:
                 if inspect.iscoroutinefunction(value) and not name.startswith("_")
             )
             hint = f", or use one of its async functions: {', '.join(found)}" if found else ""
-            raise click.ClickException(
-                f"the handler module {module_name!r} ({module.__file__}) has no {attr!r}; "
+            define = (
                 f"define async def {attr.rpartition('.')[2]}(ctx) in it{hint}"
+                if option == "--handler"
+                else f"define {attr.rpartition('.')[2]} = {{'kind': handler, ...}} in it"
+            )
+            raise click.ClickException(
+                f"the handler module {module_name!r} ({module.__file__}) has no {attr!r}; {define}"
             )
         target = getattr(target, part)
-    if not callable(target):
-        raise click.ClickException(
-            f"--handler {ref!r} is a {type(target).__name__}, not a function; point it at "
-            f"an async function taking the job's context, {example}"
-        )
-    if inspect.isroutine(target) and not inspect.iscoroutinefunction(target):
-        raise click.ClickException(
-            f"--handler {ref!r} is a plain function, and the worker awaits its handler; "
-            f"define it with async def {attr.rpartition('.')[2]}(ctx)"
-        )
-    return cast(Handler, target)
+    return target, attr
 
 
 def _where(exc: BaseException) -> str:
@@ -206,10 +250,16 @@ async def _stop_on_signal(
 @click.option(
     "--handler",
     "handler_ref",
-    required=True,
     metavar="MODULE:FUNCTION",
-    help="The async function that runs a job, e.g. myjobs:handle (the current directory "
-    "is importable).",
+    help="The async function that runs every job, whatever its kind, e.g. myjobs:handle "
+    "(the current directory is importable).",
+)
+@click.option(
+    "--app",
+    "app_ref",
+    metavar="MODULE:MAPPING",
+    help="Or a mapping of job kind to handler, e.g. myjobs:handlers for handlers = "
+    "{'render': render, 'index': index}: the worker takes only the jobs of those kinds.",
 )
 @click.option(
     "--cluster",
@@ -269,7 +319,8 @@ async def _stop_on_signal(
 )
 def worker(
     url: str | None,
-    handler_ref: str,
+    handler_ref: str | None,
+    app_ref: str | None,
     clusters: list[Cluster],
     max_concurrent: int,
     per_customer: int | None,
@@ -282,8 +333,10 @@ def worker(
 ) -> None:
     """Run queued jobs with a handler, on clusters, within limits; logs to stderr.
 
-    Ctrl-C or SIGTERM stops it cleanly: the jobs still running are cancelled and given
-    back to the queue, ready at once, the attempt not counted. Any number of workers
+    --handler runs every job with one handler; --app maps job kinds to handlers, and
+    the worker takes only the jobs of those kinds. Ctrl-C or SIGTERM stops it cleanly:
+    the jobs still running are cancelled and given back to the queue, ready at once,
+    the attempt not counted. Any number of workers
     may share a database (PostgreSQL: on any number of hosts). On PostgreSQL it
     outlives a server restart: its writer reconnects, with backoff, for up to
     ``reconnect_timeout`` seconds (a URL parameter, 30 by default).
@@ -301,7 +354,20 @@ def worker(
         )
     except (TypeError, ValueError) as exc:
         raise click.UsageError(f"{exc}; give a finite number") from None
-    handler = _load_handler(handler_ref)
+    if (handler_ref is None) == (app_ref is None):
+        raise click.UsageError(
+            "give --handler MODULE:FUNCTION (one handler for every job) or --app "
+            "MODULE:MAPPING (a handler per job kind)"
+            + ("" if handler_ref is None else ", not both")
+        )
+    handler: Handler | dict[str, Handler]
+    if handler_ref is not None:
+        handler = _load_handler(handler_ref)
+        serving = f"handler {handler_ref}"
+    else:
+        assert app_ref is not None
+        handler = _load_app(app_ref)
+        serving = f"app {app_ref} (kinds {', '.join(sorted(handler))})"
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
@@ -318,10 +384,10 @@ def worker(
             name=name,
         )
         log.info(
-            "worker %s: handler %s on %s; %s; max_concurrent=%d per_customer=%s "
+            "worker %s: %s on %s; %s; max_concurrent=%d per_customer=%s "
             "lease_seconds=%g batch_size=%d; database %s; %s",
             processor.name,
-            handler_ref,
+            serving,
             ", ".join(repr(cluster) for cluster in processor.clusters),
             "until the queue is idle" if until_idle else "until stopped (Ctrl-C or SIGTERM)",
             config.max_concurrent,
@@ -350,13 +416,14 @@ def worker(
         stats = processor.statistics()
         log.info(
             "worker %s stopped: %d claimed, %d completed, %d retried, %d failed, %d dead, "
-            "%d reclaimed, %d lease lost",
+            "%d cancelled, %d reclaimed, %d lease lost",
             processor.name,
             stats.claimed,
             stats.completed,
             stats.retried,
             stats.failed,
             stats.dead,
+            stats.cancelled,
             stats.reclaimed,
             stats.lease_lost,
         )

@@ -53,6 +53,7 @@ def claim_request(
         local_free={c.name: c.capacity - on_cluster[c.name] for c in state.clusters},
         lease_seconds=config.lease_seconds,
         route=state.router,
+        kinds=state.kinds,
     )
 
 
@@ -61,12 +62,13 @@ async def claimer(state: ProcessorState, until_idle: bool) -> None:
     config = state.config
     names = list(state.by_name)
     labels = [c.labels for c in state.clusters]
+    kinds = state.kinds
 
     async def outlook(conn: Session) -> tuple[int, float | None]:
-        return await conn.jobs.outlook(names, labels)
+        return await conn.jobs.outlook(names, labels, kinds)
 
     async def stranded_op(conn: Session) -> dict[tuple[str | None, str], int]:
-        return await conn.jobs.stranded(names, labels)
+        return await conn.jobs.stranded(names, labels, kinds)
 
     while True:
         request = claim_request(state)
@@ -170,6 +172,7 @@ def reclaim_events(state: ProcessorState, reclaimed: list[dict[str, Any]]) -> li
                 None,
                 row["error_message"],
                 state.name,
+                job_kind=row.get("kind"),
             )
         )
     return events

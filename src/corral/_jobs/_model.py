@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from .._exceptions import JobError, PayloadError
+from .._exceptions import JobError, JobKindError, PayloadError
 from .._ports._jobs import ErrorCategory as ErrorCategory
 from .._ports._jobs import State as State
 from .._validate import check_text
 
 __all__ = [
+    "DEFAULT_KIND",
+    "MAX_KIND_LENGTH",
+    "Cancellation",
     "ErrorCategory",
     "Job",
     "JobRecord",
@@ -27,8 +30,46 @@ __all__ = [
     "QueueDepth",
     "RetryPolicy",
     "State",
+    "check_kind",
     "classify",
 ]
+
+#: The kind of a job enqueued without one.
+DEFAULT_KIND = "default"
+#: The most characters in a job kind's name.
+MAX_KIND_LENGTH = 64
+
+
+def check_kind(value: object, what: str = "Job kind") -> str:
+    """Return ``value`` if it is a valid job kind, else raise :class:`~corral.jobs.JobKindError`.
+
+    A kind is a short name: a non-empty str of at most :data:`MAX_KIND_LENGTH` printable
+    characters, with no space at either end.
+    """
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_KIND_LENGTH
+        or not value.isprintable()
+        or value.strip() != value
+    ):
+        raise JobKindError(
+            f"{what} must be a short name: a non-empty str of at most {MAX_KIND_LENGTH} "
+            f"printable characters, with no space at either end, such as 'render'; got "
+            f"{value!r:.100}"
+        )
+    return check_text(what, value)
+
+
+class Cancellation(enum.StrEnum):
+    """What ``db.jobs.cancel(job_id)`` did."""
+
+    CANCELLED = "cancelled"
+    """The job was waiting (ready, or retrying): it is cancelled now, and never claimed
+    (or it was cancelled already)."""
+    REQUESTED = "requested"
+    """The job is running: its worker cancels the handler at its next lease renewal (at
+    once, for a processor on the same ``Database``) and finishes it cancelled."""
 
 
 class Priority(enum.StrEnum):
@@ -139,6 +180,8 @@ class Job:
         requires: Labels the chosen cluster must have (such as ``{"gpu"}``).
         max_retries: How many times a retryable failure is tried again (so at most
             ``max_retries + 1`` attempts) before the job goes to the dead letter queue.
+        kind: Which handler runs it (``Processor(db, {"render": render, ...})``): a
+            short name, ``"default"`` unless given; else :class:`~corral.jobs.JobKindError`.
 
     The id, customer, affinity, region and labels are names: a str that holds a NUL or
     a lone surrogate (which a database cannot store as text) raises
@@ -158,9 +201,11 @@ class Job:
     region: str | None = None
     requires: frozenset[str] | Iterable[str] = frozenset()
     max_retries: int = 3
+    kind: str = DEFAULT_KIND
 
     def __post_init__(self) -> None:
         _check_name("id", self.id, optional=False)
+        check_kind(self.kind)
         try:
             priority = Priority(self.priority)
         except ValueError:
@@ -212,6 +257,8 @@ class JobRecord:
 
     id: str
     """The job's id."""
+    kind: str
+    """Which handler runs it (``"default"`` unless given)."""
     payload: Any
     """The job's payload, decoded from JSON."""
     priority: Priority
@@ -228,6 +275,9 @@ class JobRecord:
     """Retries allowed after the first attempt."""
     state: State
     """Where it is in its life."""
+    cancel_requested: bool
+    """Whether its cancellation was asked while it ran (``db.jobs.cancel``): its worker
+    stops it at its next lease renewal. Cleared by ``requeue``."""
     attempts: int
     """Attempts started so far (reset by ``requeue``)."""
     cluster: str | None
@@ -260,7 +310,7 @@ class JobRecord:
     updated_at: datetime
     """When it last changed."""
     finished_at: datetime | None
-    """When it completed, failed or went dead."""
+    """When it completed, failed, went dead or was cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,12 +329,20 @@ class QueueDepth:
     """In the dead letter queue."""
     completed: int = 0
     """Done."""
+    cancelled: int = 0
+    """Cancelled (``db.jobs.cancel``)."""
 
     @property
     def total(self) -> int:
         """All jobs counted."""
         return (
-            self.ready + self.in_progress + self.retrying + self.failed + self.dead + self.completed
+            self.ready
+            + self.in_progress
+            + self.retrying
+            + self.failed
+            + self.dead
+            + self.completed
+            + self.cancelled
         )
 
     @property

@@ -27,6 +27,9 @@ class EventKind(enum.StrEnum):
     """Its worker's lease expired (the worker died or hung); this worker reclaimed it."""
     LEASE_LOST = "lease_lost"
     """This worker lost its lease to another; its attempt was dropped, not recorded."""
+    CANCELLED = "cancelled"
+    """Its cancellation was asked (``db.jobs.cancel``): its handler was cancelled (or
+    never started), and the job is cancelled, not retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +54,12 @@ class JobEvent:
     """The worker (processor) that sends the notification."""
     traceback: str | None = None
     """For a failure: its traceback, bounded as ``JobRecord.error_traceback``."""
+    job_kind: str | None = None
+    """The job's kind (``Job.kind``); None where the store did not say (a reclaim)."""
 
 
 class Notifier(Protocol):
-    """Told about completions, failures, dead letters and reclaimed leases.
+    """Told about completions, failures, dead letters, cancellations and reclaimed leases.
 
     Called by the processor after the change is committed, from a task of its own that
     takes the events from a bounded buffer (``ProcessorConfig.notify_buffer``), one at a
@@ -71,8 +76,8 @@ class Notifier(Protocol):
 class LoggingNotifier:
     """A :class:`Notifier` that logs each event on the ``corral.jobs`` logger.
 
-    Completions and retries at INFO, failures, dead letters and lease changes at
-    WARNING (dead letters at ERROR). A failure's traceback follows its line, in the
+    Completions, retries and cancellations at INFO, failures and lease changes at
+    WARNING, dead letters at ERROR. A failure's traceback follows its line, in the
     same log record.
     """
 
@@ -84,6 +89,7 @@ class LoggingNotifier:
         level = {
             EventKind.COMPLETED: logging.INFO,
             EventKind.RETRYING: logging.INFO,
+            EventKind.CANCELLED: logging.INFO,
             EventKind.DEAD: logging.ERROR,
         }.get(event.kind, logging.WARNING)
         text = describe(event)
@@ -93,9 +99,14 @@ class LoggingNotifier:
 
 
 def describe(event: JobEvent) -> str:
-    """Say what ``event`` tells, on one line: the job, how it ended, its attempt, where."""
+    """Say what ``event`` tells, on one line: the job, how it ended, its attempt, where.
+
+    The job's kind is named unless it is ``default`` (or unknown).
+    """
     where = f" on {event.cluster}" if event.cluster else ""
-    text = f"job {event.job_id} {event.kind.value} (attempt {event.attempt}{where})"
+    kind = event.job_kind
+    of_kind = f" of kind {kind}" if kind is not None and kind != "default" else ""
+    text = f"job {event.job_id}{of_kind} {event.kind.value} (attempt {event.attempt}{where})"
     if event.category is not None:
         text += f": {event.category.value}"
     if event.step is not None:

@@ -24,7 +24,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -38,7 +38,7 @@ from .._validate import check_text
 from . import _claims
 from ._claimer import claimer, listen, unlisten
 from ._deliverer import deliver, send, wake_deliverer
-from ._model import ErrorCategory, ProcessorConfig, classify
+from ._model import ErrorCategory, ProcessorConfig, check_kind, classify
 from ._notify import LoggingNotifier, Notifier
 from ._queue import JobQueue
 from ._renewer import renewer
@@ -70,6 +70,8 @@ class ProcessorStatistics:
     """Attempts that failed their job for good (not retried)."""
     dead: int
     """Attempts after which the job went to the dead letter queue."""
+    cancelled: int
+    """Attempts that ended their job cancelled (``db.jobs.cancel``)."""
     reclaimed: int
     """Jobs with an expired lease that this processor put back in the queue."""
     lease_lost: int
@@ -87,7 +89,11 @@ class Processor:
     Args:
         db: The database holding the queue (``db.jobs``).
         handler: ``async def handler(ctx: JobContext)``; returning completes the job,
-            raising fails the attempt (see ``classify``).
+            raising fails the attempt (see ``classify``). One handler runs every job,
+            whatever its kind. Or a mapping of job kind to handler, such as
+            ``{"render": render, "index": index}``: the processor then claims only the
+            jobs of those kinds, each run by its kind's handler, and leaves the other
+            kinds to other processors (``run(until_idle=True)`` waits for none of them).
         clusters: Where jobs run: each :class:`corral.Cluster`'s ``capacity`` bounds
             the jobs in progress on it (over every processor), and a running job holds
             one of its units, which the maps of its handler on that cluster share; its
@@ -118,7 +124,7 @@ class Processor:
     def __init__(
         self,
         db: Database,
-        handler: Handler,
+        handler: Handler | Mapping[str, Handler],
         *,
         clusters: Iterable[Cluster] | None = None,
         config: ProcessorConfig | None = None,
@@ -127,10 +133,29 @@ class Processor:
         notifier: Notifier | None = None,
         name: str | None = None,
     ) -> None:
-        if not callable(handler):
+        handlers: dict[str, Handler] = {}
+        single: Handler | None = None
+        if isinstance(handler, Mapping):
+            if not handler:
+                raise ValueError(
+                    "handler is an empty mapping: map at least one job kind to its handler, "
+                    "such as {'render': render}"
+                )
+            for kind, each in handler.items():
+                check_kind(kind, "a key of the handler mapping (a job kind)")
+                if not callable(each):
+                    raise TypeError(
+                        f"the handler of kind {kind!r} must be an async function taking a "
+                        f"JobContext, got {each!r}"
+                    )
+                handlers[kind] = each
+        elif not callable(handler):
             raise TypeError(
-                f"handler must be an async function taking a JobContext, got {handler!r}"
+                f"handler must be an async function taking a JobContext, or a mapping of "
+                f"job kind to such functions, got {handler!r}"
             )
+        else:
+            single = handler
         config = ProcessorConfig() if config is None else config
         if not isinstance(config, ProcessorConfig):
             raise TypeError(f"config must be a jobs.ProcessorConfig, got {config!r}")
@@ -171,7 +196,10 @@ class Processor:
                 f"async with corral.connect(url) as db: jobs.Processor(db, handler, ...)"
             )
         self._db = db
-        self._handler = handler
+        self._handler = single
+        self._handlers = handlers
+        #: The kinds of job it claims, sorted; None for every kind (one handler).
+        self.kinds: tuple[str, ...] | None = tuple(sorted(handlers)) if handlers else None
         #: The clusters jobs run on.
         self.clusters: tuple[Cluster, ...] = tuple(cluster_list)
         self._by_name = {c.name: c for c in cluster_list}
@@ -190,6 +218,7 @@ class Processor:
                 "retried",
                 "failed",
                 "dead",
+                "cancelled",
                 "reclaimed",
                 "lease_lost",
                 "notifications_dropped",
@@ -201,7 +230,11 @@ class Processor:
         self._state: ProcessorState | None = None
 
     def __repr__(self) -> str:
-        return f"<corral.jobs.Processor {self.name!r} clusters={[c.name for c in self.clusters]}>"
+        kinds = "" if self.kinds is None else f" kinds={list(self.kinds)}"
+        return (
+            f"<corral.jobs.Processor {self.name!r} clusters={[c.name for c in self.clusters]}"
+            f"{kinds}>"
+        )
 
     def statistics(self) -> ProcessorStatistics:
         """Return a frozen snapshot of this processor's counters."""
@@ -221,8 +254,9 @@ class Processor:
 
         ``until_idle``: return once this processor runs nothing and no job it could
         take is ready, retrying or in progress anywhere (so it waits out backoffs and
-        the leases of dead workers). A job it could take: not pinned to a cluster it
-        lacks, and requiring only labels one of its clusters has. Cancelling ``run``
+        the leases of dead workers). A job it could take: of a kind it has a handler
+        for, not pinned to a cluster it lacks, and requiring only labels one of its
+        clusters has. Cancelling ``run``
         cancels the running handlers and gives their jobs back to the queue, ready at
         once, the attempt not counted. Either way, once its jobs are settled, the
         notifier is given ``config.notify_timeout`` seconds for the notifications still
@@ -239,6 +273,8 @@ class Processor:
         state = self._state = ProcessorState(
             db=self._db,
             handler=self._handler,
+            handlers=self._handlers,
+            kinds=None if self.kinds is None else frozenset(self.kinds),
             name=self.name,
             label=repr(self),
             config=self.config,
@@ -257,6 +293,7 @@ class Processor:
         listening = False
         queue = self._db._view(JobQueue)  # db.jobs
         queue._watchers.add(state.wake_claimer)
+        queue._renewers.add(state.wake_renewer)
         delivery = anyio.CancelScope(shield=True)
         try:
             async with anyio.create_task_group() as notifying:
@@ -280,6 +317,7 @@ class Processor:
                         tg.cancel_scope.cancel()
                 finally:
                     queue._watchers.discard(state.wake_claimer)
+                    queue._renewers.discard(state.wake_renewer)
                     state.tg = None
                     state.queued.clear()
                     state.idle.clear()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
 from .._validate import check_text
 from ._model import (
+    Cancellation,
     ErrorCategory,
     Job,
     JobRecord,
@@ -17,6 +18,7 @@ from ._model import (
     Priority,
     QueueDepth,
     State,
+    check_kind,
     dump_payload,
     timestamp,
 )
@@ -55,6 +57,7 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
     steps = stored_steps(row["steps"])
     return JobRecord(
         id=job.id,
+        kind=job.kind,
         payload=job.payload,
         priority=Priority(job.priority),
         customer=job.customer,
@@ -63,6 +66,7 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
         requires=frozenset(job.requires),
         max_retries=job.max_retries,
         state=State(row["state"]),
+        cancel_requested=bool(row["cancel_requested"]),
         attempts=int(row["attempts"]),
         cluster=row["cluster"],
         route_reason=row["route_reason"],
@@ -101,6 +105,10 @@ class JobQueue:
         #: is enqueued or requeued here (other processes learn it from the store's
         #: wake-ups, or poll).
         self._watchers: set[Callable[[], None]] = set()
+        #: The renewers' wake-ups of this database's running processors, called when a
+        #: running job's cancellation is asked here: its renewal, which reports it, runs
+        #: at once (other processes learn it at their next renewal).
+        self._renewers: set[Callable[[], None]] = set()
 
     def _wake(self) -> None:
         for wake in list(self._watchers):
@@ -166,6 +174,7 @@ class JobQueue:
                 job.region,
                 json.dumps(sorted(job.requires)) if job.requires else NO_LABELS,
                 job.max_retries,
+                job.kind,
             )
             for job in batch
         ]
@@ -208,13 +217,27 @@ class JobQueue:
             raise JobNotFoundError(f"no job with id {job_id!r} in {self._db!r}")
         return _record(row)
 
-    async def depth(self) -> QueueDepth:
-        """Count the jobs in each state."""
+    async def depth(self, *, kind: str | None = None) -> QueueDepth:
+        """Count the jobs (of ``kind``, if given) in each state."""
+        if kind is not None:
+            check_kind(kind, "kind")
 
         async def read(conn: Session) -> dict[str, int]:
-            return await conn.jobs.depth()
+            return await conn.jobs.depth(kind)
 
         return _depth(await self._call(read))
+
+    async def depth_by_kind(self) -> dict[str, QueueDepth]:
+        """Count the jobs of each kind in each state: ``{kind: QueueDepth}``, by kind's name.
+
+        Only the kinds that have jobs are there.
+        """
+
+        async def read(conn: Session) -> dict[str, dict[str, int]]:
+            return await conn.jobs.depth_by_kind()
+
+        counts = await self._call(read)
+        return {kind: _depth(counts[kind]) for kind in sorted(counts)}
 
     async def by_cluster(self, cluster: str) -> QueueDepth:
         """Count the jobs of one cluster in each state.
@@ -232,18 +255,20 @@ class JobQueue:
         return _depth(await self._call(read))
 
     async def list(
-        self, state: State | str | None = None, *, limit: int = 100
+        self, state: State | str | None = None, *, limit: int = 100, kind: str | None = None
     ) -> builtins.list[JobRecord]:
-        """Return up to ``limit`` jobs, in ``state`` if given, in claim order.
+        """Return up to ``limit`` jobs (in ``state``, of ``kind``, if given), in claim order.
 
         Claim order: higher priority first, then oldest first.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise TypeError(f"limit must be an int >= 1, got {limit!r}")
         wanted = None if state is None else _state(state)
+        if kind is not None:
+            check_kind(kind, "kind")
 
         async def read(conn: Session) -> Sequence[Mapping[str, Any]]:
-            return await conn.jobs.list(wanted, limit)
+            return await conn.jobs.list(wanted, limit, kind)
 
         return [_record(row) for row in await self._call(read)]
 
@@ -257,7 +282,8 @@ class JobQueue:
         """Delete finished jobs that finished more than ``older_than`` seconds ago.
 
         ``states``: which finished states to delete, ``completed`` by default
-        (``failed`` and ``dead`` may be named too; a job not finished is never deleted).
+        (``failed``, ``dead`` and ``cancelled`` may be named too; a job not finished is
+        never deleted).
         Returns how many were deleted. Keeps the table from growing without bound.
         """
         if isinstance(older_than, bool) or not isinstance(older_than, int | float):
@@ -282,11 +308,12 @@ class JobQueue:
         return await self._call(delete)
 
     async def requeue(self, job_id: str) -> JobRecord:
-        """Put a dead or failed job back to ready, with its attempts reset to 0.
+        """Put a dead, failed or cancelled job back to ready, with its attempts reset to 0.
 
-        Its finished steps are kept (it resumes where it failed) and so is its last
-        error, for the record. Raises :class:`~corral.jobs.JobNotFoundError` if there is
-        no such job, :class:`~corral.jobs.JobStateError` if it is not dead or failed.
+        Its finished steps are kept (it resumes where it failed, or was cancelled) and so
+        is its last error, for the record. Raises :class:`~corral.jobs.JobNotFoundError`
+        if there is no such job, :class:`~corral.jobs.JobStateError` if it is not dead,
+        failed or cancelled.
         """
         if not isinstance(job_id, str):
             raise TypeError(f"job id must be a str, got {job_id!r}")
@@ -300,10 +327,46 @@ class JobQueue:
             raise JobNotFoundError(f"no job with id {job_id!r} in {self._db!r}")
         if refused is not None:
             raise JobStateError(
-                f"job {job_id!r} is {refused}: only a dead or failed job can be requeued"
+                f"job {job_id!r} is {refused}: only a dead, failed or cancelled job can be requeued"
             )
         self._wake()
         return await self.get(job_id)
+
+    async def cancel(self, job_id: str) -> Cancellation:
+        """Cancel job ``job_id``: at once if it waits, at its worker's next renewal if it runs.
+
+        Returns :attr:`Cancellation.CANCELLED <corral.jobs.Cancellation.CANCELLED>` for
+        a job that was waiting (ready, or retrying): it is ``cancelled`` now, and no
+        worker will claim it. Returns :attr:`Cancellation.REQUESTED
+        <corral.jobs.Cancellation.REQUESTED>` for a job in progress: its worker cancels
+        the handler at its next lease renewal (every third of ``lease_seconds``; at once
+        for a processor running on this ``Database``), and the job ends ``cancelled``,
+        not retried, its finished steps and progress kept (asking again changes
+        nothing). A job cancelled already is left as it is, and ``CANCELLED`` returned
+        again. A cancelled job stays in the table until purged, and runs again if
+        requeued. Raises :class:`~corral.jobs.JobNotFoundError` if there is no such job,
+        and :class:`~corral.jobs.JobStateError` if it is finished otherwise (completed,
+        failed or dead), as :meth:`requeue` does.
+        """
+        if not isinstance(job_id, str):
+            raise TypeError(f"job id must be a str, got {job_id!r}")
+        check_text("job id", job_id)
+
+        async def update(conn: Session) -> str:
+            return await conn.jobs.cancel(job_id)
+
+        done = await self._call(update)
+        if done == "missing":
+            raise JobNotFoundError(f"no job with id {job_id!r} in {self._db!r}")
+        if done == Cancellation.REQUESTED:
+            for wake in list(self._renewers):
+                wake()
+            return Cancellation.REQUESTED
+        if done == Cancellation.CANCELLED:  # now, or before (the store's answers agree)
+            return Cancellation.CANCELLED
+        raise JobStateError(
+            f"job {job_id!r} is {done} already: only a waiting or running job can be cancelled"
+        )
 
 
 def _state(value: object) -> State:
@@ -320,5 +383,5 @@ def _duplicates(existing: list[str], of: int) -> DuplicateJobError:
     return DuplicateJobError(
         f"job id {existing[0]!r} is already stored ({len(existing)} of the {of} ids are), "
         f"so no job of this call was stored; ids are unique: pick new ids (a stored job "
-        f"that is dead or failed can be run again with db.jobs.requeue(id))"
+        f"that is dead, failed or cancelled can be run again with db.jobs.requeue(id))"
     )

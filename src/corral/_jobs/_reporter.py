@@ -19,7 +19,7 @@ from ._claimer import claim_request, reclaim_events
 from ._deliverer import send
 from ._model import State
 from ._notify import EventKind, JobEvent, describe
-from ._runner import forget, start
+from ._runner import CANCELLED_MESSAGE, forget, start
 from ._state import ProcessorState
 
 if TYPE_CHECKING:
@@ -34,12 +34,14 @@ _KINDS = {
     State.FAILED: EventKind.FAILED,
     State.RETRYING: EventKind.RETRYING,
     State.DEAD: EventKind.DEAD,
+    State.CANCELLED: EventKind.CANCELLED,
 }
 _COUNTERS = {
     State.COMPLETED: "completed",
     State.FAILED: "failed",
     State.RETRYING: "retried",
     State.DEAD: "dead",
+    State.CANCELLED: "cancelled",
 }
 
 
@@ -112,20 +114,24 @@ def reported(
     log_ends = state.log_ends and log.isEnabledFor(logging.INFO)  # once per batch
     for outcome in batch:
         entry = forget(state, outcome.token, wake=False)  # the claimer is woken below
-        attempt, cluster = 0, None
+        attempt, cluster, job_kind = 0, None, None
         if entry is not None:
-            attempt, cluster = entry._claimed.attempt, entry._claimed.cluster
+            claimed_entry = entry._claimed
+            attempt, cluster = claimed_entry.attempt, claimed_entry.cluster
+            job_kind = claimed_entry.row["kind"]
         if outcome.token in accepted:
             state.counts[_COUNTERS[outcome.state]] += 1
             kind = _KINDS[outcome.state]
             category, step, message = outcome.category, outcome.step, outcome.message
+            if outcome.state is State.CANCELLED:
+                message = CANCELLED_MESSAGE
             tb = outcome.traceback
         else:
             state.counts["lease_lost"] += 1
             kind, category, step, tb = EventKind.LEASE_LOST, None, None, None
             message = "the outcome was refused: another worker took the lease over"
         event = JobEvent(
-            kind, outcome.id, attempt, cluster, category, step, message, state.name, tb
+            kind, outcome.id, attempt, cluster, category, step, message, state.name, tb, job_kind
         )
         events.append(event)
         if log_ends:

@@ -3,7 +3,8 @@
 A claimed job is taken on with :func:`start` and queued; a runner (a task of the
 processor's) runs queued jobs one at a time, each in a copy of the context of its own,
 as a task of its own would have, and in a cancel scope that the renewer cancels if its
-lease is lost. There are as many runners as jobs waiting in a handler at once, reused
+lease is lost (the attempt is dropped) or its cancellation was asked (the job ends
+``cancelled``). There are as many runners as jobs waiting in a handler at once, reused
 from job to job, since starting a task costs more than a short job. How each attempt
 ended (see ``_outcomes``) goes to the reporter as an ``Outcome``.
 """
@@ -19,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .._exceptions import LeaseLostError
+from .._exceptions import ConfigurationError, LeaseLostError
 from . import _claims
 from ._context import JobContext
 from ._deliverer import send
@@ -28,7 +29,7 @@ from ._notify import EventKind, JobEvent
 from ._outcomes import check, failure, with_progress
 from ._state import ProcessorState
 
-__all__ = ["dispatch", "forget", "runner", "start"]
+__all__ = ["CANCELLED_MESSAGE", "dispatch", "forget", "runner", "start"]
 
 log = logging.getLogger("corral.jobs")
 
@@ -36,12 +37,20 @@ log = logging.getLogger("corral.jobs")
 #: a row that did not wait on anything.
 _RUNS_PER_CHECKPOINT = 64
 
+#: What the notification of a job cancelled by ``db.jobs.cancel`` says.
+CANCELLED_MESSAGE = "cancelled on request (db.jobs.cancel, or corral jobs cancel)"
+
 
 def start(state: ProcessorState, claimed: _claims.Claimed, *, run: bool = True) -> None:
     """Take a claimed job on: queue it to run, or (not ``run``) to be given back."""
     cluster = state.by_name[claimed.cluster]
     entry = JobContext(state.db, state.name, claimed, cluster)
     state.running[claimed.token] = entry
+    if claimed.row.get("cancel_requested"):
+        # Asked to cancel while an earlier attempt ran, which went back to waiting
+        # before its renewal said so (a retryable failure, an expired lease, a stop):
+        # cancelled without running its handler.
+        state.cancelling.add(claimed.token)
     state.on_cluster[cluster.name] += 1
     state.counts["claimed"] += 1
     if run:
@@ -85,6 +94,8 @@ async def runner(state: ProcessorState) -> None:
                         dispatch(state)
                     if entry._lost:
                         dropped(state, entry)
+                    elif entry._claimed.token in state.cancelling:
+                        cancelled(state, entry)
                     else:
                         entry._scope = scope
                         async with entry.cluster._job_unit():  # one of its capacity
@@ -94,9 +105,12 @@ async def runner(state: ProcessorState) -> None:
                     runs += 1
                     if runs % _RUNS_PER_CHECKPOINT == 0:
                         await anyio.lowlevel.checkpoint()
-            if entry is not None:  # cancelled by the renewer: the lease was taken over
+            if entry is not None:  # cancelled by the renewer
                 entry._scope = None
-                dropped(state, entry)
+                if entry._lost:  # the lease was taken over
+                    dropped(state, entry)
+                elif entry._outcome is None:  # its cancellation was asked
+                    cancelled(state, entry)
         wakeup = anyio.Event()
         state.idle.append(wakeup)
         await wakeup.wait()
@@ -112,7 +126,14 @@ async def work(state: ProcessorState, ctx: JobContext) -> None:
         if refusal is not None:
             outcome = refusal
         else:
-            rest = _in_context(state.handler(ctx), contextvars.copy_context())
+            handler = state.handler
+            if handler is None:
+                handler = state.handlers.get(claimed.row["kind"])
+                if handler is None:  # the store claimed a kind it was not asked for
+                    raise ConfigurationError(
+                        f"this processor has no handler for kind {claimed.row['kind']!r}"
+                    )
+            rest = _in_context(handler(ctx), contextvars.copy_context())
             if rest is not None:
                 await rest
             outcome = _claims.Outcome(claimed.id, claimed.token, State.COMPLETED)
@@ -123,6 +144,15 @@ async def work(state: ProcessorState, ctx: JobContext) -> None:
         outcome = failure(state, ctx, exc)
     ctx._outcome = with_progress(outcome, ctx._take_progress())
     state.outcomes.append(ctx._outcome)
+    state.report_wakeup.set()
+
+
+def cancelled(state: ProcessorState, entry: JobContext) -> None:
+    """Finish a job whose cancellation was asked: ``cancelled``, its progress kept."""
+    claimed = entry._claimed
+    outcome = _claims.Outcome(claimed.id, claimed.token, State.CANCELLED)
+    entry._outcome = with_progress(outcome, entry._take_progress())
+    state.outcomes.append(entry._outcome)
     state.report_wakeup.set()
 
 
@@ -143,6 +173,7 @@ def dropped(state: ProcessorState, entry: JobContext) -> None:
             None,
             message,
             state.name,
+            job_kind=claimed.row["kind"],
         ),
     )
 
@@ -150,6 +181,7 @@ def dropped(state: ProcessorState, entry: JobContext) -> None:
 def forget(state: ProcessorState, token: int, *, wake: bool = True) -> JobContext | None:
     """Drop the attempt of ``token`` from those running (freeing its slot); return it."""
     entry = state.running.pop(token, None)
+    state.cancelling.discard(token)
     if entry is not None:
         state.on_cluster[entry._claimed.cluster] -= 1
         if wake:

@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 #: The states a job ends in (until requeued).
-FINISHED = (State.COMPLETED.value, State.FAILED.value, State.DEAD.value)
+FINISHED = (State.COMPLETED.value, State.FAILED.value, State.DEAD.value, State.CANCELLED.value)
 #: How a job requiring no labels stores them.
 NO_LABELS = "[]"
 #: How a job with no finished steps stores them (the column's default). A job with
@@ -43,6 +43,7 @@ def stored_job(row: Mapping[str, Any]) -> Job:
     setattr_(job, "region", row["region"])
     setattr_(job, "requires", stored_labels(row["requires"]))
     setattr_(job, "max_retries", int(row["max_retries"]))
+    setattr_(job, "kind", row["kind"])
     return job
 
 

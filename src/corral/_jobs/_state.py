@@ -46,8 +46,12 @@ class ProcessorState:
 
     db: Database
     """The database holding the queue."""
-    handler: Handler
-    """The jobs' handler."""
+    handler: Handler | None
+    """The handler of every kind of job, if the processor was given one handler."""
+    handlers: dict[str, Handler]
+    """Else the handler of each kind it serves, by kind."""
+    kinds: frozenset[str] | None
+    """The kinds of job it claims: those of ``handlers``; None for every kind."""
     name: str
     """The worker's name, as recorded in the leases it holds."""
     label: str
@@ -76,6 +80,8 @@ class ProcessorState:
     log_starts: bool = False
     """Whether the runners log each job's start: ``corral.jobs`` at DEBUG, read once per
     claim (a flag per job costs less than asking the logger)."""
+    cancelling: set[int] = field(default_factory=set)
+    """The lease tokens of the attempts running here whose cancellation was asked."""
     running: dict[int, JobContext] = field(default_factory=dict)
     """The attempts running here, by lease token (one job may have two: an attempt
     whose lease expired and was reclaimed, here or elsewhere, and the new one)."""
@@ -93,6 +99,8 @@ class ProcessorState:
     """Set to have the claimer claim (or check for idleness) before its poll interval."""
     report_wakeup: anyio.Event = field(default_factory=anyio.Event)
     """Set to have the reporter write the outcomes waiting."""
+    renew_wakeup: anyio.Event = field(default_factory=anyio.Event)
+    """Set to have the renewer renew now (a cancellation was asked on this database)."""
     tg: anyio.abc.TaskGroup | None = None
     """The task group of the claimer, renewer, reporter and runners, while it is open."""
     events: deque[JobEvent] = field(default_factory=deque)
@@ -107,3 +115,7 @@ class ProcessorState:
     def wake_claimer(self) -> None:
         """Have the claimer look for work now (new jobs, or slots freed)."""
         self.claim_wakeup.set()
+
+    def wake_renewer(self) -> None:
+        """Have the renewer renew now, and so learn of the cancellations asked."""
+        self.renew_wakeup.set()

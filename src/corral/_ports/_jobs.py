@@ -3,17 +3,19 @@
 A store keeps one job per id. What the jobs domain (``corral._jobs``) hands a store and
 reads back are *job rows*: mappings of column name to value, as stored. Their columns:
 
-- ``seq`` (int: the order of enqueueing), ``id`` (str), ``payload`` (the payload's JSON
-  text), ``priority`` (its rank: 0 urgent to 3 low), ``customer``, ``affinity``,
-  ``region`` (str or None), ``requires`` (the JSON list of the labels it needs, sorted:
-  ``"[]"`` for none), ``max_retries`` (int);
+- ``seq`` (int: the order of enqueueing), ``id`` (str), ``kind`` (str: which handler
+  runs it, ``"default"`` unless given), ``payload`` (the payload's JSON text),
+  ``priority`` (its rank: 0 urgent to 3 low), ``customer``, ``affinity``, ``region``
+  (str or None), ``requires`` (the JSON list of the labels it needs, sorted: ``"[]"``
+  for none), ``max_retries`` (int);
 - ``state`` (a :class:`State` value), ``attempts`` (int), ``cluster``, ``route_reason``
-  (str or None), ``steps`` (JSON text of its finished steps, as the domain encodes
-  them: ``"[]"`` for none), ``progress`` (int), ``error_category``, ``error_step``,
-  ``error_message``, ``error_attempt``, ``error_traceback`` (the last error's traceback,
-  or None),
-  ``lease_owner`` (or None), ``lease_expires``, ``created_at``,
-  ``started_at``, ``run_at``, ``updated_at``, ``finished_at`` (epoch seconds, or None).
+  (str or None), ``steps`` (the JSON text of its finished steps, encoded by the domain:
+  ``"[]"`` for none), ``progress`` (int), ``error_category``, ``error_step``,
+  ``error_message``, ``error_attempt``, ``error_traceback`` (the last error's traceback, or
+  None), ``cancel_requested`` (bool: a cancellation asked while it was in progress, which
+  its worker acts on at its next renewal), ``lease_owner`` (or None), ``lease_expires``,
+  ``created_at``, ``started_at``, ``run_at``, ``updated_at``, ``finished_at`` (epoch
+  seconds, or None).
 
 The domain encodes and decodes the JSON columns; the store keeps them as they are.
 Times are the store's own clock (one clock for every host, so that skewed hosts agree
@@ -36,6 +38,7 @@ __all__ = [
     "JobStore",
     "NewJob",
     "Outcome",
+    "Renewal",
     "State",
 ]
 
@@ -55,6 +58,9 @@ class State(enum.StrEnum):
     """Failed with an error that is not retried (configuration, data, permanent)."""
     DEAD = "dead"
     """Retries exhausted: in the dead letter queue until requeued."""
+    CANCELLED = "cancelled"
+    """Cancelled by :meth:`JobStore.cancel` (waiting, or at its worker's next renewal);
+    a finished state, requeueable, never retried."""
 
 
 class ErrorCategory(enum.StrEnum):
@@ -73,15 +79,15 @@ class ErrorCategory(enum.StrEnum):
 
 
 #: A job to enqueue, encoded as stored (see the module's docstring for the columns):
-#: ``(id, payload, priority, customer, affinity, region, requires, max_retries)``. A
-#: plain tuple: one is made for every job enqueued, and a tuple is the cheapest to make.
-NewJob: TypeAlias = tuple[str, str, int, str | None, str | None, str | None, str, int]
+#: ``(id, payload, priority, customer, affinity, region, requires, max_retries, kind)``.
+#: A plain tuple: one is made for every job enqueued, and a tuple is the cheapest to make.
+NewJob: TypeAlias = tuple[str, str, int, str | None, str | None, str | None, str, int, str]
 
 
 class Claimed:
     """A job claimed by a worker: its stored row, its attempt and its lease.
 
-    The row is the job's as it was claimed (``seq``, ``id``, ``payload``, ``priority``,
+    The row is the job's as it was claimed (``seq``, ``id``, ``kind``, ``payload``, ``priority``,
     ``customer``, ``affinity``, ``region``, ``requires``, ``max_retries``, ``attempts``,
     ``steps``, before this attempt): the domain decodes it, after the claim has
     committed, so that decoding payloads is no work done under the claim lock.
@@ -146,6 +152,20 @@ class ClaimRequest:
     #: Take back the expired leases first (the claimer's claims do, at least once per
     #: ``poll_interval``; a report's claim leaves it to them).
     reclaim: bool = True
+    #: The kinds of job this worker has handlers for; None for every kind. A job of
+    #: another kind is never claimed (and counts against no limit of this claim).
+    kinds: frozenset[str] | None = None
+
+
+class Renewal(NamedTuple):
+    """What a renewal found: the leases still held, and those asked to cancel."""
+
+    #: The tokens of the leases held (now extended).
+    held: set[int]
+    #: The tokens, among ``held``, of jobs whose cancellation was asked
+    #: (:meth:`JobStore.cancel`): their worker cancels the handler and finishes them
+    #: :attr:`State.CANCELLED`.
+    cancel: set[int]
 
 
 class ClaimResult(NamedTuple):
@@ -218,8 +238,12 @@ class JobStore(Protocol):
         """Return the row of job ``job_id`` (every column), or None if there is none."""
         ...
 
-    async def depth(self) -> dict[str, int]:
-        """Count the jobs in each state (the states with no job may be left out)."""
+    async def depth(self, kind: str | None = None) -> dict[str, int]:
+        """Count the jobs (of ``kind`` if given) in each state (states with none left out)."""
+        ...
+
+    async def depth_by_kind(self) -> dict[str, dict[str, int]]:
+        """Count the jobs of each kind in each state: ``{kind: {state: count}}``."""
         ...
 
     async def by_cluster(self, cluster: str) -> dict[str, int]:
@@ -230,14 +254,16 @@ class JobStore(Protocol):
         """
         ...
 
-    async def list(self, state: State | None, limit: int) -> Sequence[Mapping[str, Any]]:
-        """Return the rows of up to ``limit`` jobs (in ``state`` if given), in claim order."""
+    async def list(
+        self, state: State | None, limit: int, kind: str | None = None
+    ) -> Sequence[Mapping[str, Any]]:
+        """Return up to ``limit`` job rows (in ``state``, of ``kind``, if given), in claim order."""
         ...
 
     async def purge(self, states: Sequence[State], older_than: float) -> int:
         """Delete the jobs in ``states`` finished ``older_than`` seconds ago or more.
 
-        ``states`` are finished ones (completed, failed, dead). Returns how many.
+        ``states`` are finished ones (completed, failed, dead, cancelled). Returns how many.
         """
         ...
 
@@ -250,7 +276,7 @@ class JobStore(Protocol):
         ...
 
     async def requeue(self, job_id: str) -> str | None:
-        """Put job ``job_id`` back to ready, its attempts 0, if it is dead or failed.
+        """Put job ``job_id`` back to ready, its attempts 0, if it is dead, failed or cancelled.
 
         Its steps and last error are kept. Returns None if it was requeued (and the
         other workers are told of new work); else why not: ``"missing"`` if there is no
@@ -258,25 +284,42 @@ class JobStore(Protocol):
         """
         ...
 
+    async def cancel(self, job_id: str) -> str:
+        """Cancel job ``job_id``; return what was done.
+
+        - ``"cancelled"``: it was waiting (ready, or retrying): it is now cancelled
+          (``finished_at`` stamped), and no worker will claim it;
+        - ``"requested"``: it is in progress: its ``cancel_requested`` is set, and the
+          next :meth:`renew` of its lease reports it in :attr:`Renewal.cancel` (asking
+          again changes nothing);
+        - ``"missing"``: there is no such job;
+        - else the value of its finished state (completed, failed, dead, cancelled):
+          nothing is changed.
+
+        A requeued job's ``cancel_requested`` is cleared.
+        """
+        ...
+
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         """Take back the expired leases, then claim up to ``request.limit`` jobs.
 
-        A job is claimed if it waits (ready, or retrying and due), is pinned to no
-        cluster but ``request``'s, its customer is under ``per_customer`` and
-        ``request.route`` places it on a cluster with a free slot; within the room left
-        under ``max_concurrent`` and each cluster's capacity, counted over every worker.
-        Each claimed job is in progress under a fresh lease token, owned by
-        ``request.owner`` for ``lease_seconds``, its attempts counted. With
-        ``request.wait`` false, a claim that would wait for another worker's claims
+        A job is claimed if it waits (ready, or retrying and due), is of one of
+        ``request.kinds`` (if given), is pinned to no cluster but ``request``'s, its
+        customer is under ``per_customer`` and ``request.route`` places it on a cluster with
+        a free slot; within the room left under ``max_concurrent`` and each cluster's
+        capacity, counted over every worker. Each claimed job is in progress under a fresh
+        lease token, owned by ``request.owner`` for ``lease_seconds``, its attempts counted.
+        With ``request.wait`` false, a claim that would wait for another worker's claims
         returns at once, claiming nothing, not ``limited``.
         """
         ...
 
-    async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> set[int]:
-        """Extend the leases ``(claimed job, progress to add)``; return the tokens held.
+    async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> Renewal:
+        """Extend the leases ``(claimed job, progress to add)``; return those held.
 
         Each lease held runs ``lease_seconds`` from now, and its progress is added;
-        the others (taken over) change nothing.
+        the others (taken over) change nothing. The renewal also reports the held jobs
+        whose cancellation was asked (:meth:`cancel`).
         """
         ...
 
@@ -286,7 +329,7 @@ class JobStore(Protocol):
         A job leaves progress for the outcome's state, due again after its ``delay``;
         its last error (with its ``traceback``, or None) is replaced where the outcome
         has a category; its progress is added to; a finished state (completed, failed,
-        dead) stamps ``finished_at``.
+        dead, cancelled) stamps ``finished_at``.
         """
         ...
 
@@ -306,26 +349,33 @@ class JobStore(Protocol):
         ...
 
     async def outlook(
-        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+        self,
+        clusters: Sequence[str],
+        labels: Sequence[frozenset[str]],
+        kinds: frozenset[str] | None = None,
     ) -> tuple[int, float | None]:
         """Count the unfinished jobs a worker with these clusters could take.
 
-        A job counts if it is not pinned to another cluster and one of the clusters has
-        every label it requires (``labels``: each cluster's). Returns that count and the
+        A job counts if it is of one of ``kinds`` (if given), is not pinned to another
+        cluster and one of the clusters has every label it requires (``labels``: each
+        cluster's). Returns that count and the
         seconds until the next such waiting job is due (None if none waits).
         """
         ...
 
     async def stranded(
-        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+        self,
+        clusters: Sequence[str],
+        labels: Sequence[frozenset[str]],
+        kinds: frozenset[str] | None = None,
     ) -> builtins.dict[tuple[str | None, str], int]:
         """Count the waiting jobs a worker with these clusters could never take, by why.
 
-        A waiting job (ready, or retrying) counts if it is pinned to a cluster not in
-        ``clusters``, or pinned to none and requires labels no one of the clusters has
-        (``labels``: each cluster's). Returns how many, by ``(affinity, requires)`` as
-        stored (``affinity`` None for those pinned to none). Read once, when an idle
-        worker stops, to say what it leaves.
+        A waiting job (ready, or retrying) of one of ``kinds`` (if given) counts if it is
+        pinned to a cluster not in ``clusters``, or pinned to none and requires labels no
+        one of the clusters has (``labels``: each cluster's). Returns how many, by
+        ``(affinity, requires)`` as stored (``affinity`` None for those pinned to none).
+        Read once, when an idle worker stops, to say what it leaves.
         """
         ...
 

@@ -30,9 +30,9 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..._ports._jobs import Claimed, ClaimRequest, ClaimResult, Outcome, State
+from ..._ports._jobs import Claimed, ClaimRequest, ClaimResult, Outcome, Renewal, State
 from ._dialect import Dialect
-from ._jobs_schema import BUSY, FINISHED, JOBS, NO_LABELS, WAITING
+from ._jobs_schema import BUSY, FINISHED, JOBS, NO_LABELS, WAITING, of_kinds
 
 if TYPE_CHECKING:
     from .. import Connection
@@ -131,19 +131,27 @@ async def _claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult
             f"finished_at = CASE WHEN attempts > max_retries THEN {now} END "
             f"WHERE id IN (SELECT id FROM {JOBS} WHERE state = 'in_progress' "
             f"AND lease_expires < {now}{skip}) "
-            f"RETURNING id, state, error_message, attempts, cluster",
+            f"RETURNING id, state, error_message, attempts, cluster, kind",
         )
     if req.limit <= 0:
         return ClaimResult([], reclaimed, True)
     columns = (
         "seq, id, payload, priority, customer, affinity, region, requires, max_retries, "
-        "attempts, steps"
+        "attempts, steps, kind, cancel_requested"
     )
+    # Of the kinds this worker has handlers for (no condition: every kind).
+    of_kind, kinds = of_kinds(req.kinds)
 
     def runnable(clusters: list[str]) -> str:
-        """Return the condition: waiting, due now, and pinned to none but ``clusters``."""
+        """Return the condition: waiting, due now, and pinned to none but ``clusters``.
+
+        Its arguments: ``clusters``, then ``kinds``.
+        """
         marks = ", ".join("?" * len(clusters))
-        return f"{WAITING} AND run_at <= {now} AND (affinity IS NULL OR affinity IN ({marks})) "
+        return (
+            f"{WAITING} AND run_at <= {now} AND (affinity IS NULL OR affinity IN ({marks})) "
+            f"{of_kind}"
+        )
 
     prefetched: Sequence[Mapping[str, Any]] | None = None
     if pg and req.wait:
@@ -158,6 +166,7 @@ async def _claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult
             f"SELECT {columns} FROM {JOBS} WHERE {runnable(mine)}"
             f"ORDER BY priority, seq LIMIT ?{skip}",
             *mine,
+            *kinds,
             ahead,
         )
     # Per customer only if there is a limit per customer (fewer groups to make).
@@ -223,6 +232,7 @@ async def _claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult
                 f"SELECT {columns} FROM {JOBS} "
                 f"WHERE {where}{page}ORDER BY priority, seq LIMIT ?{skip}",
                 *names,
+                *kinds,
                 *held,
                 *(after or ()),
                 *([seen] if seen else []),
@@ -324,8 +334,13 @@ def _choose(
 
 async def renew_batch(
     conn: Connection, d: Dialect, leases: Sequence[tuple[Claimed, int]], lease_seconds: float
-) -> set[int]:
-    """Extend the leases ``(claimed job, progress to add)``; return the tokens still held."""
+) -> Renewal:
+    """Extend the leases ``(claimed job, progress to add)``; return those held.
+
+    Then read which of the jobs held were asked to cancel: a second statement, by
+    their primary key (a cancellation committed between the two is seen now, or at
+    the next renewal).
+    """
     now = d.now
     add, values = _added([progress for _, progress in leases])
     update = functools.partial(
@@ -336,28 +351,42 @@ async def renew_batch(
         [(claimed.id, claimed.token) for claimed, _ in leases],
         values,
     )
-    return await _planned(conn, update)
+    held = await _planned(conn, update)
+    cancel: set[int] = set()
+    if held:
+        rows = await _fetch(
+            conn,
+            f"SELECT lease_token FROM {JOBS} WHERE id = ANY((SELECT $1::text[])::text[]) "
+            f"AND cancel_requested",
+            [claimed.id for claimed, _ in leases if claimed.token in held],
+        )
+        cancel = {int(row["lease_token"]) for row in rows} & held
+    return Renewal(held, cancel)
 
 
 async def renew_each(
     conn: Connection, d: Dialect, leases: Sequence[tuple[Claimed, int]], lease_seconds: float
-) -> set[int]:
+) -> Renewal:
     """As :func:`renew_batch`, one statement per lease."""
     now = d.now
     held: set[int] = set()
+    cancel: set[int] = set()
     for claimed, progress in leases:
-        row = await conn.fetchval(
+        rows = await _fetch(
+            conn,
             f"UPDATE {JOBS} SET lease_expires = {now} + ?, progress = progress + ?, "
             f"updated_at = {now} WHERE id = ? AND lease_token = ? AND state = 'in_progress' "
-            f"RETURNING id",
+            f"RETURNING cancel_requested",
             lease_seconds,
             progress,
             claimed.id,
             claimed.token,
         )
-        if row is not None:
+        if rows:
             held.add(claimed.token)
-    return held
+            if rows[0]["cancel_requested"]:
+                cancel.add(claimed.token)
+    return Renewal(held, cancel)
 
 
 def _columns(
@@ -606,6 +635,7 @@ async def outlook(
     d: Dialect,
     clusters: Sequence[str],
     labels: Sequence[frozenset[str]],
+    kinds: frozenset[str] | None = None,
 ) -> tuple[int, float | None]:
     """Count the unfinished jobs a worker with these clusters could take.
 
@@ -614,22 +644,25 @@ async def outlook(
     """
     now = d.now
     marks = ", ".join("?" * len(clusters))
-    mine = f"(affinity IS NULL OR affinity IN ({marks}))"
+    of_kind, kind_args = of_kinds(kinds)
+    mine = f"(affinity IS NULL OR affinity IN ({marks})) {of_kind}"
     # Read in the waiting index's order: the planner then walks that index (the
     # outlook is asked for when few jobs wait), whatever its statistics (taken when the
     # queue was full, they would lead it to scan the whole table).
     waiting = await _fetch(
         conn,
         f"SELECT requires, COUNT(*) AS n, MIN(run_at) - {now} AS due FROM (SELECT requires, "
-        f"run_at FROM {JOBS} WHERE {WAITING} AND {mine} ORDER BY priority, seq) AS w "
+        f"run_at FROM {JOBS} WHERE {WAITING} AND {mine}ORDER BY priority, seq) AS w "
         f"GROUP BY requires",
         *clusters,
+        *kind_args,
     )
     running = await _fetch(
         conn,
         f"SELECT requires, COUNT(*) AS n, NULL AS due FROM {JOBS} "
-        f"WHERE state = 'in_progress' AND {mine} GROUP BY requires",
+        f"WHERE state = 'in_progress' AND {mine}GROUP BY requires",
         *clusters,
+        *kind_args,
     )
     count = 0
     due: float | None = None

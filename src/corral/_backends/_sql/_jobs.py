@@ -17,7 +17,15 @@ from ._dialect import DIALECTS
 from ._jobs_schema import CHANNEL, JOBS, channel_for, ensure_schema
 
 if TYPE_CHECKING:
-    from ..._ports._jobs import Claimed, ClaimRequest, ClaimResult, NewJob, Outcome, State
+    from ..._ports._jobs import (
+        Claimed,
+        ClaimRequest,
+        ClaimResult,
+        NewJob,
+        Outcome,
+        Renewal,
+        State,
+    )
     from .. import Connection
 
 __all__ = ["SqlJobStore"]
@@ -85,17 +93,23 @@ class SqlJobStore:
         """Return the row of job ``job_id``, or None."""
         return await _queue.get(self._conn, job_id)
 
-    async def depth(self) -> dict[str, int]:
-        """Count the jobs in each state."""
-        return await _queue.depth(self._conn)
+    async def depth(self, kind: str | None = None) -> dict[str, int]:
+        """Count the jobs (of ``kind`` if given) in each state."""
+        return await _queue.depth(self._conn, kind)
+
+    async def depth_by_kind(self) -> dict[str, dict[str, int]]:
+        """Count the jobs of each kind in each state."""
+        return await _queue.depth_by_kind(self._conn)
 
     async def by_cluster(self, cluster: str) -> dict[str, int]:
         """Count the jobs of ``cluster`` in each state."""
         return await _queue.by_cluster(self._conn, cluster)
 
-    async def list(self, state: State | None, limit: int) -> Sequence[Mapping[str, Any]]:
-        """Return up to ``limit`` rows, in ``state`` if given, in claim order."""
-        return await _queue.list_jobs(self._conn, state, limit)
+    async def list(
+        self, state: State | None, limit: int, kind: str | None = None
+    ) -> Sequence[Mapping[str, Any]]:
+        """Return up to ``limit`` rows (in ``state``, of ``kind``, if given), in claim order."""
+        return await _queue.list_jobs(self._conn, state, limit, kind)
 
     async def purge(self, states: Sequence[State], older_than: float) -> int:
         """Delete the jobs in ``states`` finished ``older_than`` seconds ago."""
@@ -106,18 +120,22 @@ class SqlJobStore:
         return await tables_exist(self._conn, JOBS)
 
     async def requeue(self, job_id: str) -> str | None:
-        """Put a dead or failed job back to ready; None if done, else why not."""
+        """Put a dead, failed or cancelled job back to ready; None if done, else why not."""
         refused = await _queue.requeue(self._conn, self._d, job_id)
         if refused is None:
             await self.announce()
         return refused
 
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a waiting job, or ask its worker to cancel a running one; say which."""
+        return await _queue.cancel(self._conn, self._d, job_id)
+
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         """Reclaim expired leases, then claim jobs within the limits."""
         return await _claims.claim(self._conn, self._d, request)
 
-    async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> set[int]:
-        """Extend the leases; return the tokens still held."""
+    async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> Renewal:
+        """Extend the leases; return the tokens still held, and those asked to cancel."""
         return await self._renew(self._conn, self._d, leases, lease_seconds)
 
     async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
@@ -133,16 +151,22 @@ class SqlJobStore:
         return await self._step_done(self._conn, self._d, claimed, steps, progress)
 
     async def outlook(
-        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+        self,
+        clusters: Sequence[str],
+        labels: Sequence[frozenset[str]],
+        kinds: frozenset[str] | None = None,
     ) -> tuple[int, float | None]:
         """Count the unfinished jobs these clusters could take; and when the next is due."""
-        return await _claims.outlook(self._conn, self._d, clusters, labels)
+        return await _claims.outlook(self._conn, self._d, clusters, labels, kinds)
 
     async def stranded(
-        self, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+        self,
+        clusters: Sequence[str],
+        labels: Sequence[frozenset[str]],
+        kinds: frozenset[str] | None = None,
     ) -> dict[tuple[str | None, str], int]:
         """Count the waiting jobs these clusters could never take, by why."""
-        return await _queue.stranded(self._conn, clusters, labels)
+        return await _queue.stranded(self._conn, clusters, labels, kinds)
 
     async def announce(self) -> None:
         """``NOTIFY`` the queue's channel (PostgreSQL); nothing on SQLite."""

@@ -1,8 +1,9 @@
 """The job queue's table, and what its statements differ in by database.
 
-One table, ``corral_jobs``, created on first use (:func:`ensure_schema`), with its two
-partial indexes and, on PostgreSQL, the function that takes the claim lock and counts
-the jobs in progress in one round trip. Times are epoch seconds from the database's
+One table, ``corral_jobs``, created on first use (:func:`ensure_schema`), with its three
+partial indexes (the waiting jobs in claim order, and by kind; the leases) and, on
+PostgreSQL, the function that takes the claim lock and counts the jobs in progress in
+one round trip. Times are epoch seconds from the database's
 clock (so hosts with skewed clocks agree on leases). What the statements of SQLite and
 PostgreSQL differ in is :class:`~._dialect.Dialect`, picked once per connection.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "WAITING",
     "channel_for",
     "ensure_schema",
+    "of_kinds",
 ]
 
 JOBS = "corral_jobs"
@@ -42,11 +44,24 @@ SCHEMA_LOCK = 7262019
 
 WAITING = "state IN ('ready', 'retrying')"
 #: The finished states, as SQL values.
-FINISHED = ", ".join(f"'{state}'" for state in ("completed", "failed", "dead"))
+FINISHED = ", ".join(f"'{state}'" for state in ("completed", "failed", "dead", "cancelled"))
 #: How a job requiring no labels stores them.
 NO_LABELS = "[]"
 #: How a job with no finished steps stores them.
 NO_STEPS = "[]"
+
+
+def of_kinds(kinds: frozenset[str] | None) -> tuple[str, list[str]]:
+    """Return the condition ``AND kind IN (...)`` (and its arguments) for ``kinds``.
+
+    Nothing for None (every kind), and a condition no job meets for no kind at all.
+    The kinds are sorted, so that one set of kinds makes one statement.
+    """
+    if kinds is None:
+        return "", []
+    if not kinds:
+        return "AND FALSE ", []
+    return f"AND kind IN ({', '.join('?' * len(kinds))}) ", sorted(kinds)
 
 
 def channel_for(schema: str) -> str:
@@ -86,11 +101,18 @@ async def ensure_schema(conn: Connection, dialect: Dialect) -> None:
         f"error_category TEXT, error_step TEXT, error_message TEXT, error_attempt INTEGER, "
         f"error_traceback TEXT, lease_token BIGINT, lease_owner TEXT, lease_expires {real}, "
         f"created_at {real} NOT NULL, started_at {real}, run_at {real} NOT NULL, "
-        f"updated_at {real} NOT NULL, finished_at {real})"
+        f"updated_at {real} NOT NULL, finished_at {real}, {_LATER_COLUMNS})"
     )
     await _add_columns(conn, postgres)
     await conn.execute(
         f"CREATE INDEX IF NOT EXISTS {JOBS}_waiting ON {JOBS} (priority, seq) WHERE {WAITING}"
+    )
+    # For the claims of a processor of some kinds only: in claim order within a kind, so
+    # that the waiting jobs of other kinds ahead are not walked (50,000 of them made a
+    # drain of 5,000 jobs of one kind 3 to 5 times slower on PostgreSQL without it).
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_waiting_kind ON {JOBS} (kind, priority, seq) "
+        f"WHERE {WAITING}"
     )
     await conn.execute(
         f"CREATE INDEX IF NOT EXISTS {JOBS}_leases ON {JOBS} (lease_expires) "
@@ -101,8 +123,15 @@ async def ensure_schema(conn: Connection, dialect: Dialect) -> None:
 
 
 #: Columns added since the table was first made: ``(name, SQL type)``. A table made
-#: before has them added by :func:`ensure_schema` (nullable, so that its rows keep).
-ADDED_COLUMNS = (("error_traceback", "TEXT"),)
+#: before has them added by :func:`ensure_schema` (nullable or with a default, so that
+#: its rows keep: an old job is of kind ``default``, its cancellation not asked). A new
+#: table has them (but the first, which it makes in its own place) at its end.
+ADDED_COLUMNS = (
+    ("error_traceback", "TEXT"),
+    ("kind", "TEXT NOT NULL DEFAULT 'default'"),
+    ("cancel_requested", "BOOLEAN NOT NULL DEFAULT FALSE"),
+)
+_LATER_COLUMNS = ", ".join(f"{name} {sql_type}" for name, sql_type in ADDED_COLUMNS[1:])
 
 
 async def _add_columns(conn: Connection, postgres: bool) -> None:

@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..._ports._jobs import NewJob, State
 from ._dialect import Dialect
-from ._jobs_schema import JOBS
+from ._jobs_schema import JOBS, of_kinds
 
 if TYPE_CHECKING:
     from .. import Connection
 
 __all__ = [
     "by_cluster",
+    "cancel",
     "depth",
+    "depth_by_kind",
     "enqueue_checked",
     "enqueue_unnest",
     "get",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 _COLUMNS = (
-    "id, payload, priority, customer, affinity, region, requires, max_retries, "
+    "id, payload, priority, customer, affinity, region, requires, max_retries, kind, "
     "state, created_at, run_at, updated_at"
 )
 
@@ -77,7 +79,7 @@ async def enqueue_unnest(
             f"WITH ins AS (INSERT INTO {JOBS} ({_COLUMNS}) "
             f"SELECT v.*, 'ready', {now}, {now}, {now} "
             f"FROM unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::text[], "
-            f"?::text[], ?::text[], ?::int[]) AS v ON CONFLICT (id) DO NOTHING "
+            f"?::text[], ?::text[], ?::int[], ?::text[]) AS v ON CONFLICT (id) DO NOTHING "
             f"RETURNING id) SELECT (SELECT array_agg(id) FROM ins), "
             f"(SELECT pg_notify(?, '') FROM ins LIMIT 1)",
             *(list(column) for column in zip(*rows, strict=True)),
@@ -121,7 +123,7 @@ async def enqueue_checked(
             rows.extend(group)
         if rows:
             await conn.executemany(
-                f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
                 f"'ready', {now}, {now}, {now})",
                 rows,
             )
@@ -149,9 +151,22 @@ def _counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return {str(row["state"]): int(row["n"]) for row in rows}
 
 
-async def depth(conn: Connection) -> dict[str, int]:
-    """Count the jobs in each state."""
-    return _counts(await _fetch(conn, f"SELECT state, COUNT(*) AS n FROM {JOBS} GROUP BY state"))
+async def depth(conn: Connection, kind: str | None = None) -> dict[str, int]:
+    """Count the jobs (of ``kind`` if given) in each state."""
+    if kind is None:
+        sql = f"SELECT state, COUNT(*) AS n FROM {JOBS} GROUP BY state"
+        return _counts(await _fetch(conn, sql))
+    sql = f"SELECT state, COUNT(*) AS n FROM {JOBS} WHERE kind = ? GROUP BY state"
+    return _counts(await _fetch(conn, sql, kind))
+
+
+async def depth_by_kind(conn: Connection) -> dict[str, dict[str, int]]:
+    """Count the jobs of each kind in each state: ``{kind: {state: count}}``."""
+    rows = await _fetch(conn, f"SELECT kind, state, COUNT(*) AS n FROM {JOBS} GROUP BY kind, state")
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts.setdefault(str(row["kind"]), {})[str(row["state"])] = int(row["n"])
+    return counts
 
 
 async def by_cluster(conn: Connection, cluster: str) -> dict[str, int]:
@@ -166,15 +181,21 @@ async def by_cluster(conn: Connection, cluster: str) -> dict[str, int]:
     return _counts(rows)
 
 
-async def list_jobs(conn: Connection, state: State | None, limit: int) -> list[dict[str, Any]]:
-    """Return up to ``limit`` rows, in ``state`` if given, in claim order."""
-    if state is None:
-        return await _fetch(conn, f"SELECT * FROM {JOBS} ORDER BY priority, seq LIMIT ?", limit)
+async def list_jobs(
+    conn: Connection, state: State | None, limit: int, kind: str | None = None
+) -> list[dict[str, Any]]:
+    """Return up to ``limit`` rows (in ``state``, of ``kind``, if given), in claim order."""
+    where: list[str] = []
+    args: list[object] = []
+    if state is not None:
+        where.append("state = ?")
+        args.append(state.value)
+    if kind is not None:
+        where.append("kind = ?")
+        args.append(kind)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
     return await _fetch(
-        conn,
-        f"SELECT * FROM {JOBS} WHERE state = ? ORDER BY priority, seq LIMIT ?",
-        state.value,
-        limit,
+        conn, f"SELECT * FROM {JOBS} {clause}ORDER BY priority, seq LIMIT ?", *args, limit
     )
 
 
@@ -191,12 +212,15 @@ async def purge(conn: Connection, d: Dialect, states: Sequence[State], older_tha
 
 
 async def requeue(conn: Connection, d: Dialect, job_id: str) -> str | None:
-    """Put a dead or failed job back to ready; None if done, else ``"missing"`` or its state."""
+    """Put a dead, failed or cancelled job back to ready; None if done, else why not.
+
+    Why not: ``"missing"``, or its state. Its ``cancel_requested`` is cleared.
+    """
     now = d.now
     changed = await conn.fetchval(
         f"UPDATE {JOBS} SET state = 'ready', attempts = 0, run_at = {now}, "
-        f"updated_at = {now}, finished_at = NULL "
-        f"WHERE id = ? AND state IN ('dead', 'failed') RETURNING id",
+        f"updated_at = {now}, finished_at = NULL, cancel_requested = FALSE "
+        f"WHERE id = ? AND state IN ('dead', 'failed', 'cancelled') RETURNING id",
         job_id,
     )
     if changed is not None:
@@ -205,20 +229,49 @@ async def requeue(conn: Connection, d: Dialect, job_id: str) -> str | None:
     return "missing" if state is None else str(state)
 
 
+async def cancel(conn: Connection, d: Dialect, job_id: str) -> str:
+    """Cancel a waiting job, or ask its worker to cancel a running one; say which.
+
+    See :meth:`corral._ports._jobs.JobStore.cancel`: ``"cancelled"``, ``"requested"``,
+    ``"missing"`` or the state of a finished job. One statement for a job not finished
+    (its ``SET`` reads the state before the update; ``RETURNING``, after it).
+    """
+    now = d.now
+    running = "state = 'in_progress'"
+    changed = await conn.fetchval(
+        f"UPDATE {JOBS} SET state = CASE WHEN {running} THEN state ELSE 'cancelled' END, "
+        f"cancel_requested = CASE WHEN {running} THEN TRUE ELSE cancel_requested END, "
+        f"finished_at = CASE WHEN {running} THEN finished_at ELSE {now} END, "
+        f"updated_at = {now} "
+        f"WHERE id = ? AND state IN ('ready', 'retrying', 'in_progress') RETURNING state",
+        job_id,
+    )
+    if changed is not None:
+        return "requested" if changed == "in_progress" else "cancelled"
+    state = await conn.fetchval(f"SELECT state FROM {JOBS} WHERE id = ?", job_id)
+    return "missing" if state is None else str(state)
+
+
 async def stranded(
-    conn: Connection, clusters: Sequence[str], labels: Sequence[frozenset[str]]
+    conn: Connection,
+    clusters: Sequence[str],
+    labels: Sequence[frozenset[str]],
+    kinds: frozenset[str] | None = None,
 ) -> dict[tuple[str | None, str], int]:
     """Count the waiting jobs a worker with these clusters could never take, by why.
 
     See :meth:`corral._ports._jobs.JobStore.stranded`. One query over the waiting jobs
-    that are pinned elsewhere or require labels; the labels are matched here.
+    (of ``kinds``, if given) that are pinned elsewhere or require labels; the labels are
+    matched here.
     """
     marks = ", ".join("?" * len(clusters))
+    of_kind, kind_args = of_kinds(kinds)
     rows = await _fetch(
         conn,
         f"SELECT affinity, requires, COUNT(*) AS n FROM {JOBS} "
-        f"WHERE state IN ('ready', 'retrying') AND (affinity IS NULL AND requires <> '[]' "
-        f"OR affinity NOT IN ({marks})) GROUP BY affinity, requires",
+        f"WHERE state IN ('ready', 'retrying') {of_kind}AND (affinity IS NULL "
+        f"AND requires <> '[]' OR affinity NOT IN ({marks})) GROUP BY affinity, requires",
+        *kind_args,
         *clusters,
     )
     left: dict[tuple[str | None, str], int] = {}
