@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # -- the backend contract suite ----------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "dynamodb"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a fresh, empty store of every backend: what the contract suite runs on.
 
@@ -90,4 +91,67 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'contract.db'}"
     if request.param == "postgresql":
         return str(request.getfixturevalue("postgres_url"))
+    if request.param == "dynamodb":
+        return str(request.getfixturevalue("dynamodb_url"))
     raise AssertionError(f"no URL for store {request.param!r}")
+
+
+# -- AWS (moto) -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The endpoint of one moto server (every AWS service) on loopback, its requests serialized.
+
+    moto applies concurrent ``TransactWriteItems`` without a lock (it snapshots the
+    table, applies, and restores the snapshot on failure, so a failing transaction can
+    undo another's committed write): it can admit more claims than a limit allows,
+    although real DynamoDB never does. So this server holds one lock around moto's WSGI
+    application for each request, the response read whole inside it: the requests of
+    every client, task and process are applied one at a time, as DynamoDB's own
+    conditional writes are atomic. An exactness test on an unserialized moto proves
+    nothing. Fake credentials are set in the environment (inherited by subprocesses).
+    """
+    import threading
+
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def serialized(environ: dict[str, object], start_response: object) -> list[bytes]:
+        with lock:
+            body = app(environ, start_response)  # type: ignore[arg-type]
+            return [b"".join(body)]
+
+    server = make_server("127.0.0.1", 0, serialized, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="moto", daemon=True)
+    thread.start()
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(_AWS_ENV)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+#: Fake credentials for moto (it accepts any).
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def dynamodb_url(moto_endpoint: str) -> str:
+    """A ``dynamodb://`` URL on the moto server with a fresh table prefix: an empty store."""
+    return f"dynamodb://t{uuid.uuid4().hex[:12]}?region=us-east-1&endpoint_url={moto_endpoint}"

@@ -55,6 +55,7 @@ from ..._exceptions import (
 )
 from ..._lowlevel import loop_scheduler
 from ..._ports import Batch, Failure, Run, TableSchema, redact, scrub
+from .._aioloop import Direct, LoopThread
 from .._sql import SqlSession
 from .._sql._batch import apply
 from .._sql._tables import (
@@ -65,7 +66,6 @@ from .._sql._tables import (
     upsert_sql,
 )
 from ._errors import broke
-from ._loop import Direct, LoopThread
 from ._settings import SETTINGS, Settings, split_settings
 from ._values import column_for, infer_type
 
