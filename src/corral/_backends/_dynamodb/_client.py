@@ -162,9 +162,26 @@ class Client:
             await self._runner.close()
 
 
+#: botocore's loader of service models, shared by every session of the process: each
+#: session would read and parse the JSON models again (a quarter of a second a connect).
+_loader: list[Any] = []
+
+
+def _session() -> Any:
+    """Return a new aioboto3 session that shares the process's model loader."""
+    session = aioboto3.Session()
+    core = getattr(session, "_session", None)
+    if core is not None:
+        if _loader:
+            core.register_component("data_loader", _loader[0])
+        else:
+            _loader.append(core.get_component("data_loader"))
+    return session
+
+
 async def _enter(target: DynamoURL) -> tuple[Any, contextlib.AsyncExitStack]:
     """Make the client (on the loop it will run on), checking credentials and region."""
-    session = aioboto3.Session()
+    session = _session()
     credentials = await session.get_credentials()
     if credentials is None:
         raise ConnectError(
@@ -179,11 +196,18 @@ async def _enter(target: DynamoURL) -> tuple[Any, contextlib.AsyncExitStack]:
             "or set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)"
         )
     config = AioConfig(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+    plain = (target.endpoint_url or "").lower().startswith("http://")
     stack = contextlib.AsyncExitStack()
     try:
         client = await stack.enter_async_context(
             session.client(
-                "dynamodb", region_name=region, endpoint_url=target.endpoint_url, config=config
+                "dynamodb",
+                region_name=region,
+                endpoint_url=target.endpoint_url,
+                config=config,
+                # A plain http:// endpoint (a local emulator) has no TLS to verify: no
+                # certificate bundle to load (a tenth of a second a connect).
+                verify=False if plain else None,
             )
         )
     except BaseException:
