@@ -800,13 +800,15 @@ class DynamoJobStore:
             else:
                 most = req.per_customer
             expr = Expr().add("hs", elements)
-            condition: str | None = None
+            limit_condition: str | None = None
             if most is not None:
                 hs = expr.n("hs")
-                condition = (
+                limit_condition = (
                     f"attribute_not_exists({hs}) OR size({hs}) <= {expr.v(most - len(elements))}"
                 )
-            actions.append({"Update": expr.request(self._meta, {"pk": {"S": key}}, condition)})
+            actions.append(
+                {"Update": expr.request(self._meta, {"pk": {"S": key}}, limit_condition)}
+            )
             owners.append(None)
         return actions, owners
 
