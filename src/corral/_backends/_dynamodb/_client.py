@@ -179,7 +179,9 @@ def _session() -> Any:
     return session
 
 
-async def _enter(target: DynamoURL) -> tuple[Any, contextlib.AsyncExitStack]:
+async def _enter(
+    target: DynamoURL, service: str = "dynamodb"
+) -> tuple[Any, contextlib.AsyncExitStack]:
     """Make the client (on the loop it will run on), checking credentials and region."""
     session = _session()
     credentials = await session.get_credentials()
@@ -201,7 +203,7 @@ async def _enter(target: DynamoURL) -> tuple[Any, contextlib.AsyncExitStack]:
     try:
         client = await stack.enter_async_context(
             session.client(
-                "dynamodb",
+                service,
                 region_name=region,
                 endpoint_url=target.endpoint_url,
                 config=config,
@@ -216,19 +218,22 @@ async def _enter(target: DynamoURL) -> tuple[Any, contextlib.AsyncExitStack]:
     return client, stack
 
 
-async def open_client(url: str, target: DynamoURL) -> Client:
-    """Open a client for ``target``; raise :class:`~corral.ConnectError` saying what is missing."""
+async def open_client(url: str, target: DynamoURL, service: str = "dynamodb") -> Client:
+    """Open a client for ``target``; raise :class:`~corral.ConnectError` saying what is missing.
+
+    ``service``: the AWS service (``dynamodb``; ``sns`` and ``s3`` for corral.jobs').
+    """
     native = anyio.lowlevel.current_token().native_token
     runner: Direct | LoopThread
     runner = Direct() if isinstance(native, asyncio.AbstractEventLoop) else LoopThread()
     try:
-        client, stack = await runner.call(_enter, target)
+        client, stack = await runner.call(_enter, target, service)
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await runner.close()
         if isinstance(exc, ConnectError):
             raise
         if isinstance(exc, NoCredentialsError | NoRegionError | BotoCoreError):
-            raise ConnectError(f"could not open DynamoDB for {url!r}: {exc}") from exc
+            raise ConnectError(f"could not open {service} for {url!r}: {exc}") from exc
         raise
     return Client(runner, client, stack)
