@@ -173,7 +173,22 @@ _RENEWAL_PENDING = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The contract suites run on DynamoDB under asyncio only: on trio the store runs the
+    # same code, on an asyncio loop in a thread, and moto costs about a second a test.
+    # tests/test_aws*.py run the DynamoDB store, the notifier and validator on trio too.
+    # CORRAL_TEST_AWS_TRIO=1 runs the contract suites on trio as well.
+    if not os.environ.get("CORRAL_TEST_AWS_TRIO"):
+        left = [
+            item
+            for item in items
+            if "trio-dynamodb" in item.name
+            and item.module is not None
+            and item.module.__name__.startswith("test_contract_")
+        ]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = [item for item in items if item not in left]
     for item in items:
         if (
             item.module is not None
