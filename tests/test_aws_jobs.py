@@ -6,6 +6,8 @@ On the moto server of ``moto_endpoint``; the AWS resources are made with boto3.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,19 @@ def test_s3_errors_are_classified_denied_as_configuration_busy_as_transient() ->
 def test_a_bad_topic_arn_is_refused() -> None:
     with pytest.raises(ValueError, match="topic's ARN"):
         jobs.SNSNotifier("worksets")
+
+
+@pytest.mark.timeout(150)
+def test_the_worksets_example_runs_against_moto(moto_endpoint: str) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "worksets_aws.py"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(example), "--quick", "--endpoint-url", moto_endpoint],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "worksets: 8, completed 6, failed 2" in result.stdout
+    assert "SNS events read back from SQS: 8 (completed, failed)" in result.stdout
+    assert result.stderr == ""
