@@ -72,7 +72,7 @@ class SNSNotifier:
         *,
         region: str | None = None,
         endpoint_url: str | None = None,
-        kinds: Iterable[EventKind] = PUBLISHED,
+        kinds: Iterable[EventKind] | None = None,
         retries: int = 3,
     ) -> None:
         if not isinstance(topic_arn, str) or not topic_arn.startswith("arn:"):
@@ -85,8 +85,8 @@ class SNSNotifier:
         #: The region (else the topic's, from its ARN) and endpoint of the SNS client.
         self.region = region or topic_arn.split(":")[3] or None
         self.endpoint_url = endpoint_url
-        #: The kinds of event published.
-        self.kinds = frozenset(kinds)
+        #: The kinds of event published (default: completed, failed, dead, reclaimed).
+        self.kinds = PUBLISHED if kinds is None else frozenset(kinds)
         #: How many times a failed publish is tried again.
         self.retries = retries
 
