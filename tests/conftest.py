@@ -101,9 +101,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    if os.environ.get("MOTO_URL"):  # profiling hook
-        yield os.environ["MOTO_URL"]
-        return
     """The endpoint of one moto server (every AWS service) on loopback, its requests serialized.
 
     moto applies concurrent ``TransactWriteItems`` without a lock (it snapshots the
