@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # -- the backend contract suite ----------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "dynamodb"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a fresh, empty store of every backend: what the contract suite runs on.
 
@@ -90,4 +91,108 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'contract.db'}"
     if request.param == "postgresql":
         return str(request.getfixturevalue("postgres_url"))
+    if request.param == "dynamodb":
+        return str(request.getfixturevalue("dynamodb_url"))
     raise AssertionError(f"no URL for store {request.param!r}")
+
+
+# -- AWS (moto) -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The endpoint of one moto server (every AWS service) on loopback, its requests serialized.
+
+    moto applies concurrent ``TransactWriteItems`` without a lock (it snapshots the
+    table, applies, and restores the snapshot on failure, so a failing transaction can
+    undo another's committed write): it can admit more claims than a limit allows,
+    although real DynamoDB never does. So this server holds one lock around moto's WSGI
+    application for each request, the response read whole inside it: the requests of
+    every client, task and process are applied one at a time, as DynamoDB's own
+    conditional writes are atomic. An exactness test on an unserialized moto proves
+    nothing. Fake credentials are set in the environment (inherited by subprocesses).
+    """
+    import threading
+
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def serialized(environ: dict[str, object], start_response: object) -> list[bytes]:
+        with lock:
+            body = app(environ, start_response)  # type: ignore[arg-type]
+            return [b"".join(body)]
+
+    class Handler(WSGIRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a connection per client, not per request
+
+    server = make_server("127.0.0.1", 0, serialized, threaded=True, request_handler=Handler)
+    thread = threading.Thread(target=server.serve_forever, name="moto", daemon=True)
+    thread.start()
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(_AWS_ENV)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+#: Fake credentials for moto (it accepts any).
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def dynamodb_url(moto_endpoint: str) -> str:
+    """A ``dynamodb://`` URL on the moto server with a fresh table prefix: an empty store."""
+    return f"dynamodb://t{uuid.uuid4().hex[:12]}?region=us-east-1&endpoint_url={moto_endpoint}"
+
+
+#: Contract tests that still compare ``renew``'s result with a set: the DynamoDB store
+#: returns the port's ``Renewal`` (held, cancel), as the job port now says; the SQL
+#: stores and these tests move to it on the ``kinds`` branch.
+_RENEWAL_PENDING = (
+    "test_renew_extends_the_leases_held_and_adds_their_progress",
+    "test_a_wrong_token_changes_nothing",
+    "test_an_expired_lease_is_reclaimed_and_its_old_token_fenced_off",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The contract suites run on DynamoDB under asyncio only: on trio the store runs the
+    # same code, on an asyncio loop in a thread, and moto costs about a second a test.
+    # tests/test_aws*.py run the DynamoDB store, the notifier and validator on trio too.
+    # CORRAL_TEST_AWS_TRIO=1 runs the contract suites on trio as well.
+    if not os.environ.get("CORRAL_TEST_AWS_TRIO"):
+        left = [
+            item
+            for item in items
+            if "trio-dynamodb" in item.name
+            and item.module is not None
+            and item.module.__name__.startswith("test_contract_")
+        ]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = [item for item in items if item not in left]
+    for item in items:
+        if (
+            item.module is not None
+            and item.module.__name__.endswith("test_contract_jobs")
+            and item.name.partition("[")[0] in _RENEWAL_PENDING
+            and "dynamodb" in item.name
+        ):
+            item.add_marker(
+                pytest.mark.xfail(reason="renew returns Renewal (the port); test awaits kinds")
+            )

@@ -53,8 +53,9 @@ def test_parse_url(url: str, expected: tuple[str, str]) -> None:
 def test_parse_url_refuses_what_it_does_not_know() -> None:
     with pytest.raises(TypeError, match="must be a str"):
         parse_url(None)
-    with pytest.raises(ValueError, match="unsupported database URL scheme 'dynamodb'"):
-        parse_url("dynamodb://table?region=eu")
+    with pytest.raises(ValueError, match="unsupported database URL scheme 'mongodb'"):
+        parse_url("mongodb://table?region=eu")
+    assert parse_url("dynamodb://table?region=eu") == ("dynamodb", "dynamodb://table?region=eu")
     with pytest.raises(ValueError, match=r"'mysql'.*'mysql://root:\*\*\*@h/db'"):
         parse_url("mysql://root:pw@h/db")
 

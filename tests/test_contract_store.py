@@ -115,7 +115,10 @@ def run(schema: TableSchema, *rows: dict[str, object]) -> Run:
 
 async def table_rows(session: Any, table: str) -> dict[object, dict[str, object]]:
     """Every row of ``table``, by its ``k``: the store's own query (see the module doc)."""
-    rows = await session.fetch(f'SELECT * FROM "{table}"')
+    if session.dialect == "dynamodb":  # no SQL: a scan, with the batch's rows merged in
+        rows = await session.scan_table(table)
+    else:
+        rows = await session.fetch(f'SELECT * FROM "{table}"')
     return {row["k"]: row for row in rows}
 
 

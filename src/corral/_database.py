@@ -35,6 +35,7 @@ from ._exceptions import (
     ColumnTypeError,
     DatabaseClosedError,
     MissingKeyError,
+    SchemaError,
     UnknownColumnError,
 )
 from ._ports import Column, Store, TableSchema, redact
@@ -393,6 +394,13 @@ class Database:
             check_identifier("key column", column)
         if len(set(keys)) != len(keys):
             raise ValueError(f"key of table {name!r} names a column twice: {keys!r}")
+        most = getattr(self._backend, "max_key_columns", None)  # DynamoDB: two
+        if most is not None and len(keys) > most:
+            raise SchemaError(
+                f"table {name!r}: key={keys!r} has {len(keys)} columns, and a {self.dialect} "
+                f"table is keyed by at most {most} (a partition key and a sort key): key on "
+                f"fewer columns, or join the others into one text column"
+            )
         table = self._tables.get(name)
         if table is None:
             table = self._tables[name] = Table(self, name, keys)

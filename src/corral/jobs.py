@@ -30,6 +30,8 @@ from ._exceptions import PermanentError as PermanentError
 from ._exceptions import ResourceError as ResourceError
 from ._exceptions import StepResultError as StepResultError
 from ._exceptions import TransientError as TransientError
+from ._jobs._aws import S3InputsValidator as S3InputsValidator
+from ._jobs._aws import SNSNotifier as SNSNotifier
 from ._jobs._context import JobContext as JobContext
 from ._jobs._context import JobProgress as JobProgress
 from ._jobs._context import Step as Step
@@ -83,6 +85,8 @@ __all__ = (
     "QueueDepth",
     "ResourceError",
     "RetryPolicy",
+    "S3InputsValidator",
+    "SNSNotifier",
     "State",
     "Step",
     "StepResultError",

@@ -71,9 +71,13 @@ BACKENDS: dict[str, str] = {
     "sqlite": "_sqlite",
     "postgresql": "_postgres",
     "postgres": "_postgres",
+    "dynamodb": "_dynamodb",
 }
 
-_SCHEMES = "sqlite:///path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname"
+_SCHEMES = (
+    "sqlite:///path.db, sqlite:////absolute/path.db, postgresql://user@host:port/dbname, "
+    "dynamodb://prefix?region=REGION"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +221,11 @@ _DRIVERS: dict[str, tuple[tuple[str, ...], str]] = {
     "_postgres": (
         ("asyncpg",),
         "{url!r} needs the asyncpg driver, which is not installed: pip install 'corral[postgres]'",
+    ),
+    "_dynamodb": (
+        ("aioboto3", "aiobotocore", "boto3", "botocore", "aiohttp"),
+        "{url!r} needs aioboto3 (the async AWS SDK), which is not installed: "
+        "pip install 'corral[aws]'",
     ),
 }
 

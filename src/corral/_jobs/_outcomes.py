@@ -13,7 +13,7 @@ import inspect
 import logging
 import traceback as _traceback
 
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, ResourceError, TransientError
 from .._validate import storable_text
 from . import _claims
 from ._context import JobContext
@@ -43,6 +43,8 @@ async def check(state: ProcessorState, entry: JobContext) -> _claims.Outcome | N
         if inspect.isawaitable(result):
             await result
     except Exception as exc:
+        if isinstance(exc, TransientError | ResourceError):  # S3 busy: retried, as a handler's
+            return failure(state, entry, exc)
         category = (
             ErrorCategory.CONFIGURATION
             if isinstance(exc, ConfigurationError)

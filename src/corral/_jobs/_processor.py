@@ -104,7 +104,9 @@ class Processor:
             default :func:`corral.jobs.classify`.
         validate: Called with each job before its handler (sync or async); if it
             raises, the job fails at once, not retried: as CONFIGURATION for a
-            :class:`~corral.jobs.ConfigurationError`, as DATA for any other exception.
+            :class:`~corral.jobs.ConfigurationError`, as DATA for any other exception
+            (a :class:`~corral.jobs.TransientError` or :class:`~corral.jobs.ResourceError`
+            is retried instead, as a handler's: an input store that is busy).
         notifier: Told about completions, failures, dead letters and reclaimed leases;
             default :class:`LoggingNotifier`.
         name: This worker's name in leases and notifications; default

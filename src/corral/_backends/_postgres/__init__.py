@@ -56,6 +56,7 @@ from ..._exceptions import (
 )
 from ..._lowlevel import loop_scheduler
 from ..._ports import Batch, Failure, Operation, Run, TableSchema, redact, scrub
+from .._aioloop import Direct, LoopThread
 from .._sql import SqlSession
 from .._sql._batch import apply
 from .._sql._tables import (
@@ -66,7 +67,6 @@ from .._sql._tables import (
     upsert_sql,
 )
 from ._errors import broke
-from ._loop import Direct, LoopThread
 from ._search_path import missing_schemas, search_path_in, search_path_problem
 from ._settings import SETTINGS, Settings, split_settings
 from ._values import column_for, infer_type

@@ -1,4 +1,4 @@
-"""Running asyncpg (asyncio only) from any event loop: the loop thread under trio.
+"""Running an asyncio-only driver (asyncpg, aioboto3) from any event loop (trio: a thread).
 
 Under asyncio, :class:`Direct` awaits asyncpg where the caller is. Under trio,
 :class:`LoopThread` runs one asyncio event loop in a dedicated thread, started when
@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ..._lowlevel import loop_scheduler
+from .._lowlevel import loop_scheduler
 
 __all__ = ["Direct", "LoopThread", "Runner"]
 
@@ -42,7 +42,7 @@ class LoopThread:
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._main, name="corral-asyncpg", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="corral-asyncio", daemon=True)
         self._thread.start()
 
     def _main(self) -> None:

@@ -1,0 +1,172 @@
+"""DynamoDB through aioboto3: the store of ``dynamodb://PREFIX?region=...`` URLs.
+
+Every table is named from the URL's prefix and made on first use, billed on demand:
+
+- ``PREFIX_meta`` (``pk``): counters (job order, run ids), the limits' counter items
+  (``limit#all``, ``limit#cluster#NAME``, ``limit#customer#NAME``: each holds the set of
+  its holders, ``JOB_ID#TOKEN``, whose size is the count) and the catalog of user tables;
+- ``PREFIX_jobs`` (``id``), with the sparse index ``waiting`` (``wq``, ``wsort``) of the
+  jobs ready or retrying, in claim order (see :mod:`._jobs`);
+- ``PREFIX_progress`` (``pk`` run, ``sk`` the run itself or a subtask: :mod:`._progress`);
+- ``PREFIX_t_NAME`` for ``db.table("NAME", key=...)`` (:mod:`._tables`).
+
+A batch has no transaction to live in: see :mod:`._session` for what a rollback is
+here (an undo log), and :mod:`._jobs` for how claims stay exact without one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import anyio
+
+from ..._exceptions import ConnectionLostError, SchemaError
+from ..._ports import Batch, TableSchema
+from ._client import Client, open_client, parse, translate
+from ._session import DynamoSession
+from ._tables import MAX_KEY_COLUMNS, create_table, resolve, write_staged
+
+__all__ = ["MAX_KEY_COLUMNS", "DynamoStore", "Names", "open_store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The names of corral's tables under one prefix."""
+
+    prefix: str
+
+    @property
+    def meta(self) -> str:
+        """Counters, limits and the catalog of user tables."""
+        return f"{self.prefix}_meta"
+
+    @property
+    def jobs(self) -> str:
+        """The job queue."""
+        return f"{self.prefix}_jobs"
+
+    @property
+    def progress(self) -> str:
+        """Runs and subtasks."""
+        return f"{self.prefix}_progress"
+
+
+async def ensure_meta(client: Client, names: Names) -> None:
+    """Create the meta table if it is missing."""
+    await create_table(client, names.meta, [("pk", "S")])
+
+
+async def open_store(url: str) -> DynamoStore:
+    """Open the ``dynamodb://`` URL's tables (made on first use)."""
+    target = parse(url)
+    client = await open_client(url, target)
+    return DynamoStore(client, Names(target.prefix))
+
+
+class DynamoStore:
+    """corral's tables in DynamoDB, reached through one client: a ``Store``."""
+
+    dialect = "dynamodb"
+    #: Every request is its own HTTP call: there is no connection to lose and restore.
+    reconnects = False
+    #: Key columns a user table may have (``db.table`` refuses more).
+    max_key_columns = MAX_KEY_COLUMNS
+
+    def __init__(self, client: Client, names: Names) -> None:
+        self.client = client
+        self.names = names
+        #: What operations and sources are given.
+        self.session = DynamoSession(self)
+        self._meta_ready = False
+        self._schemas: dict[str, TableSchema] = {}
+
+    async def _ensure_meta(self) -> None:
+        if not self._meta_ready:
+            await ensure_meta(self.client, self.names)
+            self._meta_ready = True
+
+    async def resolve(
+        self, name: str, key: tuple[str, ...], row: Mapping[str, object]
+    ) -> TableSchema:
+        """Describe user table ``name``, creating it from ``row`` when it does not exist."""
+        await self._ensure_meta()
+        try:
+            schema = await resolve(self.client, self.names.prefix, self.names.meta, name, key, row)
+        except SchemaError:
+            raise
+        except Exception as exc:
+            raise translate(f"making table {name!r}", exc) from exc
+        self._schemas[name] = schema
+        return schema
+
+    async def resolve_existing(self, name: str) -> TableSchema:
+        """Describe user table ``name``, which a batch has written (or raise SchemaError)."""
+        schema = self._schemas.get(name)
+        if schema is not None:
+            return schema
+        await self._ensure_meta()
+        found = await self.client.call(
+            "get_item", TableName=self.names.meta, Key={"pk": {"S": f"table#{name}"}}
+        )
+        item = found.get("Item")
+        if item is None:
+            raise SchemaError(f"there is no table {name!r} in DynamoDB under {self.names.prefix!r}")
+        key = tuple(v["S"] for v in item["key"]["L"])
+        return await self.resolve(name, key, {})
+
+    async def apply(self, batch: Batch[DynamoSession]) -> None:
+        """Write ``batch``: its operations and sources at once, its rows at the end.
+
+        See :mod:`._session`: what a failed operation or source wrote is undone; what
+        raises out of here (a lost connection) undoes the whole batch first.
+        """
+        session = self.session
+        log = session.undo_log
+        log.clear()
+        staged = session.staged
+        staged.tables.clear()
+        try:
+            for segment in batch.segments:
+                if isinstance(segment, list):
+                    for run in segment:
+                        staged.stage(run, batch.failures)
+                    continue
+                if segment.abandoned:
+                    continue
+                mark = session.mark()
+                if not await segment.run(session):
+                    await session.rollback_to(mark)
+            for source in batch.sources:
+                mark = session.mark()
+                try:
+                    await source.write(session)
+                except Exception as exc:
+                    await session.rollback_to(mark)
+                    batch.source_errors.append((source, exc))
+                else:
+                    batch.written.append(source)
+            if staged.tables:
+                try:
+                    await write_staged(self.client, self.names.prefix, staged, batch.failures)
+                except Exception as exc:
+                    raise ConnectionLostError(
+                        f"DynamoDB failed while the batch's rows were written (some may be "
+                        f"written): {type(exc).__name__}: {exc}"
+                    ) from exc
+        except BaseException:
+            # The batch's own error is the one raised; its undo does what it can.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await session.rollback_to(0)
+            raise
+        finally:
+            log.clear()
+            staged.tables.clear()
+
+    async def reconnect(self) -> None:
+        """Do nothing (see :attr:`reconnects`)."""
+
+    async def close(self) -> None:
+        """Close the client and its loop thread; never raises."""
+        await self.client.close()

@@ -1,0 +1,1028 @@
+"""The job queue in DynamoDB: :class:`DynamoJobStore`.
+
+**Items.** One item per job in ``PREFIX_jobs`` (key ``id``), with the columns of the
+job port as attributes (None left out). A waiting job (ready, or retrying) also has
+``wq = "w"`` and ``wsort = "PRIORITY#SEQ"``: the sparse global index ``waiting``
+(``wq``, ``wsort``) holds the waiting jobs only, in claim order. ``seq`` comes from the
+counter item ``seq#job`` of ``PREFIX_meta`` (``ADD``), one request per enqueue.
+
+**Limits without a lock.** The in-progress jobs are counted by *counter items* of
+``PREFIX_meta``: ``limit#all`` (``max_concurrent``), ``limit#cluster#NAME`` (a
+cluster's capacity) and ``limit#customer#NAME`` (``per_customer``). Each holds a string
+set ``hs`` of its holders, one element per job in progress (``[id, token, cluster,
+customer]`` as JSON), and the set's size is the count. A claim is one
+``TransactWriteItems``: an ``Update`` of each job claimed, conditioned on it still
+waiting (``attribute_exists(wq)``, due, the attempts read), and one ``Update`` of each
+counter it touches, adding its jobs' holders, conditioned on ``size(hs) <= max - k``.
+DynamoDB applies the transaction whole or not at all, serializably against every other
+write of those items, so no claim ever takes a job twice or goes past a limit, from any
+number of hosts. Candidates come from the ``waiting`` index, which is eventually
+consistent: the conditions decide, never the index read. A cancelled transaction's
+reasons say which job was taken (left out) or which counter is full (read again).
+
+**Releasing.** Finishing, releasing or reclaiming a job is a conditional write of the
+job (fenced by its lease token), then a ``DELETE`` of its holder from each counter:
+idempotent, and after the job's write, so a counter is never below the jobs in progress
+(never over a limit). A worker that dies between the two leaves a *leaked* holder,
+which the next reclaim finds (a holder whose job is not in progress under that token)
+and deletes.
+
+**Leases** are compared with this host's clock: DynamoDB has none to offer. Hosts
+sharing a queue need synchronized clocks (NTP), within a small part of a lease.
+
+**Rollback.** What ``enqueue``, ``requeue``, ``cancel`` and ``purge`` wrote is undone
+if the operation fails (see :mod:`._session`); a claim is given back. Renewals,
+outcomes, releases, steps and reclaims are final once written: each is fenced by its
+token, so a repeated one changes nothing.
+
+There are no wake-ups across hosts (:meth:`watch` is False): workers poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from ..._ports._jobs import (
+    Claimed,
+    ClaimRequest,
+    ClaimResult,
+    NewJob,
+    Outcome,
+    Renewal,
+    State,
+)
+from ._client import code
+from ._expr import Expr
+from ._tables import create_table, table_exists
+
+if TYPE_CHECKING:
+    from . import Names
+    from ._client import Client
+    from ._session import Undo
+
+__all__ = ["COLUMNS", "DynamoJobStore"]
+
+#: The columns of a job row, in order (see :mod:`corral._ports._jobs`).
+COLUMNS = (
+    "seq",
+    "id",
+    "kind",
+    "payload",
+    "priority",
+    "customer",
+    "affinity",
+    "region",
+    "requires",
+    "max_retries",
+    "state",
+    "attempts",
+    "cluster",
+    "route_reason",
+    "steps",
+    "progress",
+    "error_category",
+    "error_step",
+    "error_message",
+    "error_attempt",
+    "error_traceback",
+    "cancel_requested",
+    "lease_token",
+    "lease_owner",
+    "lease_expires",
+    "created_at",
+    "started_at",
+    "run_at",
+    "updated_at",
+    "finished_at",
+)
+_TIMES = frozenset(
+    {"lease_expires", "created_at", "started_at", "run_at", "updated_at", "finished_at"}
+)
+_WAITING = (State.READY.value, State.RETRYING.value)
+_FINISHED = frozenset({"completed", "failed", "dead", "cancelled"})
+#: The index of waiting jobs, and its one partition.
+INDEX = "waiting"
+_WQ = "w"
+#: A claim reads at most this many waiting jobs it cannot place before it gives up.
+MAX_SCAN = 5_000
+#: Jobs per claim transaction (with their counters, well under the 100 actions).
+_PER_TRANSACTION = 25
+_ROUNDS = 12
+
+
+def _token() -> int:
+    return secrets.randbits(62)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _wsort(priority: int, seq: int) -> str:
+    return f"{priority}#{seq:020d}"
+
+
+def _number(text: str, column: str) -> int | float:
+    if column in _TIMES:
+        return float(text)
+    return int(text) if "." not in text and "e" not in text.lower() else float(text)
+
+
+def row_of(item: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the job row (every column, None where missing) of a job item."""
+    row: dict[str, Any] = {}
+    for column in COLUMNS:
+        value = item.get(column)
+        if value is None or "NULL" in value:
+            row[column] = None
+        elif "S" in value:
+            row[column] = value["S"]
+        elif "N" in value:
+            row[column] = _number(value["N"], column)
+        elif "BOOL" in value:
+            row[column] = bool(value["BOOL"])
+        else:  # pragma: no cover - corral writes none other
+            row[column] = None
+    if row["cancel_requested"] is None:
+        row["cancel_requested"] = False
+    return row
+
+
+def _holder(job_id: str, token: int, cluster: str, customer: str | None) -> str:
+    return json.dumps([job_id, token, cluster, customer])
+
+
+def _counter_keys(cluster: str, customer: str | None) -> list[str]:
+    keys = ["limit#all", f"limit#cluster#{cluster}"]
+    if customer is not None:
+        keys.append(f"limit#customer#{customer}")
+    return keys
+
+
+def _reasons(exc: ClientError) -> list[str]:
+    """Return the cancellation reason code of each action of a cancelled transaction."""
+    reasons = exc.response.get("CancellationReasons") or []
+    return [str(r.get("Code", "None")) for r in reasons]
+
+
+class DynamoJobStore:
+    """:class:`~corral._ports._jobs.JobStore` on DynamoDB (see the module docstring)."""
+
+    def __init__(self, client: Client, names: Names, undo_log: list[Undo]) -> None:
+        self._client = client
+        self._names = names
+        self._table = names.jobs
+        self._meta = names.meta
+        self._undo = undo_log
+
+    # -- storage ---------------------------------------------------------------------------
+
+    async def prepare(self) -> str:
+        """Create the jobs table (with its index of waiting jobs) and the meta table."""
+        await create_table(self._client, self._meta, [("pk", "S")])
+        await create_table(
+            self._client,
+            self._table,
+            [("id", "S")],
+            [(INDEX, [("wq", "S"), ("wsort", "S")])],
+        )
+        return f"{self._names.prefix}_jobs"
+
+    async def exists(self) -> bool:
+        """Return whether the jobs table exists."""
+        return await table_exists(self._client, self._table)
+
+    async def announce(self) -> None:
+        """Do nothing: DynamoDB has no wake-ups across hosts."""
+
+    async def watch(self, callback: Callable[[], object]) -> bool:
+        """Return False: no wake-ups across hosts here; the processor polls."""
+        return False
+
+    async def unwatch(self, callback: Callable[[], object]) -> None:
+        """Do nothing (see :meth:`watch`)."""
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _key(self, job_id: str) -> dict[str, Any]:
+        return {"id": {"S": job_id}}
+
+    def _restore(self, job_id: str, old: Mapping[str, Any] | None) -> None:
+        """Log the undo of a write of job ``job_id``: put ``old`` back, or delete the job."""
+        client, table, key = self._client, self._table, self._key(job_id)
+
+        async def undo() -> None:
+            if old:
+                await client.call("put_item", TableName=table, Item=dict(old))
+            else:
+                await client.call("delete_item", TableName=table, Key=key)
+
+        self._undo.append(undo)
+
+    async def _gather(self, calls: Iterable[Callable[[], Any]]) -> list[Any]:
+        """Run the coroutine functions ``calls`` at once, on the client's loop."""
+        pending = list(calls)
+        if not pending:
+            return []
+
+        async def run() -> list[Any]:
+            return list(await asyncio.gather(*(c() for c in pending)))
+
+        return await self._client.run(run)
+
+    async def _update(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """One conditional ``UpdateItem`` (from the client's loop); None if refused."""
+        try:
+            return await self._client.send("update_item", request)
+        except ClientError as exc:
+            if code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise
+
+    async def _scan(
+        self, projection: Sequence[str] | None = None, index: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Read every job item (of the index ``index``, if given)."""
+        request: dict[str, Any] = {"TableName": self._table}
+        if index is None:
+            request["ConsistentRead"] = True
+        else:
+            request["IndexName"] = index
+        if projection:
+            request["ProjectionExpression"] = ", ".join(f"#{p}" for p in projection)
+            request["ExpressionAttributeNames"] = {f"#{p}": p for p in projection}
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await self._client.call("scan", **request)
+            items.extend(page.get("Items", ()))
+            if "LastEvaluatedKey" not in page:
+                return items
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    async def _batch_get(
+        self, table: str, keys: list[dict[str, Any]], projection: str | None = None
+    ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for start in range(0, len(keys), 100):
+            spec: dict[str, Any] = {"Keys": keys[start : start + 100], "ConsistentRead": True}
+            if projection:
+                spec["ProjectionExpression"] = projection
+            pending: dict[str, Any] = {table: spec}
+            delay = 0.02
+            while pending:
+                result = await self._client.call("batch_get_item", RequestItems=pending)
+                items.extend(result.get("Responses", {}).get(table, ()))
+                pending = result.get("UnprocessedKeys") or {}
+                if pending:
+                    await _sleep(delay)
+                    delay = min(2 * delay, 1.0)
+        return items
+
+    # -- enqueue and the queue's reads -----------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> builtins.list[str]:
+        """Store ``jobs`` (transactions of 100 puts); return the ids stored already."""
+        if not jobs:
+            return []
+        counted = await self._client.call(
+            "update_item",
+            TableName=self._meta,
+            Key={"pk": {"S": "seq#job"}},
+            UpdateExpression="ADD v :n",
+            ExpressionAttributeValues={":n": {"N": str(len(jobs))}},
+            ReturnValues="UPDATED_NEW",
+        )
+        first = int(counted["Attributes"]["v"]["N"]) - len(jobs) + 1
+        now = repr(_now())
+        items = []
+        for n, job in enumerate(jobs):
+            job_id, payload, priority, customer, affinity, region, requires, max_retries = job[:8]
+            kind = job[8] if len(job) > 8 else "default"
+            seq = first + n
+            item: dict[str, Any] = {
+                "id": {"S": job_id},
+                "seq": {"N": str(seq)},
+                "kind": {"S": str(kind)},
+                "payload": {"S": payload},
+                "priority": {"N": str(priority)},
+                "requires": {"S": requires},
+                "max_retries": {"N": str(max_retries)},
+                "state": {"S": State.READY.value},
+                "attempts": {"N": "0"},
+                "steps": {"S": "[]"},
+                "progress": {"N": "0"},
+                "created_at": {"N": now},
+                "run_at": {"N": now},
+                "updated_at": {"N": now},
+                "wq": {"S": _WQ},
+                "wsort": {"S": _wsort(priority, seq)},
+                "order": {"S": _wsort(priority, seq)},
+            }
+            for name, value in (("customer", customer), ("affinity", affinity), ("region", region)):
+                if value is not None:
+                    item[name] = {"S": value}
+            items.append(item)
+        existing: list[str] = []
+        for start in range(0, len(items), 100):
+            chunk = items[start : start + 100]
+            refused = await self._put_new(chunk)
+            if refused:
+                existing.extend(refused)
+                break
+            for item in chunk:
+                self._restore(item["id"]["S"], None)
+        return sorted(existing)
+
+    async def _put_new(self, items: list[dict[str, Any]]) -> list[str]:
+        """Put ``items`` in one transaction unless one's id is stored; return those ids."""
+        actions = [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": item,
+                    "ConditionExpression": "attribute_not_exists(id)",
+                }
+            }
+            for item in items
+        ]
+        delay = 0.02
+        for _ in range(_ROUNDS):
+            try:
+                await self._client.call("transact_write_items", TransactItems=actions)
+            except ClientError as exc:
+                if code(exc) != "TransactionCanceledException":
+                    raise
+                reasons = _reasons(exc)
+                taken = [
+                    items[i]["id"]["S"]
+                    for i, r in enumerate(reasons)
+                    if r == "ConditionalCheckFailed"
+                ]
+                if taken:
+                    return taken
+                await _sleep(delay)  # a conflict with another transaction: again
+                delay = min(2 * delay, 1.0)
+                continue
+            return []
+        raise ConnectionError("enqueue: transactions kept conflicting; try again")
+
+    async def get(self, job_id: str) -> Mapping[str, Any] | None:
+        """Return the row of job ``job_id``, or None."""
+        found = await self._client.call(
+            "get_item", TableName=self._table, Key=self._key(job_id), ConsistentRead=True
+        )
+        item = found.get("Item")
+        return None if item is None else row_of(item)
+
+    async def depth(self, kind: str | None = None) -> dict[str, int]:
+        """Count the jobs (of ``kind``) in each state: a scan of the table."""
+        counts: dict[str, int] = {}
+        for item in await self._scan(("state", "kind")):
+            if kind is not None and item.get("kind", {}).get("S", "default") != kind:
+                continue
+            state = item["state"]["S"]
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    async def depth_by_kind(self) -> dict[str, dict[str, int]]:
+        """Count the jobs of each kind in each state: a scan of the table."""
+        counts: dict[str, dict[str, int]] = {}
+        for item in await self._scan(("state", "kind")):
+            by_state = counts.setdefault(item.get("kind", {}).get("S", "default"), {})
+            state = item["state"]["S"]
+            by_state[state] = by_state.get(state, 0) + 1
+        return counts
+
+    async def by_cluster(self, cluster: str) -> dict[str, int]:
+        """Count, by state, the jobs whose latest attempt ran on ``cluster``."""
+        counts: dict[str, int] = {}
+        for item in await self._scan(("state", "cluster", "affinity")):
+            ran = item.get("cluster", {}).get("S")
+            if ran == cluster or (ran is None and item.get("affinity", {}).get("S") == cluster):
+                state = item["state"]["S"]
+                counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    async def list(
+        self, state: State | None, limit: int, kind: str | None = None
+    ) -> Sequence[Mapping[str, Any]]:
+        """Return up to ``limit`` rows (in ``state``, of ``kind``), in claim order."""
+        rows = [row_of(item) for item in await self._scan()]
+        rows = [
+            r
+            for r in rows
+            if (state is None or r["state"] == state.value) and (kind is None or r["kind"] == kind)
+        ]
+        rows.sort(key=lambda r: (r["priority"], r["seq"]))
+        return rows[:limit]
+
+    async def purge(self, states: Sequence[State], older_than: float) -> int:
+        """Delete the jobs in ``states`` finished ``older_than`` seconds ago or more."""
+        wanted = {s.value for s in states}
+        cutoff = _now() - older_than
+        gone = 0
+        for item in await self._scan(("id", "state", "finished_at")):
+            if item["state"]["S"] not in wanted or "finished_at" not in item:
+                continue
+            if float(item["finished_at"]["N"]) > cutoff:
+                continue
+            expr = Expr()
+            condition = f"{expr.n('state')} = {expr.v(item['state']['S'])}"
+            request: dict[str, Any] = {
+                "TableName": self._table,
+                "Key": {"id": item["id"]},
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": expr.names,
+                "ExpressionAttributeValues": expr.values,
+                "ReturnValues": "ALL_OLD",
+            }
+            try:
+                deleted = await self._client.call("delete_item", **request)
+            except ClientError as exc:
+                if code(exc) == "ConditionalCheckFailedException":
+                    continue
+                raise
+            old = deleted.get("Attributes")
+            if old:
+                self._restore(item["id"]["S"], old)
+                gone += 1
+        return gone
+
+    async def requeue(self, job_id: str) -> str | None:
+        """Put a dead, failed or cancelled job back to ready, its attempts 0."""
+        row = await self.get(job_id)
+        if row is None:
+            return "missing"
+        if row["state"] not in ("dead", "failed", "cancelled"):
+            return str(row["state"])
+        now = _now()
+        expr = Expr()
+        expr.set("state", State.READY.value).set("attempts", 0).set("run_at", now)
+        expr.set("updated_at", now).set("cancel_requested", False)
+        expr.set("wq", _WQ).set("wsort", _wsort(row["priority"], row["seq"]))
+        expr.remove("finished_at")
+        condition = f"{expr.n('state')} = {expr.v(row['state'])}"
+        request = expr.request(self._table, self._key(job_id), condition)
+        request["ReturnValues"] = "ALL_OLD"
+        done = await self._client.run(self._update, request)
+        if done is None:  # changed meanwhile: read it again
+            return await self.requeue(job_id)
+        self._restore(job_id, done.get("Attributes"))
+        return None
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a waiting job, or ask its worker to (in progress); return what was done."""
+        row = await self.get(job_id)
+        if row is None:
+            return "missing"
+        state = str(row["state"])
+        now = _now()
+        expr = Expr()
+        if state in _WAITING:
+            expr.set("state", State.CANCELLED.value).set("finished_at", now)
+            expr.set("updated_at", now).remove("wq", "wsort")
+            done = "cancelled"
+        elif state == State.IN_PROGRESS.value:
+            expr.set("cancel_requested", True).set("updated_at", now)
+            done = "requested"
+        else:
+            return state
+        condition = f"{expr.n('state')} = {expr.v(state)}"
+        request = expr.request(self._table, self._key(job_id), condition)
+        request["ReturnValues"] = "ALL_OLD"
+        result = await self._client.run(self._update, request)
+        if result is None:
+            return await self.cancel(job_id)
+        self._restore(job_id, result.get("Attributes"))
+        return done
+
+    async def stranded(
+        self,
+        clusters: Sequence[str],
+        labels: Sequence[frozenset[str]],
+        kinds: frozenset[str] | None = None,
+    ) -> builtins.dict[tuple[str | None, str], int]:
+        """Count the waiting jobs these clusters could never take, by why."""
+        left: dict[tuple[str | None, str], int] = {}
+        for item in await self._waiting_items():
+            row = row_of(item)
+            if row["state"] not in _WAITING:
+                continue
+            if kinds is not None and row["kind"] not in kinds:
+                continue
+            affinity, requires = row["affinity"], row["requires"]
+            if affinity is None:
+                needed = frozenset(json.loads(requires))
+                if any(needed <= have for have in labels):
+                    continue
+            elif affinity in clusters:
+                continue
+            key = (affinity, requires)
+            left[key] = left.get(key, 0) + 1
+        return left
+
+    async def _waiting_items(self) -> builtins.list[dict[str, Any]]:
+        """Every item of the waiting index (eventually consistent)."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": INDEX,
+            "KeyConditionExpression": "wq = :w",
+            "ExpressionAttributeValues": {":w": {"S": _WQ}},
+        }
+        items: builtins.list[dict[str, Any]] = []
+        while True:
+            page = await self._client.call("query", **request)
+            items.extend(page.get("Items", ()))
+            if "LastEvaluatedKey" not in page:
+                return items
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    async def outlook(
+        self,
+        clusters: Sequence[str],
+        labels: Sequence[frozenset[str]],
+        kinds: frozenset[str] | None = None,
+    ) -> tuple[int, float | None]:
+        """Count the unfinished jobs these clusters could take; and when the next is due."""
+        now = _now()
+        count = 0
+        due: float | None = None
+        for item in await self._scan(("state", "kind", "affinity", "requires", "run_at", "wq")):
+            state = item["state"]["S"]
+            if state not in (*_WAITING, State.IN_PROGRESS.value):
+                continue
+            row = row_of(item)
+            if kinds is not None and row["kind"] not in kinds:
+                continue
+            if row["affinity"] is not None and row["affinity"] not in clusters:
+                continue
+            needed = frozenset(json.loads(row["requires"]))
+            if needed and not any(needed <= have for have in labels):
+                continue
+            count += 1
+            if state in _WAITING:
+                wait = float(row["run_at"]) - now
+                due = wait if due is None else min(due, wait)
+        return count, due
+
+    # -- counters --------------------------------------------------------------------------
+
+    async def _counters(self, keys: Iterable[str]) -> dict[str, set[str]]:
+        """Read the holders of counter items (consistently); a missing one holds none."""
+        wanted = sorted(set(keys))
+        found = {k: set() for k in wanted}  # type: dict[str, set[str]]
+        items = await self._batch_get(self._meta, [{"pk": {"S": k}} for k in wanted])
+        for item in items:
+            found[item["pk"]["S"]] = set(item.get("hs", {}).get("SS", ()))
+        return found
+
+    async def _drop_holders(self, holders: Iterable[tuple[str, str, str | None]]) -> None:
+        """Delete holders ``(element, cluster, customer)`` from their counters (idempotent)."""
+        by_counter: dict[str, set[str]] = {}
+        for element, cluster, customer in holders:
+            for key in _counter_keys(cluster, customer):
+                by_counter.setdefault(key, set()).add(element)
+        meta, client = self._meta, self._client
+
+        def drop(key: str, elements: set[str]) -> Callable[[], Any]:
+            async def call() -> None:
+                expr = Expr().delete("hs", elements)
+                await client.send("update_item", expr.request(meta, {"pk": {"S": key}}))
+
+            return call
+
+        await self._gather(drop(k, e) for k, e in by_counter.items())
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def claim(self, request: ClaimRequest) -> ClaimResult:
+        """Take back the expired leases, then claim jobs within the limits (see the module)."""
+        reclaimed = await self._reclaim() if request.reclaim else []
+        if request.limit <= 0:
+            return ClaimResult([], reclaimed, True)
+        chosen_all: builtins.list[Claimed] = []
+        taken_here: dict[str, int] = {}
+        customers_here: dict[str, int] = {}
+        skip: set[str] = set()
+        limited = False
+        delay = 0.02
+        for _ in range(_ROUNDS):
+            want = request.limit - len(chosen_all)
+            if want <= 0:
+                limited = True
+                break
+            chosen, room, full = await self._choose(request, want, taken_here, skip)
+            if full:
+                limited = True
+            if not chosen:
+                limited = limited or room <= 0
+                break
+            outcome = await self._take(request, chosen)
+            if outcome is None:  # taken whole
+                chosen_all.extend(chosen)
+                for c in chosen:
+                    taken_here[c.cluster] = taken_here.get(c.cluster, 0) + 1
+                    customer = c.row["customer"]
+                    if customer is not None:
+                        customers_here[customer] = customers_here.get(customer, 0) + 1
+                if len(chosen) >= room:
+                    limited = True
+                    break
+                continue
+            gone, conflict = outcome
+            skip |= gone
+            if conflict:
+                await _sleep(delay * (0.5 + random.random()))
+                delay = min(2 * delay, 0.5)
+        if chosen_all:
+            claims = list(chosen_all)
+
+            async def undo() -> None:
+                await self._give_back([(c, 0) for c in claims], uncount=True)
+
+            self._undo.append(undo)
+        return ClaimResult(chosen_all, reclaimed, limited)
+
+    async def _choose(
+        self, req: ClaimRequest, want: int, taken_here: dict[str, int], skip: set[str]
+    ) -> tuple[builtins.list[Claimed], int, bool]:
+        """Read the counters and the waiting jobs; choose up to ``want`` within the limits.
+
+        Returns the jobs chosen, the room found under ``max_concurrent``, and whether a
+        limit (not a want of jobs) stopped the choice before it began.
+        """
+        cluster_keys = {name: f"limit#cluster#{name}" for name in req.capacity}
+        counters = await self._counters(["limit#all", *cluster_keys.values()])
+        total = len(counters["limit#all"])
+        room = min(want, req.max_concurrent - total)
+        free = {
+            name: min(
+                req.local_free.get(name, 0) - taken_here.get(name, 0),
+                cap - len(counters[cluster_keys[name]]),
+            )
+            for name, cap in req.capacity.items()
+        }
+        if room <= 0 or max(free.values(), default=0) <= 0:
+            return [], room, True
+        now = _now()
+        by_customer: dict[str, int] = {}
+        known: set[str] = set()
+        chosen: builtins.list[Claimed] = []
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": INDEX,
+            "KeyConditionExpression": "wq = :w",
+            "ExpressionAttributeValues": {":w": {"S": _WQ}},
+            "Limit": max(room, 25),
+        }
+        scanned = 0
+        while len(chosen) < room and scanned < MAX_SCAN:
+            page = await self._client.call("query", **request)
+            items = page.get("Items", ())
+            scanned += len(items)
+            rows = []
+            for item in items:
+                row = row_of(item)
+                if row["id"] in skip or row["state"] not in _WAITING:
+                    continue
+                if float(row["run_at"]) > now:
+                    continue
+                if req.kinds is not None and row["kind"] not in req.kinds:
+                    continue
+                if row["affinity"] is not None and free.get(row["affinity"], 0) <= 0:
+                    continue
+                rows.append(row)
+            unknown = {r["customer"] for r in rows if r["customer"] is not None} - known
+            if unknown and req.per_customer is not None:
+                held = await self._counters(f"limit#customer#{c}" for c in unknown)
+                for customer in unknown:
+                    by_customer[customer] = len(held[f"limit#customer#{customer}"])
+            known |= unknown
+            for row in rows:
+                if len(chosen) >= room:
+                    break
+                customer = row["customer"]
+                if (
+                    customer is not None
+                    and req.per_customer is not None
+                    and by_customer.get(customer, 0) >= req.per_customer
+                ):
+                    continue
+                routed = req.route(row, free)
+                if routed is None:
+                    continue
+                cluster, reason = routed
+                free[cluster] -= 1
+                if customer is not None:
+                    by_customer[customer] = by_customer.get(customer, 0) + 1
+                chosen.append(Claimed(row, row["attempts"] + 1, cluster, reason, _token()))
+            if "LastEvaluatedKey" not in page:
+                break
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            request["Limit"] = min(2 * request["Limit"], 1000)
+        return chosen, room, False
+
+    async def _take(
+        self, req: ClaimRequest, chosen: builtins.list[Claimed]
+    ) -> tuple[set[str], bool] | None:
+        """Claim ``chosen`` in transactions; None if every one was taken.
+
+        Otherwise returns the ids found taken by another worker (to leave out) and
+        whether the transaction conflicted (to wait a moment before the next round);
+        the jobs of the transactions that went through before are claimed, and
+        removed from ``chosen``.
+        """
+        done = 0
+        for start in range(0, len(chosen), _PER_TRANSACTION):
+            chunk = chosen[start : start + _PER_TRANSACTION]
+            actions, owners = self._claim_actions(req, chunk)
+            try:
+                await self._client.call("transact_write_items", TransactItems=actions)
+            except ClientError as exc:
+                if code(exc) != "TransactionCanceledException":
+                    raise
+                gone: set[str] = set()
+                conflict = False
+                for i, reason in enumerate(_reasons(exc)):
+                    owner = owners[i] if i < len(owners) else None
+                    if reason == "ConditionalCheckFailed" and owner is not None:
+                        gone.add(owner)
+                    elif reason in ("TransactionConflict", "ThrottlingError"):
+                        conflict = True
+                del chosen[done:]
+                return gone, conflict
+            done += len(chunk)
+        return None
+
+    def _claim_actions(
+        self, req: ClaimRequest, chunk: builtins.list[Claimed]
+    ) -> tuple[builtins.list[dict[str, Any]], builtins.list[str | None]]:
+        """Return the transaction of one claim: its jobs' and its counters' updates.
+
+        And, for each action, the id of its job (None for a counter's).
+        """
+        now = _now()
+        actions: builtins.list[dict[str, Any]] = []
+        owners: builtins.list[str | None] = []
+        holders: dict[str, set[str]] = {}
+        for c in chunk:
+            row = c.row
+            expr = Expr()
+            expr.set("state", State.IN_PROGRESS.value).set("attempts", c.attempt)
+            expr.set("cluster", c.cluster).set("route_reason", c.route_reason)
+            expr.set("lease_token", c.token).set("lease_owner", req.owner)
+            expr.set("lease_expires", now + req.lease_seconds).set("updated_at", now)
+            expr.set_expr("started_at", f"if_not_exists({expr.n('started_at')}, {expr.v(now)})")
+            expr.remove("wq", "wsort")
+            condition = (
+                f"attribute_exists({expr.n('wq')}) AND {expr.n('attempts')} = "
+                f"{expr.v(row['attempts'])} AND {expr.n('run_at')} <= {expr.v(now)}"
+            )
+            actions.append({"Update": expr.request(self._table, self._key(c.id), condition)})
+            owners.append(c.id)
+            element = _holder(c.id, c.token, c.cluster, row["customer"])
+            for key in _counter_keys(c.cluster, row["customer"]):
+                holders.setdefault(key, set()).add(element)
+        for key, elements in holders.items():
+            if key == "limit#all":
+                most: int | None = req.max_concurrent
+            elif key.startswith("limit#cluster#"):
+                most = req.capacity[key.removeprefix("limit#cluster#")]
+            else:
+                most = req.per_customer
+            expr = Expr().add("hs", elements)
+            limit_condition: str | None = None
+            if most is not None:
+                hs = expr.n("hs")
+                limit_condition = (
+                    f"attribute_not_exists({hs}) OR size({hs}) <= {expr.v(most - len(elements))}"
+                )
+            actions.append(
+                {"Update": expr.request(self._meta, {"pk": {"S": key}}, limit_condition)}
+            )
+            owners.append(None)
+        return actions, owners
+
+    # -- reclaiming --------------------------------------------------------------------------
+
+    async def _reclaim(self) -> builtins.list[dict[str, Any]]:
+        """Take back the expired leases, and delete the holders leaked by dead workers."""
+        holders = (await self._counters(["limit#all"]))["limit#all"]
+        if not holders:
+            return []
+        parsed = [(e, *json.loads(e)) for e in holders]
+        ids = sorted({job_id for _, job_id, _, _, _ in parsed})
+        items = {
+            item["id"]["S"]: item
+            for item in await self._batch_get(self._table, [self._key(i) for i in ids])
+        }
+        now = _now()
+        leaked: builtins.list[tuple[str, str, str | None]] = []
+        expired: builtins.list[tuple[str, dict[str, Any], str, str | None]] = []
+        for element, job_id, token, cluster, customer in parsed:
+            item = items.get(job_id)
+            row = None if item is None else row_of(item)
+            if (
+                row is None
+                or row["state"] != State.IN_PROGRESS.value
+                or row["lease_token"] != token
+            ):
+                leaked.append((element, cluster, customer))
+            elif row["lease_expires"] is not None and float(row["lease_expires"]) < now:
+                expired.append((element, row, cluster, customer))
+        reclaimed: builtins.list[dict[str, Any]] = []
+
+        def take_back(row: dict[str, Any]) -> Callable[[], Any]:
+            async def call() -> dict[str, Any] | None:
+                dead = row["attempts"] > row["max_retries"]
+                state = State.DEAD.value if dead else State.READY.value
+                message = (
+                    f"lease expired: worker {row['lease_owner'] or '?'} stopped renewing it "
+                    f"(killed or stuck)"
+                )
+                expr = Expr()
+                expr.set("state", state).set("error_category", "TRANSIENT")
+                expr.set("error_message", message).set("error_attempt", row["attempts"])
+                expr.remove("error_step", "error_traceback", "lease_token", "lease_owner")
+                expr.remove("lease_expires")
+                expr.set("run_at", now).set("updated_at", now)
+                if dead:
+                    expr.set("finished_at", now)
+                else:
+                    expr.set("wq", _WQ).set("wsort", _wsort(row["priority"], row["seq"]))
+                condition = (
+                    f"{expr.n('state')} = {expr.v(State.IN_PROGRESS.value)} AND "
+                    f"{expr.n('lease_token')} = {expr.v(row['lease_token'])} AND "
+                    f"{expr.n('lease_expires')} < {expr.v(now)}"
+                )
+                done = await self._update(
+                    expr.request(self._table, self._key(row["id"]), condition)
+                )
+                if done is None:
+                    return None
+                return {
+                    "id": row["id"],
+                    "state": state,
+                    "error_message": message,
+                    "attempts": row["attempts"],
+                    "cluster": row["cluster"],
+                }
+
+            return call
+
+        results = await self._gather(take_back(row) for _, row, _, _ in expired)
+        for (element, _, cluster, customer), result in zip(expired, results, strict=True):
+            if result is not None:
+                reclaimed.append(result)
+                leaked.append((element, cluster, customer))
+        if leaked:
+            await self._drop_holders(leaked)
+        return reclaimed
+
+    # -- what workers write ------------------------------------------------------------------
+
+    def _fence(self, expr: Expr, token: int) -> str:
+        return (
+            f"{expr.n('lease_token')} = {expr.v(token)} AND "
+            f"{expr.n('state')} = {expr.v(State.IN_PROGRESS.value)}"
+        )
+
+    async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> Renewal:
+        """Extend the leases held, adding their progress; report those asked to cancel."""
+        now = _now()
+
+        def one(claimed: Claimed, progress: int) -> Callable[[], Any]:
+            async def call() -> tuple[int, bool] | None:
+                expr = Expr().set("lease_expires", now + lease_seconds).set("updated_at", now)
+                if progress:
+                    expr.add("progress", progress)
+                request = expr.request(
+                    self._table, self._key(claimed.id), self._fence(expr, claimed.token)
+                )
+                request["ReturnValues"] = "ALL_NEW"
+                done = await self._update(request)
+                if done is None:
+                    return None
+                cancel = done.get("Attributes", {}).get("cancel_requested", {}).get("BOOL", False)
+                return claimed.token, bool(cancel)
+
+            return call
+
+        results = await self._gather(one(c, p) for c, p in leases)
+        held = {r[0] for r in results if r is not None}
+        cancel = {r[0] for r in results if r is not None and r[1]}
+        return Renewal(held, cancel)
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write how attempts ended, fenced by their tokens; then free their slots."""
+        now = _now()
+
+        def one(o: Outcome) -> Callable[[], Any]:
+            async def call() -> tuple[int, dict[str, Any]] | None:
+                expr = Expr()
+                expr.set("state", o.state.value).set("run_at", now + o.delay)
+                expr.set("updated_at", now)
+                expr.remove("lease_token", "lease_owner", "lease_expires")
+                if o.progress:
+                    expr.add("progress", o.progress)
+                if o.category is not None:
+                    expr.set("error_category", o.category.value).set("error_step", o.step)
+                    expr.set("error_traceback", o.traceback)
+                    expr.set_expr("error_attempt", expr.n("attempts"))
+                if o.message is not None:
+                    expr.set("error_message", o.message)
+                if o.state.value in _FINISHED:
+                    expr.set("finished_at", now)
+                else:
+                    expr.remove("finished_at")
+                if o.state.value in _WAITING:  # back in the index, in its place
+                    expr.set("wq", _WQ).set_expr("wsort", expr.n("order"))
+                request = expr.request(self._table, self._key(o.id), self._fence(expr, o.token))
+                request["ReturnValues"] = "ALL_OLD"
+                done = await self._update(request)
+                return None if done is None else (o.token, done.get("Attributes", {}))
+
+            return call
+
+        results = await self._gather(one(o) for o in outcomes)
+        return await self._freed(results)
+
+    async def _freed(self, results: Sequence[tuple[int, dict[str, Any]] | None]) -> set[int]:
+        """Delete the holders of the jobs that left progress; return their tokens."""
+        accepted: set[int] = set()
+        holders: builtins.list[tuple[str, str, str | None]] = []
+        for result in results:
+            if result is None:
+                continue
+            token, old = result
+            accepted.add(token)
+            row = row_of(old)
+            holders.append(
+                (
+                    _holder(row["id"], token, row["cluster"], row["customer"]),
+                    row["cluster"],
+                    row["customer"],
+                )
+            )
+        if holders:
+            await self._drop_holders(holders)
+        return accepted
+
+    async def release(self, leases: Sequence[tuple[Claimed, int]]) -> None:
+        """Give claimed jobs back, ready at once, the attempt not counted."""
+        await self._give_back(leases, uncount=True)
+
+    async def _give_back(self, leases: Sequence[tuple[Claimed, int]], *, uncount: bool) -> None:
+        now = _now()
+
+        def one(claimed: Claimed, progress: int) -> Callable[[], Any]:
+            async def call() -> tuple[int, dict[str, Any]] | None:
+                row = claimed.row
+                expr = Expr().set("state", State.READY.value).set("run_at", now)
+                expr.set("updated_at", now)
+                expr.remove("lease_token", "lease_owner", "lease_expires")
+                if uncount:
+                    expr.set("attempts", claimed.attempt - 1)
+                if progress:
+                    expr.add("progress", progress)
+                expr.set("wq", _WQ).set("wsort", _wsort(row["priority"], row["seq"]))
+                request = expr.request(
+                    self._table, self._key(claimed.id), self._fence(expr, claimed.token)
+                )
+                request["ReturnValues"] = "ALL_OLD"
+                done = await self._update(request)
+                return None if done is None else (claimed.token, done.get("Attributes", {}))
+
+            return call
+
+        await self._freed(await self._gather(one(c, p) for c, p in leases))
+
+    async def step_done(self, claimed: Claimed, steps: str, progress: int) -> bool:
+        """Store the finished steps of a claimed job; False if its lease was taken over."""
+        expr = Expr().set("steps", steps).set("updated_at", _now())
+        if progress:
+            expr.add("progress", progress)
+        request = expr.request(self._table, self._key(claimed.id), self._fence(expr, claimed.token))
+        return await self._client.run(self._update, request) is not None
+
+
+async def _sleep(seconds: float) -> None:
+    """Wait a moment (on whichever loop the caller is: a backoff, not a wait for an event)."""
+    import anyio
+
+    await anyio.sleep(seconds)
+
+
+if TYPE_CHECKING:
+    from ..._ports._jobs import JobStore
+
+    _conforms: type[JobStore] = DynamoJobStore

@@ -1,0 +1,397 @@
+"""Runs and subtasks in DynamoDB: :class:`DynamoProgressStore`.
+
+One table, ``PREFIX_progress``: a run is the item ``(pk="run#ID", sk="run")``, its
+subtask ``N`` the item ``(pk="run#ID", sk="sub#N")``, so that a run's subtasks are one
+``Query``. Run ids come from the counter item ``seq#run`` of ``PREFIX_meta`` (``ADD``:
+unique across hosts, never reused). Counts are ``ADD items_complete :n``, conditioned
+on the subtask existing: exact and atomic on DynamoDB's side, from any number of hosts.
+A flush of counts is one ``UpdateItem`` per subtask, sent concurrently (DynamoDB has no
+batch of updates short of a transaction, which would cost twice and fail whole).
+Times are ISO-8601 text in UTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from ..._ports._progress import RunProgress, Status, SubtaskProgress
+from ._client import code
+from ._tables import create_table, table_exists
+
+if TYPE_CHECKING:
+    from . import Names
+    from ._client import Client
+    from ._session import Undo
+
+__all__ = ["DynamoProgressStore"]
+
+
+def _t(value: datetime) -> dict[str, str]:
+    return {"S": value.astimezone(UTC).isoformat()}
+
+
+def _time(item: Mapping[str, Any], name: str) -> datetime | None:
+    value = item.get(name)
+    return None if value is None else datetime.fromisoformat(value["S"])
+
+
+def _str(item: Mapping[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    return None if value is None else str(value["S"])
+
+
+def _run_key(run_id: int) -> dict[str, Any]:
+    return {"pk": {"S": f"run#{run_id}"}, "sk": {"S": "run"}}
+
+
+def _sub_key(run_id: int, number: int) -> dict[str, Any]:
+    return {"pk": {"S": f"run#{run_id}"}, "sk": {"S": f"sub#{number}"}}
+
+
+class DynamoProgressStore:
+    """:class:`~corral._ports._progress.ProgressStore` on DynamoDB."""
+
+    def __init__(self, client: Client, names: Names, undo_log: list[Undo]) -> None:
+        self._client = client
+        self._names = names
+        self._table = names.progress
+        self._undo = undo_log
+
+    # -- undo --------------------------------------------------------------------------
+
+    def _restore(self, key: dict[str, Any], old: Mapping[str, Any] | None) -> None:
+        """Log the undo of a write of the item at ``key``: put ``old`` back, or delete it."""
+        client, table = self._client, self._table
+
+        async def undo() -> None:
+            if old:
+                await client.call("put_item", TableName=table, Item=dict(old))
+            else:
+                await client.call("delete_item", TableName=table, Key=key)
+
+        self._undo.append(undo)
+
+    # -- schema ------------------------------------------------------------------------
+
+    async def ensure_schema(self) -> None:
+        """Create the progress and meta tables where missing."""
+        await create_table(self._client, self._names.meta, [("pk", "S")])
+        await create_table(self._client, self._table, [("pk", "S"), ("sk", "S")])
+
+    async def exists(self) -> bool:
+        """Return whether the progress table exists."""
+        return await table_exists(self._client, self._table)
+
+    # -- runs --------------------------------------------------------------------------
+
+    async def start_run(self, type: str, name: str, started_at: datetime) -> int:
+        """Record a new run, RUNNING; return its id (from the ``seq#run`` counter)."""
+        counted = await self._client.call(
+            "update_item",
+            TableName=self._names.meta,
+            Key={"pk": {"S": "seq#run"}},
+            UpdateExpression="ADD v :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+            ReturnValues="UPDATED_NEW",
+        )
+        run_id = int(counted["Attributes"]["v"]["N"])
+        key = _run_key(run_id)
+        await self._client.call(
+            "put_item",
+            TableName=self._table,
+            Item={
+                **key,
+                "id": {"N": str(run_id)},
+                "type": {"S": type},
+                "name": {"S": name},
+                "status": {"S": Status.RUNNING.value},
+                "started_at": _t(started_at),
+            },
+        )
+        self._restore(key, None)
+        return run_id
+
+    async def finish_run(
+        self, run_id: int, status: Status, message: str | None, ended_at: datetime
+    ) -> None:
+        """Set a run's status, end time and (if given) message; an unknown run is skipped."""
+        values: dict[str, Any] = {":s": {"S": status.value}, ":e": _t(ended_at)}
+        expression = "SET #s = :s, ended_at = :e"
+        if message is not None:
+            values[":m"] = {"S": message}
+            expression += ", #m = :m"
+        await self._update(
+            _run_key(run_id),
+            expression,
+            {"#s": "status", "#m": "message"} if message is not None else {"#s": "status"},
+            values,
+            "attribute_exists(pk)",
+        )
+
+    async def _update(
+        self,
+        key: dict[str, Any],
+        expression: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        condition: str | None,
+    ) -> bool:
+        """Update one item, logging its undo; False if ``condition`` failed."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": key,
+            "UpdateExpression": expression,
+            "ReturnValues": "ALL_OLD",
+        }
+        if names:
+            request["ExpressionAttributeNames"] = names
+        if values:
+            request["ExpressionAttributeValues"] = values
+        if condition is not None:
+            request["ConditionExpression"] = condition
+        try:
+            result = await self._client.call("update_item", **request)
+        except ClientError as exc:
+            if code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        self._restore(key, result.get("Attributes"))
+        return True
+
+    # -- subtasks ----------------------------------------------------------------------
+
+    async def start_subtask(
+        self,
+        run_id: int,
+        number: int,
+        name: str,
+        items_total: int | None,
+        started_at: datetime,
+    ) -> None:
+        """Record (or restart) subtask ``number`` of a run, RUNNING since ``started_at``."""
+        values: dict[str, Any] = {
+            ":n": {"S": name},
+            ":s": {"S": Status.RUNNING.value},
+            ":t": _t(started_at),
+            ":zero": {"N": "0"},
+            ":num": {"N": str(number)},
+        }
+        sets = (
+            "SET #n = :n, #s = :s, updated_at = :t, started_at = if_not_exists(started_at, :t), "
+            "items_complete = if_not_exists(items_complete, :zero), num = :num"
+        )
+        if items_total is not None:
+            values[":total"] = {"N": str(items_total)}
+            sets += ", items_total = :total"
+            expression = f"{sets} REMOVE ended_at"
+        else:
+            expression = f"{sets} REMOVE ended_at, items_total"
+        await self._update(
+            _sub_key(run_id, number), expression, {"#n": "name", "#s": "status"}, values, None
+        )
+
+    async def update_subtask(
+        self,
+        run_id: int,
+        number: int,
+        *,
+        updated_at: datetime,
+        ended: bool,
+        status: Status | None = None,
+        percent: float | None = None,
+        message: str | None = None,
+        items_total: int | None = None,
+    ) -> None:
+        """Set the fields given of one subtask, the others kept; an unknown one is skipped."""
+        values: dict[str, Any] = {":u": _t(updated_at)}
+        names: dict[str, str] = {}
+        sets = ["updated_at = :u"]
+        if ended:
+            sets.append("ended_at = :u")
+        if status is not None:
+            names["#s"] = "status"
+            values[":s"] = {"S": status.value}
+            sets.append("#s = :s")
+        if percent is not None:
+            names["#p"] = "percent"
+            values[":p"] = {"N": repr(float(percent))}
+            sets.append("#p = :p")
+        if message is not None:
+            names["#m"] = "message"
+            values[":m"] = {"S": message}
+            sets.append("#m = :m")
+        if items_total is not None:
+            values[":total"] = {"N": str(items_total)}
+            sets.append("items_total = :total")
+        await self._update(
+            _sub_key(run_id, number),
+            "SET " + ", ".join(sets),
+            names,
+            values,
+            "attribute_exists(pk)",
+        )
+
+    async def add(self, counts: Mapping[tuple[int, int], int], updated_at: datetime) -> None:
+        """Add each count to its subtask (``ADD``, exact); unknown subtasks are skipped."""
+        client, table = self._client, self._table
+        stamp = _t(updated_at)
+        done: list[tuple[dict[str, Any], int, Any]] = []
+
+        async def one(key: dict[str, Any], n: int) -> None:
+            try:
+                result = await client.send(
+                    "update_item",
+                    {
+                        "TableName": table,
+                        "Key": key,
+                        "UpdateExpression": "ADD items_complete :n SET updated_at = :u",
+                        "ConditionExpression": "attribute_exists(pk)",
+                        "ExpressionAttributeValues": {":n": {"N": str(n)}, ":u": stamp},
+                        "ReturnValues": "UPDATED_OLD",
+                    },
+                )
+            except ClientError as exc:
+                if code(exc) == "ConditionalCheckFailedException":
+                    return
+                raise
+            done.append((key, n, result.get("Attributes", {}).get("updated_at")))
+
+        async def all_of() -> None:
+            await asyncio.gather(
+                *(one(_sub_key(run_id, number), n) for (run_id, number), n in counts.items())
+            )
+
+        try:
+            await client.run(all_of)
+        finally:
+            for key, n, before in done:
+                self._undo.append(self._subtract(key, n, before))
+
+    def _subtract(self, key: dict[str, Any], n: int, before: Any) -> Undo:
+        """Return the undo of an addition: subtract it (other hosts' counts are kept)."""
+        client, table = self._client, self._table
+
+        async def undo() -> None:
+            expression = "ADD items_complete :n"
+            values: dict[str, Any] = {":n": {"N": str(-n)}}
+            if before is not None:
+                expression += " SET updated_at = :u"
+                values[":u"] = before
+            await client.call(
+                "update_item",
+                TableName=table,
+                Key=key,
+                UpdateExpression=expression,
+                ExpressionAttributeValues=values,
+            )
+
+        return undo
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _run(self, item: Mapping[str, Any]) -> RunProgress:
+        return RunProgress(
+            id=int(item["id"]["N"]),
+            type=str(item["type"]["S"]),
+            name=str(item["name"]["S"]),
+            status=Status(item["status"]["S"]),
+            message=_str(item, "message"),
+            started_at=_time(item, "started_at"),  # type: ignore[arg-type]
+            ended_at=_time(item, "ended_at"),
+        )
+
+    async def run(self, run_id: int) -> RunProgress | None:
+        """Return a snapshot of one run, or None."""
+        found = await self._client.call(
+            "get_item", TableName=self._table, Key=_run_key(run_id), ConsistentRead=True
+        )
+        item = found.get("Item")
+        return None if item is None else self._run(item)
+
+    async def runs(self, limit: int) -> list[RunProgress]:
+        """Return the latest ``limit`` runs, newest first (by id, down from the counter)."""
+        counter = await self._client.call(
+            "get_item",
+            TableName=self._names.meta,
+            Key={"pk": {"S": "seq#run"}},
+            ConsistentRead=True,
+        )
+        item = counter.get("Item")
+        top = 0 if item is None else int(item["v"]["N"])
+        found: list[RunProgress] = []
+        while top > 0 and len(found) < limit:
+            ids = list(range(top, max(0, top - 100), -1))
+            top -= len(ids)
+            got = await self._batch_get([_run_key(i) for i in ids])
+            by_id = {int(i["id"]["N"]): i for i in got}
+            found.extend(self._run(by_id[i]) for i in ids if i in by_id)
+        return found[:limit]
+
+    async def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        pending: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        while pending:
+            result = await self._client.call("batch_get_item", RequestItems=pending)
+            items.extend(result.get("Responses", {}).get(self._table, ()))
+            pending = result.get("UnprocessedKeys") or {}
+        return items
+
+    async def subtasks(self, run_id: int) -> list[SubtaskProgress]:
+        """Return every subtask of a run, by number."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :sub)",
+            "ExpressionAttributeValues": {":pk": {"S": f"run#{run_id}"}, ":sub": {"S": "sub#"}},
+            "ConsistentRead": True,
+        }
+        found: list[SubtaskProgress] = []
+        while True:
+            page = await self._client.call("query", **request)
+            found.extend(self._subtask(run_id, item) for item in page.get("Items", ()))
+            if "LastEvaluatedKey" not in page:
+                break
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(found, key=lambda s: s.number)
+
+    def _subtask(self, run_id: int, item: Mapping[str, Any]) -> SubtaskProgress:
+        total = None if "items_total" not in item else int(item["items_total"]["N"])
+        complete = int(item.get("items_complete", {"N": "0"})["N"])
+        percent: float | None
+        if "percent" in item:
+            percent = float(item["percent"]["N"])
+        elif total:
+            percent = min(100.0, 100.0 * complete / total)
+        else:
+            percent = None
+        return SubtaskProgress(
+            run_id=run_id,
+            number=int(item["num"]["N"]),
+            name=str(item["name"]["S"]),
+            status=Status(item["status"]["S"]),
+            items_total=total,
+            items_complete=complete,
+            percent=percent,
+            message=_str(item, "message"),
+            started_at=_time(item, "started_at"),  # type: ignore[arg-type]
+            ended_at=_time(item, "ended_at"),
+            updated_at=_time(item, "updated_at"),  # type: ignore[arg-type]
+        )
+
+    async def subtask_name(self, run_id: int, number: int) -> str | None:
+        """Return the name of a subtask, or None."""
+        found = await self._client.call(
+            "get_item", TableName=self._table, Key=_sub_key(run_id, number), ConsistentRead=True
+        )
+        item = found.get("Item")
+        return None if item is None else str(item["name"]["S"])
+
+
+if TYPE_CHECKING:
+    from ..._ports._progress import ProgressStore
+
+    _conforms: type[ProgressStore] = DynamoProgressStore

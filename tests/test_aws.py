@@ -1,0 +1,247 @@
+"""The DynamoDB store beyond the contract suite: exact limits under concurrent claims,
+its errors (URL, credentials, the missing extra, keys, values), on the serialized moto.
+
+The contract suites (tests/test_contract_*.py) run on DynamoDB through the
+``store_url`` fixture; these tests prove what is DynamoDB's own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pytest
+
+import corral
+from corral import ConnectError, DatabaseURLError, MissingDriverError, SchemaError
+from corral._ports import Session
+from corral._ports._jobs import Claimed, ClaimRequest, Outcome, State
+
+pytestmark = pytest.mark.timeout(60)
+
+MAX_CONCURRENT = 5
+CAPACITY = {"a": 3, "b": 3}
+PER_CUSTOMER = 2
+
+
+def _route(row: Mapping[str, Any], free: Mapping[str, int]) -> tuple[str, str] | None:
+    if row["affinity"] is not None:
+        return (row["affinity"], "pinned") if free.get(row["affinity"], 0) > 0 else None
+    return next(((name, "free") for name, n in free.items() if n > 0), None)
+
+
+def _request(owner: str) -> ClaimRequest:
+    return ClaimRequest(
+        owner=owner,
+        limit=2,
+        max_concurrent=MAX_CONCURRENT,
+        per_customer=PER_CUSTOMER,
+        capacity=dict(CAPACITY),
+        local_free=dict(CAPACITY),
+        lease_seconds=60,
+        route=_route,
+    )
+
+
+async def test_concurrent_claimers_keep_every_limit_and_complete_each_job_once(
+    dynamodb_url: str,
+) -> None:
+    # Six connections (as six hosts: each its own writer and client) claim, hold and
+    # finish 16 jobs at once, while a seventh samples the jobs in progress. The first
+    # jobs claimed are held until the claims have filled max_concurrent.
+    n, workers = 16, 6
+    async with corral.connect(dynamodb_url) as db:
+        await db._run(lambda s: s.jobs.prepare())
+        rows = [
+            (
+                f"j{i:02}",
+                json.dumps({"i": i}),
+                i % 3,
+                f"k{i % 4}",
+                "b" if i % 5 == 0 else None,
+                None,
+                "[]",
+                3,
+                "default",
+            )
+            for i in range(n)
+        ]
+        assert await db._run(lambda s: s.jobs.enqueue(rows)) == []
+    running: Counter[str] = Counter()
+    highest: Counter[str] = Counter()
+    completed: list[str] = []
+    sampled: list[Counter[str]] = []
+    done, full = anyio.Event(), anyio.Event()
+
+    def count(claimed: Claimed, step: int) -> None:
+        for key in ("total", f"cluster:{claimed.cluster}", f"customer:{claimed.row['customer']}"):
+            running[key] += step
+            highest[key] = max(highest[key], running[key])
+        if running["total"] == MAX_CONCURRENT:
+            full.set()
+
+    async def worker(name: str) -> None:
+        async with corral.connect(dynamodb_url) as db:
+            idle = 0
+            while len(completed) < n and idle < 200:
+                result = await db._run(lambda s: s.jobs.claim(_request(name)))
+                for claimed in result.claimed:
+                    count(claimed, +1)
+                if not result.claimed:
+                    idle += 1
+                    await anyio.sleep(0.01)  # a poll, as a processor's
+                    continue
+                await full.wait()  # hold them until the claims have filled the limit
+                for claimed in result.claimed:
+                    count(claimed, -1)  # before the store frees the slot
+                outcomes = [Outcome(c.id, c.token, State.COMPLETED) for c in result.claimed]
+                accepted = await db._run(lambda s, o=outcomes: s.jobs.finish(o))
+                assert accepted == {c.token for c in result.claimed}
+                completed.extend(c.id for c in result.claimed)
+
+    async def sampler() -> None:
+        async def in_progress(session: Session) -> list[Mapping[str, Any]]:
+            return list(await session.jobs.list(State.IN_PROGRESS, 1000))
+
+        async with corral.connect(dynamodb_url) as db:
+            while not done.is_set():
+                seen: Counter[str] = Counter()
+                for row in await db._run(in_progress):
+                    seen["total"] += 1
+                    seen[f"cluster:{row['cluster']}"] += 1
+                    seen[f"customer:{row['customer']}"] += 1
+                sampled.append(seen)
+                await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sampler)
+        async with anyio.create_task_group() as crew:
+            for w in range(workers):
+                crew.start_soon(worker, f"w{w}")
+        done.set()
+    assert sorted(completed) == [f"j{i:02}" for i in range(n)]  # each once
+    for counts in [highest, *sampled]:
+        assert counts["total"] <= MAX_CONCURRENT
+        for cluster, capacity in CAPACITY.items():
+            assert counts[f"cluster:{cluster}"] <= capacity
+        assert max((v for k, v in counts.items() if k.startswith("customer:")), default=0) <= (
+            PER_CUSTOMER
+        )
+    assert highest["total"] == MAX_CONCURRENT  # reached: a violation would have shown
+    assert len(sampled) > 1
+    async with corral.connect(dynamodb_url) as db:
+        assert await db._run(lambda s: s.jobs.depth()) == {"completed": n}
+        # Every slot was given back: the counters hold no one.
+        counters = await db._run(lambda s: s.jobs._counters(["limit#all", "limit#cluster#a"]))
+        assert counters == {"limit#all": set(), "limit#cluster#a": set()}
+
+
+async def test_rows_progress_and_jobs_on_one_store(dynamodb_url: str) -> None:
+    async with corral.connect(dynamodb_url) as db:
+        prices = db.table("prices", key=("ticker", "day"))
+        await prices.put({"ticker": "ACME", "day": "2026-12-03", "close": 1.5, "volume": 10})
+        await prices.put({"ticker": "ACME", "day": "2026-12-04", "close": 2.5, "volume": 20})
+        await prices.put({"ticker": "ACME", "day": "2026-12-03", "volume": 11})
+        await db.flush()
+        rows = await db._run(lambda s: s.scan_table("prices"))
+        assert sorted((r["day"], r["close"], r["volume"]) for r in rows) == [
+            ("2026-12-03", 1.5, 11),
+            ("2026-12-04", 2.5, 20),
+        ]
+        run = await db.progress.start_run("STATIC", "Process Counties")
+        assert isinstance(run.id, int)
+
+
+async def test_a_table_keyed_on_more_than_two_columns_is_refused_at_table(
+    dynamodb_url: str,
+) -> None:
+    async with corral.connect(dynamodb_url) as db:
+        with pytest.raises(SchemaError, match="at most 2"):
+            db.table("t", key=("a", "b", "c"))
+
+
+async def test_values_dynamodb_cannot_hold_are_refused_before_they_are_written(
+    dynamodb_url: str,
+) -> None:
+    async with corral.connect(dynamodb_url) as db:
+        with pytest.raises(SchemaError, match="cannot store a complex"):
+            await db.table("z", key="k").put({"k": 1, "v": 1j})
+        table = db.table("t", key="k")
+        await table.put({"k": 1, "x": 1.0})
+        with pytest.raises(SchemaError, match="finite"):
+            await table.put({"k": 2, "x": math.nan})
+        await table.put({"k": 3, "x": 2.0})
+        await db.flush()
+        big = db.table("big", key="k")
+        await big.put({"k": 1, "n": 1})
+        await big.put({"k": 2, "n": 2**70})  # only seen when encoded: that row fails alone
+        with pytest.raises(corral.WriteError, match="64 bits"):
+            await db.flush()
+        rows = await db._run(lambda s: s.scan_table("big"))
+        assert [r["k"] for r in rows] == [1]
+
+
+def test_bad_urls_are_refused_naming_the_fix() -> None:
+    async def main() -> None:
+        with pytest.raises(DatabaseURLError, match="table prefix"):
+            async with corral.connect("dynamodb://"):
+                pass
+        with pytest.raises(DatabaseURLError, match="unknown parameter 'regoin'"):
+            async with corral.connect("dynamodb://corral?regoin=us-east-1"):
+                pass
+
+    anyio.run(main)
+
+
+def test_missing_credentials_fail_at_connect_saying_what_to_set(
+    moto_endpoint: str, tmp_path: Any
+) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AWS_") and k not in ("HOME", "USERPROFILE")
+    }
+    env.update(HOME=str(tmp_path), AWS_EC2_METADATA_DISABLED="true")
+    code = (
+        "import anyio, corral\n"
+        "async def main():\n"
+        f"    async with corral.connect('dynamodb://c?region=us-east-1&endpoint_url={moto_endpoint}'):\n"
+        "        pass\n"
+        "try:\n"
+        "    anyio.run(main)\n"
+        "except corral.ConnectError as exc:\n"
+        "    print('ConnectError', exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "ConnectError no AWS credentials found: set AWS_ACCESS_KEY_ID" in out.stdout, out
+    assert issubclass(ConnectError, corral.CorralError)
+
+
+def test_corral_imports_without_aioboto3_and_connect_says_what_to_install() -> None:
+    # aioboto3 unimportable (a None entry in sys.modules): corral and corral.jobs import,
+    # and a dynamodb:// URL fails at connect naming the extra.
+    code = (
+        "import sys\n"
+        "sys.modules['aioboto3'] = None\n"
+        "import anyio, corral, corral.jobs\n"
+        "async def main():\n"
+        "    async with corral.connect('dynamodb://corral?region=us-east-1'):\n"
+        "        pass\n"
+        "try:\n"
+        "    anyio.run(main)\n"
+        "except corral.MissingDriverError as exc:\n"
+        "    print('MissingDriverError', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'corral[aws]'" in out.stdout
+    assert issubclass(MissingDriverError, ImportError)
