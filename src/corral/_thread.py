@@ -12,6 +12,7 @@ import anyio.to_thread
 
 from ._map import is_async_callable
 from ._pickling import describe
+from ._validate import check_callable
 
 __all__ = ["to_thread"]
 
@@ -33,6 +34,7 @@ async def to_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) ->
     returned an awaitable anyway (a coroutine is closed first, so it never runs): a
     thread only makes the coroutine, it cannot run it; await it on the event loop.
     """
+    check_callable("fn", fn)
     if is_async_callable(fn):
         raise TypeError(
             f"fn {describe(fn)} is an async function: to_thread() runs blocking functions "
