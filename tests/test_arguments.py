@@ -354,6 +354,7 @@ ASYNC: list[Any] = [
     *map_rows("imap", call_imap),
     row(lambda _: corral.to_thread(42), {}, TypeError, "fn", id="to_thread-fn-type"),
     row(lambda _: corral.to_process(42), {}, TypeError, "fn", id="to_process-fn-type"),
+    row(lambda _: corral.dask.DaskPool().run(42), {}, TypeError, "fn", id="DaskPool.run-fn-type"),
     row(
         lambda _: corral.to_process(async_double, 1),
         {},

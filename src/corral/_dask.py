@@ -34,7 +34,7 @@ from anyio.lowlevel import current_token
 from ._exceptions import MissingDriverError, NotPicklableError, PoolClosedError, WorkerCrashed
 from ._lowlevel import loop_scheduler
 from ._pickling import describe
-from ._validate import check_int, type_error
+from ._validate import check_callable, check_int, type_error
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -441,6 +441,7 @@ class DaskPool:
         running it died (once the scheduler's allowed failures are spent). Cancelling
         the caller cancels the task on the cluster.
         """
+        check_callable("fn", fn)
         dumps_function(fn)  # refuse an unpicklable fn by name, before anything is sent
         for position, value in enumerate(args):
             _dumps_value(fn, f"argument {position}", value)
