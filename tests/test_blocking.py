@@ -243,11 +243,11 @@ def test_the_default_pool_is_shared_by_threads_each_running_a_loop(
 )
 def test_bad_arguments(run: Callable[..., Any]) -> None:
     task = Task(pair, (1,))
-    with pytest.raises(TypeError, match="iterable of corral.blocking.Task"):
+    with pytest.raises(TypeError, match=r"iterable of corral\.blocking\.Task"):
         run(task)
-    with pytest.raises(TypeError, match="iterable of corral.blocking.Task"):
+    with pytest.raises(TypeError, match=r"iterable of corral\.blocking\.Task"):
         run(5)
-    with pytest.raises(TypeError, match=r"tasks\[1\] must be a corral.blocking.Task, got int 5"):
+    with pytest.raises(TypeError, match=r"tasks\[1\] must be a corral\.blocking\.Task, got int 5"):
         run([task, 5])
     with pytest.raises(TypeError, match="use_processes"):
         run([task], use_processes="yes")
@@ -260,7 +260,7 @@ def test_a_non_task_in_a_generator_is_raised_itself() -> None:
         yield Task(pair, (1,))
         yield "not a task"
 
-    with pytest.raises(TypeError, match=r"tasks\[1\] must be a corral.blocking.Task, got str"):
+    with pytest.raises(TypeError, match=r"tasks\[1\] must be a corral\.blocking\.Task, got str"):
         execute_tasks_in_parallel(tasks())  # type: ignore[arg-type]
 
 
