@@ -29,13 +29,13 @@ def test_cluster_attributes_and_statistics() -> None:
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
-        (("",), {"capacity": 1}, TypeError, "name must be a non-empty str"),
-        (("a",), {"capacity": 0}, ValueError, "capacity must be a positive int"),
-        (("a",), {"capacity": "4"}, TypeError, "capacity must be a positive int"),
+        (("",), {"capacity": 1}, ValueError, "name must be a non-empty str"),
+        (("a",), {"capacity": 0}, ValueError, "capacity must be an int >= 1"),
+        (("a",), {"capacity": "4"}, TypeError, "capacity must be an int >= 1"),
         (("a",), {"capacity": 1, "offload": "gpu"}, ValueError, "offload must be"),
         (("a",), {"capacity": 1, "labels": "gpu"}, TypeError, "write labels="),
         (("a",), {"capacity": 1, "cost": "cheap"}, TypeError, "cost must be a number"),
-        (("a",), {"capacity": 1, "region": 5}, TypeError, "region must be a str"),
+        (("a",), {"capacity": 1, "region": 5}, TypeError, "region must be a non-empty str"),
     ],
 )
 def test_bad_cluster_arguments(

@@ -562,17 +562,17 @@ async def test_process_failures_have_the_remote_traceback() -> None:
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"limit": 0}, ValueError, "limit must be a positive int"),
-        ({"limit": -3}, ValueError, "limit must be a positive int"),
-        ({"limit": 2.5}, TypeError, "limit must be a positive int"),
-        ({"limit": True}, TypeError, "limit must be a positive int"),
-        ({"timeout": 0}, ValueError, "timeout must be > 0"),
-        ({"timeout": "1"}, TypeError, "timeout must be seconds"),
-        ({"offload": "gpu"}, ValueError, "offload must be 'thread', 'process'"),
+        ({"limit": 0}, ValueError, "limit must be an int >= 1"),
+        ({"limit": -3}, ValueError, "limit must be an int >= 1"),
+        ({"limit": 2.5}, TypeError, "limit must be an int >= 1"),
+        ({"limit": True}, TypeError, "limit must be an int >= 1"),
+        ({"timeout": 0}, ValueError, "timeout must be a finite number of seconds > 0"),
+        ({"timeout": "1"}, TypeError, "timeout must be a number of seconds"),
+        ({"offload": "gpu"}, ValueError, "offload must be one of 'thread', 'process'"),
         ({"chunksize": 4}, ValueError, "chunksize applies to offload='process' only"),
         ({"cluster": "cpu"}, TypeError, "cluster must be a corral.Cluster"),
-        ({"progress": object()}, TypeError, "progress must have an increment"),
-        ({"ordered": "yes"}, TypeError, "ordered and return_exceptions"),
+        ({"progress": object()}, TypeError, "progress must be an object with an increment"),
+        ({"ordered": "yes"}, TypeError, "ordered must be True or False"),
     ],
 )
 async def test_bad_arguments_are_rejected_before_any_work(
@@ -589,7 +589,7 @@ async def test_bad_arguments_are_rejected_before_any_work(
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"chunksize": 0}, ValueError, "chunksize must be a positive int"),
+        ({"chunksize": 0}, ValueError, "chunksize must be an int >= 1"),
         ({"chunksize": 4, "timeout": 1.0}, ValueError, "timeout is per item"),
     ],
 )

@@ -25,7 +25,14 @@ import anyio.lowlevel
 
 from ._dask import DaskPool
 from ._sync import LoopSafeSemaphore
-from ._validate import check_offload, check_positive_int, check_text
+from ._validate import (
+    check_number,
+    check_offload,
+    check_positive_int,
+    check_str,
+    check_type,
+    type_error,
+)
 
 __all__ = ["Cluster", "ClusterStatistics", "Offload"]
 
@@ -111,32 +118,25 @@ class Cluster:
         cost: float | None = None,
         labels: Iterable[str] = (),
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"Cluster name must be a non-empty str, got {name!r}")
-        check_text("Cluster name", name)
+        check_str("Cluster name", name)
         check_positive_int("capacity", capacity)
         if offload is not None and not isinstance(offload, DaskPool):
-            check_offload(offload)
-        if region is not None and not isinstance(region, str):
-            raise TypeError(f"Cluster region must be a str or None, got {region!r}")
-        if region is not None:
-            check_text("Cluster region", region)
-        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
-            raise TypeError(f"Cluster cost must be a number or None, got {cost!r}")
+            check_offload(offload, pools="a corral.dask.DaskPool")
         if isinstance(labels, str):
-            raise TypeError(
-                f"Cluster labels must be a collection of str, got the str {labels!r}; "
-                f"write labels={{{labels!r}}}"
+            raise type_error(
+                "Cluster labels",
+                "a collection of str",
+                labels,
+                f"write labels={{{labels!r}}}",
             )
+        check_type("Cluster labels", labels, Iterable, "a collection of str")
         label_set = frozenset(labels)
         for label in label_set:
-            if not isinstance(label, str):
-                raise TypeError(f"Cluster labels must be str, got {label!r}")
-            check_text("Cluster label", label)
-        self.name = name
+            check_str("Cluster label", label)
+        self.name: str = name
         self.offload: Offload | DaskPool | None = offload
-        self.region = region
-        self.cost = None if cost is None else float(cost)
+        self.region: str | None = check_str("Cluster region", region, optional=True)
+        self.cost: float | None = check_number("Cluster cost", cost, optional=True)
         self.labels: frozenset[str] = label_set
         self._semaphore = LoopSafeSemaphore(capacity)
 

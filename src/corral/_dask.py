@@ -34,7 +34,7 @@ from anyio.lowlevel import current_token
 from ._exceptions import MissingDriverError, NotPicklableError, PoolClosedError, WorkerCrashed
 from ._lowlevel import loop_scheduler
 from ._pickling import describe
-from ._validate import check_positive_int
+from ._validate import check_callable, check_int, type_error
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -276,20 +276,17 @@ class DaskPool:
     ) -> None:
         distributed = _import_distributed()
         if address is not None and not isinstance(address, str | distributed.Client):
-            raise TypeError(
-                f"address must be a scheduler address (str), a distributed.Client or None, "
-                f"got {type(address).__name__} {address!r}"
+            raise type_error(
+                "address", "a scheduler address (str), a distributed.Client or None", address
             )
         if isinstance(address, distributed.Client) and address.asynchronous:
-            raise TypeError(
+            raise ValueError(
                 "address is an asynchronous distributed.Client, which runs on asyncio only; "
                 "pass a synchronous one (the default: Client(address)), or the address"
             )
-        check_positive_int("n_workers", n_workers)
-        if threads_per_worker is not None:
-            check_positive_int("threads_per_worker", threads_per_worker)
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        check_int("n_workers", n_workers, minimum=1)
+        check_int("threads_per_worker", threads_per_worker, minimum=1, optional=True)
+        check_int("retries", retries, minimum=0)
         self._address = address
         self._n_workers = n_workers
         self._threads_per_worker = threads_per_worker
@@ -464,6 +461,7 @@ class DaskPool:
             WorkerCrashed: The workers running it died (once the scheduler's allowed
                 failures are spent).
         """
+        check_callable("fn", fn)
         dumps_function(fn)  # refuse an unpicklable fn by name, before anything is sent
         for position, value in enumerate(args):
             _dumps_value(fn, f"argument {position}", value)

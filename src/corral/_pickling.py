@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exceptions import NotPicklableError
+from ._validate import check_callable
 
 __all__ = [
     "check_process_function",
@@ -49,32 +50,34 @@ def describe(obj: object) -> str:
     return f"{text} (a {type(obj).__module__}.{type(obj).__qualname__})"
 
 
-def check_process_function(fn: Callable[..., Any]) -> None:
+def check_process_function(fn: Callable[..., Any], name: str = "fn") -> None:
     """Raise :class:`NotPicklableError` or TypeError unless ``fn`` can run in a worker process.
 
     Checked before any work starts, with a message that names the problem and the fix.
     """
+    check_callable(name, fn)
     target = inspect.unwrap(fn) if not isinstance(fn, type) else fn
     if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
         raise TypeError(
-            f"fn {describe(fn)} is an async function: it runs on the event loop and cannot "
+            f"{name} {describe(fn)} is an async function: it runs on the event loop and cannot "
             f"be sent to a process; pass a plain function, or leave offload unset to run "
             f"it on the event loop"
         )
     qualname = getattr(target, "__qualname__", "")
     if getattr(target, "__name__", None) == "<lambda>":
         raise NotPicklableError(
-            f"fn {describe(fn)} is a lambda: processes can only run importable functions; {_FIX}"
+            f"{name} {describe(fn)} is a lambda: processes can only run importable "
+            f"functions; {_FIX}"
         )
     if "<locals>" in qualname:
         raise NotPicklableError(
-            f"fn {describe(fn)} is defined inside another function (a closure): processes "
+            f"{name} {describe(fn)} is defined inside another function (a closure): processes "
             f"can only run importable functions; {_FIX}"
         )
     module = getattr(target, "__module__", None)
     if module == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
         raise NotPicklableError(
-            f"fn {describe(fn)} is defined in an interactive session (__main__ has no "
+            f"{name} {describe(fn)} is defined in an interactive session (__main__ has no "
             f"file), so worker processes cannot import it; move it into a module, or pass "
             f"offload='thread'"
         )
@@ -82,7 +85,8 @@ def check_process_function(fn: Callable[..., Any]) -> None:
         pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise NotPicklableError(
-            f"fn {describe(fn)} cannot be pickled to send it to a worker process ({exc}); {_FIX}"
+            f"{name} {describe(fn)} cannot be pickled to send it to a worker process "
+            f"({exc}); {_FIX}"
         ) from exc
 
 

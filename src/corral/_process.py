@@ -53,7 +53,7 @@ from ._exceptions import (
 )
 from ._pickling import check_process_function, dumps_args, pickled_globals
 from ._sync import LoopSafeSemaphore
-from ._validate import check_positive_int
+from ._validate import check_positive_int, check_type
 from ._worker import HEADER, PICKLED, VALUE, EncodedError, worker_main
 
 __all__ = [
@@ -272,10 +272,19 @@ class ProcessPool:
         if max_workers is None:
             max_workers = cpu_count()
         check_positive_int("max_workers", max_workers)
+        check_type("initargs", initargs, Sequence, "a tuple of arguments for initializer")
         if initializer is not None:
-            check_process_function(initializer)
+            check_process_function(initializer, "initializer")
             dumps_args(initializer, tuple(initargs), {})
-        if mp_context is None:
+        if mp_context is not None:
+            check_type(
+                "mp_context",
+                mp_context,
+                BaseContext,
+                "a multiprocessing context or None",
+                fix="write multiprocessing.get_context('spawn') (or 'forkserver')",
+            )
+        else:
             methods = multiprocessing.get_all_start_methods()
             mp_context = multiprocessing.get_context(
                 "forkserver" if "forkserver" in methods else "spawn"

@@ -12,6 +12,7 @@ import anyio.to_thread
 
 from ._map import is_async_callable
 from ._pickling import describe
+from ._validate import check_callable
 
 __all__ = ["to_thread"]
 
@@ -44,6 +45,7 @@ async def to_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) ->
             on the event loop.
         Exception: Whatever ``fn`` raised.
     """
+    check_callable("fn", fn)
     if is_async_callable(fn):
         raise TypeError(
             f"fn {describe(fn)} is an async function: to_thread() runs blocking functions "

@@ -26,6 +26,7 @@ from anyio.lowlevel import current_token
 from ._map import imap, is_async_callable, map
 from ._pickling import check_process_function, describe, is_picklable
 from ._public import fixup_module_metadata as _fixup_module_metadata
+from ._validate import check_bool, check_callable, check_choice, check_int, type_error
 
 __all__ = [
     "Task",
@@ -55,10 +56,7 @@ class Task:
     """Positional arguments as a tuple or list, or keyword arguments as a mapping."""
 
     def __post_init__(self) -> None:
-        if not callable(self.callback_function):
-            raise TypeError(
-                f"Task.callback_function must be callable, got {self.callback_function!r}"
-            )
+        check_callable("Task.callback_function", self.callback_function)
         if is_async_callable(self.callback_function):
             raise TypeError(
                 f"Task.callback_function {describe(self.callback_function)} is async; "
@@ -66,10 +64,11 @@ class Task:
                 f"coroutines"
             )
         if not isinstance(self.arguments, tuple | list | Mapping):
-            raise TypeError(
-                f"Task.arguments must be a tuple of positional arguments or a dict of "
-                f"keyword arguments, got {type(self.arguments).__name__} "
-                f"{self.arguments!r:.60}; write a single argument as ({self.arguments!r:.40},)"
+            raise type_error(
+                "Task.arguments",
+                "a tuple of positional arguments or a dict of keyword arguments",
+                self.arguments,
+                f"write a single argument as ({self.arguments!r:.40},)",
             )
 
     def __call__(self) -> Any:
@@ -108,11 +107,7 @@ def should_use_processes(kind: Literal["cpu", "io"]) -> bool:
     Raises:
         ValueError: ``kind`` is neither ``"cpu"`` nor ``"io"``.
     """
-    if kind == "cpu":
-        return True
-    if kind == "io":
-        return False
-    raise ValueError(f"kind must be 'cpu' or 'io', got {kind!r}")
+    return check_choice("kind", kind, ("cpu", "io")) == "cpu"
 
 
 def _check_no_running_loop(name: str) -> None:
@@ -126,12 +121,22 @@ def _check_no_running_loop(name: str) -> None:
     )
 
 
-def _prepare(name: str, tasks: Iterable[Task], use_processes: bool) -> Literal["thread", "process"]:
+def _prepare(
+    name: str,
+    tasks: Iterable[Task],
+    max_workers: int | None,
+    use_processes: bool,
+    return_exceptions: bool,
+    ordered: bool,
+) -> Literal["thread", "process"]:
     _check_no_running_loop(name)
     if isinstance(tasks, Task) or not isinstance(tasks, Iterable):
-        raise TypeError(f"tasks must be an iterable of Task, got {type(tasks).__name__}")
-    if not isinstance(use_processes, bool):
-        raise TypeError(f"use_processes must be True or False, got {use_processes!r}")
+        fix = "write tasks=[task]" if isinstance(tasks, Task) else ""
+        raise type_error("tasks", "an iterable of corral.blocking.Task", tasks, fix)
+    check_int("max_workers", max_workers, minimum=1, optional=True)
+    check_bool("use_processes", use_processes)
+    check_bool("return_exceptions", return_exceptions)
+    check_bool("ordered", ordered)
     if isinstance(tasks, Sequence):  # check every task before any work starts
         for _ in _checked(tasks, use_processes):
             pass
@@ -141,7 +146,7 @@ def _prepare(name: str, tasks: Iterable[Task], use_processes: bool) -> Literal["
 def _checked(tasks: Iterable[Task], use_processes: bool) -> Generator[Task, None, None]:
     for index, task in enumerate(tasks):
         if not isinstance(task, Task):
-            raise TypeError(f"tasks[{index}] is a {type(task).__name__}, not a corral Task")
+            raise type_error(f"tasks[{index}]", "a corral.blocking.Task", task)
         if use_processes:
             check_process_function(task.callback_function)
         yield task
@@ -233,7 +238,7 @@ def _run_all(
     return_exceptions: bool,
     ordered: bool,
 ) -> list[Any]:
-    offload = _prepare(name, tasks, use_processes)
+    offload = _prepare(name, tasks, max_workers, use_processes, return_exceptions, ordered)
 
     async def run() -> list[Any]:
         return await map(
@@ -284,7 +289,14 @@ def execute_tasks_in_parallel_streaming(
         Exception: The first task's exception, with ``return_exceptions=False``
             (after the results completed before it).
     """
-    offload = _prepare("execute_tasks_in_parallel_streaming", tasks, use_processes)
+    offload = _prepare(
+        "execute_tasks_in_parallel_streaming",
+        tasks,
+        max_workers,
+        use_processes,
+        return_exceptions,
+        ordered,
+    )
     stream = imap(
         _run_task,
         _checked(tasks, use_processes),

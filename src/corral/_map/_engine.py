@@ -32,7 +32,15 @@ from .._cluster import Cluster, Offload
 from .._dask import DaskPool, dumps_function
 from .._pickling import check_process_function
 from .._process import ProcessPool, cpu_count, default_pool
-from .._validate import check_offload, check_positive_int, check_timeout
+from .._validate import (
+    check_bool,
+    check_callable,
+    check_int,
+    check_offload,
+    check_timeout,
+    check_type,
+    type_error,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -107,8 +115,7 @@ class Engine:
         progress: ProgressSink | None,
         collect: bool,
     ) -> None:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__} {fn!r}")
+        check_callable("fn", fn)
         self.iterator: Iterator[Any] | None = None
         self.aiterator: AsyncIterator[Any] | None = None
         if isinstance(items, AsyncIterable):
@@ -116,30 +123,29 @@ class Engine:
         elif isinstance(items, Iterable):
             self.iterator = iter(items)
         else:
-            raise TypeError(
-                f"items must be an iterable or an async iterable, got "
-                f"{type(items).__name__} {items!r:.60}"
-            )
-        if cluster is not None and not isinstance(cluster, Cluster):
-            raise TypeError(f"cluster must be a corral.Cluster or None, got {cluster!r}")
+            raise type_error("items", "an iterable or an async iterable", items)
+        if cluster is not None:
+            check_type("cluster", cluster, Cluster, "a corral.Cluster or None")
         if progress is not None and not callable(getattr(progress, "increment", None)):
-            raise TypeError(
-                f"progress must have an increment(n) method, got {type(progress).__name__}"
+            raise type_error(
+                "progress",
+                "an object with an increment(n) method or None",
+                progress,
+                "pass db.progress's run or subtask, or anything with increment(n)",
             )
-        if not isinstance(ordered, bool) or not isinstance(return_exceptions, bool):
-            raise TypeError("ordered and return_exceptions must be True or False")
-        self.timeout = check_timeout(timeout)
-        if chunksize is not None:
-            check_positive_int("chunksize", chunksize)
-        if limit is not None:
-            check_positive_int("limit", limit)
+        check_bool("ordered", ordered)
+        check_bool("return_exceptions", return_exceptions)
+        self.timeout: float | None = check_timeout(timeout)
+        check_int("chunksize", chunksize, minimum=1, optional=True)
+        check_int("limit", limit, minimum=1, optional=True)
 
         self.pool: ProcessPool | None = None
         self.dask: DaskPool | None = None
-        self.dask_fn = b""
+        self.dask_fn: bytes = b""
         is_async = is_async_callable(fn)
         if offload is not None and not isinstance(offload, ProcessPool | DaskPool):
             check_offload(offload)
+        self.mode: str
         if is_async:
             if offload is not None:
                 raise TypeError(
@@ -182,32 +188,32 @@ class Engine:
                 limit = self.dask.threads
             else:
                 limit = DEFAULT_LIMITS[self.mode] or cpu_count()
-        self.fn = fn
-        self.limit = limit
-        self.ordered = ordered
-        self.return_exceptions = return_exceptions
-        self.cluster = cluster
-        self.progress = progress
-        self.collect = collect
+        self.fn: Callable[..., Any] = fn
+        self.limit: int = limit
+        self.ordered: bool = ordered
+        self.return_exceptions: bool = return_exceptions
+        self.cluster: Cluster | None = cluster
+        self.progress: ProgressSink | None = progress
+        self.collect: bool = collect
 
-        self.chunksize = chunksize
-        self.max_chunk = 1 if not chunked else (chunksize or MAX_CHUNK)
+        self.chunksize: int | None = chunksize
+        self.max_chunk: int = 1 if not chunked else (chunksize or MAX_CHUNK)
         if chunked and self.timeout is not None:
             self.chunksize = self.max_chunk = 1
-        self.length_hint = operator.length_hint(items) if self.iterator is not None else 0
-        self.window = math.inf if collect else 2 * limit * self.max_chunk
+        self.length_hint: int = operator.length_hint(items) if self.iterator is not None else 0
+        self.window: float = math.inf if collect else 2 * limit * self.max_chunk
 
-        self.taken = 0
-        self.yielded = 0
-        self.spawned = 0
-        self.exhausted = False
-        self.stopping = False
-        self.finished = False
+        self.taken: int = 0
+        self.yielded: int = 0
+        self.spawned: int = 0
+        self.exhausted: bool = False
+        self.stopping: bool = False
+        self.finished: bool = False
         self.error: BaseException | None = None
-        self.error_raised = False
+        self.error_raised: bool = False
         self.results: dict[int, Any] = {}
         self.arrivals: deque[tuple[int, Any]] = deque()
-        self.next_index = 0
+        self.next_index: int = 0
         self.consumer_event: anyio.Event | None = None
         self.window_event: anyio.Event | None = None
         self.input_lock: anyio.Lock | None = None
