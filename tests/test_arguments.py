@@ -214,24 +214,24 @@ SYNC: list[Any] = [
     ),
     # corral.jobs.Job
     row(lambda: jobs.Job(id=5), TypeError, "id", id="Job-id-type"),
-    later(lambda: jobs.Job(id=""), ValueError, "id", id="Job-id-value"),
-    later(lambda: jobs.Job(id="a", priority=5), TypeError, "priority", id="Job-priority-type"),
+    row(lambda: jobs.Job(id=""), ValueError, "id", id="Job-id-value"),
+    row(lambda: jobs.Job(id="a", priority=5), TypeError, "priority", id="Job-priority-type"),
     row(lambda: jobs.Job(id="a", priority="asap"), ValueError, "priority", id="Job-priority-value"),
     row(lambda: jobs.Job(id="a", customer=5), TypeError, "customer", id="Job-customer-type"),
-    later(lambda: jobs.Job(id="a", customer=""), ValueError, "customer", id="Job-customer-value"),
+    row(lambda: jobs.Job(id="a", customer=""), ValueError, "customer", id="Job-customer-value"),
     row(lambda: jobs.Job(id="a", affinity=5), TypeError, "affinity", id="Job-affinity-type"),
-    later(lambda: jobs.Job(id="a", affinity=""), ValueError, "affinity", id="Job-affinity-value"),
+    row(lambda: jobs.Job(id="a", affinity=""), ValueError, "affinity", id="Job-affinity-value"),
     row(lambda: jobs.Job(id="a", region=5), TypeError, "region", id="Job-region-type"),
-    later(lambda: jobs.Job(id="a", region=""), ValueError, "region", id="Job-region-value"),
-    later(lambda: jobs.Job(id="a", requires=5), TypeError, "requires", id="Job-requires-type"),
-    later(lambda: jobs.Job(id="a", requires={""}), ValueError, "requires", id="Job-requires-value"),
+    row(lambda: jobs.Job(id="a", region=""), ValueError, "region", id="Job-region-value"),
+    row(lambda: jobs.Job(id="a", requires=5), TypeError, "requires", id="Job-requires-type"),
+    row(lambda: jobs.Job(id="a", requires={""}), ValueError, "requires", id="Job-requires-value"),
     row(
         lambda: jobs.Job(id="a", max_retries="3"),
         TypeError,
         "max_retries",
         id="Job-max_retries-type",
     ),
-    later(
+    row(
         lambda: jobs.Job(id="a", max_retries=-1),
         ValueError,
         "max_retries",
@@ -255,7 +255,7 @@ SYNC: list[Any] = [
                 name,
                 id=f"ProcessorConfig-{name}-type",
             ),
-            later(
+            row(
                 lambda name=name: jobs.ProcessorConfig(**{name: 0}),
                 ValueError,
                 name,
@@ -269,7 +269,7 @@ SYNC: list[Any] = [
         "per_customer",
         id="ProcessorConfig-per_customer-type",
     ),
-    later(
+    row(
         lambda: jobs.ProcessorConfig(per_customer=0),
         ValueError,
         "per_customer",
@@ -441,28 +441,28 @@ DB: list[Any] = [
         id="connect-flush_interval-value",
     ),
     # corral.Database.table
-    later(lambda db: db.table(5, key="id"), TypeError, "name", id="table-name-type"),
+    row(lambda db: db.table(5, key="id"), TypeError, "name", id="table-name-type"),
     row(lambda db: db.table("t t", key="id"), ValueError, "name", id="table-name-value"),
-    later(lambda db: db.table("t", key=5), TypeError, "key", id="table-key-type"),
+    row(lambda db: db.table("t", key=5), TypeError, "key", id="table-key-type"),
     row(lambda db: db.table("t", key=()), ValueError, "key", id="table-key-value"),
     # db.progress
     row(lambda db: db.progress.start_run(5, "r"), TypeError, "type", id="start_run-type-type"),
-    later(
+    row(
         lambda db: db.progress.start_run("STATIC", ""),
         ValueError,
         "name",
         id="start_run-name-value",
     ),
     row(lambda db: db.progress.runs(limit="1"), TypeError, "limit", id="runs-limit-type"),
-    later(lambda db: db.progress.runs(limit=-1), ValueError, "limit", id="runs-limit-value"),
-    later(lambda db: db.progress.get(-1), ValueError, "run_id", id="get-run_id-value"),
-    later(
+    row(lambda db: db.progress.runs(limit=-1), ValueError, "limit", id="runs-limit-value"),
+    row(lambda db: db.progress.get(-1), ValueError, "run_id", id="get-run_id-value"),
+    row(
         lambda db: _start_subtask(db, number=-1),
         ValueError,
         "number",
         id="start_subtask-number-value",
     ),
-    later(
+    row(
         lambda db: _start_subtask(db, items_total=-1),
         ValueError,
         "items_total",
@@ -472,18 +472,18 @@ DB: list[Any] = [
     row(lambda db: increment(db, -1), ValueError, "increment", id="increment-n-value"),
     row(lambda db: _update(db, percent="1"), TypeError, "percent", id="update-percent-type"),
     row(lambda db: _update(db, percent=101), ValueError, "percent", id="update-percent-value"),
-    later(lambda db: _update(db, status=5), TypeError, "status", id="update-status-type"),
+    row(lambda db: _update(db, status=5), TypeError, "status", id="update-status-type"),
     row(lambda db: _update(db, status="DONE"), ValueError, "status", id="update-status-value"),
-    later(lambda db: show(db, run=5), TypeError, "run", id="show_progress-run-type"),
-    later(lambda db: show(db, refresh="1"), TypeError, "refresh", id="show_progress-refresh-type"),
+    row(lambda db: show(db, run=5), TypeError, "run", id="show_progress-run-type"),
+    row(lambda db: show(db, refresh="1"), TypeError, "refresh", id="show_progress-refresh-type"),
     row(lambda db: show(db, refresh=0), ValueError, "refresh", id="show_progress-refresh-value"),
     # db.jobs
-    later(lambda db: db.jobs.enqueue(5), TypeError, "job", id="enqueue-job-type"),
-    later(lambda db: db.jobs.get(5), TypeError, "job_id", id="get-job_id-type"),
+    row(lambda db: db.jobs.enqueue(5), TypeError, "job", id="enqueue-job-type"),
+    row(lambda db: db.jobs.get(5), TypeError, "job_id", id="get-job_id-type"),
     row(lambda db: db.jobs.by_cluster(5), TypeError, "cluster", id="by_cluster-cluster-type"),
     row(lambda db: db.jobs.list(limit="1"), TypeError, "limit", id="list-limit-type"),
-    later(lambda db: db.jobs.list(limit=0), ValueError, "limit", id="list-limit-value"),
-    later(lambda db: db.jobs.list(state=5), TypeError, "state", id="list-state-type"),
+    row(lambda db: db.jobs.list(limit=0), ValueError, "limit", id="list-limit-value"),
+    row(lambda db: db.jobs.list(state=5), TypeError, "state", id="list-state-type"),
     row(lambda db: db.jobs.list(state="done"), ValueError, "state", id="list-state-value"),
     row(
         lambda db: db.jobs.purge(older_than="1"),
@@ -497,14 +497,12 @@ DB: list[Any] = [
         "older_than",
         id="purge-older_than-value",
     ),
-    later(lambda db: db.jobs.requeue(5), TypeError, "job_id", id="requeue-job_id-type"),
+    row(lambda db: db.jobs.requeue(5), TypeError, "job_id", id="requeue-job_id-type"),
     # corral.jobs.Processor
     row(lambda _: _processor(db=5), TypeError, "db", id="Processor-db-type"),
     row(lambda db: _processor(db, handler=5), TypeError, "handler", id="Processor-handler-type"),
     row(lambda db: _processor(db, config=5), TypeError, "config", id="Processor-config-type"),
-    later(
-        lambda db: _processor(db, clusters=5), TypeError, "clusters", id="Processor-clusters-type"
-    ),
+    row(lambda db: _processor(db, clusters=5), TypeError, "clusters", id="Processor-clusters-type"),
     row(
         lambda db: _processor(db, clusters=[]),
         ValueError,
@@ -520,7 +518,7 @@ DB: list[Any] = [
     row(lambda db: _processor(db, classify=5), TypeError, "classify", id="Processor-classify-type"),
     row(lambda db: _processor(db, validate=5), TypeError, "validate", id="Processor-validate-type"),
     row(lambda db: _processor(db, name=5), TypeError, "name", id="Processor-name-type"),
-    later(lambda db: _processor(db, name=""), ValueError, "name", id="Processor-name-value"),
+    row(lambda db: _processor(db, name=""), ValueError, "name", id="Processor-name-value"),
 ]
 
 

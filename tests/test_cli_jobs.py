@@ -197,7 +197,7 @@ def test_enqueue_errors_name_the_line_and_the_fix(tmp_path: Path) -> None:
     err = bad_file('{"id": "a"}\n{"id": "a"}\n')
     assert "bad.jsonl line 2: id 'a' is on line 1 too; give each job its own id" in err
     err = bad_file('{"id": "a", "priority": "asap"}\n')
-    assert "bad.jsonl line 1: Job priority must be one of urgent, high, normal, low" in err
+    assert "bad.jsonl line 1: Job priority must be one of 'urgent', 'high', 'normal', 'low'" in err
     err = bad_file('{"id": "a"}\n{"id": "kept"}\n')
     assert "job id 'kept' is already stored" in err
     assert "nothing was enqueued" in err

@@ -120,15 +120,15 @@ def test_job_checks_its_fields() -> None:
     job = jobs.Job("a", {"x": [1, 2]}, priority="high", requires=["gpu"])
     assert job.priority is jobs.Priority.HIGH
     assert job.requires == frozenset({"gpu"})
-    with pytest.raises(TypeError, match="non-empty str"):
+    with pytest.raises(ValueError, match="non-empty str"):
         jobs.Job("")
-    with pytest.raises(ValueError, match="urgent, high, normal, low"):
+    with pytest.raises(ValueError, match="'urgent', 'high', 'normal', 'low'"):
         jobs.Job("a", priority="soon")
     with pytest.raises(TypeError, match="JSON-serializable"):
         jobs.Job("a", payload={1, 2})
     with pytest.raises(TypeError, match=r"requires=\{'gpu'\}"):
         jobs.Job("a", requires="gpu")
-    with pytest.raises(TypeError, match="max_retries"):
+    with pytest.raises(ValueError, match="max_retries"):
         jobs.Job("a", max_retries=-1)
     with pytest.raises(TypeError, match="customer"):
         jobs.Job("a", customer=3)  # type: ignore[arg-type]
@@ -144,16 +144,16 @@ def test_retry_policy_doubles_up_to_its_cap() -> None:
     assert len(set(delays)) > 1
     with pytest.raises(ValueError, match="less than base"):
         jobs.RetryPolicy(base=10, cap=1)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ValueError, match="jitter must be a finite number >= 0 and <= 1"):
         jobs.RetryPolicy(jitter=2)
 
 
 def test_config_and_processor_arguments_are_checked(tmp_path: Any) -> None:
-    with pytest.raises(TypeError, match="max_concurrent"):
+    with pytest.raises(ValueError, match="max_concurrent"):
         jobs.ProcessorConfig(max_concurrent=0)
-    with pytest.raises(TypeError, match="per_customer"):
+    with pytest.raises(ValueError, match="per_customer"):
         jobs.ProcessorConfig(per_customer=0)
-    with pytest.raises(TypeError, match="notify_buffer"):
+    with pytest.raises(ValueError, match="notify_buffer"):
         jobs.ProcessorConfig(notify_buffer=0)
     with pytest.raises(ValueError, match="notify_timeout"):
         jobs.ProcessorConfig(notify_timeout=-1)
@@ -1392,9 +1392,9 @@ async def test_text_the_databases_store_alike_and_what_they_refuse(db_url: str) 
         # (SQLite said not found, PostgreSQL QueryError; both UnicodeEncodeError for a
         # surrogate).
         for bad in ("a\x00b", "a\ud800b"):
-            with pytest.raises(corral.UnstorableTextError, match="job id"):
+            with pytest.raises(corral.UnstorableTextError, match="job_id"):
                 await db.jobs.get(bad)
-            with pytest.raises(corral.UnstorableTextError, match="job id"):
+            with pytest.raises(corral.UnstorableTextError, match="job_id"):
                 await db.jobs.requeue(bad)
             with pytest.raises(corral.UnstorableTextError, match="cluster"):
                 await db.jobs.by_cluster(bad)

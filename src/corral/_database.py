@@ -18,7 +18,6 @@ batching is described in :mod:`corral._writer`.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -39,7 +38,7 @@ from ._exceptions import (
     UnknownColumnError,
 )
 from ._ports import Column, Store, TableSchema, redact
-from ._validate import check_positive_int
+from ._validate import check_number, check_positive_int, check_type
 from ._writer import Source, Writer
 
 __all__ = ["Database", "DatabaseStatistics", "Table", "default_url", "open_database"]
@@ -358,7 +357,7 @@ class Database:
         #: The domains' views of this database, by what makes them (see _view).
         self._views: dict[Callable[[Any], object], object] = {}
         #: ``"sqlite"`` or ``"postgresql"``.
-        self.dialect = backend.dialect
+        self.dialect: str = backend.dialect
         #: Rows per batch transaction, at most.
         self.batch_size = batch_size
         #: Seconds a row (or a pending source) waits, at most, before its batch commits.
@@ -384,7 +383,10 @@ class Database:
         ``str`` → TEXT, ``bytes``, ``bool``, ``datetime``, ``date``, ``Decimal`` ...) and
         ``key`` as the primary key. Names must be plain identifiers.
         """
+        check_type("name", name, str, "a str (a table name)")
         check_identifier("table", name)
+        if not isinstance(key, str):
+            check_type("key", key, Iterable, "a column name or a sequence of them")
         keys = (key,) if isinstance(key, str) else tuple(key)
         if not keys:
             raise ValueError(
@@ -498,11 +500,7 @@ _Writer = Writer[Connection]
 
 
 def _check_interval(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"flush_interval must be seconds as a number, got {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"flush_interval must be a finite number of seconds > 0, got {value}")
-    return float(value)
+    return check_number("flush_interval", value, above=0, unit="seconds")
 
 
 def _without_consequences(error: BaseException, fatal: BaseException) -> BaseException | None:

@@ -44,6 +44,7 @@ from ._progress import (
     is_abandoned,
     last_update,
 )
+from ._validate import check_number, check_type
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -408,10 +409,8 @@ class show_progress:
     """
 
     def __init__(self, run: Run, *, refresh: float = 0.25, console: Console | None = None) -> None:
-        if not isinstance(run, Run):
-            raise TypeError(f"show_progress takes a Run (from start_run), got {run!r}")
-        if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
-            raise ValueError(f"refresh must be a number of seconds > 0, got {refresh!r}")
+        check_type("run", run, Run, "a corral.Run (from db.progress.start_run)")
+        check_number("refresh", refresh, above=0, unit="seconds")
         self._run = run
         self._refresh = refresh
         self._bars = ProgressBars(_title(run), console=console)

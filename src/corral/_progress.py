@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import ProgressNotFoundError
 from ._ports._progress import RunProgress, Status, SubtaskProgress
+from ._validate import check_choice, check_int, check_number, check_str, value_error
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -137,19 +138,14 @@ def ending(
 
 
 def _check_text(what: str, value: object, *, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise TypeError(f"{what} must be a non-empty string, got {value!r}")
-    return value
+    text = check_str(what, value, optional=optional)
+    if text is not None and not text.strip():
+        raise value_error(what, "a str that is not only whitespace", text)
+    return text
 
 
 def _check_count(what: str, value: object, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TypeError(f"{what} must be an int >= 0, got {value!r}")
-    return value
+    return check_int(what, value, minimum=0, optional=optional)
 
 
 class ProgressTracker:
@@ -418,11 +414,11 @@ class Run:
     def __init__(self, tracker: ProgressTracker, run_id: int, type: str, name: str) -> None:
         self._tracker = tracker
         #: The run's id in the database.
-        self.id = run_id
+        self.id: int = run_id
         #: Its type, such as ``"STATIC"``.
-        self.type = type
+        self.type: str = type
         #: Its name.
-        self.name = name
+        self.name: str = name
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.type} {self.name!r}>"
@@ -488,11 +484,11 @@ class Subtask:
         self._key = (run_id, number)
         self._count = tracker._counter(self._key)
         #: The run it belongs to.
-        self.run_id = run_id
+        self.run_id: int = run_id
         #: Its number within the run.
-        self.number = number
+        self.number: int = number
         #: Its name.
-        self.name = name
+        self.name: str = name
 
     def __repr__(self) -> str:
         return f"<Subtask {self.number} of run {self.run_id} {self.name!r}>"
@@ -536,11 +532,7 @@ class Subtask:
         """Set any of status, percent, message and items_total; the rest stay as they are."""
         checked = None if status is None else _check_status(status)
         if percent is not None:
-            if isinstance(percent, bool) or not isinstance(percent, int | float):
-                raise TypeError(f"percent must be a number, got {percent!r}")
-            if not 0 <= percent <= 100:
-                raise ValueError(f"percent must be between 0 and 100, got {percent}")
-            percent = float(percent)
+            percent = check_number("percent", percent, minimum=0, maximum=100)
         if message is not None:
             _check_text("message", message)
         if items_total is not None:
@@ -597,8 +589,4 @@ class Subtask:
 
 
 def _check_status(status: object) -> Status:
-    try:
-        return Status(str(status))
-    except ValueError:
-        names = ", ".join(s.value for s in Status)
-        raise ValueError(f"status must be one of {names}, got {status!r}") from None
+    return Status(check_choice("status", status, [s.value for s in Status]))

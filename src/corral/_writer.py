@@ -297,10 +297,10 @@ class Writer(Generic[S]):
         self._max_pending = max_pending
         self._cancel_body = cancel_body
         #: Rows accepted, committed and failed; batches committed.
-        self.accepted = 0
-        self.committed = 0
-        self.failed = 0
-        self.batches = 0
+        self.accepted: int = 0
+        self.committed: int = 0
+        self.failed: int = 0
+        self.batches: int = 0
         self._queue: deque[_Item] = deque()
         #: Bumped by every operation queued: later rows start new runs, after it.
         self._epoch = 0
@@ -311,14 +311,14 @@ class Writer(Generic[S]):
         self._closing = False
         self._final_sources = False
         #: No more puts: the database closed or the writer stopped.
-        self.closed = False
+        self.closed: bool = False
         #: The error that stopped the writer, if one did.
         self.fatal: BaseException | None = None
         #: Write errors waiting to be raised, at most _MAX_ERRORS of them.
         self._errors: deque[WriteError] = deque()
         #: Write errors not kept (the queue of errors was full): all, and those not
         #: told of yet in a note of a raised error.
-        self.errors_dropped = 0
+        self.errors_dropped: int = 0
         self._dropped_untold = 0
         self._sources: list[Source[S]] = []
         self._inflight: list[_Item] = []

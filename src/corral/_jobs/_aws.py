@@ -83,10 +83,10 @@ class SNSNotifier:
         #: The topic published to.
         self.topic_arn = topic_arn
         #: The region (else the topic's, from its ARN) and endpoint of the SNS client.
-        self.region = region or topic_arn.split(":")[3] or None
+        self.region: str | None = region or topic_arn.split(":")[3] or None
         self.endpoint_url = endpoint_url
         #: The kinds of event published (default: completed, failed, dead, reclaimed).
-        self.kinds = PUBLISHED if kinds is None else frozenset(kinds)
+        self.kinds: frozenset[EventKind] = PUBLISHED if kinds is None else frozenset(kinds)
         #: How many times a failed publish is tried again.
         self.retries = retries
 

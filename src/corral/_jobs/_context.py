@@ -15,7 +15,7 @@ from .._cluster import Cluster
 from .._exceptions import LeaseLostError, StepResultError
 from .._map import is_async_callable
 from .._thread import to_thread
-from .._validate import check_text
+from .._validate import check_int, check_str
 from . import _claims
 from ._model import Job, _nests_deeper, load_json
 
@@ -48,8 +48,7 @@ class JobProgress:
 
     def increment(self, n: int = 1, /) -> None:
         """Add ``n`` (an int >= 0, default 1) to the job's progress."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise TypeError(f"increment() takes an int >= 0, got {n!r}")
+        check_int("increment n", n, minimum=0)
         with self._lock:
             self._pending += n
             self._total += n
@@ -89,9 +88,9 @@ class Step:
 
     def __init__(self, ctx: JobContext, name: str) -> None:
         self._ctx = ctx
-        self.name = name
+        self.name: str = name
         #: Whether the step finished in an earlier attempt (its body is skipped).
-        self.done = name in ctx._steps
+        self.done: bool = name in ctx._steps
         self._scope: anyio.CancelScope | None = None
 
     async def __aenter__(self) -> Step:
@@ -320,9 +319,7 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _check_step_name(name: object) -> None:
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"a step name must be a non-empty str, got {name!r}")
-    check_text("step name", name)
+    check_str("step name", name)
 
 
 def _dump_result(result: object, job_id: str, step: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import random
 import re
 from collections.abc import Iterable
@@ -15,7 +14,15 @@ from typing import Any, ClassVar
 from .._exceptions import JobError, JobKindError, PayloadError
 from .._ports._jobs import ErrorCategory as ErrorCategory
 from .._ports._jobs import State as State
-from .._validate import check_text
+from .._validate import (
+    check_choice,
+    check_int,
+    check_number,
+    check_str,
+    check_text,
+    check_type,
+    type_error,
+)
 
 __all__ = [
     "DEFAULT_KIND",
@@ -154,11 +161,7 @@ def classify(exc: BaseException) -> ErrorCategory:
 def _check_name(what: str, value: object, *, optional: bool = True) -> str | None:
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise TypeError(
-            f"Job {what} must be a non-empty str of at most 200 characters, got {value!r}"
-        )
-    return check_text(f"Job {what}", value)
+    return check_str(f"Job {what}", value, max_length=200)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,34 +209,26 @@ class Job:
     def __post_init__(self) -> None:
         _check_name("id", self.id, optional=False)
         check_kind(self.kind)
-        try:
-            priority = Priority(self.priority)
-        except ValueError:
-            raise ValueError(
-                f"Job priority must be one of {', '.join(p.value for p in Priority)}, "
-                f"got {self.priority!r}"
-            ) from None
+        priority = Priority(
+            check_choice("Job priority", self.priority, [p.value for p in Priority])
+        )
         object.__setattr__(self, "priority", priority)
         _check_name("customer", self.customer)
         _check_name("affinity", self.affinity)
         _check_name("region", self.region)
         if isinstance(self.requires, str):
-            raise TypeError(
-                f"Job requires must be a collection of labels, got the str "
-                f"{self.requires!r}; write requires={{{self.requires!r}}}"
+            raise type_error(
+                "Job requires",
+                "a collection of labels",
+                self.requires,
+                f"write requires={{{self.requires!r}}}",
             )
+        check_type("Job requires", self.requires, Iterable, "a collection of labels")
         labels = frozenset(self.requires)
         for label in labels:
-            if not isinstance(label, str) or not label:
-                raise TypeError(f"Job requires labels must be non-empty str, got {label!r}")
-            check_text("Job requires label", label)
+            check_str("Job requires label", label)
         object.__setattr__(self, "requires", labels)
-        if (
-            isinstance(self.max_retries, bool)
-            or not isinstance(self.max_retries, int)
-            or self.max_retries < 0
-        ):
-            raise TypeError(f"Job max_retries must be an int >= 0, got {self.max_retries!r}")
+        check_int("Job max_retries", self.max_retries, minimum=0)
         dump_payload(self.payload, self.id)
 
 
@@ -352,11 +347,9 @@ class QueueDepth:
 
 
 def _check_seconds(what: str, value: object, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        raise ValueError(f"{what} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
+    if zero:
+        return check_number(what, value, minimum=0, unit="seconds")
+    return check_number(what, value, above=0, unit="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,10 +374,7 @@ class RetryPolicy:
         _check_seconds("RetryPolicy cap", self.cap, zero=True)
         if self.cap < self.base:
             raise ValueError(f"RetryPolicy cap ({self.cap}) is less than base ({self.base})")
-        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float):
-            raise TypeError(f"RetryPolicy jitter must be a number in [0, 1], got {self.jitter!r}")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"RetryPolicy jitter must be in [0, 1], got {self.jitter!r}")
+        check_number("RetryPolicy jitter", self.jitter, minimum=0, maximum=1)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1 for the first)."""
@@ -427,19 +417,12 @@ class ProcessorConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "batch_size", "notify_buffer"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TypeError(f"ProcessorConfig {name} must be an int >= 1, got {value!r}")
-        per = self.per_customer
-        if per is not None and (isinstance(per, bool) or not isinstance(per, int) or per < 1):
-            raise TypeError(
-                f"ProcessorConfig per_customer must be an int >= 1 or None, got {per!r}"
-            )
+            check_int(f"ProcessorConfig {name}", getattr(self, name), minimum=1)
+        check_int("ProcessorConfig per_customer", self.per_customer, minimum=1, optional=True)
         _check_seconds("ProcessorConfig lease_seconds", self.lease_seconds)
         _check_seconds("ProcessorConfig poll_interval", self.poll_interval)
         _check_seconds("ProcessorConfig notify_timeout", self.notify_timeout, zero=True)
-        if not isinstance(self.retry, RetryPolicy):
-            raise TypeError(f"ProcessorConfig retry must be a RetryPolicy, got {self.retry!r}")
+        check_type("ProcessorConfig retry", self.retry, RetryPolicy, "a jobs.RetryPolicy")
 
 
 def timestamp(value: float | None) -> datetime | None:

@@ -82,7 +82,7 @@ class LoggingNotifier:
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.logger = logger or logging.getLogger("corral.jobs")
+        self.logger: logging.Logger = logger or logging.getLogger("corral.jobs")
 
     async def notify(self, event: JobEvent) -> None:
         """Log ``event``."""

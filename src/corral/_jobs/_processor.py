@@ -34,7 +34,7 @@ import anyio.abc
 
 from .._cluster import Cluster
 from .._database import Database
-from .._validate import check_text
+from .._validate import check_callable, check_str, check_type, type_error
 from . import _claims
 from ._claimer import claimer, listen, unlisten
 from ._deliverer import deliver, send, wake_deliverer
@@ -159,18 +159,20 @@ class Processor:
         else:
             single = handler
         config = ProcessorConfig() if config is None else config
-        if not isinstance(config, ProcessorConfig):
-            raise TypeError(f"config must be a jobs.ProcessorConfig, got {config!r}")
+        check_type("config", config, ProcessorConfig, "a jobs.ProcessorConfig or None")
         if isinstance(clusters, Cluster):
-            raise TypeError("clusters must be a list of corral.Cluster; write clusters=[cluster]")
+            raise type_error(
+                "clusters", "a list of corral.Cluster", clusters, "write clusters=[cluster]"
+            )
+        if clusters is not None:
+            check_type("clusters", clusters, Iterable, "a list of corral.Cluster or None")
         cluster_list = (
             [Cluster("default", config.max_concurrent)] if clusters is None else list(clusters)
         )
         if not cluster_list:
             raise ValueError("clusters is empty: give at least one corral.Cluster")
         for cluster in cluster_list:
-            if not isinstance(cluster, Cluster):
-                raise TypeError(f"clusters must hold corral.Cluster objects, got {cluster!r}")
+            check_type("clusters[i]", cluster, Cluster, "a corral.Cluster")
         names = [c.name for c in cluster_list]
         if len(set(names)) != len(names):
             raise ValueError(f"two clusters share a name: {names!r}")
@@ -186,17 +188,16 @@ class Processor:
                 ", ".join(priced),
             )
         for what, fn in (("classify", classify), ("validate", validate)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{what} must be a function, got {fn!r}")
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
-        if name is not None:
-            check_text("Processor name", name)
-        if not isinstance(db, Database):
-            raise TypeError(
-                f"db must be an open corral.Database, got {db!r}: "
-                f"async with corral.connect(url) as db: jobs.Processor(db, handler, ...)"
-            )
+            if fn is not None:
+                check_callable(what, fn, "a function or None")
+        check_str("Processor name", name, optional=True)
+        check_type(
+            "db",
+            db,
+            Database,
+            "an open corral.Database",
+            fix="async with corral.connect(url) as db: jobs.Processor(db, handler, ...)",
+        )
         self._db = db
         self._handler = single
         self._handlers = handlers

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import DuplicateJobError, JobNotFoundError, JobStateError
-from .._validate import check_text
+from .._validate import check_choice, check_int, check_number, check_str, type_error
 from ._model import (
     Cancellation,
     ErrorCategory,
@@ -100,7 +100,7 @@ class JobQueue:
         self._db = db
         self._ready = False
         #: The NOTIFY channel of this queue (PostgreSQL), known once the table is.
-        self.channel = _CHANNEL
+        self.channel: str = _CHANNEL
         #: Wake-up callbacks of this database's running processors, called when a job
         #: is enqueued or requeued here (other processes learn it from the store's
         #: wake-ups, or poll).
@@ -152,9 +152,8 @@ class JobQueue:
         batch = list(jobs)
         for job in batch:
             if not isinstance(job, Job):
-                raise TypeError(
-                    f"enqueue takes corral.jobs.Job objects, got {type(job).__name__} "
-                    f"{job!r:.80}; wrap it: jobs.Job(id=..., payload=...)"
+                raise type_error(
+                    "job", "a corral.jobs.Job", job, "wrap it: jobs.Job(id=..., payload=...)"
                 )
         if len(batch) > 1:
             seen: set[str] = set()
@@ -205,9 +204,7 @@ class JobQueue:
 
     async def get(self, job_id: str) -> JobRecord:
         """Return a snapshot of job ``job_id``; :class:`~corral.jobs.JobNotFoundError` if none."""
-        if not isinstance(job_id, str):
-            raise TypeError(f"job id must be a str, got {job_id!r}")
-        check_text("job id", job_id)
+        check_str("job_id", job_id)
 
         async def read(conn: Session) -> Mapping[str, Any] | None:
             return await conn.jobs.get(job_id)
@@ -245,9 +242,7 @@ class JobQueue:
         A job belongs to the cluster its latest attempt ran on; a job that has not run
         yet belongs to the cluster it is pinned to (its ``affinity``), if any.
         """
-        if not isinstance(cluster, str):
-            raise TypeError(f"cluster must be a cluster's name (a str), got {cluster!r}")
-        check_text("cluster name", cluster)
+        check_str("cluster", cluster)
 
         async def read(conn: Session) -> dict[str, int]:
             return await conn.jobs.by_cluster(cluster)
@@ -261,8 +256,7 @@ class JobQueue:
 
         Claim order: higher priority first, then oldest first.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise TypeError(f"limit must be an int >= 1, got {limit!r}")
+        check_int("limit", limit, minimum=1)
         wanted = None if state is None else _state(state)
         if kind is not None:
             check_kind(kind, "kind")
@@ -286,10 +280,7 @@ class JobQueue:
         never deleted).
         Returns how many were deleted. Keeps the table from growing without bound.
         """
-        if isinstance(older_than, bool) or not isinstance(older_than, int | float):
-            raise TypeError(f"older_than must be a number of seconds, got {older_than!r}")
-        if not older_than >= 0:
-            raise ValueError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+        check_number("older_than", older_than, minimum=0, unit="seconds")
         if isinstance(states, str):
             states = (states,)
         wanted = sorted({_state(state) for state in states})
@@ -315,9 +306,7 @@ class JobQueue:
         if there is no such job, :class:`~corral.jobs.JobStateError` if it is not dead,
         failed or cancelled.
         """
-        if not isinstance(job_id, str):
-            raise TypeError(f"job id must be a str, got {job_id!r}")
-        check_text("job id", job_id)
+        check_str("job_id", job_id)
 
         async def update(conn: Session) -> str | None:
             return await conn.jobs.requeue(job_id)
@@ -348,9 +337,7 @@ class JobQueue:
         and :class:`~corral.jobs.JobStateError` if it is finished otherwise (completed,
         failed or dead), as :meth:`requeue` does.
         """
-        if not isinstance(job_id, str):
-            raise TypeError(f"job id must be a str, got {job_id!r}")
-        check_text("job id", job_id)
+        check_str("job_id", job_id)
 
         async def update(conn: Session) -> str:
             return await conn.jobs.cancel(job_id)
@@ -370,12 +357,7 @@ class JobQueue:
 
 
 def _state(value: object) -> State:
-    try:
-        return State(str(value))
-    except ValueError:
-        raise ValueError(
-            f"state must be one of {', '.join(s.value for s in State)}, got {value!r}"
-        ) from None
+    return State(check_choice("state", value, [s.value for s in State]))
 
 
 def _duplicates(existing: list[str], of: int) -> DuplicateJobError:

@@ -99,16 +99,16 @@ class Claimed:
         self, row: Mapping[str, Any], attempt: int, cluster: str, route_reason: str, token: int
     ) -> None:
         #: The job's stored row.
-        self.row = row
+        self.row: Mapping[str, Any] = row
         #: The job's id.
         self.id: str = row["id"]
         #: This attempt's number (1 for the first).
-        self.attempt = attempt
+        self.attempt: int = attempt
         #: The cluster it was routed to, and why.
-        self.cluster = cluster
-        self.route_reason = route_reason
+        self.cluster: str = cluster
+        self.route_reason: str = route_reason
         #: The lease token: every write of this attempt names it.
-        self.token = token
+        self.token: int = token
         #: The domain's decoded job, once it has made it (the store never reads it).
         self._job: Any = None
 
