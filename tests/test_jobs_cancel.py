@@ -177,7 +177,7 @@ async def test_cancel_a_waiting_a_retrying_a_finished_and_a_missing_job(db_url: 
         assert (await db.jobs.get("ready")).state is jobs.State.CANCELLED
         with pytest.raises(jobs.JobNotFoundError, match="no job with id 'nope'"):
             await db.jobs.cancel("nope")
-        with pytest.raises(TypeError, match="job id must be a str"):
+        with pytest.raises(TypeError, match="job_id must be a non-empty str"):
             await db.jobs.cancel(3)  # type: ignore[arg-type]
         assert [r.id for r in await db.jobs.list("cancelled")] == ["flaky", "ready"]
         # Requeued, a cancelled job runs again; purged, it is gone.

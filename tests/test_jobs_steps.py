@@ -233,8 +233,8 @@ async def test_a_step_name_is_used_once_per_attempt(db_url: str) -> None:
             await anyio.lowlevel.checkpoint()
         with pytest.raises(ValueError, match="step 'y' was already used"):
             await ctx.run_step("y", int, "9")
-        for name in ("", 3):
-            with pytest.raises(TypeError, match="a step name must be a non-empty str"):
+        for name, error in (("", ValueError), (3, TypeError)):
+            with pytest.raises(error, match="step name must be a non-empty str"):
                 await ctx.run_step(name, int, "1")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="returned a coroutine"):  # a thread cannot run it
             await ctx.run_step("lambda", lambda: anyio.lowlevel.checkpoint())
