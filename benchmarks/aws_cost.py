@@ -148,6 +148,31 @@ async def measure(url: str, n: int, batch: int) -> dict[str, Any]:
     }
 
 
+async def measure_groups(url: str, n: int, callers: int) -> dict[str, Any]:
+    """Enqueue ``n`` jobs as the writer's group commit does: ``callers`` one-job groups a call."""
+    meter = Meter()
+    async with corral.connect(url) as db:
+        await db._run(lambda s: s.jobs.prepare())
+        raw = db._backend.client.raw  # type: ignore[attr-defined]
+        raw.meta.events.register("before-parameter-build.dynamodb", meter)
+        start = time.perf_counter()
+        for i in range(0, n, callers):
+            groups = [
+                [(f"j{j:06}", json.dumps({"n": j}), 2, f"c{j % 5}", None, None, "[]", 3, "default")]
+                for j in range(i, min(n, i + callers))
+            ]
+            refused = await db._run(lambda s, g=groups: s.jobs.enqueue_groups(g))
+            assert not any(refused)
+        seconds = time.perf_counter() - start
+    return {
+        "callers": callers,
+        "requests_per_job": sum(meter.requests.values()) / n,
+        "by_operation": {k: round(v / n, 3) for k, v in sorted(meter.requests.items())},
+        "wcu_per_job": meter.wcu / n,
+        "seconds": seconds,
+    }
+
+
 FORMULA = """\
 Write units per job, with b jobs per claim (and per enqueue and finish), k counter
 items touched per batch (the global one, one per cluster, one per customer in the
@@ -181,6 +206,19 @@ def main() -> None:
         print(
             f"{r['batch']:>5} {r['requests_per_job']:>12.2f} {r['wcu_per_job']:>8.2f} "
             f"{r['rcu_per_job']:>8.2f}  {r['by_operation']}"
+        )
+    print()
+    print("Enqueue by group commit: c callers of one job each, one enqueue_groups call")
+    print(f"{'c':>5} {'requests/job':>12} {'WCU/job':>8}  seconds  requests by operation")
+    for callers in (int(b) for b in args.batches.split(",")):
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        url = f"dynamodb://{prefix}?region={args.region}"
+        if endpoint:
+            url += f"&endpoint_url={endpoint}"
+        g = anyio.run(measure_groups, url, args.jobs, callers)
+        print(
+            f"{g['callers']:>5} {g['requests_per_job']:>12.2f} {g['wcu_per_job']:>8.2f} "
+            f"{g['seconds']:>8.2f}  {g['by_operation']}"
         )
 
 

@@ -160,16 +160,6 @@ def dynamodb_url(moto_endpoint: str) -> str:
     return f"dynamodb://t{uuid.uuid4().hex[:12]}?region=us-east-1&endpoint_url={moto_endpoint}"
 
 
-#: Contract tests that still compare ``renew``'s result with a set: the DynamoDB store
-#: returns the port's ``Renewal`` (held, cancel), as the job port now says; the SQL
-#: stores and these tests move to it on the ``kinds`` branch.
-_RENEWAL_PENDING = (
-    "test_renew_extends_the_leases_held_and_adds_their_progress",
-    "test_a_wrong_token_changes_nothing",
-    "test_an_expired_lease_is_reclaimed_and_its_old_token_fenced_off",
-)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The contract suites run on DynamoDB under asyncio only: on trio the store runs the
     # same code, on an asyncio loop in a thread, and moto costs about a second a test.
@@ -186,13 +176,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if left:
             config.hook.pytest_deselected(items=left)
             items[:] = [item for item in items if item not in left]
-    for item in items:
-        if (
-            item.module is not None
-            and item.module.__name__.endswith("test_contract_jobs")
-            and item.name.partition("[")[0] in _RENEWAL_PENDING
-            and "dynamodb" in item.name
-        ):
-            item.add_marker(
-                pytest.mark.xfail(reason="renew returns Renewal (the port); test awaits kinds")
-            )

@@ -50,6 +50,9 @@ def _request(owner: str) -> ClaimRequest:
     )
 
 
+# asyncio only: on trio the store runs this same code on its asyncio loop thread, which
+# the three-process test (one worker on trio) and the trio tests here exercise already.
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_concurrent_claimers_keep_every_limit_and_complete_each_job_once(
     dynamodb_url: str,
 ) -> None:
@@ -245,3 +248,58 @@ def test_corral_imports_without_aioboto3_and_connect_says_what_to_install() -> N
     assert out.returncode == 0, out.stderr
     assert "pip install 'corral[aws]'" in out.stdout
     assert issubclass(MissingDriverError, ImportError)
+
+
+def _new(job_id: str) -> tuple[str, str, int, None, None, None, str, int, str]:
+    return (job_id, json.dumps({"id": job_id}), 2, None, None, None, "[]", 3, "default")
+
+
+async def test_enqueue_groups_stores_each_group_whole_or_none_and_takes_back_a_long_one(
+    dynamodb_url: str,
+) -> None:
+    # 250 jobs: three transactions; the second is refused ("a"), the third holds "d":
+    # the first one's 100 jobs are deleted again, and both ids are named.
+    long = [_new(f"g{n:03}") for n in range(250)]
+    long[120], long[230] = _new("a"), _new("d")
+    groups = [
+        [_new("b"), _new("a"), _new("c")],  # "a" is stored: refused
+        [_new("d")],
+        [_new("d"), _new("e")],  # "d" was stored by the group before
+        long,
+        [_new("f")],
+        [_new("b")],  # free again: the first group was refused
+    ]
+    async with corral.connect(dynamodb_url) as db:
+        await db._run(lambda s: s.jobs.prepare())
+        assert await db._run(lambda s: s.jobs.enqueue([_new("a")])) == []
+        refused = await db._run(lambda s: s.jobs.enqueue_groups(groups))
+        assert refused == [["a"], [], ["d"], ["a", "d"], [], []]
+        # enqueue returns the ids refused and stores none of its jobs, raising nothing.
+        assert await db._run(lambda s: s.jobs.enqueue([_new("h"), _new("f")])) == ["f"]
+        rows = await db._run(lambda s: s.jobs.list(None, 1000))
+        assert sorted(r["id"] for r in rows) == ["a", "b", "d", "f"]
+        # Claim order is the order of enqueueing, across the groups of one call.
+        assert [r["id"] for r in rows] == ["a", "d", "f", "b"]
+
+
+async def test_a_reclaimed_job_keeps_its_kind_and_its_cancellation_asked(
+    dynamodb_url: str,
+) -> None:
+    # The domain reads ``kind`` in the reclaimed rows, and ``cancel_requested`` in a
+    # claimed row: a job asked to cancel whose worker died is finished at its next claim.
+    (job_id, payload, priority, customer, affinity, region, requires, retries, _) = _new("a")
+    new = (job_id, payload, priority, customer, affinity, region, requires, retries, "report")
+    async with corral.connect(dynamodb_url) as db:
+        await db._run(lambda s: s.jobs.prepare())
+        assert await db._run(lambda s: s.jobs.enqueue([new])) == []
+        expired = _request("w1")
+        expired.lease_seconds = -1.0
+        [first] = (await db._run(lambda s: s.jobs.claim(expired))).claimed
+        assert first.row["cancel_requested"] is False
+        assert await db._run(lambda s: s.jobs.cancel("a")) == "requested"
+        result = await db._run(lambda s: s.jobs.claim(_request("w2")))
+        assert [(r["id"], r["kind"], State(r["state"])) for r in result.reclaimed] == [
+            ("a", "report", State.READY)
+        ]
+        [again] = result.claimed
+        assert (again.id, again.attempt, again.row["cancel_requested"]) == ("a", 2, True)

@@ -4,7 +4,15 @@
 job port as attributes (None left out). A waiting job (ready, or retrying) also has
 ``wq = "w"`` and ``wsort = "PRIORITY#SEQ"``: the sparse global index ``waiting``
 (``wq``, ``wsort``) holds the waiting jobs only, in claim order. ``seq`` comes from the
-counter item ``seq#job`` of ``PREFIX_meta`` (``ADD``), one request per enqueue.
+counter item ``seq#job`` of ``PREFIX_meta`` (``ADD``), one request per group commit.
+
+**Enqueueing** (:meth:`DynamoJobStore.enqueue_groups`, the enqueues of many callers at
+once): each caller's group is one ``TransactWriteItems`` of puts conditioned on
+``attribute_not_exists(id)`` per 100 jobs (the limit of a transaction), the groups sent
+at once. A group of up to 100 jobs is stored whole or not at all by DynamoDB itself; a
+longer one whose later transaction is refused deletes what its earlier ones wrote (a
+moment in which other hosts may see them, and claim them: enqueue such groups from one
+place, or keep them to 100 jobs).
 
 **Limits without a lock.** The in-progress jobs are counted by *counter items* of
 ``PREFIX_meta``: ``limit#all`` (``max_concurrent``), ``limit#cluster#NAME`` (a
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import json
 import random
 import secrets
@@ -174,6 +183,53 @@ def _reasons(exc: ClientError) -> list[str]:
     return [str(r.get("Code", "None")) for r in reasons]
 
 
+def _new_item(job: NewJob, seq: int, now: str) -> dict[str, Any]:
+    """The item of a new job, ready now (and in the index of waiting jobs)."""
+    job_id, payload, priority, customer, affinity, region, requires, max_retries, kind = job
+    order = _wsort(priority, seq)
+    item: dict[str, Any] = {
+        "id": {"S": job_id},
+        "seq": {"N": str(seq)},
+        "kind": {"S": kind},
+        "payload": {"S": payload},
+        "priority": {"N": str(priority)},
+        "requires": {"S": requires},
+        "max_retries": {"N": str(max_retries)},
+        "state": {"S": State.READY.value},
+        "attempts": {"N": "0"},
+        "steps": {"S": "[]"},
+        "progress": {"N": "0"},
+        "created_at": {"N": now},
+        "run_at": {"N": now},
+        "updated_at": {"N": now},
+        "wq": {"S": _WQ},
+        "wsort": {"S": order},
+        "order": {"S": order},
+    }
+    for name, value in (("customer", customer), ("affinity", affinity), ("region", region)):
+        if value is not None:
+            item[name] = {"S": value}
+    return item
+
+
+def _rounds(groups: Sequence[Sequence[NewJob]]) -> list[list[int]]:
+    """Split the groups (their indexes) into rounds whose ids are all distinct.
+
+    Usually one round. A group sharing an id with an earlier one goes in a round after
+    that one's: a refused group frees its ids for the groups after it.
+    """
+    rounds: list[tuple[set[str], list[int]]] = []
+    for n, group in enumerate(groups):
+        ids = {job[0] for job in group}
+        after = max((r for r, (taken, _) in enumerate(rounds) if taken & ids), default=-1)
+        if after + 1 == len(rounds):
+            rounds.append((set(), []))
+        taken, members = rounds[after + 1]
+        taken |= ids
+        members.append(n)
+    return [members for _, members in rounds]
+
+
 class DynamoJobStore:
     """:class:`~corral._ports._jobs.JobStore` on DynamoDB (see the module docstring)."""
 
@@ -290,60 +346,101 @@ class DynamoJobStore:
     # -- enqueue and the queue's reads -----------------------------------------------------
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> builtins.list[str]:
-        """Store ``jobs`` (transactions of 100 puts); return the ids stored already."""
-        if not jobs:
-            return []
+        """Store ``jobs`` whole or not at all; return the ids stored already."""
+        return (await self.enqueue_groups([jobs]))[0]
+
+    async def enqueue_groups(
+        self, groups: Sequence[Sequence[NewJob]]
+    ) -> builtins.list[builtins.list[str]]:
+        """Store each group whole or not at all; return, per group, the ids refused.
+
+        One ``ADD`` of ``seq#job`` numbers every job of the call; then each group is one
+        ``TransactWriteItems`` of conditional puts (``attribute_not_exists(id)``) per
+        100 jobs, the groups of a round sent at once. A group of more than 100 jobs
+        whose later transaction is refused deletes what its earlier ones wrote. Groups
+        sharing an id go in successive rounds, so that the result is what enqueueing
+        them one after another would leave.
+        """
+        refused: list[list[str]] = [[] for _ in groups]
+        total = sum(len(group) for group in groups)
+        if not total:
+            return refused
         counted = await self._client.call(
             "update_item",
             TableName=self._meta,
             Key={"pk": {"S": "seq#job"}},
             UpdateExpression="ADD v :n",
-            ExpressionAttributeValues={":n": {"N": str(len(jobs))}},
+            ExpressionAttributeValues={":n": {"N": str(total)}},
             ReturnValues="UPDATED_NEW",
         )
-        first = int(counted["Attributes"]["v"]["N"]) - len(jobs) + 1
+        seq = int(counted["Attributes"]["v"]["N"]) - total + 1
         now = repr(_now())
-        items = []
-        for n, job in enumerate(jobs):
-            job_id, payload, priority, customer, affinity, region, requires, max_retries = job[:8]
-            kind = job[8] if len(job) > 8 else "default"
-            seq = first + n
-            item: dict[str, Any] = {
-                "id": {"S": job_id},
-                "seq": {"N": str(seq)},
-                "kind": {"S": str(kind)},
-                "payload": {"S": payload},
-                "priority": {"N": str(priority)},
-                "requires": {"S": requires},
-                "max_retries": {"N": str(max_retries)},
-                "state": {"S": State.READY.value},
-                "attempts": {"N": "0"},
-                "steps": {"S": "[]"},
-                "progress": {"N": "0"},
-                "created_at": {"N": now},
-                "run_at": {"N": now},
-                "updated_at": {"N": now},
-                "wq": {"S": _WQ},
-                "wsort": {"S": _wsort(priority, seq)},
-                "order": {"S": _wsort(priority, seq)},
-            }
-            for name, value in (("customer", customer), ("affinity", affinity), ("region", region)):
-                if value is not None:
-                    item[name] = {"S": value}
-            items.append(item)
-        existing: list[str] = []
+        items: list[list[dict[str, Any]]] = []
+        for group in groups:
+            items.append([_new_item(job, seq + n, now) for n, job in enumerate(group)])
+            seq += len(group)
+        for members in _rounds(groups):
+            sent = [n for n in members if items[n]]
+            stored = await self._gather(functools.partial(self._put_group, items[n]) for n in sent)
+            for n, found in zip(sent, stored, strict=True):
+                if found:
+                    refused[n] = found
+                else:
+                    for item in items[n]:
+                        self._restore(item["id"]["S"], None)
+        return refused
+
+    async def _put_group(self, items: list[dict[str, Any]]) -> list[str]:
+        """Put one group's items unless one's id is stored; return those ids (client loop)."""
         for start in range(0, len(items), 100):
-            chunk = items[start : start + 100]
-            refused = await self._put_new(chunk)
-            if refused:
-                existing.extend(refused)
-                break
-            for item in chunk:
-                self._restore(item["id"]["S"], None)
-        return sorted(existing)
+            taken = await self._put_new(items[start : start + 100])
+            if not taken:
+                continue
+            written, rest = items[:start], items[start + 100 :]
+            if rest:  # name every id of the group stored already, as SQL does
+                found = await self._stored_ids([item["id"]["S"] for item in rest])
+                taken.extend(found)
+            for first in range(0, len(written), 25):
+                chunk = written[first : first + 25]
+                await self._delete_all([item["id"]["S"] for item in chunk])
+            return sorted(taken)
+        return []
+
+    async def _stored_ids(self, ids: list[str]) -> list[str]:
+        """Return which of ``ids`` are stored (consistent reads; client loop)."""
+        found: list[str] = []
+        for start in range(0, len(ids), 100):
+            pending: dict[str, Any] = {
+                self._table: {
+                    "Keys": [self._key(i) for i in ids[start : start + 100]],
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "id",
+                }
+            }
+            while pending:
+                result = await self._client.send("batch_get_item", {"RequestItems": pending})
+                found.extend(i["id"]["S"] for i in result.get("Responses", {}).get(self._table, ()))
+                pending = result.get("UnprocessedKeys") or {}
+                if pending:
+                    await asyncio.sleep(0.05)
+        return found
+
+    async def _delete_all(self, ids: list[str]) -> None:
+        """Delete up to 25 jobs by id (one ``BatchWriteItem``, retried; client loop)."""
+        pending: dict[str, Any] = {
+            self._table: [{"DeleteRequest": {"Key": self._key(i)}} for i in ids]
+        }
+        while pending:
+            result = await self._client.send("batch_write_item", {"RequestItems": pending})
+            pending = result.get("UnprocessedItems") or {}
+            if pending:
+                await asyncio.sleep(0.05)
 
     async def _put_new(self, items: list[dict[str, Any]]) -> list[str]:
-        """Put ``items`` in one transaction unless one's id is stored; return those ids."""
+        """Put ``items`` in one transaction unless one's id is stored; return those ids.
+
+        Runs on the client's loop (:meth:`_gather`).
+        """
         actions = [
             {
                 "Put": {
@@ -357,7 +454,7 @@ class DynamoJobStore:
         delay = 0.02
         for _ in range(_ROUNDS):
             try:
-                await self._client.call("transact_write_items", TransactItems=actions)
+                await self._client.send("transact_write_items", {"TransactItems": actions})
             except ClientError as exc:
                 if code(exc) != "TransactionCanceledException":
                     raise
@@ -369,7 +466,7 @@ class DynamoJobStore:
                 ]
                 if taken:
                     return taken
-                await _sleep(delay)  # a conflict with another transaction: again
+                await asyncio.sleep(delay * (0.5 + random.random()))  # a conflict: again
                 delay = min(2 * delay, 1.0)
                 continue
             return []
@@ -871,6 +968,7 @@ class DynamoJobStore:
                     return None
                 return {
                     "id": row["id"],
+                    "kind": row["kind"],
                     "state": state,
                     "error_message": message,
                     "attempts": row["attempts"],

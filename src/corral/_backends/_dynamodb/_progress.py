@@ -13,7 +13,7 @@ Times are ISO-8601 text in UTC.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +111,7 @@ class DynamoProgressStore:
                 "name": {"S": name},
                 "status": {"S": Status.RUNNING.value},
                 "started_at": _t(started_at),
+                "updated_at": _t(started_at),
             },
         )
         self._restore(key, None)
@@ -119,19 +120,110 @@ class DynamoProgressStore:
     async def finish_run(
         self, run_id: int, status: Status, message: str | None, ended_at: datetime
     ) -> None:
-        """Set a run's status, end time and (if given) message; an unknown run is skipped."""
+        """Set a run's status, end time, heartbeat and (if given) message; unknown: skipped."""
+        request = self._end_request(run_id, status, message, ended_at)
+        try:
+            result = await self._client.call("update_item", **request)
+        except ClientError as exc:
+            if code(exc) == "ConditionalCheckFailedException":
+                return
+            raise
+        self._restore(request["Key"], result.get("Attributes"))
+
+    def _end_request(
+        self, run_id: int, status: Status, message: str | None, ended_at: datetime
+    ) -> dict[str, Any]:
+        """The ``UpdateItem`` that ends one run (see :meth:`finish_run`), unconditioned."""
         values: dict[str, Any] = {":s": {"S": status.value}, ":e": _t(ended_at)}
-        expression = "SET #s = :s, ended_at = :e"
+        names = {"#s": "status"}
+        expression = "SET #s = :s, ended_at = :e, updated_at = :e"
         if message is not None:
             values[":m"] = {"S": message}
+            names["#m"] = "message"
             expression += ", #m = :m"
-        await self._update(
-            _run_key(run_id),
-            expression,
-            {"#s": "status", "#m": "message"} if message is not None else {"#s": "status"},
-            values,
-            "attribute_exists(pk)",
-        )
+        return {
+            "TableName": self._table,
+            "Key": _run_key(run_id),
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ConditionExpression": "attribute_exists(pk)",
+            "ReturnValues": "ALL_OLD",
+        }
+
+    async def end_running(
+        self,
+        run_ids: Collection[int],
+        status: Status,
+        message: str | None,
+        ended_at: datetime,
+    ) -> list[int]:
+        """Finish those of ``run_ids`` still RUNNING: conditional updates, sent at once.
+
+        Each is an ``UpdateItem`` conditioned on ``status = RUNNING`` (DynamoDB has no
+        update of many items short of a transaction, which would fail whole when one
+        run was finished elsewhere); the conditions decide, atomically per run.
+        """
+        ids = sorted(set(run_ids))
+        if not ids:
+            return []
+        client = self._client
+        ended: dict[int, Mapping[str, Any]] = {}
+
+        async def one(run_id: int) -> None:
+            request = self._end_request(run_id, status, message, ended_at)
+            request["ConditionExpression"] += " AND #s = :running"
+            request["ExpressionAttributeValues"][":running"] = {"S": Status.RUNNING.value}
+            try:
+                result = await client.send("update_item", request)
+            except ClientError as exc:
+                if code(exc) == "ConditionalCheckFailedException":
+                    return
+                raise
+            ended[run_id] = result.get("Attributes", {})
+
+        async def all_of() -> None:
+            await asyncio.gather(*(one(i) for i in ids))
+
+        try:
+            await client.run(all_of)
+        finally:
+            for run_id in sorted(ended):
+                self._restore(_run_key(run_id), ended[run_id])
+        return sorted(ended)
+
+    async def touch_runs(self, run_ids: Collection[int], updated_at: datetime) -> None:
+        """Set the heartbeat of those of ``run_ids`` still RUNNING (updates sent at once).
+
+        Not logged for undo: a heartbeat put back would only be older.
+        """
+        ids = sorted(set(run_ids))
+        if not ids:
+            return
+        client, table = self._client, self._table
+        values = {":u": _t(updated_at), ":running": {"S": Status.RUNNING.value}}
+
+        async def one(run_id: int) -> None:
+            try:
+                await client.send(
+                    "update_item",
+                    {
+                        "TableName": table,
+                        "Key": _run_key(run_id),
+                        "UpdateExpression": "SET updated_at = :u",
+                        "ConditionExpression": "attribute_exists(pk) AND #s = :running",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": values,
+                    },
+                )
+            except ClientError as exc:
+                if code(exc) != "ConditionalCheckFailedException":
+                    raise
+
+        async def all_of() -> None:
+            await asyncio.gather(*(one(i) for i in ids))
+
+        await client.run(all_of)
 
     async def _update(
         self,
@@ -303,6 +395,7 @@ class DynamoProgressStore:
             message=_str(item, "message"),
             started_at=_time(item, "started_at"),  # type: ignore[arg-type]
             ended_at=_time(item, "ended_at"),
+            updated_at=_time(item, "updated_at"),
         )
 
     async def run(self, run_id: int) -> RunProgress | None:
