@@ -16,8 +16,7 @@ import threading
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -28,21 +27,7 @@ import corral
 from corral import jobs
 from corral._backends._sql._jobs import SqlJobStore
 from corral._jobs import _claims, _routing
-
-FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
-
-
-class Recorder:
-    """A notifier that keeps every event."""
-
-    def __init__(self) -> None:
-        self.events: list[jobs.JobEvent] = []
-
-    async def notify(self, event: jobs.JobEvent) -> None:
-        self.events.append(event)
-
-    def kinds(self, job_id: str) -> list[str]:
-        return [e.kind.value for e in self.events if e.job_id == job_id]
+from jobs_testing import Recorder, config, database
 
 
 class LostWatch(Recorder):
@@ -56,19 +41,6 @@ class LostWatch(Recorder):
         await super().notify(event)
         if event.kind is jobs.EventKind.LEASE_LOST:
             self.lost.set()
-
-
-def config(**kwargs: Any) -> jobs.ProcessorConfig:
-    kwargs.setdefault("retry", FAST)
-    kwargs.setdefault("poll_interval", 0.05)
-    kwargs.setdefault("lease_seconds", 30)
-    return jobs.ProcessorConfig(**kwargs)
-
-
-@asynccontextmanager
-async def database(url: str) -> AsyncIterator[corral.Database]:
-    async with corral.connect(url) as db:
-        yield db
 
 
 async def run_all(

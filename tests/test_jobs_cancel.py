@@ -6,20 +6,14 @@ store's part (``JobStore.cancel``, ``Renewal.cancel``) is in ``test_contract_job
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import anyio
 import anyio.lowlevel
 import pytest
 
-import corral
 from corral import jobs
+from jobs_testing import config, database
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
 
 
 class Recorder:
@@ -39,19 +33,6 @@ class Recorder:
 
     def kinds(self, job_id: str) -> list[str]:
         return [e.kind.value for e in self.events if e.job_id == job_id]
-
-
-def config(**kwargs: Any) -> jobs.ProcessorConfig:
-    kwargs.setdefault("retry", FAST)
-    kwargs.setdefault("poll_interval", 0.05)
-    kwargs.setdefault("lease_seconds", 30)
-    return jobs.ProcessorConfig(**kwargs)
-
-
-@asynccontextmanager
-async def database(url: str) -> AsyncIterator[corral.Database]:
-    async with corral.connect(url) as db:
-        yield db
 
 
 class Blocker:

@@ -7,9 +7,6 @@ store's part (claims, reads and counts by kind) is in ``test_contract_jobs.py``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -17,33 +14,9 @@ import pytest
 
 import corral
 from corral import jobs
+from jobs_testing import Recorder, config, database
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
-
-
-class Recorder:
-    """A notifier that keeps every event."""
-
-    def __init__(self) -> None:
-        self.events: list[jobs.JobEvent] = []
-
-    async def notify(self, event: jobs.JobEvent) -> None:
-        self.events.append(event)
-
-
-def config(**kwargs: Any) -> jobs.ProcessorConfig:
-    kwargs.setdefault("retry", FAST)
-    kwargs.setdefault("poll_interval", 0.05)
-    kwargs.setdefault("lease_seconds", 30)
-    return jobs.ProcessorConfig(**kwargs)
-
-
-@asynccontextmanager
-async def database(url: str) -> AsyncIterator[corral.Database]:
-    async with corral.connect(url) as db:
-        yield db
 
 
 def test_a_kind_is_a_short_name() -> None:

@@ -25,8 +25,8 @@ import pytest
 
 import corral
 from corral import jobs
+from jobs_testing import FAST
 
-FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
 HERE = Path(__file__).parent
 
 
