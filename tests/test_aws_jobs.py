@@ -50,6 +50,7 @@ async def test_sns_notifier_publishes_events_with_their_attributes(moto_endpoint
             "cluster-b",
             category=jobs.ErrorCategory.DATA,
             message="input missing",
+            fence=7,
         ),
     ]
     for event in events:
@@ -71,8 +72,10 @@ async def test_sns_notifier_publishes_events_with_their_attributes(moto_endpoint
         "attempt": "2",
         "kind": "failed",
         "category": "DATA",
+        "fence": "7",
     }
-    assert bodies[1][0]["message"] == "input missing"
+    assert "fence" not in attributes["ws-001"]  # an event without one has none
+    assert (bodies[1][0]["message"], bodies[1][0]["fence"]) == ("input missing", 7)
 
 
 async def test_a_failing_publish_is_logged_never_raised(

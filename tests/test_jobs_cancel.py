@@ -97,6 +97,7 @@ async def test_a_running_job_is_cancelled_at_its_next_renewal(db_url: str) -> No
         assert recorder.kinds("a") == ["cancelled"]  # not retried
         event = next(e for e in recorder.events if e.job_id == "a")
         assert (event.attempt, event.job_kind, event.worker) == (1, "default", processor.name)
+        assert isinstance(event.fence, int)  # the attempt's lease token, for deduplication
         assert "cancelled on request" in (event.message or "")
         stats = processor.statistics()
         assert (stats.cancelled, stats.retried, stats.completed, stats.lease_lost) == (2, 0, 0, 0)

@@ -97,6 +97,9 @@ async def test_a_processor_takes_only_the_kinds_it_has_handlers_for(
             "r1": "render",
             "r2": "render",
         }
+        fences = [e.fence for e in recorder.events]  # each attempt's own lease token
+        assert len(set(fences)) == 3
+        assert all(isinstance(f, int) for f in fences)
         # It says it leaves g1 (its kind, a label none of its clusters has), not the others.
         [warning] = [r.getMessage() for r in caplog.records if r.name == "corral.jobs"]
         assert "leaving 1 job that no cluster of it can take" in warning

@@ -59,8 +59,9 @@ class SNSNotifier:
     Publishes the ``completed``, ``failed``, ``dead`` and ``reclaimed`` events (``kinds``
     to choose others), after they commit (the processor notifies then), at least once:
     the message is the event as JSON, with the message attributes ``job_id``,
-    ``attempt`` (Number), ``kind`` and ``category`` (for a failure), so that consumers
-    can drop duplicates on ``(job_id, attempt, kind)``; on a FIFO topic (``.fifo``)
+    ``attempt`` (Number), ``kind``, ``category`` (for a failure) and ``fence`` (Number:
+    the attempt's lease token; none for a reclaim), so that consumers can drop
+    duplicates on ``(job_id, attempt, kind)``; on a FIFO topic (``.fifo``)
     that is also the deduplication id, and the job id the group. A publish that fails
     is retried ``retries`` times with backoff, then logged on ``corral.jobs``: it never
     fails the job.
@@ -101,6 +102,7 @@ class SNSNotifier:
             "step": event.step,
             "message": event.message,
             "worker": event.worker,
+            "fence": event.fence,
         }
         attributes: dict[str, Any] = {
             "job_id": {"DataType": "String", "StringValue": event.job_id},
@@ -109,6 +111,8 @@ class SNSNotifier:
         }
         if event.category is not None:
             attributes["category"] = {"DataType": "String", "StringValue": event.category.value}
+        if event.fence is not None:
+            attributes["fence"] = {"DataType": "Number", "StringValue": str(event.fence)}
         request: dict[str, Any] = {
             "TopicArn": self.topic_arn,
             "Message": json.dumps(body),

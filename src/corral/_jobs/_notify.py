@@ -56,6 +56,10 @@ class JobEvent:
     """For a failure: its traceback, bounded as ``JobRecord.error_traceback``."""
     job_kind: str | None = None
     """The job's kind (``Job.kind``); None where the store did not say (a reclaim)."""
+    fence: int | None = None
+    """The attempt's lease token (its fencing token), which a retry of the same attempt
+    would share: consumers drop duplicates on ``(job_id, fence, kind)``. None for a
+    reclaim (the expired lease is taken back by another worker's claim)."""
 
 
 class Notifier(Protocol):

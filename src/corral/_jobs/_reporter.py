@@ -131,7 +131,17 @@ def reported(
             kind, category, step, tb = EventKind.LEASE_LOST, None, None, None
             message = "the outcome was refused: another worker took the lease over"
         event = JobEvent(
-            kind, outcome.id, attempt, cluster, category, step, message, state.name, tb, job_kind
+            kind,
+            outcome.id,
+            attempt,
+            cluster,
+            category,
+            step,
+            message,
+            state.name,
+            tb,
+            job_kind,
+            outcome.token,
         )
         events.append(event)
         if log_ends:

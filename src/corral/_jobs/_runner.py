@@ -174,6 +174,7 @@ def dropped(state: ProcessorState, entry: JobContext) -> None:
             message,
             state.name,
             job_kind=claimed.row["kind"],
+            fence=claimed.token,
         ),
     )
 
