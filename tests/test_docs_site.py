@@ -31,6 +31,7 @@ PAGES = {
 CONVERTED = (
     "corral._cluster",
     "corral._dask",
+    "corral._database",
     "corral._jobs._queue",
     "corral._map._api",
     "corral._map._engine",
