@@ -37,6 +37,7 @@ CONVERTED = (
     "corral._map._engine",
     "corral._pickling",
     "corral._process",
+    "corral._progress",
     "corral._thread",
     "corral.blocking",
 )
