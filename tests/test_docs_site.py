@@ -33,6 +33,7 @@ CONVERTED = (
     "corral._dask",
     "corral._database",
     "corral._jobs._context",
+    "corral._jobs._model",
     "corral._jobs._processor",
     "corral._jobs._queue",
     "corral._map._api",
