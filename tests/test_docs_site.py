@@ -34,6 +34,7 @@ CONVERTED = (
     "corral._database",
     "corral._jobs._context",
     "corral._jobs._model",
+    "corral._jobs._notify",
     "corral._jobs._processor",
     "corral._jobs._queue",
     "corral._map._api",
