@@ -32,6 +32,7 @@ CONVERTED = (
     "corral._cluster",
     "corral._dask",
     "corral._database",
+    "corral._display",
     "corral._jobs._context",
     "corral._jobs._model",
     "corral._jobs._notify",
