@@ -30,6 +30,7 @@ PAGES = {
 # Modules not listed still have prose docstrings (the reference shows them as prose).
 CONVERTED = (
     "corral._cluster",
+    "corral._connect",
     "corral._dask",
     "corral._database",
     "corral._display",
