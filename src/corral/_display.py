@@ -435,6 +435,7 @@ class show_progress:
         console: The rich console to draw on; rich's default console if ``None``.
 
     Raises:
+        MissingDriverError: If rich is not installed (``pip install 'corral[cli]'``).
         TypeError: If ``run`` is not a :class:`corral.Run`.
         RuntimeError: If it is entered a second time (it can be entered only once).
         KeyboardInterrupt: On Ctrl-C while it shows, once the run is marked
