@@ -30,11 +30,20 @@ PAGES = {
 # Modules not listed still have prose docstrings (the reference shows them as prose).
 CONVERTED = (
     "corral._cluster",
+    "corral._connect",
     "corral._dask",
+    "corral._database",
+    "corral._display",
+    "corral._jobs._context",
+    "corral._jobs._model",
+    "corral._jobs._notify",
+    "corral._jobs._processor",
+    "corral._jobs._queue",
     "corral._map._api",
     "corral._map._engine",
     "corral._pickling",
     "corral._process",
+    "corral._progress",
     "corral._thread",
     "corral.blocking",
 )

@@ -88,6 +88,18 @@ async def connect(
             ``corral progress --abandoned-after`` seconds without one (120 by default,
             four periods of the default 30): raise both together.
 
+    Yields:
+        The open :class:`Database`, valid inside the block.
+
+    Raises:
+        DatabaseURLError: If ``url`` is malformed, or asks for something corral does
+            not support.
+        MissingDriverError: If the driver for the URL's scheme is not installed
+            (asyncpg: ``pip install 'corral[postgres]'``).
+        WriteError: For a row that failed to commit (by the next ``put`` or ``flush``,
+            or else when the block exits), or when a failure outside a row stopped the
+            writer (see below).
+
     Guarantees: every row accepted by ``put`` is committed before ``connect`` returns,
     whether the body ends normally, raises or is cancelled (the drain is shielded from
     cancellation), unless it fails. A row that fails to commit (a constraint, a value

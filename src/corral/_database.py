@@ -142,6 +142,11 @@ class Table:
     when they are put, before they are accepted: against the table's columns, which the
     first ``put`` reads from the database, or creates the table from, through the
     writer.
+
+    Args:
+        db: The database the table is in.
+        name: The table's name.
+        key: The key columns rows are upserted on.
     """
 
     def __init__(self, db: _Database, name: str, key: tuple[str, ...]) -> None:
@@ -237,12 +242,8 @@ class Table:
         """Accept ``row`` for writing, waiting for room while the writer's queue is full.
 
         Returns once the row is accepted (queued), not committed: ``await db.flush()``
-        waits for that. Raises, before accepting the row, ``TypeError`` if it is not a
-        mapping, :class:`~corral.UnknownColumnError`, :class:`~corral.MissingKeyError`
-        or :class:`~corral.ColumnTypeError` if it does not fit the table,
-        :class:`~corral.WriteError` for an earlier row that failed to commit, and
-        :class:`~corral.DatabaseClosedError` once the database is closed. If ``put`` is
-        cancelled while it waits for room, the row was not accepted.
+        waits for that. If ``put`` is cancelled while it waits for room, the row was not
+        accepted.
 
         For speed, a row that finds room is accepted without yielding to the event loop
         and without checking for cancellation, even in a cancelled scope; every 128th
@@ -251,6 +252,17 @@ class Table:
         first ``put`` on a table reads its columns), and follows trio's rule: a ``put``
         that raised the cancellation did not accept its row; one that returned did, and
         the row is committed like any other.
+
+        Args:
+            row: Column name to value.
+
+        Raises:
+            TypeError: If ``row`` is not a mapping (before accepting it).
+            UnknownColumnError: If ``row`` names a column the table does not have.
+            MissingKeyError: If ``row`` lacks a key column, or its value is ``None``.
+            ColumnTypeError: If a value's type does not fit its column.
+            WriteError: For an earlier row that failed to commit.
+            DatabaseClosedError: Once the database is closed.
         """
         schema = self._schema
         if schema is None:
@@ -285,6 +297,16 @@ class Table:
                 raise
 
         A ``put_many`` that returns was not cancelled after it accepted its last row.
+
+        Args:
+            rows: The rows (each a mapping of column name to value), read lazily.
+
+        Returns:
+            How many rows were accepted.
+
+        Raises:
+            Exception: What :meth:`put` raises for a row, or what the iterable raised,
+                with ``corral_accepted`` set to the number of rows accepted before.
         """
         count = 0
         try:
@@ -311,11 +333,31 @@ class Table:
         ``corral.to_thread`` or ``corral.map`` thread, a thread you started), as long as
         the ``connect`` block is open; the row goes through the event loop that
         connected, with the same checks and backpressure.
+
+        Args:
+            row: Column name to value.
+
+        Raises:
+            RuntimeError: If called on the event loop's own thread, where it would block
+                the loop.
+            DatabaseClosedError: Once the database is closed.
         """
         self._from_thread(self.put, row)
 
     def put_many_from_thread(self, rows: Iterable[Mapping[str, object]]) -> int:
-        """Like :meth:`put_many`, from a thread: one hop to the event loop for them all."""
+        """Like :meth:`put_many`, from a thread: one hop to the event loop for them all.
+
+        Args:
+            rows: The rows (each a mapping of column name to value).
+
+        Returns:
+            How many rows were accepted.
+
+        Raises:
+            RuntimeError: If called on the event loop's own thread, where it would block
+                the loop.
+            DatabaseClosedError: Once the database is closed.
+        """
         return self._from_thread(self.put_many, list(rows))
 
     def _from_thread(self, fn: Callable[[Any], Coroutine[Any, Any, T]], arg: Any) -> T:
@@ -340,6 +382,15 @@ class Database:
 
     Made by :func:`corral.connect`, valid inside its ``async with`` block. All writes
     go through one writer coroutine, which owns the connection and commits in batches.
+
+    Args:
+        url: The URL the database was opened with.
+        backend: The store's backend (made by corral).
+        writer: The writer that owns the connection (made by corral).
+        batch_size: Rows per batch transaction, at most.
+        flush_interval: Seconds a row (or a pending source) waits, at most, before its
+            batch commits.
+        max_pending: Rows the writer's queue holds before ``put`` waits for room.
     """
 
     def __init__(
@@ -382,6 +433,20 @@ class Database:
         from the value (``int`` → INTEGER/BIGINT, ``float`` → REAL/DOUBLE PRECISION,
         ``str`` → TEXT, ``bytes``, ``bool``, ``datetime``, ``date``, ``Decimal`` ...) and
         ``key`` as the primary key. Names must be plain identifiers.
+
+        Args:
+            name: The table's name (a plain identifier).
+            key: A column name or a sequence of them: the table's primary key (or the
+                columns of a unique index).
+
+        Returns:
+            The table (the same :class:`Table` for the same name).
+
+        Raises:
+            ValueError: If ``key`` is empty or names a column twice, or the table is
+                already used with another key.
+            SchemaError: If the store keys a table on fewer columns than ``key`` names
+                (DynamoDB: two).
         """
         check_type("name", name, str, "a str (a table name)")
         check_identifier("table", name)
@@ -413,13 +478,19 @@ class Database:
     async def flush(self) -> None:
         """Wait until every write accepted before this call is committed.
 
-        Includes the pending writes of registered sources. Raises the oldest
-        :class:`~corral.WriteError` not raised yet, if any row failed.
+        Includes the pending writes of registered sources.
+
+        Raises:
+            WriteError: The oldest one not raised yet, if any row failed.
         """
         await self._writer.flush()
 
     def statistics(self) -> DatabaseStatistics:
-        """Return a frozen snapshot: rows accepted, committed, pending, failed; batches."""
+        """Return a frozen snapshot: rows accepted, committed, pending, failed; batches.
+
+        Returns:
+            The writer's counts now (:class:`DatabaseStatistics`).
+        """
         w = self._writer
         return DatabaseStatistics(
             accepted=w.accepted,

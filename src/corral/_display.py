@@ -92,6 +92,9 @@ def corral_command() -> str:
     (a virtual environment's ``.venv/bin/corral``, relative to the current directory when
     it is below it), or the script this program was started as; else
     ``python -m corral`` with this Python's path.
+
+    Returns:
+        The command, quoted for a shell.
     """
     if shutil.which("corral"):
         return "corral"
@@ -120,6 +123,14 @@ def progress_hint(url: str, run_id: int, *, watch: bool = False) -> str | None:
     None when no such command would work later: an in-memory SQLite database, a file
     that does not exist or lies in the temporary directory (deleted with it), or a URL
     holding a password (never printed). ``--db`` is left out for the default URL.
+
+    Args:
+        url: The database's URL.
+        run_id: The run's id.
+        watch: Whether the command follows the run live (``--watch``).
+
+    Returns:
+        The command, quoted for a shell, or ``None`` if none would work later.
     """
     try:
         dialect, path = parse_url(url)
@@ -190,8 +201,11 @@ class _Layout:
 class ProgressBars:
     """One line per subtask: a rich bar with count, percent, rate and ETA, or plain text.
 
-    ``plain``: print plain lines rather than draw bars; by default, when the console is
-    not a terminal (a pipe, a file).
+    Args:
+        title: The line printed above the bars.
+        console: The rich console to draw on; rich's default console if ``None``.
+        plain: Print plain lines rather than draw bars; by default (``None``), when the
+            console is not a terminal (a pipe, a file).
     """
 
     def __init__(
@@ -238,11 +252,19 @@ class ProgressBars:
         self._started = False
 
     def line(self, text: str) -> None:
-        """Print one line of text below the display, as it is (no markup)."""
+        """Print one line of text below the display, as it is (no markup).
+
+        Args:
+            text: The line to print.
+        """
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def update(self, subtasks: Sequence[SubtaskProgress]) -> None:
-        """Show these snapshots (one line per subtask number) and redraw."""
+        """Show these snapshots (one line per subtask number) and redraw.
+
+        Args:
+            subtasks: Snapshots of the run's subtasks.
+        """
         if self.plain:
             self._print_lines(subtasks)
         else:
@@ -406,6 +428,18 @@ class show_progress:
     was kept, before ``KeyboardInterrupt`` is raised as Ctrl-C raises it; left uncaught,
     that one line is all the program prints of it, not the chained tracebacks.
     Needs rich (``pip install 'corral[cli]'``).
+
+    Args:
+        run: The run to show (from ``db.progress.start_run``).
+        refresh: Seconds between two redraws from the database (> 0).
+        console: The rich console to draw on; rich's default console if ``None``.
+
+    Raises:
+        MissingDriverError: If rich is not installed (``pip install 'corral[cli]'``).
+        TypeError: If ``run`` is not a :class:`corral.Run`.
+        RuntimeError: If it is entered a second time (it can be entered only once).
+        KeyboardInterrupt: On Ctrl-C while it shows, once the run is marked
+            INTERRUPTED.
     """
 
     def __init__(self, run: Run, *, refresh: float = 0.25, console: Console | None = None) -> None:
@@ -514,6 +548,18 @@ async def watch(
 
     Abandoned: RUNNING with no heartbeat for ``abandoned_after`` seconds (see
     :func:`corral._progress.is_abandoned`); the caller tells the two apart with it.
+
+    Args:
+        tracker: The progress tracker of the run's database.
+        run_id: The run's id.
+        refresh: Seconds between two redraws from the database.
+        console: The rich console to draw on; rich's default console if ``None``.
+        abandoned_after: Seconds without a heartbeat after which a RUNNING run is
+            abandoned.
+        plain: Print plain lines rather than draw bars (see :class:`ProgressBars`).
+
+    Returns:
+        The run's last snapshot.
     """
     run = await tracker.run_progress(run_id)
     bars = ProgressBars(_title(run), console=console, plain=plain)
@@ -539,8 +585,18 @@ async def wait_for_run(
 ) -> RunProgress:
     """Return the latest RUNNING run that is not abandoned, waiting for one to start.
 
-    ``waiting()`` is called once if there is none yet (to say so). The store's tables
-    may not exist yet: they are waited for too, and never created.
+    The store's tables may not exist yet: they are waited for too, and never created.
+
+    Args:
+        tracker: The progress tracker of the database.
+        refresh: Seconds between two looks at the database.
+        abandoned_after: Seconds without a heartbeat after which a RUNNING run is
+            abandoned.
+        waiting: Called (with no arguments) once if there is no such run yet, to say
+            so; ``None`` for nothing.
+
+    Returns:
+        A snapshot of the run.
     """
     said = False
     while True:
@@ -567,6 +623,14 @@ def runs_table(runs: Sequence[RunProgress], *, abandoned_after: float = ABANDONE
 
     A RUNNING run without a heartbeat for ``abandoned_after`` seconds shows as
     ABANDONED (a judgement: the stored status is RUNNING).
+
+    Args:
+        runs: Snapshots of the runs, newest first.
+        abandoned_after: Seconds without a heartbeat after which a RUNNING run shows as
+            ABANDONED.
+
+    Returns:
+        The table, to print on a rich console.
     """
     _rich()
     from rich.markup import escape
@@ -594,7 +658,17 @@ def subtasks_table(
     *,
     abandoned_after: float = ABANDONED_AFTER,
 ) -> Table:
-    """Return a rich table of one run's subtasks, titled with its status and message."""
+    """Return a rich table of one run's subtasks, titled with its status and message.
+
+    Args:
+        run: A snapshot of the run.
+        subtasks: Snapshots of its subtasks.
+        abandoned_after: Seconds without a heartbeat after which a RUNNING run shows as
+            ABANDONED.
+
+    Returns:
+        The table, to print on a rich console.
+    """
     _rich()
     from rich.markup import escape
     from rich.table import Table

@@ -78,7 +78,14 @@ def _now() -> datetime:
 
 
 def last_update(run: RunProgress) -> datetime:
-    """Return a run's heartbeat: its ``updated_at``, else (an older store) its start."""
+    """Return a run's heartbeat: its ``updated_at``, else (an older store) its start.
+
+    Args:
+        run: A snapshot of the run.
+
+    Returns:
+        When the run last showed it was alive.
+    """
     return run.updated_at if run.updated_at is not None else run.started_at
 
 
@@ -88,7 +95,15 @@ def is_abandoned(
     """Return whether ``run`` is RUNNING with no heartbeat for more than ``after`` seconds.
 
     The reader's judgement that the process running it died (a SIGKILL, a crash, a
-    lost host): nothing stores it. ``now`` defaults to the current time (UTC).
+    lost host): nothing stores it.
+
+    Args:
+        run: A snapshot of the run.
+        after: Seconds without a heartbeat after which a RUNNING run is abandoned.
+        now: The time to judge at; the current time (UTC) if ``None``.
+
+    Returns:
+        Whether the run is RUNNING and its heartbeat older than ``after`` seconds.
     """
     if run.status is not Status.RUNNING:
         return False
@@ -154,6 +169,9 @@ class ProgressTracker:
     Every write goes through the database's writer; increments are coalesced in memory
     and written as atomic additions, and the runs started here keep a heartbeat (see
     the module documentation).
+
+    Args:
+        db: The database whose runs these are (made by corral: use ``db.progress``).
     """
 
     def __init__(self, db: Database) -> None:
@@ -237,6 +255,9 @@ class ProgressTracker:
 
         Called by the writer; one statement for the counts, and one for the runs'
         heartbeats when some are due (see the module documentation).
+
+        Args:
+            conn: The writer's session, in its batch's transaction.
         """
         self._collect()
         with self._lock:
@@ -291,7 +312,15 @@ class ProgressTracker:
         return found
 
     async def start_run(self, type: str, name: str) -> Run:
-        """Record a new run, RUNNING from now, and return a handle to it."""
+        """Record a new run, RUNNING from now, and return a handle to it.
+
+        Args:
+            type: The run's type, such as ``"STATIC"``.
+            name: The run's name.
+
+        Returns:
+            A handle to the new run.
+        """
         _check_text("type", type)
         _check_text("name", name)
         started = self._clock()
@@ -345,13 +374,30 @@ class ProgressTracker:
     async def run(self, run_id: int) -> Run:
         """Return a handle to an existing run (from this or any other process or host).
 
-        Raises :class:`~corral.ProgressNotFoundError` if there is no such run.
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            A handle to the run.
+
+        Raises:
+            ProgressNotFoundError: If there is no such run.
         """
         snapshot = await self.run_progress(run_id)
         return Run(self, snapshot.id, snapshot.type, snapshot.name)
 
     async def run_progress(self, run_id: int) -> RunProgress:
-        """Return a snapshot of one run."""
+        """Return a snapshot of one run.
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            The run as it is stored now.
+
+        Raises:
+            ProgressNotFoundError: If there is no such run.
+        """
         _check_count("run_id", run_id)
 
         async def read(conn: Session) -> RunProgress | None:
@@ -363,7 +409,14 @@ class ProgressTracker:
         return run
 
     async def runs(self, *, limit: int = 20) -> list[RunProgress]:
-        """Return the latest ``limit`` runs, newest first."""
+        """Return the latest ``limit`` runs, newest first.
+
+        Args:
+            limit: The most runs to return.
+
+        Returns:
+            Snapshots of the runs, newest first.
+        """
         _check_count("limit", limit)
 
         async def read(conn: Session) -> list[RunProgress]:
@@ -375,7 +428,13 @@ class ProgressTracker:
         """Return a snapshot of every subtask of a run, by number.
 
         Increments accepted before the call are committed first, so the counts include
-        every increment this process made. An unknown run gives an empty list.
+        every increment this process made.
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            Snapshots of its subtasks, by number; an empty list for an unknown run.
         """
         _check_count("run_id", run_id)
         await self._db.flush()
@@ -388,8 +447,17 @@ class ProgressTracker:
     async def subtask(self, run_id: int, number: int) -> Subtask:
         """Return a handle to an existing subtask, from this or any other process or host.
 
-        Its increments add to the same database row as every other handle's. Raises
-        :class:`~corral.ProgressNotFoundError` if there is no such subtask.
+        Its increments add to the same database row as every other handle's.
+
+        Args:
+            run_id: The id of its run.
+            number: Its number within the run.
+
+        Returns:
+            A handle to the subtask.
+
+        Raises:
+            ProgressNotFoundError: If there is no such subtask.
         """
         _check_count("run_id", run_id)
         _check_count("number", number)
@@ -407,7 +475,14 @@ class ProgressTracker:
 
 
 class Run:
-    """A handle to one run; made by :meth:`ProgressTracker.start_run`."""
+    """A handle to one run; made by :meth:`ProgressTracker.start_run`.
+
+    Args:
+        tracker: The tracker of its database.
+        run_id: The run's id in the database.
+        type: Its type, such as ``"STATIC"``.
+        name: Its name.
+    """
 
     __slots__ = ("_tracker", "id", "name", "type")
 
@@ -430,6 +505,14 @@ class Run:
 
         Starting a number that exists again restarts it: status RUNNING, its count
         kept (so that a resumed run goes on counting where it was).
+
+        Args:
+            number: The subtask's number within the run.
+            name: Its name.
+            items_total: How many items it has, if known.
+
+        Returns:
+            A handle to the subtask.
         """
         _check_count("number", number)
         _check_text("name", name)
@@ -443,19 +526,35 @@ class Run:
         return Subtask(self._tracker, self.id, number, name)
 
     async def subtasks(self) -> list[SubtaskProgress]:
-        """Return a snapshot of this run's subtasks (see :meth:`ProgressTracker.get`)."""
+        """Return a snapshot of this run's subtasks (see :meth:`ProgressTracker.get`).
+
+        Returns:
+            Snapshots of its subtasks, by number.
+        """
         return await self._tracker.get(self.id)
 
     async def complete(self, *, message: str | None = None) -> None:
-        """Mark the run COMPLETED now."""
+        """Mark the run COMPLETED now.
+
+        Args:
+            message: A message to store with it, such as why; ``None`` stores none.
+        """
         await self._finish(Status.COMPLETED, message)
 
     async def fail(self, *, message: str | None = None) -> None:
-        """Mark the run FAILED now."""
+        """Mark the run FAILED now.
+
+        Args:
+            message: A message to store with it, such as why; ``None`` stores none.
+        """
         await self._finish(Status.FAILED, message)
 
     async def interrupt(self, *, message: str | None = None) -> None:
-        """Mark the run INTERRUPTED now (stopped from outside before it finished)."""
+        """Mark the run INTERRUPTED now (stopped from outside before it finished).
+
+        Args:
+            message: A message to store with it, such as why; ``None`` stores none.
+        """
         await self._finish(Status.INTERRUPTED, message)
 
     async def _finish(self, status: Status, message: str | None) -> None:
@@ -474,6 +573,12 @@ class Subtask:
 
     Made by :meth:`Run.start_subtask` or :meth:`ProgressTracker.subtask`.
     ``corral.map(..., progress=subtask)`` counts every completed item.
+
+    Args:
+        tracker: The tracker of its database.
+        run_id: The run it belongs to.
+        number: Its number within the run.
+        name: Its name.
     """
 
     __slots__ = ("_count", "_key", "_tracker", "_writer", "name", "number", "run_id")
@@ -503,6 +608,14 @@ class Subtask:
         block has ended (or its writer stopped on an error), it raises
         :class:`~corral.DatabaseClosedError` and counts nothing, as every other write
         does.
+
+        Args:
+            n: How many more items are complete (an int >= 0).
+
+        Raises:
+            DatabaseClosedError: Once the ``connect`` block has ended.
+            TypeError: If ``n`` is not an int.
+            ValueError: If ``n`` is negative.
         """
         if self._writer.closed:
             self._writer._raise_closed()
@@ -529,7 +642,17 @@ class Subtask:
         message: str | None = None,
         items_total: int | None = None,
     ) -> None:
-        """Set any of status, percent, message and items_total; the rest stay as they are."""
+        """Set any of status, percent, message and items_total; the rest stay as they are.
+
+        Args:
+            status: The new status (a :class:`~corral.Status` or its value).
+            percent: The new percent done, from 0 to 100.
+            message: The new message.
+            items_total: The new number of items.
+
+        Raises:
+            TypeError: If none of them is given.
+        """
         checked = None if status is None else _check_status(status)
         if percent is not None:
             percent = check_number("percent", percent, minimum=0, maximum=100)
@@ -545,15 +668,27 @@ class Subtask:
         )
 
     async def complete(self, *, message: str | None = None) -> None:
-        """Mark the subtask COMPLETED (percent 100) now."""
+        """Mark the subtask COMPLETED (percent 100) now.
+
+        Args:
+            message: A message to store with it, such as why; ``None`` stores none.
+        """
         await self._end(Status.COMPLETED, message, percent=100.0)
 
     async def fail(self, *, message: str | None = None) -> None:
-        """Mark the subtask FAILED now."""
+        """Mark the subtask FAILED now.
+
+        Args:
+            message: A message to store with it, such as why; ``None`` stores none.
+        """
         await self._end(Status.FAILED, message)
 
     async def skip(self, *, message: str | None = None) -> None:
-        """Mark the subtask SKIPPED now."""
+        """Mark the subtask SKIPPED now.
+
+        Args:
+            message: A message to store with it, such as why; ``None`` stores none.
+        """
         await self._end(Status.SKIPPED, message)
 
     async def _end(self, status: Status, message: str | None, percent: float | None = None) -> None:

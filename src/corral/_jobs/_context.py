@@ -47,7 +47,11 @@ class JobProgress:
         self._total = 0
 
     def increment(self, n: int = 1, /) -> None:
-        """Add ``n`` (an int >= 0, default 1) to the job's progress."""
+        """Add ``n`` (an int >= 0, default 1) to the job's progress.
+
+        Args:
+            n: How much to add (an int >= 0).
+        """
         check_int("increment n", n, minimum=0)
         with self._lock:
             self._pending += n
@@ -82,6 +86,10 @@ class Step:
        with`` cannot skip a block. Prefer :meth:`JobContext.run_step`, which never
        calls a finished step's function; else keep the side effects behind an
        ``await``, or test ``step.done``.
+
+    Args:
+        ctx: The context of the job it is a step of (made by :meth:`JobContext.step`).
+        name: The step's name, unique within the job.
     """
 
     __slots__ = ("_ctx", "_scope", "done", "name")
@@ -122,6 +130,12 @@ class JobContext:
     What a handler might not need (the decoded job, the progress counter, the steps)
     is made when first asked for: a processor makes one context per job, and keeps it
     until the job's outcome is written.
+
+    Args:
+        db: The database the job is stored in.
+        worker: The processor's worker name (host:pid:random).
+        claimed: The claimed attempt (made by the processor).
+        cluster: The cluster it runs on.
     """
 
     def __init__(
@@ -193,6 +207,12 @@ class JobContext:
 
         A finished step's body is skipped only from its first checkpoint on: the code
         before it runs again. :meth:`run_step` skips a finished step's code entirely.
+
+        Args:
+            name: The step's name: a non-empty str, unique within the job.
+
+        Returns:
+            The step, to use as ``async with ctx.step(name):``.
         """
         _check_step_name(name)
         return Step(self, name)
@@ -231,6 +251,10 @@ class JobContext:
                 must run on the event loop async.
             *args: Positional arguments for ``fn``.
             **kwargs: Keyword arguments for ``fn``.
+
+        Returns:
+            ``fn``'s result as JSON gives it back (on the first attempt too), or the
+            stored result of an earlier attempt.
 
         Raises:
             StepResultError: ``fn`` returned something JSON cannot store (nothing is

@@ -52,6 +52,16 @@ def check_kind(value: object, what: str = "Job kind") -> str:
 
     A kind is a short name: a non-empty str of at most :data:`MAX_KIND_LENGTH` printable
     characters, with no space at either end.
+
+    Args:
+        value: The kind to check.
+        what: What the value is, as the error names it.
+
+    Returns:
+        ``value``, a valid kind.
+
+    Raises:
+        JobKindError: If ``value`` is not a valid kind.
     """
     if (
         not isinstance(value, str)
@@ -137,6 +147,12 @@ def classify(exc: BaseException) -> ErrorCategory:
     An exception group (from a task group in the handler) takes the category of its
     first exception that is not retryable, else of its first exception. Pass
     ``classify=`` to the processor to decide otherwise (calling this one for the rest).
+
+    Args:
+        exc: The exception the handler raised.
+
+    Returns:
+        Its category, by the rules above.
     """
     if isinstance(exc, BaseExceptionGroup):
         # Raised by a task group in the handler: a failure a retry cannot fix wins.
@@ -377,7 +393,17 @@ class RetryPolicy:
         check_number("RetryPolicy jitter", self.jitter, minimum=0, maximum=1)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1 for the first)."""
+        """Seconds to wait after failed attempt number ``attempt`` (1 for the first).
+
+        Args:
+            attempt: The number of the attempt that failed (1 for the first).
+            rng: Where the jitter's randomness comes from; the :mod:`random` module's
+                own generator if ``None`` (pass a seeded ``random.Random`` to repeat
+                the waits).
+
+        Returns:
+            The wait in seconds, at most ``cap``.
+        """
         exponent = min(max(attempt - 1, 0), 64)
         delay = min(self.cap, self.base * 2.0**exponent)
         if self.jitter:

@@ -74,7 +74,11 @@ class Notifier(Protocol):
     """
 
     async def notify(self, event: JobEvent) -> None:
-        """Handle one event."""
+        """Handle one event.
+
+        Args:
+            event: What happened to which job.
+        """
 
 
 class LoggingNotifier:
@@ -83,13 +87,20 @@ class LoggingNotifier:
     Completions, retries and cancellations at INFO, failures and lease changes at
     WARNING, dead letters at ERROR. A failure's traceback follows its line, in the
     same log record.
+
+    Args:
+        logger: The logger to log on; ``corral.jobs`` if ``None``.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger: logging.Logger = logger or logging.getLogger("corral.jobs")
 
     async def notify(self, event: JobEvent) -> None:
-        """Log ``event``."""
+        """Log ``event``.
+
+        Args:
+            event: What happened to which job.
+        """
         level = {
             EventKind.COMPLETED: logging.INFO,
             EventKind.RETRYING: logging.INFO,
@@ -106,6 +117,12 @@ def describe(event: JobEvent) -> str:
     """Say what ``event`` tells, on one line: the job, how it ended, its attempt, where.
 
     The job's kind is named unless it is ``default`` (or unknown).
+
+    Args:
+        event: The notification to describe.
+
+    Returns:
+        One line of text, such as ``job 42 completed (attempt 1 on default)``.
     """
     where = f" on {event.cluster}" if event.cluster else ""
     kind = event.job_kind

@@ -112,6 +112,13 @@ class Processor:
         name: This worker's name in leases and notifications; default
             ``host:pid:random``.
 
+    Raises:
+        TypeError: If ``db`` is not an open :class:`corral.Database`, ``handler`` is
+            not a function (or a mapping of job kind to functions), or another argument
+            has the wrong type (``clusters`` a single cluster instead of a list).
+        ValueError: If ``handler`` is an empty mapping, ``clusters`` is empty, or two
+            clusters share a name.
+
     Jobs pinned (``affinity``) to a cluster this processor does not have are left for
     a processor that has it.
 
@@ -240,7 +247,11 @@ class Processor:
         )
 
     def statistics(self) -> ProcessorStatistics:
-        """Return a frozen snapshot of this processor's counters."""
+        """Return a frozen snapshot of this processor's counters.
+
+        Returns:
+            Its counters now (:class:`ProcessorStatistics`).
+        """
         state = self._state
         running = 0 if state is None else len(state.running)
         return ProcessorStatistics(running=running, **self._counts)
@@ -255,21 +266,26 @@ class Processor:
     ) -> None:
         """Claim and run jobs until cancelled, or with ``until_idle`` until none is left.
 
-        ``until_idle``: return once this processor runs nothing and no job it could
-        take is ready, retrying or in progress anywhere (so it waits out backoffs and
-        the leases of dead workers). A job it could take: of a kind it has a handler
-        for, not pinned to a cluster it lacks, and requiring only labels one of its
-        clusters has. Cancelling ``run``
-        cancels the running handlers and gives their jobs back to the queue, ready at
-        once, the attempt not counted. Either way, once its jobs are settled, the
-        notifier is given ``config.notify_timeout`` seconds for the notifications still
-        waiting before ``run`` returns. An idle ``until_idle`` run that leaves waiting
-        jobs none of its clusters can take (labels none has, pinned to one it lacks)
-        says so once, at WARNING on ``corral.jobs``.
+        Cancelling ``run`` cancels the running handlers and gives their jobs back to the
+        queue, ready at once, the attempt not counted. Either way, once its jobs are
+        settled, the notifier is given ``config.notify_timeout`` seconds for the
+        notifications still waiting before ``run`` returns. An idle ``until_idle`` run
+        that leaves waiting jobs none of its clusters can take (labels none has, pinned
+        to one it lacks) says so once, at WARNING on ``corral.jobs``.
 
-        ``task_status``: started with ``await task_group.start(processor.run)``, that
-        returns once the store is ready and watched for new work (a job enqueued then
-        wakes this processor), before the first claim.
+        Args:
+            until_idle: Return once this processor runs nothing and no job it could
+                take is ready, retrying or in progress anywhere (so it waits out
+                backoffs and the leases of dead workers). A job it could take: of a kind
+                it has a handler for, not pinned to a cluster it lacks, and requiring
+                only labels one of its clusters has.
+            task_status: Started with ``await task_group.start(processor.run)``, that
+                returns once the store is ready and watched for new work (a job enqueued
+                then wakes this processor), before the first claim.
+
+        Raises:
+            RuntimeError: If this processor is already running (one ``run()`` at a
+                time).
         """
         if self._state is not None:
             raise RuntimeError(f"{self!r} is already running: one run() at a time")

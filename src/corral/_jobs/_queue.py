@@ -94,6 +94,9 @@ class JobQueue:
 
     Enqueue jobs here, and read what became of them from any process or host. The
     :class:`~corral.jobs.Processor` claims and runs them.
+
+    Args:
+        db: The database whose jobs these are (made by corral: use ``db.jobs``).
     """
 
     def __init__(self, db: Database) -> None:
@@ -139,7 +142,12 @@ class JobQueue:
     async def enqueue(self, job: Job) -> None:
         """Store ``job``, ready to run; returns once it is committed.
 
-        Raises :class:`~corral.jobs.DuplicateJobError` if a job with its id exists.
+        Args:
+            job: The job to store.
+
+        Raises:
+            DuplicateJobError: If a job with its id exists
+                (:class:`~corral.jobs.DuplicateJobError`).
         """
         await self.enqueue_many([job])
 
@@ -148,6 +156,17 @@ class JobQueue:
 
         All or nothing: if one id exists already (or repeats), none is stored and
         :class:`~corral.jobs.DuplicateJobError` names it.
+
+        Args:
+            jobs: The jobs to store (:class:`~corral.jobs.Job` each).
+
+        Returns:
+            How many jobs were stored.
+
+        Raises:
+            DuplicateJobError: If one id exists already, or repeats in ``jobs``; then
+                none is stored.
+            TypeError: If an item of ``jobs`` is not a :class:`~corral.jobs.Job`.
         """
         batch = list(jobs)
         for job in batch:
@@ -203,7 +222,17 @@ class JobQueue:
         ]
 
     async def get(self, job_id: str) -> JobRecord:
-        """Return a snapshot of job ``job_id``; :class:`~corral.jobs.JobNotFoundError` if none."""
+        """Return a snapshot of job ``job_id``; :class:`~corral.jobs.JobNotFoundError` if none.
+
+        Args:
+            job_id: The id of the job.
+
+        Returns:
+            The job as it is stored now (:class:`~corral.jobs.JobRecord`).
+
+        Raises:
+            JobNotFoundError: If there is no job with that id.
+        """
         check_str("job_id", job_id)
 
         async def read(conn: Session) -> Mapping[str, Any] | None:
@@ -215,7 +244,14 @@ class JobQueue:
         return _record(row)
 
     async def depth(self, *, kind: str | None = None) -> QueueDepth:
-        """Count the jobs (of ``kind``, if given) in each state."""
+        """Count the jobs (of ``kind``, if given) in each state.
+
+        Args:
+            kind: Count only the jobs of this kind; all jobs if ``None``.
+
+        Returns:
+            The count of each state (:class:`~corral.jobs.QueueDepth`).
+        """
         if kind is not None:
             check_kind(kind, "kind")
 
@@ -228,6 +264,9 @@ class JobQueue:
         """Count the jobs of each kind in each state: ``{kind: QueueDepth}``, by kind's name.
 
         Only the kinds that have jobs are there.
+
+        Returns:
+            ``{kind: QueueDepth}``, sorted by kind's name.
         """
 
         async def read(conn: Session) -> dict[str, dict[str, int]]:
@@ -241,6 +280,12 @@ class JobQueue:
 
         A job belongs to the cluster its latest attempt ran on; a job that has not run
         yet belongs to the cluster it is pinned to (its ``affinity``), if any.
+
+        Args:
+            cluster: The name of the cluster.
+
+        Returns:
+            The count of each state (:class:`~corral.jobs.QueueDepth`).
         """
         check_str("cluster", cluster)
 
@@ -255,6 +300,15 @@ class JobQueue:
         """Return up to ``limit`` jobs (in ``state``, of ``kind``, if given), in claim order.
 
         Claim order: higher priority first, then oldest first.
+
+        Args:
+            state: Only the jobs in this state (a :class:`~corral.jobs.State` or its
+                value); all states if ``None``.
+            limit: The most jobs to return (at least 1).
+            kind: Only the jobs of this kind; all kinds if ``None``.
+
+        Returns:
+            Snapshots of the jobs (:class:`~corral.jobs.JobRecord`), in claim order.
         """
         check_int("limit", limit, minimum=1)
         wanted = None if state is None else _state(state)
@@ -267,7 +321,14 @@ class JobQueue:
         return [_record(row) for row in await self._call(read)]
 
     async def dead(self, *, limit: int = 100) -> builtins.list[JobRecord]:
-        """Return the dead letter queue: jobs whose retries are exhausted."""
+        """Return the dead letter queue: jobs whose retries are exhausted.
+
+        Args:
+            limit: The most jobs to return (at least 1).
+
+        Returns:
+            Snapshots of the dead jobs (:class:`~corral.jobs.JobRecord`), in claim order.
+        """
         return await self.list(State.DEAD, limit=limit)
 
     async def purge(
@@ -275,10 +336,19 @@ class JobQueue:
     ) -> int:
         """Delete finished jobs that finished more than ``older_than`` seconds ago.
 
-        ``states``: which finished states to delete, ``completed`` by default
-        (``failed``, ``dead`` and ``cancelled`` may be named too; a job not finished is
-        never deleted).
-        Returns how many were deleted. Keeps the table from growing without bound.
+        Keeps the table from growing without bound.
+
+        Args:
+            older_than: Delete only jobs that finished more than this many seconds ago.
+            states: Which finished states to delete, ``completed`` by default
+                (``failed``, ``dead`` and ``cancelled`` may be named too; a job not
+                finished is never deleted).
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ValueError: If ``states`` names a state that is not finished.
         """
         check_number("older_than", older_than, minimum=0, unit="seconds")
         if isinstance(states, str):
@@ -302,9 +372,17 @@ class JobQueue:
         """Put a dead, failed or cancelled job back to ready, with its attempts reset to 0.
 
         Its finished steps are kept (it resumes where it failed, or was cancelled) and so
-        is its last error, for the record. Raises :class:`~corral.jobs.JobNotFoundError`
-        if there is no such job, :class:`~corral.jobs.JobStateError` if it is not dead,
-        failed or cancelled.
+        is its last error, for the record.
+
+        Args:
+            job_id: The id of the job.
+
+        Returns:
+            A snapshot of the job, requeued (:class:`~corral.jobs.JobRecord`).
+
+        Raises:
+            JobNotFoundError: If there is no such job.
+            JobStateError: If it is not dead, failed or cancelled.
         """
         check_str("job_id", job_id)
 
@@ -324,18 +402,26 @@ class JobQueue:
     async def cancel(self, job_id: str) -> Cancellation:
         """Cancel job ``job_id``: at once if it waits, at its worker's next renewal if it runs.
 
-        Returns :attr:`Cancellation.CANCELLED <corral.jobs.Cancellation.CANCELLED>` for
-        a job that was waiting (ready, or retrying): it is ``cancelled`` now, and no
-        worker will claim it. Returns :attr:`Cancellation.REQUESTED
-        <corral.jobs.Cancellation.REQUESTED>` for a job in progress: its worker cancels
-        the handler at its next lease renewal (every third of ``lease_seconds``; at once
-        for a processor running on this ``Database``), and the job ends ``cancelled``,
-        not retried, its finished steps and progress kept (asking again changes
-        nothing). A job cancelled already is left as it is, and ``CANCELLED`` returned
-        again. A cancelled job stays in the table until purged, and runs again if
-        requeued. Raises :class:`~corral.jobs.JobNotFoundError` if there is no such job,
-        and :class:`~corral.jobs.JobStateError` if it is finished otherwise (completed,
-        failed or dead), as :meth:`requeue` does.
+        A cancelled job stays in the table until purged, and runs again if requeued.
+
+        Args:
+            job_id: The id of the job.
+
+        Returns:
+            :attr:`Cancellation.CANCELLED <corral.jobs.Cancellation.CANCELLED>` for a
+            job that was waiting (ready, or retrying): it is ``cancelled`` now, and no
+            worker will claim it. :attr:`Cancellation.REQUESTED
+            <corral.jobs.Cancellation.REQUESTED>` for a job in progress: its worker
+            cancels the handler at its next lease renewal (every third of
+            ``lease_seconds``; at once for a processor running on this ``Database``),
+            and the job ends ``cancelled``, not retried, its finished steps and progress
+            kept (asking again changes nothing). A job cancelled already is left as it
+            is, and ``CANCELLED`` returned again.
+
+        Raises:
+            JobNotFoundError: If there is no such job.
+            JobStateError: If it is finished otherwise (completed, failed or dead), as
+                :meth:`requeue` does.
         """
         check_str("job_id", job_id)
 
