@@ -124,7 +124,9 @@ async def connect(
 
     SQLite runs through the standard library's ``sqlite3`` in a worker thread, in WAL
     mode; PostgreSQL through asyncpg (``pip install 'corral[postgres]'``), copying
-    each batch into a staging table before one upsert.
+    each run of rows straight into its table (through a staging table and one upsert
+    only where a key already exists); DynamoDB through aioboto3 (``pip install
+    'corral[aws]'``), with ``BatchWriteItem``.
 
     Progress runs started in the block (``db.progress.start_run``) and still open when
     it is left on an exception are ended before the writer drains: FAILED, with the
