@@ -40,6 +40,7 @@ __all__ = [
     "Outcome",
     "Renewal",
     "State",
+    "enqueue_rounds",
 ]
 
 
@@ -82,6 +83,29 @@ class ErrorCategory(enum.StrEnum):
 #: ``(id, payload, priority, customer, affinity, region, requires, max_retries, kind)``.
 #: A plain tuple: one is made for every job enqueued, and a tuple is the cheapest to make.
 NewJob: TypeAlias = tuple[str, str, int, str | None, str | None, str | None, str, int, str]
+
+
+def enqueue_rounds(groups: Sequence[Sequence[NewJob]]) -> builtins.list[builtins.list[int]]:
+    """Split the groups of :meth:`JobStore.enqueue_groups` into rounds of distinct ids.
+
+    Returns the groups' indexes, round by round; usually one round. A group that shares
+    an id with an earlier one goes into a round after that one's, so that running the
+    rounds in order leaves what running the groups in order would: a refused group frees
+    its ids for the groups after it.
+    """
+    total = sum(len(group) for group in groups)
+    if len({job[0] for group in groups for job in group}) == total:
+        return [builtins.list(range(len(groups)))]
+    rounds: builtins.list[tuple[set[str], builtins.list[int]]] = []
+    for n, group in enumerate(groups):
+        ids = {job[0] for job in group}
+        after = max((r for r, (taken, _) in enumerate(rounds) if taken & ids), default=-1)
+        if after + 1 == len(rounds):
+            rounds.append((set(), []))
+        taken, members = rounds[after + 1]
+        taken |= ids
+        members.append(n)
+    return [members for _, members in rounds]
 
 
 class Claimed:
@@ -155,6 +179,36 @@ class ClaimRequest:
     #: The kinds of job this worker has handlers for; None for every kind. A job of
     #: another kind is never claimed (and counts against no limit of this claim).
     kinds: frozenset[str] | None = None
+
+    def place(
+        self,
+        row: Mapping[str, Any],
+        free: dict[str, int],
+        by_customer: dict[str, int],
+        token: Callable[[], int],
+    ) -> Claimed | None:
+        """Place the waiting job of ``row`` if ``per_customer`` and a free cluster allow it.
+
+        Every store's claim decides each candidate this way, in claim order. ``free``:
+        the slots left on each cluster; ``by_customer``: the jobs in progress of each
+        customer (counted over every worker); both are updated for a job placed. Returns
+        the job claimed under a fresh lease token from ``token()``, or None.
+        """
+        customer = row["customer"]
+        if (
+            customer is not None
+            and self.per_customer is not None
+            and by_customer.get(customer, 0) >= self.per_customer
+        ):
+            return None
+        routed = self.route(row, free)
+        if routed is None:
+            return None
+        cluster, reason = routed
+        free[cluster] -= 1
+        if customer is not None:
+            by_customer[customer] = by_customer.get(customer, 0) + 1
+        return Claimed(row, row["attempts"] + 1, cluster, reason, token())
 
 
 class Renewal(NamedTuple):

@@ -68,6 +68,7 @@ from ..._ports._jobs import (
     Outcome,
     Renewal,
     State,
+    enqueue_rounds,
 )
 from ._client import code
 from ._expr import Expr
@@ -210,24 +211,6 @@ def _new_item(job: NewJob, seq: int, now: str) -> dict[str, Any]:
         if value is not None:
             item[name] = {"S": value}
     return item
-
-
-def _rounds(groups: Sequence[Sequence[NewJob]]) -> list[list[int]]:
-    """Split the groups (their indexes) into rounds whose ids are all distinct.
-
-    Usually one round. A group sharing an id with an earlier one goes in a round after
-    that one's: a refused group frees its ids for the groups after it.
-    """
-    rounds: list[tuple[set[str], list[int]]] = []
-    for n, group in enumerate(groups):
-        ids = {job[0] for job in group}
-        after = max((r for r, (taken, _) in enumerate(rounds) if taken & ids), default=-1)
-        if after + 1 == len(rounds):
-            rounds.append((set(), []))
-        taken, members = rounds[after + 1]
-        taken |= ids
-        members.append(n)
-    return [members for _, members in rounds]
 
 
 class DynamoJobStore:
@@ -379,7 +362,7 @@ class DynamoJobStore:
         for group in groups:
             items.append([_new_item(job, seq + n, now) for n, job in enumerate(group)])
             seq += len(group)
-        for members in _rounds(groups):
+        for members in enqueue_rounds(groups):
             sent = [n for n in members if items[n]]
             stored = await self._gather(functools.partial(self._put_group, items[n]) for n in sent)
             for n, found in zip(sent, stored, strict=True):
@@ -807,21 +790,9 @@ class DynamoJobStore:
             for row in rows:
                 if len(chosen) >= room:
                     break
-                customer = row["customer"]
-                if (
-                    customer is not None
-                    and req.per_customer is not None
-                    and by_customer.get(customer, 0) >= req.per_customer
-                ):
-                    continue
-                routed = req.route(row, free)
-                if routed is None:
-                    continue
-                cluster, reason = routed
-                free[cluster] -= 1
-                if customer is not None:
-                    by_customer[customer] = by_customer.get(customer, 0) + 1
-                chosen.append(Claimed(row, row["attempts"] + 1, cluster, reason, _token()))
+                claimed = req.place(row, free, by_customer, _token)
+                if claimed is not None:
+                    chosen.append(claimed)
             if "LastEvaluatedKey" not in page:
                 break
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -241,7 +241,9 @@ async def _claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult
         for candidate in rows:
             if len(chosen) >= room:
                 break
-            _choose(req, candidate, free, by_customer, chosen)
+            claimed = req.place(candidate, free, by_customer, _tokens)
+            if claimed is not None:
+                chosen.append(claimed)
         scanned += len(rows)
         if len(rows) < window:
             if not first:
@@ -305,31 +307,6 @@ async def _mark_claimed(
         [("p", "int", numbers), ("t", "bigint", [c.token for c in chosen])],
         f"j.{WAITING}",
     )
-
-
-def _choose(
-    req: ClaimRequest,
-    row: Mapping[str, Any],
-    free: dict[str, int],
-    by_customer: dict[str, int],
-    chosen: list[Claimed],
-) -> None:
-    """Add the job of ``row`` to ``chosen`` if the limits and a free cluster allow it."""
-    customer = row["customer"]
-    if (
-        customer is not None
-        and req.per_customer is not None
-        and by_customer.get(customer, 0) >= req.per_customer
-    ):
-        return
-    routed = req.route(row, free)
-    if routed is None:
-        return
-    cluster, reason = routed
-    free[cluster] -= 1
-    if customer is not None:
-        by_customer[customer] = by_customer.get(customer, 0) + 1
-    chosen.append(Claimed(row, row["attempts"] + 1, cluster, reason, _tokens()))
 
 
 async def renew_batch(

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..._ports._jobs import NewJob, State
+from ..._ports._jobs import NewJob, State, enqueue_rounds
 from ._dialect import Dialect
 from ._jobs_schema import JOBS, of_kinds
 
@@ -37,28 +37,6 @@ async def _fetch(conn: Connection, sql: str, *args: object) -> list[dict[str, An
     return await conn.fetch(sql, *args)
 
 
-def _rounds(groups: Sequence[Sequence[NewJob]]) -> list[list[int]]:
-    """Split the groups (their indexes) into rounds whose ids are all distinct.
-
-    Usually one round. A group that shares an id with an earlier one goes into a round
-    after that one's, so that running the rounds in order leaves what running the
-    groups in order would: a refused group frees its ids for the groups after it.
-    """
-    total = sum(len(group) for group in groups)
-    if len({job[0] for group in groups for job in group}) == total:
-        return [list(range(len(groups)))]
-    rounds: list[tuple[set[str], list[int]]] = []
-    for n, group in enumerate(groups):
-        ids = {job[0] for job in group}
-        after = max((r for r, (taken, _) in enumerate(rounds) if taken & ids), default=-1)
-        if after + 1 == len(rounds):
-            rounds.append((set(), []))
-        taken, members = rounds[after + 1]
-        taken |= ids
-        members.append(n)
-    return [members for _, members in rounds]
-
-
 async def enqueue_unnest(
     conn: Connection, d: Dialect, groups: Sequence[Sequence[NewJob]], channel: str
 ) -> list[list[str]]:
@@ -73,7 +51,7 @@ async def enqueue_unnest(
     """
     now = d.now
     refused: list[list[str]] = [[] for _ in groups]
-    for members in _rounds(groups):
+    for members in enqueue_rounds(groups):
         rows = [job for n in members for job in groups[n]]
         stored = await conn.fetchval(
             f"WITH ins AS (INSERT INTO {JOBS} ({_COLUMNS}) "
@@ -110,7 +88,7 @@ async def enqueue_checked(
     """
     now = d.now
     refused: list[list[str]] = [[] for _ in groups]
-    for members in _rounds(groups):
+    for members in enqueue_rounds(groups):
         existing = set(await _existing(conn, [job[0] for n in members for job in groups[n]]))
         rows: list[NewJob] = []
         for n in members:
