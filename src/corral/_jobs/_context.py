@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -17,7 +16,7 @@ from .._map import is_async_callable
 from .._thread import to_thread
 from .._validate import check_int, check_str
 from . import _claims
-from ._model import Job, _nests_deeper, load_json
+from ._model import Job, _dumps, dump_within, load_json
 
 if TYPE_CHECKING:
     from .._database import Database
@@ -214,7 +213,7 @@ class JobContext:
         Returns:
             The step, to use as ``async with ctx.step(name):``.
         """
-        _check_step_name(name)
+        check_str("step name", name)
         return Step(self, name)
 
     @overload
@@ -265,7 +264,7 @@ class JobContext:
                 stored; let it propagate (the attempt is dropped).
 
         """
-        _check_step_name(name)
+        check_str("step name", name)
         self._enter_step(name)
         steps = self._steps
         if name in steps:
@@ -339,13 +338,6 @@ class JobContext:
             )
 
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _check_step_name(name: object) -> None:
-    check_str("step name", name)
-
-
 def _dump_result(result: object, job_id: str, step: str) -> str:
     """Encode the result of step ``step``; StepResultError if JSON cannot store it."""
     limit = Job.MAX_PAYLOAD_DEPTH
@@ -354,15 +346,13 @@ def _dump_result(result: object, job_id: str, step: str) -> str:
         "store the data elsewhere (a file, a table) and return a reference (a path, a key)"
     )
     try:
-        text = _dumps(result)
-    except RecursionError:
-        text = None
+        text = dump_within(result, limit)
     except (TypeError, ValueError) as exc:
         raise StepResultError(
             f"job {job_id!r}: step {step!r} returned {type(result).__name__} that cannot be "
             f"stored as JSON ({exc}); {fix}"
         ) from exc
-    if text is None or _nests_deeper(text, limit):
+    if text is None:
         raise StepResultError(
             f"job {job_id!r}: step {step!r} returned a result nesting deeper than {limit} "
             f"levels (lists and dicts in one another), which not every worker could "

@@ -460,16 +460,14 @@ def dump_payload(payload: object, job_id: str) -> str:
     """Encode the payload of job ``job_id`` as stored; PayloadError if it cannot be."""
     limit = Job.MAX_PAYLOAD_DEPTH
     try:
-        text = json.dumps(payload, separators=(",", ":"))
-    except RecursionError:
-        text = None
+        text = dump_within(payload, limit)
     except (TypeError, ValueError) as exc:
         raise PayloadError(
             f"Job {job_id!r}: payload must be JSON-serializable (dicts, lists, str, "
             f"numbers, bools, None): {exc}; convert it, or store a reference (a path, a "
             f"key) in the payload instead"
         ) from exc
-    if text is None or _nests_deeper(text, limit):
+    if text is None:
         raise PayloadError(
             f"Job {job_id!r}: payload nests deeper than {limit} levels (lists and dicts "
             f"in one another), which not every worker could decode; flatten it, or store "
@@ -480,6 +478,22 @@ def dump_payload(payload: object, job_id: str) -> str:
 
 #: A JSON string or a bracket: what matters to a payload's depth.
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def dump_within(value: object, limit: int) -> str | None:
+    """Encode ``value`` as compact JSON; None if it nests deeper than ``limit`` levels.
+
+    Raises TypeError or ValueError for a value JSON cannot hold. Payloads and step
+    results are bounded alike, so that every worker can decode what another stored.
+    """
+    try:
+        text = _dumps(value)
+    except RecursionError:
+        return None
+    return None if _nests_deeper(text, limit) else text
 
 
 def _nests_deeper(text: str, limit: int) -> bool:
