@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 import corral
@@ -141,6 +142,80 @@ async def test_a_lone_row_is_committed_within_the_flush_interval(db_url: str) ->
         with anyio.fail_after(30):  # no flush: the time limit commits it
             await committed.wait()
         assert db.statistics().committed == 2
+
+
+async def test_a_batch_worth_its_commit_is_written_without_waiting(db_url: str) -> None:
+    # A producer's rows are written while it goes on: a batch of _EAGER_ROWS rows does
+    # not wait for the flush interval (an hour here), nor for a flush.
+    async with corral.connect(db_url, flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": -1})
+        await db.flush()
+        committed = anyio.Event()
+        backend = db._backend
+        write = backend.write
+
+        async def spy(runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
+            failures = await write(runs, begin=begin, commit=commit)
+            if commit:
+                committed.set()
+            return failures
+
+        backend.write = spy  # type: ignore[method-assign]
+        for k in range(_writer._EAGER_ROWS):
+            await t.put({"k": k})
+        with anyio.fail_after(30):
+            await committed.wait()
+        assert db.statistics().committed == 1 + _writer._EAGER_ROWS
+
+
+async def test_a_queue_smaller_than_a_batch_is_written_without_waiting(db_url: str) -> None:
+    # max_pending below the eager batch: a full queue is a batch worth its commit, or
+    # the producer would wait for the flush interval at every max_pending rows.
+    async with corral.connect(db_url, max_pending=10, flush_interval=3600) as db:
+        t = db.table("t", key="k")
+        with anyio.fail_after(30):
+            for k in range(100):
+                await t.put({"k": k})
+            while db.statistics().committed < 90:  # no flush: the writer commits alone
+                await anyio.lowlevel.checkpoint()
+        await db.flush()
+        assert db.statistics().committed == 100
+
+
+async def test_rows_may_change_their_columns_and_their_order(db_url: str) -> None:
+    # A table keeps the checks of the last row's columns; a row of other columns (of
+    # the same number, or in another order) is checked against its own.
+    async with corral.connect(db_url) as db:
+        t = db.table("t", key="k")
+        await t.put({"k": 0, "a": 1, "b": "x"})
+        rows: list[dict[str, object]] = [
+            {"k": 1, "a": 2, "b": "y"},
+            {"b": "z", "k": 2, "a": 3},  # the same columns in another order
+            {"k": 3, "a": 4},  # fewer
+            {"k": 4, "b": "w"},  # as many, other ones
+            {"k": 5, "a": 6},
+            {"a": 7, "k": 6},
+        ]
+        for row in rows:
+            await t.put(row)
+        with pytest.raises(corral.ColumnTypeError):
+            await t.put({"k": 7, "b": 8})  # after {"k", "b"} passed with a str
+        with pytest.raises(corral.UnknownColumnError):
+            await t.put({"k": 7, "c": 8})  # as many columns as the last row
+        with pytest.raises(corral.MissingKeyError):
+            await t.put({"a": 1, "b": "x"})
+        await db.flush()
+        got = await fetch(db, 'SELECT "k", "a", "b" FROM "t" ORDER BY "k"')
+    assert got == [
+        {"k": 0, "a": 1, "b": "x"},
+        {"k": 1, "a": 2, "b": "y"},
+        {"k": 2, "a": 3, "b": "z"},
+        {"k": 3, "a": 4, "b": None},
+        {"k": 4, "a": None, "b": "w"},
+        {"k": 5, "a": 6, "b": None},
+        {"k": 6, "a": 7, "b": None},
+    ]
 
 
 # -- nothing accepted is lost ---------------------------------------------------------------------

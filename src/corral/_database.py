@@ -18,6 +18,7 @@ batching is described in :mod:`corral._writer`.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -56,6 +57,15 @@ _MAX_PLANS = 64
 _CHECKPOINT_EVERY = 128
 
 
+def _one_value(column: str) -> Callable[[Mapping[str, object]], tuple[object, ...]]:
+    """Return what takes the one value of a row of one column, as a 1-tuple."""
+
+    def values(row: Mapping[str, object]) -> tuple[object, ...]:
+        return (row[column],)
+
+    return values
+
+
 def default_url() -> str:
     """Return the database URL to use when none is given.
 
@@ -86,7 +96,17 @@ class DatabaseStatistics:
 class _Plan:
     """The checks for rows of one table with one column order, worked out once."""
 
-    __slots__ = ("checks", "columns", "converts", "key_index", "signatures")
+    __slots__ = (
+        "checks",
+        "columns",
+        "converts",
+        "key_index",
+        "nan_refused",
+        "schema",
+        "signatures",
+        "values",
+        "width",
+    )
 
     def __init__(self, table: Table, schema: TableSchema, columns: tuple[str, ...]) -> None:
         for name in columns:
@@ -102,6 +122,8 @@ class _Plan:
                     f"a row for table {table.name!r} has no value for its key column "
                     f"{name!r}; every row needs the whole key {table.key!r}"
                 )
+        #: The table's schema and the row's columns, in the row's order.
+        self.schema = schema
         self.columns = columns
         self.key_index = tuple(columns.index(name) for name in table.key)
         described = [schema.columns[name] for name in columns]
@@ -111,8 +133,18 @@ class _Plan:
         self.converts: list[tuple[int, Callable[[object], object]]] = [
             (i, col.convert) for i, col in enumerate(described) if col.convert is not None
         ]
+        #: The columns whose store cannot keep NaN, with the message that refuses it.
+        self.nan_refused: tuple[tuple[int, str], ...] = tuple(
+            (i, col.nan_error) for i, col in enumerate(described) if col.nan_error is not None
+        )
         #: Tuples of the values' types that passed the checks: they pass again.
         self.signatures: set[tuple[type, ...]] = set()
+        #: How many columns, and what takes a row's values in their order (a
+        #: ``KeyError`` for a row without one of them).
+        self.width = len(columns)
+        self.values: Callable[[Mapping[str, object]], tuple[object, ...]] = (
+            operator.itemgetter(*columns) if len(columns) > 1 else _one_value(columns[0])
+        )
 
     def check(self, table: Table, values: tuple[object, ...]) -> None:
         """Raise unless ``values`` fit: no NULL key, every value of an accepted type."""
@@ -158,6 +190,8 @@ class Table:
         self._schema: TableSchema | None = None
         self._resolving: anyio.Event | None = None
         self._plans: dict[tuple[str, ...], _Plan] = {}
+        #: The plan of the last row put: the next row most likely has its columns.
+        self._last: _Plan | None = None
         self._puts = 0
 
     def __repr__(self) -> str:
@@ -180,34 +214,39 @@ class Table:
             )
         return row
 
-    def _prepare(
-        self, schema: TableSchema, row: Mapping[str, object]
-    ) -> tuple[tuple[str, ...], tuple[object, ...]]:
-        """Check ``row`` against the table; return its columns and its values."""
-        if type(row) is not dict:
-            self._check_mapping(row)
-        plan = self._plans.get(tuple(row))
+    async def _plan_for(self, row: object) -> _Plan:
+        """Return the plan for the columns of ``row`` (checked), making it on first use."""
+        schema = self._schema
+        if schema is None:
+            schema = await self._schema_for(row)
+        mapping = row if type(row) is dict else self._check_mapping(row)
+        columns = tuple(mapping)
+        plan = self._plans.get(columns)
         if plan is None:
-            columns = tuple(row)
             plan = _Plan(self, schema, columns)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[columns] = plan
-        values = tuple(row.values())
-        if len(values) != len(plan.columns):  # pragma: no cover - a Mapping at odds with itself
-            values = tuple(row[name] for name in plan.columns)
-        signature = tuple(map(type, values))
-        if signature not in plan.signatures:
+        self._last = plan
+        return plan
+
+    def _checked(self, plan: _Plan, values: tuple[object, ...]) -> tuple[object, ...]:
+        """Return a row's ``values`` (in ``plan``'s columns) checked and converted."""
+        if tuple(map(type, values)) not in plan.signatures:
             plan.check(self, values)
             if len(plan.signatures) < _MAX_PLANS:
-                plan.signatures.add(signature)
+                plan.signatures.add(tuple(map(type, values)))
+        for i, message in plan.nan_refused:
+            value = values[i]
+            if value != value:  # NaN, the one value unequal to itself
+                raise SchemaError(message)
         if plan.converts:
             converted = list(values)
             for i, convert in plan.converts:
                 if converted[i] is not None:
                     converted[i] = convert(converted[i])
             values = tuple(converted)
-        return plan.columns, values
+        return values
 
     async def _schema_for(self, row: object) -> TableSchema:
         """Return the table's schema, reading it (or creating the table) on first use."""
@@ -264,10 +303,17 @@ class Table:
             WriteError: For an earlier row that failed to commit.
             DatabaseClosedError: Once the database is closed.
         """
-        schema = self._schema
-        if schema is None:
-            schema = await self._schema_for(row)
-        columns, values = self._prepare(schema, row)
+        plan = self._last
+        if plan is None or type(row) is not dict or len(row) != plan.width:
+            plan = await self._plan_for(row)
+        try:
+            values = plan.values(row)
+        except KeyError:  # the row has other columns than the last one
+            plan = await self._plan_for(row)
+            values = plan.values(row)
+        values = self._checked(plan, values)
+        schema = plan.schema
+        columns = plan.columns
         writer = self._db._writer
         if writer.put_nowait(schema, columns, values):
             # A row that finds room is accepted without a trip through the event loop;

@@ -4,7 +4,10 @@ Producers (tasks, and threads through their event loop) append to one bounded qu
 only the writer takes from it and only the writer touches the store (the
 :class:`~corral._ports.Store` port). A batch closes when it holds ``batch_size`` rows,
 when ``flush_interval`` seconds have passed since its first item, when a flush or an
-operation (``Database._run``) asks for a commit, or when the database closes. The
+operation (``Database._run``) asks for a commit, or when the database closes; and
+as soon as it holds ``_EAGER_ROWS`` rows (1,000), when the writer is free to write it:
+so a producer's rows are written while it goes on putting more, and what it puts
+meanwhile, however much, is the next batch (up to ``batch_size``). The
 writer hands each batch to the store whole (``Store.apply``); the SQL stores make it
 one transaction (``corral._backends._sql._batch``):
 
@@ -61,6 +64,10 @@ S = TypeVar("S", bound=Session)
 
 #: A row shown in an error message is cut to this many characters.
 _ROW_REPR = 300
+#: A batch of this many rows (or ``batch_size`` or ``max_pending``, if smaller) is
+#: written at once, without waiting for the flush interval: the writer then writes while
+#: its producers go on, and what they queue meanwhile is its next batch.
+_EAGER_ROWS = 1_000
 #: At most this many write errors wait to be raised; failures beyond them are counted
 #: (``errors_dropped``), not kept, so that refused rows cannot fill the memory.
 _MAX_ERRORS = 100
@@ -295,6 +302,12 @@ class Writer(Generic[S]):
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending = max_pending
+        #: A batch this large is worth its commit: it is written without waiting for
+        #: ``flush_interval``, so that a producer's rows are written while it goes on.
+        self._eager = min(batch_size, max_pending, _EAGER_ROWS)
+        #: A row queued wakes the waiting writer once this many slots are in use: the
+        #: first row when it is idle, enough rows for a batch when it is collecting.
+        self._wake_at = 1
         self._cancel_body = cancel_body
         #: Rows accepted, committed and failed; batches committed.
         self.accepted: int = 0
@@ -367,7 +380,7 @@ class Writer(Generic[S]):
             run = table.tail = Run(table, columns, [values], epoch=self._epoch)
             self._queue.append(run)
         self.accepted += 1
-        if self._wakeup is not None:
+        if self._wakeup is not None and self._used >= self._wake_at:
             self._wakeup.set()
             self._wakeup = None
 
@@ -388,7 +401,7 @@ class Writer(Generic[S]):
         if run is not None and run.open and run.columns is columns and run.epoch == self._epoch:
             run.rows.append(values)  # the common case, inlined
             self.accepted += 1
-            if self._wakeup is not None:
+            if self._wakeup is not None and self._used >= self._wake_at:
                 self._wakeup.set()
                 self._wakeup = None
         else:
@@ -597,6 +610,7 @@ class Writer(Generic[S]):
 
     async def _collect(self) -> list[_Item] | None:
         """Return the next batch ([] for sources only), or None when closed and drained."""
+        self._wake_at = 1
         while not self._queue:
             if self._closing:
                 if self._used:  # producers granted a slot have yet to queue their row
@@ -640,11 +654,12 @@ class Writer(Generic[S]):
                 rows += taken
                 self._used -= taken
                 self._grant()
-            if rows >= self._batch_size or urgent or self._closing or timed_out:
+            if rows >= self._eager or urgent or self._closing or timed_out:
                 return items
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 return items
+            self._wake_at = self._eager - rows
             timed_out = await self._wait(remaining)
 
     async def _commit_reconnecting(self, items: list[_Item]) -> None:

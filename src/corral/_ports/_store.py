@@ -51,6 +51,8 @@ class Column:
     exclude: tuple[type, ...] = ()
     #: Turns an accepted value into what the driver binds (SQLite: dates to text).
     convert: Callable[[object], object] | None = None
+    #: The store cannot keep NaN here: the message of the ``SchemaError`` refusing it.
+    nan_error: str | None = None
 
     def describe_types(self) -> str:
         """Name the accepted types for an error message."""

@@ -61,16 +61,22 @@ def _where(name: str, table: str | None) -> str:
     return f"column {name!r}" + ("" if table is None else f" of table {table!r}")
 
 
+def _nan_error(name: str, table: str | None) -> str:
+    """Return the message refusing NaN in a column: SQLite would store it as NULL."""
+    return (
+        f"{_where(name, table)} got NaN, which SQLite stores as NULL (as a key, a new row "
+        f"at every put): write None for a missing value, or keep NaN on PostgreSQL, which "
+        f"stores it"
+    )
+
+
 def _refuse_nan(name: str, table: str | None) -> Callable[[object], object]:
     """Return the convert of a column that takes floats: NaN would be stored as NULL."""
+    message = _nan_error(name, table)
 
     def convert(value: object) -> object:
         if value != value:  # NaN, the one value unequal to itself
-            raise SchemaError(
-                f"{_where(name, table)} got NaN, which SQLite stores as NULL (as a key, "
-                f"a new row at every put): write None for a missing value, or keep NaN "
-                f"on PostgreSQL, which stores it"
-            )
+            raise SchemaError(message)
         return value
 
     return convert
@@ -147,7 +153,7 @@ def column_for(name: str, declared: str, table: str | None = None) -> Column:
         return Column(name, declared, None, convert=_any_value(name, table))
     if "REAL" in d or "FLOA" in d or "DOUB" in d:
         return Column(
-            name, declared, (float, int), exclude=(bool,), convert=_refuse_nan(name, table)
+            name, declared, (float, int), exclude=(bool,), nan_error=_nan_error(name, table)
         )
     if "BOOL" in d:
         return Column(name, declared, (bool, int))
