@@ -514,6 +514,7 @@ class Writer(Generic[S]):
     def register(self, source: Source[S]) -> None:
         """Call ``source.write`` in every batch while ``source.pending()``."""
         self._sources.append(source)
+        self._wake()
 
     def take_errors(self) -> list[WriteError]:
         """Return (and forget) every write error not raised yet."""
@@ -611,6 +612,7 @@ class Writer(Generic[S]):
     async def _collect(self) -> list[_Item] | None:
         """Return the next batch ([] for sources only), or None when closed and drained."""
         self._wake_at = 1
+        spun = False
         while not self._queue:
             if self._closing:
                 if self._used:  # producers granted a slot have yet to queue their row
@@ -620,7 +622,17 @@ class Writer(Generic[S]):
                     return None
                 self._final_sources = True  # one last batch for the sources, then stop
                 return []
-            if await self._wait(self._flush_interval) and self._sources_pending():
+            if not spun:
+                # Let the callers just answered run first: one that queues its next
+                # call at once (a loop of enqueues) finds the writer awake, not asleep
+                # to be woken, which costs the event loop a turn per call.
+                spun = True
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                continue
+            # Without sources, nothing is due until something is queued (register()
+            # wakes the writer for a new source).
+            timeout = self._flush_interval if self._sources else None
+            if await self._wait(timeout) and self._sources_pending():
                 return []
         deadline = anyio.current_time() + self._flush_interval
         items: list[_Item] = []
