@@ -30,7 +30,16 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..._ports._jobs import Claimed, ClaimRequest, ClaimResult, Outcome, Renewal, State
+from ..._ports._jobs import (
+    Claimed,
+    ClaimRequest,
+    ClaimResult,
+    Outcome,
+    Renewal,
+    State,
+    StepRecord,
+    merge_step_records,
+)
 from ._dialect import Dialect
 from ._jobs_schema import BUSY, FINISHED, JOBS, NO_LABELS, WAITING, of_kinds
 
@@ -577,34 +586,48 @@ async def release_each(conn: Connection, d: Dialect, leases: Sequence[tuple[Clai
         )
 
 
-async def step_done_batch(
-    conn: Connection, d: Dialect, claimed: Claimed, steps: str, progress: int
-) -> bool:
-    """Record the finished steps of a claimed job; False if the lease was taken over."""
-    held = await _update_claimed(
+#: A group of step records of more jobs than this is planned for its arrays (see
+#: :data:`_PLANNING`): a generic plan reads the arrays once per job, which costs little
+#: for a few jobs, and a planned one costs two round trips more.
+_PLAN_STEPS_ABOVE = 64
+
+
+async def step_done_batch(conn: Connection, d: Dialect, records: Sequence[StepRecord]) -> set[int]:
+    """Record the finished steps of claimed jobs, one statement; return the tokens held.
+
+    The records of one lease are merged first (:func:`merge_step_records`): a job is
+    updated once per statement, so two of its rows would leave one's progress out.
+    """
+    merged = merge_step_records(records)
+    update = functools.partial(
+        _update_claimed,
         conn,
-        f"steps = $1, progress = j.progress + v.p, updated_at = {d.now}",
-        [steps],
-        [(claimed.id, claimed.token)],
-        [("p", "bigint", [progress])],
+        f"steps = v.s, progress = j.progress + v.p, updated_at = {d.now}",
+        [],
+        [(r.claimed.id, r.claimed.token) for r in merged],
+        [("s", "text", [r.steps for r in merged]), ("p", "bigint", [r.progress for r in merged])],
     )
-    return claimed.token in held
+    if len(merged) > _PLAN_STEPS_ABOVE:
+        return await _planned(conn, update)
+    return await update()
 
 
-async def step_done_each(
-    conn: Connection, d: Dialect, claimed: Claimed, steps: str, progress: int
-) -> bool:
-    """As :func:`step_done_batch`, in the statement of SQLite."""
+async def step_done_each(conn: Connection, d: Dialect, records: Sequence[StepRecord]) -> set[int]:
+    """As :func:`step_done_batch`, one statement per record, in order (SQLite)."""
     now = d.now
-    row = await conn.fetchval(
-        f"UPDATE {JOBS} SET steps = ?, progress = progress + ?, updated_at = {now} "
-        f"WHERE id = ? AND lease_token = ? AND state = 'in_progress' RETURNING id",
-        steps,
-        progress,
-        claimed.id,
-        claimed.token,
-    )
-    return row is not None
+    held: set[int] = set()
+    for claimed, steps, progress in records:
+        row = await conn.fetchval(
+            f"UPDATE {JOBS} SET steps = ?, progress = progress + ?, updated_at = {now} "
+            f"WHERE id = ? AND lease_token = ? AND state = 'in_progress' RETURNING id",
+            steps,
+            progress,
+            claimed.id,
+            claimed.token,
+        )
+        if row is not None:
+            held.add(claimed.token)
+    return held
 
 
 async def outlook(
