@@ -140,6 +140,14 @@ class SqlJobStore:
         """Reclaim expired leases, then claim jobs within the limits."""
         return await _claims.claim(self._conn, self._d, request)
 
+    async def explain_claim(self, request: ClaimRequest) -> builtins.list[builtins.list[str]]:
+        """Return the plans of the queries that read claim ``request``'s candidates.
+
+        Not of the port: a check, for the tests, that a claim walks the waiting index
+        whatever the table's statistics (see :func:`._claims.explain_claim`).
+        """
+        return await _claims.explain_claim(self._conn, self._d, request)
+
     async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> Renewal:
         """Extend the leases; return the tokens still held, and those asked to cancel."""
         return await self._renew(self._conn, self._d, leases, lease_seconds)
