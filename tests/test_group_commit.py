@@ -312,9 +312,7 @@ def step_names(text: str) -> list[str]:
     """The names in a stored steps text, in order, repeats kept (none is expected)."""
     if text == "[]":
         return []
-    pairs: list[str] = []
-    json.loads(text, object_pairs_hook=lambda items: pairs.extend(k for k, _ in items) or {})
-    return pairs
+    return [name for name, _ in json.loads(text, object_pairs_hook=list)]
 
 
 async def test_concurrent_step_records_are_one_batch_and_a_lost_lease_fails_only_its_own(
