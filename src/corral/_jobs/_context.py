@@ -320,9 +320,10 @@ class JobContext:
         if name not in steps:
             steps[name] = result
             self._step_json[name] = text
-        # One job's record is one conditional statement: atomic alone, it may commit on
-        # its own.
-        held = await self._db._run_grouped(_record_steps, _StepWrite(self), one_statement=True)
+        # In a transaction even alone (not one_statement): cut off by a lost connection
+        # before its COMMIT, it is written again on the new one, as it always was, rather
+        # than leave its caller a CommitUnknownError and its progress unknown.
+        held = await self._db._run_grouped(_record_steps, _StepWrite(self))
         if not held:
             raise LeaseLostError(
                 f"job {self._claimed.id!r}: this worker's lease was taken over by another "
