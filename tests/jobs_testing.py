@@ -8,6 +8,9 @@ from typing import Any
 
 import corral
 from corral import jobs
+from corral._jobs._context import JobContext
+from corral._ports import Session
+from corral._ports._jobs import ClaimRequest
 
 #: Retries that wait milliseconds, not seconds, and no jitter.
 FAST = jobs.RetryPolicy(base=0.01, cap=0.05, jitter=0)
@@ -40,3 +43,36 @@ async def database(url: str) -> AsyncIterator[corral.Database]:
     """``corral.connect(url)``, as the processor tests open it."""
     async with corral.connect(url) as db:
         yield db
+
+
+async def claimed_contexts(db: corral.Database, n: int) -> list[JobContext]:
+    """Enqueue and claim ``n`` jobs (s0, s1, ...); return a handler's context for each."""
+    await db.jobs.enqueue_many([jobs.Job(id=f"s{i}") for i in range(n)])
+    request = ClaimRequest(
+        owner="w",
+        limit=n,
+        max_concurrent=n,
+        per_customer=None,
+        capacity={"c": n},
+        local_free={"c": n},
+        lease_seconds=600,
+        route=lambda row, free: ("c", "free"),
+    )
+
+    async def claim(session: Session) -> Any:
+        return await session.jobs.claim(request)
+
+    claimed = (await db._run(claim)).claimed
+    assert len(claimed) == n
+    cluster = corral.Cluster("c", n)
+    return [JobContext(db, "w", c, cluster) for c in sorted(claimed, key=lambda c: c.id)]
+
+
+async def stored_steps(db: corral.Database, job_id: str) -> tuple[str, int]:
+    """Return the raw JSON text of a job's stored steps, and its stored progress."""
+
+    async def read(session: Session) -> Any:
+        return await session.jobs.get(job_id)
+
+    row = await db._run(read)
+    return row["steps"], int(row["progress"])

@@ -31,6 +31,7 @@ from corral._ports._jobs import (
     Outcome,
     Renewal,
     State,
+    StepRecord,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -555,6 +556,35 @@ async def test_step_done_stores_the_steps_and_adds_progress(store_url: str) -> N
         assert again.row["steps"] == '["fetch", "parse"]'
 
 
+async def test_step_done_many_stores_each_lease_and_refuses_only_those_taken_over(
+    store_url: str,
+) -> None:
+    async with corral.connect(store_url) as db:
+        await ready(db)
+        await enqueue(db, job("a"), job("b"), job("c"))
+        claimed = {c.id: c for c in (await claim(db)).claimed}
+        a, b, c = claimed["a"], claimed["b"], claimed["c"]
+        forged = Claimed(b.row, b.attempt, b.cluster, b.route_reason, b.token + 1)
+        records = [
+            StepRecord(a, '{"fetch":1}', 2),
+            StepRecord(forged, '{"x":null}', 100),  # taken over: changes nothing ...
+            StepRecord(c, '{"only":true}', 0),
+            StepRecord(a, '{"fetch":1,"parse":2}', 3),  # ... and a's second record
+        ]
+        held = await on(db, lambda jobs: jobs.step_done_many(records))
+        assert held == {a.token, c.token}
+        rows = {job_id: await get(db, job_id) for job_id in "abc"}
+        # What the records one after another leave: a's last steps, and all its progress.
+        assert (rows["a"]["steps"], rows["a"]["progress"]) == ('{"fetch":1,"parse":2}', 5)
+        assert (rows["b"]["steps"], rows["b"]["progress"]) == ("[]", 0)
+        assert (rows["c"]["steps"], rows["c"]["progress"]) == ('{"only":true}', 0)
+        assert await on(db, lambda jobs: jobs.step_done_many([])) == set()
+        # One lone record, as step_done.
+        one = [StepRecord(c, '{"only":true,"two":2}', 4)]
+        assert await on(db, lambda jobs: jobs.step_done_many(one)) == {c.token}
+        assert (await get(db, "c"))["progress"] == 4
+
+
 # -- reads, requeue, purge ---------------------------------------------------------------------
 
 
@@ -615,6 +645,58 @@ async def test_requeue_puts_a_dead_or_failed_job_back_with_its_steps(store_url: 
         assert sorted(ids((await claim(db)).claimed)) == ["b", "c", "e"]
 
 
+async def test_requeue_many_answers_each_id_as_requeues_one_after_another_would(
+    store_url: str,
+) -> None:
+    async with corral.connect(store_url) as db:
+        await _finished_set(db)
+        asked = ["c", "zz", "a", "b", "d", "c", "e", "zz"]
+        answers = await on(db, lambda jobs: jobs.requeue_many(asked))
+        assert len(answers) == len(asked)
+        requeued = {
+            job_id: answer
+            for job_id, answer in zip(asked, answers, strict=True)
+            if not isinstance(answer, str)
+        }
+        assert sorted(requeued) == ["b", "c"]
+        refused = [answer if isinstance(answer, str) else None for answer in answers]
+        # c named twice: requeued, then refused as the ready job it is by then.
+        assert refused == [
+            None,
+            "missing",
+            "completed",
+            None,
+            "in_progress",
+            "ready",
+            "ready",
+            "missing",
+        ]
+        for job_id, row in requeued.items():
+            # Its row, as requeued: what get() reads.
+            assert row == await get(db, job_id)
+            assert (State(row["state"]), row["attempts"]) == (State.READY, 0)
+            assert row["finished_at"] is None
+            assert not row["cancel_requested"]
+            assert row["error_category"] is not None  # the last error, for the record
+        assert await state_of(db, "a") == State.COMPLETED
+        assert await on(db, lambda jobs: jobs.requeue_many([])) == []
+        assert sorted(ids((await claim(db)).claimed)) == ["b", "c", "e"]
+
+
+async def test_requeue_many_is_rolled_back_with_its_operation(store_url: str) -> None:
+    async with corral.connect(store_url) as db:
+        await _finished_set(db)
+
+        async def then_fail(jobs: JobStore) -> None:
+            answers = await jobs.requeue_many(["b", "c"])
+            assert not any(isinstance(answer, str) for answer in answers)
+            raise LookupError("undo")
+
+        with pytest.raises(LookupError):
+            await on(db, then_fail)
+        assert (await state_of(db, "b"), await state_of(db, "c")) == (State.FAILED, State.DEAD)
+
+
 async def test_purge_deletes_the_finished_jobs_of_the_states_given(store_url: str) -> None:
     async with corral.connect(store_url) as db:
         await _finished_set(db)
@@ -666,7 +748,7 @@ async def test_outlook_counts_the_jobs_a_worker_could_take(store_url: str) -> No
 # -- wake-ups ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("by", ["enqueue", "announce", "requeue"])
+@pytest.mark.parametrize("by", ["enqueue", "announce", "requeue", "requeue_many"])
 async def test_watch_is_called_back_on_new_work_from_another_connection(
     store_url: str, by: str
 ) -> None:
@@ -674,7 +756,7 @@ async def test_watch_is_called_back_on_new_work_from_another_connection(
     async with corral.connect(store_url) as db, corral.connect(store_url) as other:
         await ready(db)
         await ready(other)
-        if by == "requeue":
+        if by.startswith("requeue"):
             await enqueue(other, job("a", max_retries=0))
             [c] = (await claim(other)).claimed
             failed = Outcome("a", c.token, State.FAILED, category=ErrorCategory.DATA)
@@ -687,8 +769,11 @@ async def test_watch_is_called_back_on_new_work_from_another_connection(
             await enqueue(other, job("b"))
         elif by == "announce":
             await on(other, lambda jobs: jobs.announce())
-        else:
+        elif by == "requeue":
             assert await on(other, lambda jobs: jobs.requeue("a")) is None
+        else:
+            [row] = await on(other, lambda jobs: jobs.requeue_many(["a"]))
+            assert not isinstance(row, str)
         with anyio.fail_after(10):
             await woken.wait()
         await on(db, lambda jobs: jobs.unwatch(woken.set))

@@ -25,6 +25,8 @@ import corral
 from conftest import POSTGRES_URL, postgres_admin
 from corral import jobs
 from corral._backends import Connection
+from corral._jobs._context import JobContext
+from jobs_testing import claimed_contexts, stored_steps
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -545,3 +547,57 @@ async def test_a_batch_cut_off_before_its_commit_is_written_again_whole(postgres
         assert result == [7]  # 6 rows and its own: the first attempt was rolled back
         assert db.statistics().committed == 11
     assert await count(postgres_url, "t") == 12
+
+
+async def test_step_records_of_a_batch_cut_off_before_its_commit_are_written_once(
+    postgres_url: str,
+) -> None:
+    """A group run again after a lost connection runs the same calls: a caller cancelled
+    once its group had begun still has its step written, and its progress counted once."""
+    held = anyio.Event()
+    release = anyio.Event()
+    inside = anyio.Event()
+    go_on = anyio.Event()
+    calls = 0
+
+    async def hold(_: Connection) -> None:
+        held.set()
+        await release.wait()
+
+    async def after(conn: Connection) -> None:  # in the batch of the step records
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first time, the connection is cut while it runs
+            inside.set()
+            await go_on.wait()
+        await conn.fetchval("SELECT 1")
+
+    async with proxy() as p, corral.connect(p.url(postgres_url)) as db:
+        contexts = await claimed_contexts(db, 3)
+        scopes = [anyio.CancelScope() for _ in contexts]
+
+        async def record(ctx: JobContext, scope: anyio.CancelScope) -> None:
+            with scope:
+                await ctx._finish_step("one")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(db._run, hold)
+            await held.wait()
+            for ctx, scope in zip(contexts, scopes, strict=True):
+                ctx.progress.increment(5)
+                tg.start_soon(record, ctx, scope)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(db._run, after)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+            await inside.wait()  # the step records' group has run, in this batch
+            scopes[0].cancel()  # given up on, after its group began
+            await p.cut()
+            go_on.set()
+        await db.flush()
+        assert calls == 2  # the batch was written again, on the new connection
+        assert scopes[0].cancelled_caught
+        for ctx in contexts:
+            text, progress = await stored_steps(db, ctx._claimed.id)
+            assert (text, progress) == ('{"one":null}', 5)
+            assert ctx._take_progress() == 0

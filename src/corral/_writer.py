@@ -155,7 +155,7 @@ class _Group(Generic[S]):
     group's work is undone. The :class:`~corral._ports.Operation` the store runs.
     """
 
-    __slots__ = ("calls", "fn", "key", "started")
+    __slots__ = ("calls", "fn", "key", "running", "started")
 
     def __init__(self, key: object, fn: Callable[[S, list[Any]], Awaitable[list[Any]]]) -> None:
         self.key = key
@@ -163,10 +163,15 @@ class _Group(Generic[S]):
         self.calls: list[_Call] = []
         #: The store has begun to run it: no call joins or leaves it any more.
         self.started = False
+        #: The calls it runs, fixed when it first begins: run again after a lost
+        #: connection, it runs the same ones (a call that had begun stays in).
+        self.running: list[_Call] | None = None
 
     @property
     def abandoned(self) -> bool:
-        """Whether every caller gave up: skip it."""
+        """Whether every caller gave up before it began: skip it."""
+        if self.running is not None:
+            return not self.running
         return all(call.abandoned for call in self.calls)
 
     @property
@@ -182,7 +187,9 @@ class _Group(Generic[S]):
     async def run(self, session: S) -> bool:
         """Call ``fn`` with the calls still wanted; return whether its work is kept."""
         self.started = True
-        calls = [call for call in self.calls if not call.abandoned]
+        calls = self.running
+        if calls is None:
+            calls = self.running = [call for call in self.calls if not call.abandoned]
         if not calls:
             return False
         try:
@@ -213,7 +220,7 @@ class _Group(Generic[S]):
             call.event.set()
 
     def reset(self) -> None:
-        """Forget what a lost transaction made of the calls: they run again."""
+        """Forget what a lost transaction made of the calls: the same calls run again."""
         self.started = False
         for call in self.calls:
             call.result = call.error = None

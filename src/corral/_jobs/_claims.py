@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .._ports._jobs import Claimed as Claimed
 from .._ports._jobs import ClaimRequest as ClaimRequest
 from .._ports._jobs import Outcome as Outcome
+from .._ports._jobs import StepRecord as StepRecord
 from ._model import Job
 from ._schema import stored_job, stored_steps
 
@@ -22,7 +23,15 @@ if TYPE_CHECKING:
     from .._database import Database
     from .._ports import Session
 
-__all__ = ["Call", "ClaimRequest", "Claimed", "Outcome", "claimed_job", "claimed_steps"]
+__all__ = [
+    "Call",
+    "ClaimRequest",
+    "Claimed",
+    "Outcome",
+    "StepRecord",
+    "claimed_job",
+    "claimed_steps",
+]
 
 T = TypeVar("T")
 

@@ -311,31 +311,74 @@ class JobContext:
         return "{" + ",".join(parts) + "}"
 
     async def _finish_step(self, name: str, result: object = None, text: str = "null") -> None:
-        """Store the step ``name`` as finished, with its result (and ``text``, its JSON)."""
+        """Store the step ``name`` as finished, with its result (and ``text``, its JSON).
+
+        Through the writer, grouped with the step records of other tasks queued beside
+        it (group commit, see :func:`_record_steps`); returns once committed.
+        """
         steps = self._steps
         if name not in steps:
             steps[name] = result
             self._step_json[name] = text
-        claimed = self._claimed
-        progress = self._take_progress()
-
-        async def record(conn: Session) -> bool:
-            # Encoded here, in the writer, so that each write stores every step
-            # finished by then, whatever the order concurrent steps' writes are in.
-            return await conn.jobs.step_done(claimed, self._steps_text(), progress)
-
-        call = _claims.Call(record)
-        try:
-            held = await call.run(self._db)
-        except BaseException:
-            if not call.committing:  # else its progress is committed with the step
-                self.progress._give_back(progress)
-            raise
+        # In a transaction even alone (not one_statement): cut off by a lost connection
+        # before its COMMIT, it is written again on the new one, as it always was, rather
+        # than leave its caller a CommitUnknownError and its progress unknown.
+        held = await self._db._run_grouped(_record_steps, _StepWrite(self))
         if not held:
             raise LeaseLostError(
-                f"job {claimed.id!r}: this worker's lease was taken over by another "
+                f"job {self._claimed.id!r}: this worker's lease was taken over by another "
                 f"worker (it was not renewed in time); this attempt stops here"
             )
+
+
+class _StepWrite:
+    """One call's step record: its job's context, and the progress its write carries."""
+
+    __slots__ = ("ctx", "taken")
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        #: The progress taken from the job's counter for the write (by the first call of
+        #: each job in its group), until it is committed or given back.
+        self.taken = 0
+
+    def give_back(self) -> None:
+        """Put the progress taken back on the counter: its write was undone."""
+        if self.taken:
+            self.ctx.progress._give_back(self.taken)
+            self.taken = 0
+
+
+async def _record_steps(conn: Session, writes: list[_StepWrite]) -> list[bool]:
+    """Store the finished steps of concurrent step records; return, per call, if held.
+
+    Group commit: the writer runs this once for the step records queued one after
+    another (``Database._run_grouped``), of any jobs, in one statement
+    (:meth:`~corral._ports._jobs.JobStore.step_done_many`) and one commit. Each job is
+    written once, with every step it has finished by then (encoded here, in the
+    writer, whatever the order of concurrent steps' writes) and the progress counted
+    since its last write, taken here: a call left out of the group (its caller
+    cancelled before the group ran) takes none, so nothing is lost, and the next write
+    of the job carries it. The progress taken goes back on the counter if the statement
+    fails, or if a lost connection rolled the batch back and the writer runs the group
+    again (with the same calls: once the group has begun, a cancelled caller's record
+    is written all the same).
+    """
+    first: dict[JobContext, _StepWrite] = {}
+    for write in writes:
+        write.give_back()  # a run before, rolled back with its batch: taken again below
+        first.setdefault(write.ctx, write)
+    records: list[_claims.StepRecord] = []
+    for ctx, write in first.items():
+        write.taken = ctx._take_progress()
+        records.append(_claims.StepRecord(ctx._claimed, ctx._steps_text(), write.taken))
+    try:
+        held = await conn.jobs.step_done_many(records)
+    except BaseException:
+        for write in first.values():
+            write.give_back()
+        raise
+    return [write.ctx._claimed.token in held for write in writes]
 
 
 def _dump_result(result: object, job_id: str, step: str) -> str:

@@ -372,32 +372,45 @@ class JobQueue:
         """Put a dead, failed or cancelled job back to ready, with its attempts reset to 0.
 
         Its finished steps are kept (it resumes where it failed, or was cancelled) and so
-        is its last error, for the record.
+        is its last error, for the record. Requeues from many tasks at once share one
+        transaction (group commit); each still gets its own answer or error.
 
         Args:
             job_id: The id of the job.
 
         Returns:
-            A snapshot of the job, requeued (:class:`~corral.jobs.JobRecord`).
+            A snapshot of the job as requeued, read in the transaction that requeued it
+            (:class:`~corral.jobs.JobRecord`).
 
         Raises:
             JobNotFoundError: If there is no such job.
             JobStateError: If it is not dead, failed or cancelled.
         """
         check_str("job_id", job_id)
-
-        async def update(conn: Session) -> str | None:
-            return await conn.jobs.requeue(job_id)
-
-        refused = await self._call(update)
-        if refused == "missing":
-            raise JobNotFoundError(f"no job with id {job_id!r} in {self._db!r}")
-        if refused is not None:
-            raise JobStateError(
-                f"job {job_id!r} is {refused}: only a dead, failed or cancelled job can be requeued"
-            )
+        # One job's requeue is one conditional statement: atomic alone, it may commit on
+        # its own once the queue is ready.
+        row = await self._db._run_grouped(self._requeue, job_id, one_statement=self._ready)
+        self._ready = True
         self._wake()
-        return await self.get(job_id)
+        return _record(row)
+
+    async def _requeue(
+        self, conn: Session, job_ids: builtins.list[str]
+    ) -> builtins.list[Mapping[str, Any] | JobNotFoundError | JobStateError]:
+        """Requeue the jobs of concurrent requeues (one id a call); answer each call.
+
+        One operation of the writer for every requeue queued while it was busy (group
+        commit): one statement (PostgreSQL), one wake-up and one commit for them all.
+        A call whose job is missing, or not requeueable, gets its own error; the others'
+        jobs are requeued, and each gets its job's row as requeued.
+        """
+        if not self._ready:
+            self.channel = await conn.jobs.prepare()
+        answers = await conn.jobs.requeue_many(job_ids)
+        return [
+            _refusal(job_id, answer, self._db) if isinstance(answer, str) else answer
+            for job_id, answer in zip(job_ids, answers, strict=True)
+        ]
 
     async def cancel(self, job_id: str) -> Cancellation:
         """Cancel job ``job_id``: at once if it waits, at its worker's next renewal if it runs.
@@ -444,6 +457,15 @@ class JobQueue:
 
 def _state(value: object) -> State:
     return State(check_choice("state", value, [s.value for s in State]))
+
+
+def _refusal(job_id: str, why: str, db: Database) -> JobNotFoundError | JobStateError:
+    """Return the error of a requeue of ``job_id`` refused ``why`` (missing, or its state)."""
+    if why == "missing":
+        return JobNotFoundError(f"no job with id {job_id!r} in {db!r}")
+    return JobStateError(
+        f"job {job_id!r} is {why}: only a dead, failed or cancelled job can be requeued"
+    )
 
 
 def _duplicates(existing: list[str], of: int) -> DuplicateJobError:

@@ -39,8 +39,12 @@ __all__ = [
     "NewJob",
     "Outcome",
     "Renewal",
+    "RequeueAnswer",
     "State",
+    "StepRecord",
     "enqueue_rounds",
+    "merge_step_records",
+    "requeue_answers",
 ]
 
 
@@ -106,6 +110,31 @@ def enqueue_rounds(groups: Sequence[Sequence[NewJob]]) -> builtins.list[builtins
         taken |= ids
         members.append(n)
     return [members for _, members in rounds]
+
+
+#: A requeue's answer for one id (:meth:`JobStore.requeue_many`): the job's row once
+#: requeued, or why it was not (``"missing"``, or its state's value).
+RequeueAnswer: TypeAlias = Mapping[str, Any] | str
+
+
+def requeue_answers(
+    job_ids: Sequence[str], answers: Mapping[str, RequeueAnswer]
+) -> builtins.list[RequeueAnswer]:
+    """Return the answers of :meth:`JobStore.requeue_many`, one per id of ``job_ids``.
+
+    ``answers`` holds the answer of each distinct id, requeued once. An id named again
+    later in ``job_ids`` gets what requeueing it again would: ``"ready"`` after it was
+    requeued, the same refusal after it was refused.
+    """
+    out: builtins.list[RequeueAnswer] = []
+    seen: set[str] = set()
+    for job_id in job_ids:
+        answer = answers[job_id]
+        if job_id in seen and not isinstance(answer, str):
+            answer = State.READY.value
+        seen.add(job_id)
+        out.append(answer)
+    return out
 
 
 class Claimed:
@@ -209,6 +238,36 @@ class ClaimRequest:
         if customer is not None:
             by_customer[customer] = by_customer.get(customer, 0) + 1
         return Claimed(row, row["attempts"] + 1, cluster, reason, token())
+
+
+class StepRecord(NamedTuple):
+    """The finished steps of one claimed job, to store (:meth:`JobStore.step_done_many`)."""
+
+    #: The claimed job: its id and lease token (the write is fenced by the token).
+    claimed: Claimed
+    #: The JSON text of its finished steps, stored as it is.
+    steps: str
+    #: Progress to add to the job's.
+    progress: int
+
+
+def merge_step_records(records: Sequence[StepRecord]) -> builtins.list[StepRecord]:
+    """Merge the records of one lease (one token) into one, in order of first appearance.
+
+    What storing them one after another leaves: the last ``steps`` of each lease, and
+    the sum of its ``progress``.
+    """
+    merged: dict[int, StepRecord] = {}
+    for record in records:
+        token = record.claimed.token
+        before = merged.get(token)
+        if before is None:
+            merged[token] = record
+        else:
+            merged[token] = StepRecord(
+                record.claimed, record.steps, before.progress + record.progress
+            )
+    return builtins.list(merged.values())
 
 
 class Renewal(NamedTuple):
@@ -338,6 +397,21 @@ class JobStore(Protocol):
         """
         ...
 
+    async def requeue_many(self, job_ids: Sequence[str]) -> builtins.list[RequeueAnswer]:
+        """Requeue each job of ``job_ids`` as :meth:`requeue` does; return one answer per id.
+
+        The requeues of many callers at once (group commit). Each id's answer is the
+        job's row (every column, as :meth:`get` returns it) once requeued, or why it
+        was not: ``"missing"``, or its state's value; an id refused changes nothing, and
+        never keeps another id from being requeued. The answers are what requeueing the
+        ids one after another would give (an id named twice: requeued, then refused as
+        ``"ready"``; see :func:`requeue_answers`). The other workers are told of new
+        work once, if any job was requeued. Each job's change is one conditional write,
+        so that a call of one id is atomic by itself (a store may run it outside a
+        transaction).
+        """
+        ...
+
     async def cancel(self, job_id: str) -> str:
         """Cancel job ``job_id``; return what was done.
 
@@ -399,6 +473,20 @@ class JobStore(Protocol):
 
         ``steps``: their JSON text, stored as it is; ``progress`` is added. A job whose lease
         was taken over changes nothing.
+        """
+        ...
+
+    async def step_done_many(self, records: Sequence[StepRecord]) -> set[int]:
+        """Store the finished steps of many claimed jobs; return the tokens of the leases held.
+
+        The step records of many tasks at once (group commit): each record as
+        :meth:`step_done` would store it, fenced by its own lease token (a record whose
+        lease was taken over changes nothing, and never keeps another from being
+        stored); the tokens missing from the set returned are those taken over. What
+        storing the records one after another leaves: records of one lease store its
+        last ``steps`` and add all their ``progress`` (see :func:`merge_step_records`).
+        A call of one record is one conditional write, atomic by itself (a store may
+        run it outside a transaction).
         """
         ...
 

@@ -67,8 +67,12 @@ from ..._ports._jobs import (
     NewJob,
     Outcome,
     Renewal,
+    RequeueAnswer,
     State,
+    StepRecord,
     enqueue_rounds,
+    merge_step_records,
+    requeue_answers,
 )
 from ._client import code
 from ._expr import Expr
@@ -558,6 +562,24 @@ class DynamoJobStore:
             return await self.requeue(job_id)
         self._restore(job_id, done.get("Attributes"))
         return None
+
+    async def requeue_many(self, job_ids: Sequence[str]) -> builtins.list[RequeueAnswer]:
+        """Requeue each job, one after another; return, per id, its row or why not.
+
+        A loop over :meth:`requeue` and, for each job requeued, a consistent read of
+        its row: no fewer requests than as many separate requeues (DynamoDB has no
+        statement of many conditional updates that each may fail alone), but one
+        operation of the writer for them all.
+        """
+        answers: dict[str, RequeueAnswer] = {}
+        for job_id in dict.fromkeys(job_ids):
+            refused = await self.requeue(job_id)
+            if refused is None:
+                row = await self.get(job_id)
+                answers[job_id] = "missing" if row is None else row
+            else:
+                answers[job_id] = refused
+        return requeue_answers(job_ids, answers)
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a waiting job, or ask its worker to (in progress); return what was done."""
@@ -1082,6 +1104,31 @@ class DynamoJobStore:
             expr.add("progress", progress)
         request = expr.request(self._table, self._key(claimed.id), self._fence(expr, claimed.token))
         return await self._client.run(self._update, request) is not None
+
+    async def step_done_many(self, records: Sequence[StepRecord]) -> set[int]:
+        """Store the finished steps of many claimed jobs; return the tokens of the leases held.
+
+        :meth:`step_done` for each lease (its records merged first,
+        :func:`merge_step_records`), the leases' updates sent at once: as many
+        requests as separate step records, in one operation of the writer.
+        """
+        merged = merge_step_records(records)
+
+        def one(record: StepRecord) -> Callable[[], Any]:
+            async def call() -> int | None:
+                claimed, steps, progress = record
+                expr = Expr().set("steps", steps).set("updated_at", _now())
+                if progress:
+                    expr.add("progress", progress)
+                request = expr.request(
+                    self._table, self._key(claimed.id), self._fence(expr, claimed.token)
+                )
+                return None if await self._update(request) is None else claimed.token
+
+            return call
+
+        results = await self._gather(one(record) for record in merged)
+        return {token for token in results if token is not None}
 
 
 async def _sleep(seconds: float) -> None:

@@ -30,7 +30,16 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..._ports._jobs import Claimed, ClaimRequest, ClaimResult, Outcome, Renewal, State
+from ..._ports._jobs import (
+    Claimed,
+    ClaimRequest,
+    ClaimResult,
+    Outcome,
+    Renewal,
+    State,
+    StepRecord,
+    merge_step_records,
+)
 from ._dialect import Dialect
 from ._jobs_schema import BUSY, FINISHED, JOBS, NO_LABELS, WAITING, of_kinds
 
@@ -39,7 +48,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_SCAN",
+    "candidates",
     "claim",
+    "explain_claim",
     "finish_batch",
     "finish_each",
     "outlook",
@@ -101,6 +112,83 @@ async def _planned(conn: Connection, statements: Callable[[], Awaitable[R]]) -> 
     return result
 
 
+#: The columns of a candidate that a claim reads (what :class:`Claimed` holds).
+_CANDIDATE = (
+    "seq, id, payload, priority, customer, affinity, region, requires, max_retries, "
+    "attempts, steps, kind, cancel_requested"
+)
+
+
+def candidates(
+    d: Dialect,
+    req: ClaimRequest,
+    clusters: Sequence[str],
+    limit: int,
+    *,
+    held: Sequence[str] = (),
+    after: tuple[int, int] | None = None,
+    seen: Sequence[str] = (),
+) -> tuple[str, list[object]]:
+    """Return the query of one page of a claim's candidates, and its arguments.
+
+    The jobs waiting and due now, of ``req.kinds`` (if given), pinned to none but
+    ``clusters``, of no customer of ``held``, after ``(priority, seq)`` ``after``, not
+    among the ids ``seen``, in claim order, at most ``limit``: an ``ORDER BY`` that the
+    waiting index gives (see :data:`_PLANNING`), locked (PostgreSQL) ``SKIP LOCKED``.
+    """
+    of_kind, kinds = of_kinds(req.kinds)
+    marks = ", ".join("?" * len(clusters))
+    where = (
+        f"{WAITING} AND run_at <= {d.now} AND (affinity IS NULL OR affinity IN ({marks})) {of_kind}"
+    )
+    if held:
+        where += f"AND (customer IS NULL OR customer NOT IN ({', '.join('?' * len(held))})) "
+    if after is not None:
+        where += "AND (priority, seq) > (?, ?) "
+    if seen:
+        where += "AND NOT (id = ANY(?::text[])) "
+    sql = (
+        f"SELECT {_CANDIDATE} FROM {JOBS} WHERE {where}ORDER BY priority, seq "
+        f"LIMIT ?{d.skip_locked}"
+    )
+    args: list[object] = [*clusters, *kinds, *held, *(after or ())]
+    if seen:
+        args.append(list(seen))
+    args.append(limit)
+    return sql, args
+
+
+async def explain_claim(conn: Connection, d: Dialect, req: ClaimRequest) -> list[list[str]]:
+    """Return the plans of the queries that read the candidates of claim ``req``.
+
+    A check that the claim's plans do not depend on the table's statistics: the
+    queries :func:`claim` sends (the first page, and a page after it), planned under
+    the settings it plans them with (PostgreSQL: :data:`_PLANNING`; ``EXPLAIN``, whose
+    lines are returned) or by SQLite (``EXPLAIN QUERY PLAN``, its ``detail`` lines).
+    Reads nothing of the jobs and changes nothing.
+    """
+    mine = [name for name, n in req.local_free.items() if n > 0]
+    statements = [
+        candidates(d, req, mine, req.limit),
+        candidates(d, req, mine, req.limit, after=(0, 0)),
+    ]
+    if not d.shared:
+        plans: list[list[str]] = []
+        for sql, args in statements:
+            rows = await _fetch(conn, f"EXPLAIN QUERY PLAN {sql}", *args)
+            plans.append([str(row["detail"]) for row in rows])
+        return plans
+
+    async def explain() -> list[list[str]]:
+        plans: list[list[str]] = []
+        for sql, args in statements:
+            rows = await _fetch(conn, f"EXPLAIN {sql}", *args)
+            plans.append([str(row["QUERY PLAN"]) for row in rows])
+        return plans
+
+    return await _planned(conn, explain)
+
+
 async def claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult:
     """Reclaim expired leases, then claim up to ``req.limit`` jobs within the limits.
 
@@ -135,24 +223,6 @@ async def _claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult
         )
     if req.limit <= 0:
         return ClaimResult([], reclaimed, True)
-    columns = (
-        "seq, id, payload, priority, customer, affinity, region, requires, max_retries, "
-        "attempts, steps, kind, cancel_requested"
-    )
-    # Of the kinds this worker has handlers for (no condition: every kind).
-    of_kind, kinds = of_kinds(req.kinds)
-
-    def runnable(clusters: list[str]) -> str:
-        """Return the condition: waiting, due now, and pinned to none but ``clusters``.
-
-        Its arguments: ``clusters``, then ``kinds``.
-        """
-        marks = ", ".join("?" * len(clusters))
-        return (
-            f"{WAITING} AND run_at <= {now} AND (affinity IS NULL OR affinity IN ({marks})) "
-            f"{of_kind}"
-        )
-
     prefetched: Sequence[Mapping[str, Any]] | None = None
     if pg and req.wait:
         # Read (and lock) a first page before waiting for the claim lock, so that the
@@ -162,13 +232,8 @@ async def _claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult
         if not mine:
             return ClaimResult([], reclaimed, True)
         ahead = min(req.limit, sum(req.local_free[name] for name in mine))
-        prefetched = await conn.fetch_rows(
-            f"SELECT {columns} FROM {JOBS} WHERE {runnable(mine)}"
-            f"ORDER BY priority, seq LIMIT ?{skip}",
-            *mine,
-            *kinds,
-            ahead,
-        )
+        sql, args = candidates(d, req, mine, ahead)
+        prefetched = await conn.fetch_rows(sql, *args)
     # Per customer only if there is a limit per customer (fewer groups to make).
     by_customers = req.per_customer is not None
     if pg:
@@ -210,9 +275,6 @@ async def _claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult
     held = sorted(
         c for c, n in by_customer.items() if req.per_customer is not None and n >= req.per_customer
     )
-    where = runnable(names)
-    if held:
-        where += f"AND (customer IS NULL OR customer NOT IN ({', '.join('?' * len(held))})) "
     chosen: list[Claimed] = []
     # Rows read at a time: as many as there is room for (all of them, when none is held
     # back), then twice as many as the last page, to skip the held back jobs faster.
@@ -225,19 +287,8 @@ async def _claim(conn: Connection, d: Dialect, req: ClaimRequest) -> ClaimResult
         if prefetched is not None:
             rows, prefetched = prefetched, None
         else:
-            page = "" if after is None else "AND (priority, seq) > (?, ?) "
-            if seen:
-                page += "AND NOT (id = ANY(?::text[])) "
-            rows = await conn.fetch_rows(
-                f"SELECT {columns} FROM {JOBS} "
-                f"WHERE {where}{page}ORDER BY priority, seq LIMIT ?{skip}",
-                *names,
-                *kinds,
-                *held,
-                *(after or ()),
-                *([seen] if seen else []),
-                window,
-            )
+            sql, args = candidates(d, req, names, window, held=held, after=after, seen=seen)
+            rows = await conn.fetch_rows(sql, *args)
         for candidate in rows:
             if len(chosen) >= room:
                 break
@@ -577,34 +628,48 @@ async def release_each(conn: Connection, d: Dialect, leases: Sequence[tuple[Clai
         )
 
 
-async def step_done_batch(
-    conn: Connection, d: Dialect, claimed: Claimed, steps: str, progress: int
-) -> bool:
-    """Record the finished steps of a claimed job; False if the lease was taken over."""
-    held = await _update_claimed(
+#: A group of step records of more jobs than this is planned for its arrays (see
+#: :data:`_PLANNING`): a generic plan reads the arrays once per job, which costs little
+#: for a few jobs, and a planned one costs two round trips more.
+_PLAN_STEPS_ABOVE = 64
+
+
+async def step_done_batch(conn: Connection, d: Dialect, records: Sequence[StepRecord]) -> set[int]:
+    """Record the finished steps of claimed jobs, one statement; return the tokens held.
+
+    The records of one lease are merged first (:func:`merge_step_records`): a job is
+    updated once per statement, so two of its rows would leave one's progress out.
+    """
+    merged = merge_step_records(records)
+    update = functools.partial(
+        _update_claimed,
         conn,
-        f"steps = $1, progress = j.progress + v.p, updated_at = {d.now}",
-        [steps],
-        [(claimed.id, claimed.token)],
-        [("p", "bigint", [progress])],
+        f"steps = v.s, progress = j.progress + v.p, updated_at = {d.now}",
+        [],
+        [(r.claimed.id, r.claimed.token) for r in merged],
+        [("s", "text", [r.steps for r in merged]), ("p", "bigint", [r.progress for r in merged])],
     )
-    return claimed.token in held
+    if len(merged) > _PLAN_STEPS_ABOVE:
+        return await _planned(conn, update)
+    return await update()
 
 
-async def step_done_each(
-    conn: Connection, d: Dialect, claimed: Claimed, steps: str, progress: int
-) -> bool:
-    """As :func:`step_done_batch`, in the statement of SQLite."""
+async def step_done_each(conn: Connection, d: Dialect, records: Sequence[StepRecord]) -> set[int]:
+    """As :func:`step_done_batch`, one statement per record, in order (SQLite)."""
     now = d.now
-    row = await conn.fetchval(
-        f"UPDATE {JOBS} SET steps = ?, progress = progress + ?, updated_at = {now} "
-        f"WHERE id = ? AND lease_token = ? AND state = 'in_progress' RETURNING id",
-        steps,
-        progress,
-        claimed.id,
-        claimed.token,
-    )
-    return row is not None
+    held: set[int] = set()
+    for claimed, steps, progress in records:
+        row = await conn.fetchval(
+            f"UPDATE {JOBS} SET steps = ?, progress = progress + ?, updated_at = {now} "
+            f"WHERE id = ? AND lease_token = ? AND state = 'in_progress' RETURNING id",
+            steps,
+            progress,
+            claimed.id,
+            claimed.token,
+        )
+        if row is not None:
+            held.add(claimed.token)
+    return held
 
 
 async def outlook(

@@ -11,6 +11,7 @@ import builtins
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from ..._ports._jobs import StepRecord
 from .. import tables_exist
 from . import _claims, _queue
 from ._dialect import DIALECTS
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         NewJob,
         Outcome,
         Renewal,
+        RequeueAnswer,
         State,
     )
     from .. import Connection
@@ -121,10 +123,14 @@ class SqlJobStore:
 
     async def requeue(self, job_id: str) -> str | None:
         """Put a dead, failed or cancelled job back to ready; None if done, else why not."""
-        refused = await _queue.requeue(self._conn, self._d, job_id)
-        if refused is None:
-            await self.announce()
-        return refused
+        return await _queue.requeue(self._conn, self._d, job_id, self.channel)
+
+    async def requeue_many(self, job_ids: Sequence[str]) -> builtins.list[RequeueAnswer]:
+        """Requeue each job; return, per id, its row once requeued or why not.
+
+        On PostgreSQL one statement, which notifies too (see :func:`._queue.requeue_many`).
+        """
+        return await _queue.requeue_many(self._conn, self._d, job_ids, self.channel)
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a waiting job, or ask its worker to cancel a running one; say which."""
@@ -133,6 +139,14 @@ class SqlJobStore:
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         """Reclaim expired leases, then claim jobs within the limits."""
         return await _claims.claim(self._conn, self._d, request)
+
+    async def explain_claim(self, request: ClaimRequest) -> builtins.list[builtins.list[str]]:
+        """Return the plans of the queries that read claim ``request``'s candidates.
+
+        Not of the port: a check, for the tests, that a claim walks the waiting index
+        whatever the table's statistics (see :func:`._claims.explain_claim`).
+        """
+        return await _claims.explain_claim(self._conn, self._d, request)
 
     async def renew(self, leases: Sequence[tuple[Claimed, int]], lease_seconds: float) -> Renewal:
         """Extend the leases; return the tokens still held, and those asked to cancel."""
@@ -148,7 +162,15 @@ class SqlJobStore:
 
     async def step_done(self, claimed: Claimed, steps: str, progress: int) -> bool:
         """Record a claimed job's finished steps; False if its lease was taken over."""
-        return await self._step_done(self._conn, self._d, claimed, steps, progress)
+        held = await self._step_done(self._conn, self._d, [StepRecord(claimed, steps, progress)])
+        return claimed.token in held
+
+    async def step_done_many(self, records: Sequence[StepRecord]) -> set[int]:
+        """Record the finished steps of many claimed jobs; return the tokens still held.
+
+        On PostgreSQL one statement of arrays; on SQLite one statement per job.
+        """
+        return await self._step_done(self._conn, self._d, records)
 
     async def outlook(
         self,

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..._ports._jobs import NewJob, State, enqueue_rounds
+from ..._ports._jobs import NewJob, RequeueAnswer, State, enqueue_rounds, requeue_answers
 from ._dialect import Dialect
 from ._jobs_schema import JOBS, of_kinds
 
@@ -24,6 +24,7 @@ __all__ = [
     "list_jobs",
     "purge",
     "requeue",
+    "requeue_many",
 ]
 
 _COLUMNS = (
@@ -189,22 +190,77 @@ async def purge(conn: Connection, d: Dialect, states: Sequence[State], older_tha
     return len(rows)
 
 
-async def requeue(conn: Connection, d: Dialect, job_id: str) -> str | None:
+#: What a requeue changes, and which jobs it may.
+_REQUEUE = (
+    "state = 'ready', attempts = 0, run_at = {now}, updated_at = {now}, finished_at = NULL, "
+    "cancel_requested = FALSE"
+)
+_REQUEUEABLE = "state IN ('dead', 'failed', 'cancelled')"
+
+
+async def requeue(conn: Connection, d: Dialect, job_id: str, channel: str) -> str | None:
     """Put a dead, failed or cancelled job back to ready; None if done, else why not.
 
     Why not: ``"missing"``, or its state. Its ``cancel_requested`` is cleared.
     """
-    now = d.now
-    changed = await conn.fetchval(
-        f"UPDATE {JOBS} SET state = 'ready', attempts = 0, run_at = {now}, "
-        f"updated_at = {now}, finished_at = NULL, cancel_requested = FALSE "
-        f"WHERE id = ? AND state IN ('dead', 'failed', 'cancelled') RETURNING id",
-        job_id,
-    )
-    if changed is not None:
-        return None
-    state = await conn.fetchval(f"SELECT state FROM {JOBS} WHERE id = ?", job_id)
-    return "missing" if state is None else str(state)
+    answer = (await requeue_many(conn, d, [job_id], channel))[0]
+    return answer if isinstance(answer, str) else None
+
+
+async def requeue_many(
+    conn: Connection, d: Dialect, job_ids: Sequence[str], channel: str
+) -> list[RequeueAnswer]:
+    """Requeue each job of ``job_ids``; return its row once requeued, or why not.
+
+    See :meth:`corral._ports._jobs.JobStore.requeue_many`. On PostgreSQL one statement
+    for them all: the update (by the primary key), the rows of those it refused (read
+    in the same snapshot, before the update) and the ``NOTIFY`` on ``channel`` if it
+    requeued any. On SQLite an update ``RETURNING`` the rows, and a read of the states
+    of those refused, per 500 ids (``channel`` unused: no wake-ups across connections).
+    """
+    ids = list(dict.fromkeys(job_ids))
+    assignments = _REQUEUE.format(now=d.now)
+    rows: list[dict[str, Any]] = []
+    if d.shared:
+        rows = await _fetch(
+            conn,
+            f"WITH u AS (UPDATE {JOBS} SET {assignments} WHERE id = ANY($1::text[]) "
+            f"AND {_REQUEUEABLE} RETURNING *) "
+            f"SELECT u.*, NULL AS corral_refused, "
+            f"(SELECT pg_notify($2, '') FROM u LIMIT 1) IS NULL AS corral_notified FROM u "
+            f"UNION ALL SELECT j.*, j.state, NULL FROM {JOBS} AS j "
+            f"WHERE j.id = ANY($1::text[]) AND NOT EXISTS (SELECT FROM u WHERE u.id = j.id)",
+            ids,
+            channel,
+        )
+    else:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            done = await _fetch(
+                conn,
+                f"UPDATE {JOBS} SET {assignments} WHERE id IN ({marks}) AND {_REQUEUEABLE} "
+                f"RETURNING *",
+                *chunk,
+            )
+            rows.extend(done)
+            requeued = {row["id"] for row in done}
+            left = [job_id for job_id in chunk if job_id not in requeued]
+            if left:
+                marks = ", ".join("?" * len(left))
+                rows.extend(
+                    await _fetch(
+                        conn,
+                        f"SELECT id, state AS corral_refused FROM {JOBS} WHERE id IN ({marks})",
+                        *left,
+                    )
+                )
+    answers: dict[str, RequeueAnswer] = dict.fromkeys(ids, "missing")
+    for row in rows:
+        refused = row.pop("corral_refused", None)
+        row.pop("corral_notified", None)
+        answers[row["id"]] = row if refused is None else str(refused)
+    return requeue_answers(job_ids, answers)
 
 
 async def cancel(conn: Connection, d: Dialect, job_id: str) -> str:
