@@ -92,7 +92,6 @@ _MAX_BACKOFF = 64
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 
 
-@functools.lru_cache(maxsize=256)
 @functools.lru_cache(maxsize=1024)
 def numbered(sql: str) -> str:
     """Rewrite ``?`` placeholders as ``$1, $2, ...`` (quoted text is left alone)."""
