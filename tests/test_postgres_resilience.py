@@ -601,3 +601,128 @@ async def test_step_records_of_a_batch_cut_off_before_its_commit_are_written_onc
             text, progress = await stored_steps(db, ctx._claimed.id)
             assert (text, progress) == ('{"one":null}', 5)
             assert ctx._take_progress() == 0
+
+
+async def test_an_operation_given_up_after_it_returned_is_written_again_after_a_cut(
+    postgres_url: str,
+) -> None:
+    """Database._run commits the work of a function that returned, even if its caller is
+    cancelled before the commit: so too when the batch is lost before its commit and
+    written again on a new connection, although nobody waits for it any more."""
+    returned = anyio.Event()
+    inside = anyio.Event()
+    go_on = anyio.Event()
+    calls = {"promised": 0, "after": 0}
+
+    async def promised(conn: Connection) -> None:
+        calls["promised"] += 1
+        await conn.execute('INSERT INTO "t" ("k", "v") VALUES (?, ?)', 500, calls["promised"])
+        returned.set()
+
+    async def after(conn: Connection) -> None:  # in the same batch, after it
+        calls["after"] += 1
+        if calls["after"] == 1:  # the first time, the connection is cut while it runs
+            inside.set()
+            await go_on.wait()
+        await conn.fetchval("SELECT 1")
+
+    async with proxy() as p, corral.connect(p.url(postgres_url)) as db:
+        table = db.table("t", key="k")
+        await table.put({"k": 0, "v": 0})
+        await db.flush()
+        scope = anyio.CancelScope()
+
+        async def caller() -> None:
+            with scope:
+                await db._run(promised)
+
+        async with anyio.create_task_group() as tg:
+            gate = anyio.Event()
+
+            async def hold(_: Connection) -> None:
+                await gate.wait()
+
+            tg.start_soon(db._run, hold)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(caller)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(db._run, after)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+            await returned.wait()
+            await inside.wait()  # promised returned, in this batch, before its commit
+            scope.cancel()  # its caller gives up: its work is committed all the same
+            await p.cut()
+            go_on.set()
+        assert scope.cancelled_caught
+        await db.flush()
+        assert calls == {"promised": 2, "after": 2}  # both written again
+        rows = await db._run(lambda conn: conn.fetch('SELECT "v" FROM "t" WHERE "k" = 500'))
+        assert rows == [{"v": 2}]
+
+
+@pytest.mark.parametrize("again", [False, True])
+async def test_a_call_given_up_on_runs_again_only_what_its_caller_counted_on(
+    postgres_url: str, again: bool
+) -> None:
+    """The processor's writes (claims, reports, renewals) know, once cancelled, whether
+    their work is committing; written again after a cut with their caller gone, they
+    run ``again`` (a report: its outcomes, not the claim of successors nobody would run)."""
+    from corral._jobs import _claims
+
+    inside = anyio.Event()
+    go_on = anyio.Event()
+    ran: list[str] = []
+    cuts = 0
+
+    async def fn(conn: Connection) -> str:
+        ran.append("fn")
+        await conn.execute('INSERT INTO "t" ("k", "v") VALUES (?, ?)', 600 + len(ran), 1)
+        return "done"
+
+    async def redo(conn: Connection) -> None:
+        ran.append("again")
+        await conn.execute('INSERT INTO "t" ("k", "v") VALUES (?, ?)', 700, 1)
+
+    async def after(conn: Connection) -> None:
+        nonlocal cuts
+        cuts += 1
+        if cuts == 1:
+            inside.set()
+            await go_on.wait()
+        await conn.fetchval("SELECT 1")
+
+    async with proxy() as p, corral.connect(p.url(postgres_url)) as db:
+        table = db.table("t", key="k")
+        await table.put({"k": 0, "v": 0})
+        await db.flush()
+        call = _claims.Call(fn, again=redo if again else None)
+        scope = anyio.CancelScope()
+
+        async def caller() -> None:
+            with scope:
+                await call.run(db)
+
+        async with anyio.create_task_group() as tg:
+            gate = anyio.Event()
+
+            async def hold(_: Connection) -> None:
+                await gate.wait()
+
+            tg.start_soon(db._run, hold)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(caller)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(db._run, after)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+            await inside.wait()
+            scope.cancel()
+            await p.cut()
+            go_on.set()
+        await db.flush()
+        assert call.committing
+        assert call.result == "done"
+        keys = await db._run(lambda conn: conn.fetch('SELECT "k" FROM "t" WHERE "k" >= 600'))
+    assert ran == (["fn", "again"] if again else ["fn", "fn"])
+    assert sorted(row["k"] for row in keys) == ([700] if again else [602])

@@ -79,7 +79,7 @@ class _Op(Generic[S]):
     The :class:`~corral._ports.Operation` the store runs inside its batch.
     """
 
-    __slots__ = ("abandoned", "error", "event", "fn", "result", "scope")
+    __slots__ = ("cancelled", "error", "event", "fn", "kept", "result", "scope")
 
     #: Its statements need the batch's transaction (see :attr:`_Group.autocommit`).
     autocommit = False
@@ -90,14 +90,23 @@ class _Op(Generic[S]):
         self.result: Any = None
         self.error: BaseException | None = None
         #: The caller was cancelled: skip the call, or cancel it if it is running.
-        self.abandoned = False
+        self.cancelled = False
+        #: ``fn`` returned before its caller was cancelled, if it was: its work is
+        #: committed with its batch, and is written again if the batch is lost before
+        #: its commit (``Database._run``'s promise), whether or not its caller waits.
+        self.kept = False
         self.scope: anyio.CancelScope | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether its caller was cancelled before ``fn`` returned: skip it."""
+        return self.cancelled and not self.kept
 
     async def run(self, session: S) -> bool:
         """Call ``fn``; return whether its work is to be kept (it succeeded, not abandoned).
 
         Its error is the caller's, kept in :attr:`error`; a lost connection is the
-        batch's, raised. Cancelled if its caller is.
+        batch's, raised. Cancelled if its caller is, until ``fn`` has returned once.
         """
         if self.abandoned:
             return False
@@ -110,7 +119,10 @@ class _Op(Generic[S]):
                 if lost is not None:  # not the operation's error: the batch's
                     raise lost from None
         self.scope = None
-        return self.error is None and not self.abandoned
+        if self.error is None and not self.abandoned:
+            self.kept = True
+            return True
+        return False
 
     def answer(self) -> None:
         """Tell the caller: its batch is committed (or it failed, :attr:`error` says)."""
@@ -122,12 +134,15 @@ class _Op(Generic[S]):
         self.event.set()
 
     def reset(self) -> None:
-        """Forget what a lost transaction made of the call: it runs again."""
+        """Forget what a lost transaction made of the call: it runs again.
+
+        If it was kept, it runs again even for a caller that was cancelled since.
+        """
         self.result = self.error = None
 
     def pending(self) -> int:
-        """How many callers wait on it (and are not abandoned): 1 or 0."""
-        return 0 if self.abandoned else 1
+        """How many callers wait on it (and were not cancelled): 1 or 0."""
+        return 0 if self.cancelled else 1
 
 
 class _Call:
@@ -470,8 +485,8 @@ class Writer(Generic[S]):
         try:
             await op.event.wait()
         except BaseException:
-            op.abandoned = True
-            if op.scope is not None:
+            op.cancelled = True
+            if op.scope is not None and not op.kept:
                 op.scope.cancel()
             raise
         if op.error is not None:

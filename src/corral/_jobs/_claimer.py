@@ -57,6 +57,10 @@ def claim_request(
     )
 
 
+async def _nothing(conn: Session) -> None:
+    """What a claim does when written again after its caller gave up on it: nothing."""
+
+
 async def claimer(state: ProcessorState, until_idle: bool) -> None:
     """Claim and start jobs until cancelled, or with ``until_idle`` until none is left."""
     config = state.config
@@ -77,7 +81,9 @@ async def claimer(state: ProcessorState, until_idle: bool) -> None:
         async def claim(conn: Session, request: _claims.ClaimRequest = request) -> Any:
             return await conn.jobs.claim(request)
 
-        call = _claims.Call(claim)
+        # Its caller gone, a claim written again would take jobs nobody runs: what the
+        # caller counted on (the jobs it gave back) needs nothing, so nothing is done.
+        call = _claims.Call(claim, again=_nothing)
         try:
             claimed, reclaimed, limited = await call.run(state.db)
         except BaseException:

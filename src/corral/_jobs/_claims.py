@@ -8,7 +8,7 @@ re-exported here for the processor's modules.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .._ports._jobs import Claimed as Claimed
 from .._ports._jobs import ClaimRequest as ClaimRequest
@@ -46,12 +46,23 @@ class Call(Generic[T]):
     has given up by then (in which case the writer rolls it back: it checks at the same
     point, with no ``await`` in between). After :meth:`run` raised, :attr:`committing`
     says which it was.
+
+    A batch lost before its commit is written again on a new connection, this call's
+    work with it even once its caller has gone (the writer keeps the promise of a
+    function that returned): then ``again`` runs in place of the function, doing what
+    the caller counted on as committed and no more (``None``: the function again).
     """
 
-    __slots__ = ("_fn", "_given_up", "committing", "result")
+    __slots__ = ("_again", "_fn", "_given_up", "committing", "result")
 
-    def __init__(self, fn: Callable[[Session], Awaitable[T]]) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Session], Awaitable[T]],
+        *,
+        again: Callable[[Session], Awaitable[object]] | None = None,
+    ) -> None:
         self._fn = fn
+        self._again = again
         self._given_up = False
         #: The function returned before its caller gave up: its work is committed with
         #: its batch (unless the writer itself stops), and :attr:`result` is its result.
@@ -61,14 +72,19 @@ class Call(Generic[T]):
     async def run(self, db: Database) -> T:
         """Run the function in ``db``'s writer; return its result once committed."""
         try:
-            return await db._run(self._call)
+            return cast("T", await db._run(self._call))
         except BaseException as exc:
             self._given_up = True
             if isinstance(exc, Exception):  # it raised, or the writer stopped: rolled back
                 self.committing = False
             raise
 
-    async def _call(self, conn: Session) -> T:
+    async def _call(self, conn: Session) -> T | None:
+        if self._given_up:  # written again, its caller gone (committing)
+            if self._again is None:
+                return await self._fn(conn)
+            await self._again(conn)
+            return None
         result = await self._fn(conn)
         if not self._given_up:
             self.result = result

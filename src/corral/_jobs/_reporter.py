@@ -80,7 +80,13 @@ async def report(state: ProcessorState, *, claim: bool = False) -> None:
             claimed, reclaimed, _ = await conn.jobs.claim(request)
         return accepted, claimed, reclaimed
 
-    call = _claims.Call(write)
+    async def outcomes_only(conn: Session) -> None:
+        # Written again after its caller gave up: the outcomes it counted as written,
+        # not a claim of successors, which nobody would run.
+        if await conn.jobs.finish(batch):
+            await conn.jobs.announce()
+
+    call = _claims.Call(write, again=outcomes_only)
     try:
         accepted, claimed, reclaimed = await call.run(state.db)
     except BaseException:
