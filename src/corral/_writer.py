@@ -649,7 +649,7 @@ class Writer(Generic[S]):
                 # call at once (a loop of enqueues) finds the writer awake, not asleep
                 # to be woken, which costs the event loop a turn per call.
                 spun = True
-                await anyio.lowlevel.cancel_shielded_checkpoint()
+                await anyio.lowlevel.checkpoint()  # shielded: run() is
                 continue
             # Without sources, nothing is due until something is queued (register()
             # wakes the writer for a new source).
