@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from ..._exceptions import SchemaError
+from ..._exceptions import QueryError, SchemaError
 from ..._ports import Run, TableSchema
 from ._client import code
 from ._values import KEY_TYPES, column_for, decode, encode, infer_type
@@ -44,6 +44,11 @@ __all__ = [
 #: A DynamoDB table has a partition key and, at most, a sort key.
 MAX_KEY_COLUMNS = 2
 
+#: The codes the callers below read themselves (see ``Client.send``'s ``passing``).
+_NOT_FOUND = frozenset({"ResourceNotFoundException"})
+_IN_USE = frozenset({"ResourceInUseException"})
+_INVALID = frozenset({"ValidationException"})
+
 #: Rows written at once (concurrent ``UpdateItem`` calls, ``BatchWriteItem`` requests).
 _CONCURRENCY = 16
 
@@ -51,7 +56,7 @@ _CONCURRENCY = 16
 async def table_exists(client: Client, name: str) -> bool:
     """Return whether table ``name`` exists (creating nothing)."""
     try:
-        await client.call("describe_table", TableName=name)
+        await client.call("describe_table", TableName=name, passing=_NOT_FOUND)
     except ClientError as exc:
         if code(exc) == "ResourceNotFoundException":
             return False
@@ -97,7 +102,7 @@ async def create_table(
             for index, pairs in indexes
         ]
     try:
-        await client.call("create_table", **request)
+        await client.call("create_table", passing=_IN_USE, **request)
     except ClientError as exc:
         if code(exc) != "ResourceInUseException":
             raise
@@ -264,7 +269,7 @@ async def _write_all(
     async def update(table: str, schema: TableSchema, values: dict[str, Any], origin: Any) -> None:
         async with limit:
             try:
-                await client.send("update_item", _update_request(table, schema, values))
+                await client.send("update_item", _update_request(table, schema, values), _INVALID)
             except ClientError as exc:
                 if code(exc) != "ValidationException":
                     raise
@@ -317,15 +322,17 @@ async def _batch_write(
         pending: dict[str, Any] = by_table
         delay = 0.05
         for _ in range(10):
-            result = await client.send("batch_write_item", {"RequestItems": pending})
+            result = await client.send("batch_write_item", {"RequestItems": pending}, _INVALID)
             pending = result.get("UnprocessedItems") or {}
             if not pending:
                 return
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(2 * delay, 5.0)
-        raise ClientError(
-            {"Error": {"Code": "Unprocessed", "Message": "items left unprocessed after 10 tries"}},
-            "BatchWriteItem",
+        left = sum(len(requests) for requests in pending.values())
+        raise QueryError(
+            f"DynamoDB left {left} of a BatchWriteItem's rows unprocessed after 10 tries "
+            f"with backoff (throttled): raise the capacity of table "
+            f"{', '.join(repr(t) for t in sorted(pending))}, or write fewer rows at once"
         )
     except ClientError as exc:
         if code(exc) != "ValidationException":
@@ -333,7 +340,7 @@ async def _batch_write(
     # The request was refused as a whole: find the row(s) it refused, one put each.
     for table, item, origin in chunk:
         try:
-            await client.send("put_item", {"TableName": table, "Item": item})
+            await client.send("put_item", {"TableName": table, "Item": item}, _INVALID)
         except ClientError as exc:
             if code(exc) != "ValidationException":
                 raise
