@@ -176,12 +176,15 @@ def dynamodb_url(moto_endpoint: str) -> str:
 
 
 def _dynamodb_on_trio(item: pytest.Item) -> bool:
-    """Whether ``item`` runs a store fixture (store_url, any_url) on DynamoDB under trio."""
+    """Whether ``item`` is a contract test (store_url) or a behaviour test (any_url) that
+    runs on DynamoDB under trio."""
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return params.get("anyio_backend") == "trio" and "dynamodb" in (
-        params.get("store_url"),
-        params.get("any_url"),
-    )
+    if params.get("anyio_backend") != "trio":
+        return False
+    if params.get("any_url") == "dynamodb":
+        return True
+    module = item.module.__name__ if item.module is not None else ""
+    return params.get("store_url") == "dynamodb" and module.startswith("test_contract_")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -470,3 +470,55 @@ async def test_an_endpoint_that_stops_answering_stops_the_writer_saying_so(
     assert "did not answer GetItem on table" in message
     assert "check the network, the region and endpoint_url" in message
     assert isinstance(caught.value.__cause__, corral.ConnectionLostError)
+
+
+#: A moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0: every request
+#: is authenticated against moto's IAM, where no access key exists): it prints its port,
+#: then serves until its stdin closes.
+_CHECKING_MOTO = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+def test_credentials_aws_refuses_are_a_connect_error_saying_what_to_set() -> None:
+    # moto checks credentials only so, and answers DynamoDB's request with IAM's XML
+    # error (403, InvalidClientTokenId) where AWS answers UnrecognizedClientException.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-c", _CHECKING_MOTO],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        url = f"dynamodb://c?region=us-east-1&endpoint_url=http://127.0.0.1:{port}"
+
+        async def main() -> None:
+            with pytest.raises(ConnectError) as caught:
+                async with corral.connect(url):
+                    pass
+            message = str(caught.value)
+            assert "AWS refused the credentials of DescribeTable on table 'c_meta'" in message
+            assert "set valid AWS credentials (AWS_ACCESS_KEY_ID" in message
+            assert "never-printed-secret" not in message
+            assert "AKIANOTAREALKEY" not in message
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAREALKEY")
+            patch.setenv("AWS_SECRET_ACCESS_KEY", "never-printed-secret")
+            anyio.run(main)
+    finally:
+        assert server.stdin is not None
+        assert server.stdout is not None
+        server.stdin.close()
+        server.wait(timeout=30)
+        server.stdout.close()

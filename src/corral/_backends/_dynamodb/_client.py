@@ -188,9 +188,13 @@ def translate(what: str, exc: Exception) -> Exception:
         )
     if isinstance(exc, ClientError):
         error = code(exc)
-        if error in _CREDENTIALS:  # AWS's message may quote the access key id: left out
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if error in _CREDENTIALS or (status == 403 and error in ("", "403")):
+            # A bare 403: an error body botocore could not read (XML from an emulator
+            # or a proxy). AWS's message may quote the access key id: it is left out.
+            label = error if error in _CREDENTIALS else "HTTP 403"
             return QueryError(
-                f"AWS refused the credentials of {what} ({error}): {_SET_CREDENTIALS}"
+                f"AWS refused the credentials of {what} ({label}): {_SET_CREDENTIALS}"
             )
         if error == "AccessDeniedException":
             action = what.split(" ", 1)[0]
