@@ -51,7 +51,7 @@ from botocore.exceptions import (
 from ..._exceptions import ConnectError, ConnectionLostError, DatabaseURLError, QueryError
 from .._aioloop import Direct, LoopThread
 
-__all__ = ["Client", "DynamoURL", "code", "open_client", "parse"]
+__all__ = ["Client", "DynamoURL", "code", "left_in", "open_client", "parse", "unprocessed"]
 
 T = TypeVar("T")
 
@@ -120,6 +120,31 @@ RETRYABLE = frozenset(
 #: Tries of a request refused with a code of :data:`RETRYABLE` (each one botocore's
 #: own retries, too), waiting 0.05 s doubled each time up to 2 s between them.
 TRIES = 8
+
+#: Sends of a batch request's unprocessed items (throttled) before it is given up.
+BATCH_TRIES = 10
+
+
+def unprocessed(what: str, attempt: int, left: int) -> float:
+    """Return the wait before sending ``left`` unprocessed items of ``what`` again.
+
+    ``attempt`` counts from 0 the sends so far but the first: jittered, from 0.05 s
+    doubled up to 2 s. Raises :class:`~corral.QueryError` once :data:`BATCH_TRIES` sends
+    left items unprocessed.
+    """
+    if attempt + 1 >= BATCH_TRIES:
+        raise QueryError(
+            f"DynamoDB left {left} items of {what} unprocessed after {BATCH_TRIES} tries "
+            f"with backoff (throttled): raise the table's capacity, or run fewer workers "
+            f"(docs/aws.md: the throughput ceiling)"
+        )
+    return min(0.05 * 2.0**attempt, 2.0) * (0.5 + random.random())
+
+
+def left_in(pending: Mapping[str, Any]) -> int:
+    """Count the keys or write requests of a batch request's unprocessed part."""
+    return sum(len(v["Keys"]) if isinstance(v, Mapping) else len(v) for v in pending.values())
+
 
 #: The outcomes of a request's own conditions: the store reads them, never translated.
 CONDITIONS = frozenset({"ConditionalCheckFailedException", "TransactionCanceledException"})

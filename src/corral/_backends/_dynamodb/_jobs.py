@@ -71,7 +71,7 @@ from ..._ports._jobs import (
     State,
     enqueue_rounds,
 )
-from ._client import code
+from ._client import code, left_in, unprocessed
 from ._expr import Expr
 from ._tables import create_table, table_exists
 
@@ -325,14 +325,14 @@ class DynamoJobStore:
             if projection:
                 spec["ProjectionExpression"] = projection
             pending: dict[str, Any] = {table: spec}
-            delay = 0.02
+            attempt = 0
             while pending:
                 result = await self._client.call("batch_get_item", RequestItems=pending)
                 items.extend(result.get("Responses", {}).get(table, ()))
                 pending = result.get("UnprocessedKeys") or {}
                 if pending:
-                    await _sleep(delay)
-                    delay = min(2 * delay, 1.0)
+                    await _sleep(unprocessed("a BatchGetItem", attempt, left_in(pending)))
+                    attempt += 1
         return items
 
     # -- enqueue and the queue's reads -----------------------------------------------------
@@ -441,12 +441,14 @@ class DynamoJobStore:
                     "ProjectionExpression": "id",
                 }
             }
+            attempt = 0
             while pending:
                 result = await self._client.send("batch_get_item", {"RequestItems": pending})
                 found.extend(i["id"]["S"] for i in result.get("Responses", {}).get(self._table, ()))
                 pending = result.get("UnprocessedKeys") or {}
                 if pending:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(unprocessed("a BatchGetItem", attempt, left_in(pending)))
+                    attempt += 1
         return found
 
     async def _delete_all(self, ids: list[str]) -> None:
@@ -454,11 +456,13 @@ class DynamoJobStore:
         pending: dict[str, Any] = {
             self._table: [{"DeleteRequest": {"Key": self._key(i)}} for i in ids]
         }
+        attempt = 0
         while pending:
             result = await self._client.send("batch_write_item", {"RequestItems": pending})
             pending = result.get("UnprocessedItems") or {}
             if pending:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(unprocessed("a BatchWriteItem", attempt, left_in(pending)))
+                attempt += 1
 
     async def _put_new(self, items: list[dict[str, Any]]) -> list[str]:
         """Put ``items`` in one transaction unless one's id is stored; return those ids.

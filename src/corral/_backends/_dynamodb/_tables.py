@@ -17,15 +17,14 @@ is retried row by row to find it).
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from ..._exceptions import QueryError, SchemaError
+from ..._exceptions import SchemaError
 from ..._ports import Run, TableSchema
-from ._client import code
+from ._client import code, left_in, unprocessed
 from ._values import KEY_TYPES, column_for, decode, encode, infer_type
 
 if TYPE_CHECKING:
@@ -320,20 +319,15 @@ async def _batch_write(
         by_table.setdefault(table, []).append({"PutRequest": {"Item": item}})
     try:
         pending: dict[str, Any] = by_table
-        delay = 0.05
-        for _ in range(10):
+        attempt = 0
+        while True:
             result = await client.send("batch_write_item", {"RequestItems": pending}, _INVALID)
             pending = result.get("UnprocessedItems") or {}
             if not pending:
                 return
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(2 * delay, 5.0)
-        left = sum(len(requests) for requests in pending.values())
-        raise QueryError(
-            f"DynamoDB left {left} of a BatchWriteItem's rows unprocessed after 10 tries "
-            f"with backoff (throttled): raise the capacity of table "
-            f"{', '.join(repr(t) for t in sorted(pending))}, or write fewer rows at once"
-        )
+            what = f"a BatchWriteItem on {', '.join(repr(t) for t in sorted(pending))}"
+            await asyncio.sleep(unprocessed(what, attempt, left_in(pending)))
+            attempt += 1
     except ClientError as exc:
         if code(exc) != "ValidationException":
             raise
