@@ -169,6 +169,10 @@ _SET_CREDENTIALS = (
 )
 
 
+#: Requests that write nothing (see :func:`translate`).
+_READS = frozenset({"DescribeTable", "GetItem", "BatchGetItem", "Query", "Scan"})
+
+
 def describe(operation: str, kwargs: Mapping[str, Any]) -> str:
     """Name a request for a message: ``UpdateItem on table 'corral_jobs'``."""
     name = "".join(part.capitalize() for part in operation.split("_"))
@@ -196,16 +200,17 @@ def translate(what: str, exc: Exception) -> Exception:
     """Return corral's error for botocore's error ``exc`` of request ``what``.
 
     The caller raises it ``from exc``. An endpoint that does not answer (after
-    botocore's retries) is :class:`~corral.ConnectionLostError`, marked as possibly
-    applied (``commit_sent``: DynamoDB may have applied a request whose answer was
-    lost); anything DynamoDB or AWS refused is :class:`~corral.QueryError`, saying
+    botocore's retries) is :class:`~corral.ConnectionLostError`, a write marked as
+    possibly applied (``commit_sent``: DynamoDB may have applied a request whose answer
+    was lost); anything DynamoDB or AWS refused is :class:`~corral.QueryError`, saying
     what to fix. Credentials are never part of a message.
     """
     if isinstance(exc, BotoConnectionError | HTTPClientError):
+        write = what.split(" ", 1)[0] not in _READS
         return ConnectionLostError(
             f"DynamoDB did not answer {what}: {exc}; check the network, the region and "
-            f"endpoint_url (the request may or may not have been applied)",
-            commit_sent=True,
+            f"endpoint_url" + (" (the request may or may not have been applied)" if write else ""),
+            commit_sent=write,
         )
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
         return QueryError(
