@@ -76,6 +76,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
+@pytest.fixture(params=["sqlite", "postgresql", "dynamodb"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL of every store: SQLite, PostgreSQL, and DynamoDB (on moto).
+
+    For the behaviour tests of ``db.jobs``, ``db.progress`` and ``db.table`` that hold
+    on every store; a test that runs SQL, opens the SQLite file or needs a server's
+    connection takes ``db_url`` instead.
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(request.getfixturevalue("dynamodb_url"))
+
+
 # -- the backend contract suite ----------------------------------------------------------------
 
 
@@ -160,19 +175,26 @@ def dynamodb_url(moto_endpoint: str) -> str:
     return f"dynamodb://t{uuid.uuid4().hex[:12]}?region=us-east-1&endpoint_url={moto_endpoint}"
 
 
+def _dynamodb_on_trio(item: pytest.Item) -> bool:
+    """Whether ``item`` is a contract test (store_url) or a behaviour test (any_url) that
+    runs on DynamoDB under trio."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if params.get("anyio_backend") != "trio":
+        return False
+    if params.get("any_url") == "dynamodb":
+        return True
+    module = item.module.__name__ if item.module is not None else ""
+    return params.get("store_url") == "dynamodb" and module.startswith("test_contract_")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The contract suites run on DynamoDB under asyncio only: on trio the store runs the
-    # same code, on an asyncio loop in a thread, and moto costs about a second a test.
-    # tests/test_aws*.py run the DynamoDB store, the notifier and validator on trio too.
-    # CORRAL_TEST_AWS_TRIO=1 runs the contract suites on trio as well.
+    # The contract suites (store_url) and the behaviour tests that run on every store
+    # (any_url) run on DynamoDB under asyncio only: on trio the store runs the same code,
+    # on an asyncio loop in a thread, and moto costs about a second a test.
+    # tests/test_aws*.py (dynamodb_url) run the DynamoDB store, the notifier and the
+    # validator on trio too. CORRAL_TEST_AWS_TRIO=1 runs every DynamoDB test on trio.
     if not os.environ.get("CORRAL_TEST_AWS_TRIO"):
-        left = [
-            item
-            for item in items
-            if "trio-dynamodb" in item.name
-            and item.module is not None
-            and item.module.__name__.startswith("test_contract_")
-        ]
+        left = [item for item in items if _dynamodb_on_trio(item)]
         if left:
             config.hook.pytest_deselected(items=left)
             items[:] = [item for item in items if item not in left]

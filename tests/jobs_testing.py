@@ -76,3 +76,51 @@ async def stored_steps(db: corral.Database, job_id: str) -> tuple[str, int]:
 
     row = await db._run(read)
     return row["steps"], int(row["progress"])
+
+
+async def set_columns(db: corral.Database, job_id: str, **columns: object) -> None:
+    """Overwrite stored columns of job ``job_id`` behind the processor's back, on any store.
+
+    What another worker (a reclaim: ``lease_token``, ``lease_owner``), a stalled clock
+    (``lease_expires=0``) or an older version of corral (``steps``) would have left.
+    """
+
+    async def write(session: Any) -> None:
+        if session.dialect == "dynamodb":
+            names = {f"#c{i}": column for i, column in enumerate(columns)}
+            values = {f":c{i}": _attribute(value) for i, value in enumerate(columns.values())}
+            await session.jobs._client.call(
+                "update_item",
+                TableName=session.jobs._table,
+                Key={"id": {"S": job_id}},
+                UpdateExpression="SET " + ", ".join(f"#c{i} = :c{i}" for i in range(len(names))),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        else:
+            sets = ", ".join(f"{column} = ?" for column in columns)
+            await session.execute(
+                f"UPDATE corral_jobs SET {sets} WHERE id = ?", *columns.values(), job_id
+            )
+
+    await db._run(write)
+
+
+async def stored_column(db: corral.Database, job_id: str, column: str) -> object:
+    """The value of column ``column`` of job ``job_id`` as stored, on any store."""
+
+    async def read(session: Any) -> object:
+        if session.dialect == "dynamodb":
+            return (await session.jobs.get(job_id))[column]
+        return await session.fetchval(f"SELECT {column} FROM corral_jobs WHERE id = ?", job_id)
+
+    return await db._run(read)
+
+
+def _attribute(value: object) -> dict[str, str]:
+    """A DynamoDB attribute value of a str or a number."""
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"N": repr(value)}
+    raise TypeError(f"no DynamoDB attribute value for {value!r} here: add it")

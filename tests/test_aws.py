@@ -7,6 +7,7 @@ The contract suites (tests/test_contract_*.py) run on DynamoDB through the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import anyio
 import pytest
 
 import corral
-from corral import ConnectError, DatabaseURLError, MissingDriverError, SchemaError
+from corral import ConnectError, DatabaseURLError, MissingDriverError, SchemaError, jobs
 from corral._ports import Session
 from corral._ports._jobs import Claimed, ClaimRequest, Outcome, State
 
@@ -303,3 +304,221 @@ async def test_a_reclaimed_job_keeps_its_kind_and_its_cancellation_asked(
         ]
         [again] = result.claimed
         assert (again.id, again.attempt, again.row["cancel_requested"]) == ("a", 2, True)
+
+
+# -- botocore's errors, translated at the store's boundary -----------------------------------
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_an_unreachable_endpoint_is_a_connect_error_naming_it(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-printed-secret")
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(ConnectError) as caught:
+        async with corral.connect(f"dynamodb://c?region=us-east-1&endpoint_url={endpoint}"):
+            pass
+    message = str(caught.value)
+    assert "DynamoDB did not answer DescribeTable on table 'c_meta'" in message
+    assert endpoint in message
+    assert "check the network, the region and endpoint_url" in message
+    assert "never-printed-secret" not in message
+    assert isinstance(caught.value.__cause__, corral.ConnectionLostError)
+    assert caught.value.__cause__.__cause__ is not None  # botocore's own error
+
+
+def _boto(service: str, endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name="us-east-1", endpoint_url=endpoint)
+
+
+async def test_a_table_deleted_under_the_store_is_a_query_error_saying_so(
+    dynamodb_url: str, moto_endpoint: str
+) -> None:
+    from botocore.exceptions import ClientError
+
+    prefix = dynamodb_url.partition("://")[2].partition("?")[0]
+    async with corral.connect(dynamodb_url) as db:
+        await db.jobs.enqueue(jobs.Job("a"))
+        await anyio.to_thread.run_sync(
+            lambda: _boto("dynamodb", moto_endpoint).delete_table(TableName=f"{prefix}_jobs")
+        )
+        with pytest.raises(corral.QueryError) as caught:
+            await db.jobs.get("a")
+        message = str(caught.value)
+        assert f"GetItem on table '{prefix}_jobs'" in message
+        assert "the table does not exist" in message
+        assert "connect again to have them made" in message
+        assert isinstance(caught.value.__cause__, ClientError)
+        # The database goes on: a user table still takes rows.
+        await db.table("rows", key="k").put({"k": 1})
+        await db.flush()
+    async with corral.connect(dynamodb_url) as db:  # made again on first use
+        await db.jobs.enqueue(jobs.Job("b"))
+        assert [r.id for r in await db.jobs.list()] == ["b"]
+
+
+async def test_a_user_table_deleted_under_the_store_stops_the_writer_saying_so(
+    dynamodb_url: str, moto_endpoint: str
+) -> None:
+    prefix = dynamodb_url.partition("://")[2].partition("?")[0]
+
+    async def body() -> None:
+        async with corral.connect(dynamodb_url) as db:
+            rows = db.table("rows", key="k")
+            await rows.put({"k": 1, "v": "one"})
+            await db.flush()
+            await anyio.to_thread.run_sync(
+                lambda: _boto("dynamodb", moto_endpoint).delete_table(TableName=f"{prefix}_t_rows")
+            )
+            await rows.put({"k": 2, "v": "two"})
+            await db.flush()
+
+    with pytest.raises(corral.WriteError) as caught:
+        await body()
+    assert isinstance(caught.value.__cause__, corral.QueryError)
+    assert f"BatchWriteItem on table '{prefix}_t_rows'" in str(caught.value)
+    assert "the table does not exist" in str(caught.value)
+
+
+class _Proxy:
+    """A TCP proxy on loopback to ``port``, which :meth:`cut` closes with every connection."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._target = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # cut
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            with self._lock:
+                self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(2)
+
+    def cut(self) -> None:
+        """Stop accepting, and close every connection: the endpoint stops answering."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(2)  # wakes the accept() (close alone does not)
+        self._listener.close()
+        self._thread.join()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(2)
+                sock.close()
+
+
+async def test_an_endpoint_that_stops_answering_stops_the_writer_saying_so(
+    dynamodb_url: str, moto_endpoint: str
+) -> None:
+    proxy = _Proxy(int(moto_endpoint.rpartition(":")[2]))
+    url = dynamodb_url.replace(moto_endpoint, f"http://127.0.0.1:{proxy.port}")
+    errors: list[BaseException] = []
+
+    async def body() -> None:
+        async with corral.connect(url) as db:
+            await db.jobs.enqueue(jobs.Job("a"))
+            proxy.cut()
+            try:
+                await db.jobs.get("a")
+            except Exception as exc:
+                errors.append(exc)
+                raise
+
+    with pytest.raises(corral.WriteError) as caught:
+        await body()
+    # The writer stops (DynamoDB has no connection to restore), saying why: the caller
+    # of the request and connect both raise it.
+    assert [type(e) for e in errors] == [corral.WriteError]
+    message = str(caught.value)
+    assert message.startswith("the database writer stopped: ConnectionLostError: DynamoDB ")
+    assert "did not answer GetItem on table" in message
+    assert "check the network, the region and endpoint_url" in message
+    assert isinstance(caught.value.__cause__, corral.ConnectionLostError)
+
+
+#: A moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0: every request
+#: is authenticated against moto's IAM, where no access key exists): it prints its port,
+#: then serves until its stdin closes.
+_CHECKING_MOTO = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+def test_credentials_aws_refuses_are_a_connect_error_saying_what_to_set() -> None:
+    # moto checks credentials only so, and answers DynamoDB's request with IAM's XML
+    # error (403, InvalidClientTokenId) where AWS answers UnrecognizedClientException.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-c", _CHECKING_MOTO],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        url = f"dynamodb://c?region=us-east-1&endpoint_url=http://127.0.0.1:{port}"
+
+        async def main() -> None:
+            with pytest.raises(ConnectError) as caught:
+                async with corral.connect(url):
+                    pass
+            message = str(caught.value)
+            assert "AWS refused the credentials of DescribeTable on table 'c_meta'" in message
+            assert "set valid AWS credentials (AWS_ACCESS_KEY_ID" in message
+            assert "never-printed-secret" not in message
+            assert "AKIANOTAREALKEY" not in message
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAREALKEY")
+            patch.setenv("AWS_SECRET_ACCESS_KEY", "never-printed-secret")
+            anyio.run(main)
+    finally:
+        assert server.stdin is not None
+        assert server.stdout is not None
+        server.stdin.close()
+        server.wait(timeout=30)
+        server.stdout.close()

@@ -1,6 +1,8 @@
 """Cancelling a job: a waiting one at once, a running one at its worker's next renewal.
 
-Every test runs on SQLite and PostgreSQL (``db_url``) and on asyncio and trio. The
+Every test runs on SQLite, PostgreSQL and DynamoDB (``any_url``) and on asyncio and
+trio (DynamoDB on asyncio only, but with CORRAL_TEST_AWS_TRIO=1); those that run
+SQL on SQLite and PostgreSQL only (``db_url``). The
 store's part (``JobStore.cancel``, ``Renewal.cancel``) is in ``test_contract_jobs.py``.
 """
 
@@ -56,12 +58,12 @@ class Blocker:
             raise
 
 
-async def test_a_running_job_is_cancelled_at_its_next_renewal(db_url: str) -> None:
+async def test_a_running_job_is_cancelled_at_its_next_renewal(any_url: str) -> None:
     """A cancel on the processor's own database has it renew at once (the lease is 30
     s long: no renewal would come by itself within the test)."""
     handler = Blocker()
     recorder = Recorder()
-    async with database(db_url) as db:
+    async with database(any_url) as db:
         await db.jobs.enqueue_many([jobs.Job("a", max_retries=3), jobs.Job("b")])
         processor = jobs.Processor(
             db, {"default": handler}, config=config(max_concurrent=1), notifier=recorder
@@ -106,13 +108,13 @@ async def test_a_running_job_is_cancelled_at_its_next_renewal(db_url: str) -> No
 
 
 async def test_a_cancel_from_another_connection_is_seen_at_the_next_renewal(
-    db_url: str,
+    any_url: str,
 ) -> None:
     """As from another process: nothing wakes the renewer, whose renewals (every 0.1 s
     for a lease of 0.3 s) find the request."""
     handler = Blocker()
     recorder = Recorder()
-    async with database(db_url) as db, database(db_url) as other:
+    async with database(any_url) as db, database(any_url) as other:
         await db.jobs.enqueue(jobs.Job("a"))
         processor = jobs.Processor(
             db, handler, config=config(lease_seconds=0.3, poll_interval=60), notifier=recorder
@@ -131,12 +133,12 @@ async def test_a_cancel_from_another_connection_is_seen_at_the_next_renewal(
         assert recorder.kinds("a") == ["cancelled"]
 
 
-async def test_cancel_a_waiting_a_retrying_a_finished_and_a_missing_job(db_url: str) -> None:
+async def test_cancel_a_waiting_a_retrying_a_finished_and_a_missing_job(any_url: str) -> None:
     async def handler(ctx: jobs.JobContext) -> None:
         if ctx.job.id == "flaky":
             raise jobs.TransientError("upstream down")
 
-    async with database(db_url) as db:
+    async with database(any_url) as db:
         await db.jobs.enqueue_many([jobs.Job("done"), jobs.Job("flaky")])
         slow = config(retry=jobs.RetryPolicy(base=3600, cap=3600, jitter=0))
         recorder = Recorder()
@@ -171,20 +173,20 @@ async def test_cancel_a_waiting_a_retrying_a_finished_and_a_missing_job(db_url: 
         assert await db.jobs.depth() == jobs.QueueDepth(completed=2)
 
 
-async def test_a_cancelled_job_is_never_claimed_by_many_workers(db_url: str) -> None:
+async def test_a_cancelled_job_is_never_claimed_by_many_workers(any_url: str) -> None:
     ran: list[str] = []
 
     async def handler(ctx: jobs.JobContext) -> None:
         await anyio.lowlevel.checkpoint()
         ran.append(ctx.job.id)
 
-    async with database(db_url) as db:
+    async with database(any_url) as db:
         await db.jobs.enqueue_many(jobs.Job(f"j{n:02}") for n in range(30))
         for n in range(0, 30, 2):
             assert await db.jobs.cancel(f"j{n:02}") is jobs.Cancellation.CANCELLED
 
     async def worker(n: int) -> None:
-        async with database(db_url) as db:
+        async with database(any_url) as db:
             processor = jobs.Processor(
                 db, handler, config=config(max_concurrent=4, batch_size=2), name=f"w{n}"
             )
@@ -195,12 +197,12 @@ async def test_a_cancelled_job_is_never_claimed_by_many_workers(db_url: str) -> 
             for n in range(3):
                 tg.start_soon(worker, n)
     assert sorted(ran) == [f"j{n:02}" for n in range(1, 30, 2)]
-    async with database(db_url) as db:
+    async with database(any_url) as db:
         assert await db.jobs.depth() == jobs.QueueDepth(completed=15, cancelled=15)
 
 
 async def test_a_job_asked_to_cancel_that_went_back_to_waiting_is_cancelled_when_claimed(
-    db_url: str,
+    any_url: str,
 ) -> None:
     """The cancellation is asked as its attempt fails (retryable) before any renewal:
     the job is retried, and its next claim finishes it cancelled, not run again."""
@@ -212,7 +214,7 @@ async def test_a_job_asked_to_cancel_that_went_back_to_waiting_is_cancelled_when
         assert await db.jobs.cancel(ctx.job.id) is jobs.Cancellation.REQUESTED
         raise jobs.TransientError("failed as it was asked to stop")
 
-    async with database(db_url) as db:
+    async with database(any_url) as db:
         await db.jobs.enqueue(jobs.Job("a", max_retries=5))
         processor = jobs.Processor(db, handler, config=config(), notifier=recorder)
         with anyio.fail_after(30):

@@ -1,7 +1,9 @@
 """Job kinds: a processor serves the kinds it has handlers for; reads filter by kind.
 
-Every test runs on SQLite and PostgreSQL (``db_url``) and on asyncio and trio. The
-store's part (claims, reads and counts by kind) is in ``test_contract_jobs.py``.
+Every test runs on SQLite, PostgreSQL and DynamoDB (``any_url``) and on asyncio and
+trio (DynamoDB on asyncio only, but with CORRAL_TEST_AWS_TRIO=1); those that run
+SQL on SQLite and PostgreSQL only (``db_url``). The store's part (claims, reads and
+counts by kind) is in ``test_contract_jobs.py``.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ def test_a_kind_is_a_short_name() -> None:
     assert jobs.Job("a", kind="ä" * 64).kind == "ä" * 64  # characters, not bytes
 
 
-async def test_bad_kinds_and_handlers_are_refused_with_the_fix(db_url: str) -> None:
+async def test_bad_kinds_and_handlers_are_refused_with_the_fix(any_url: str) -> None:
     async def handle(ctx: jobs.JobContext) -> None:
         pass
 
-    async with database(db_url) as db:
+    async with database(any_url) as db:
         with pytest.raises(ValueError, match="empty mapping: map at least one job kind"):
             jobs.Processor(db, {})
         with pytest.raises(jobs.JobKindError, match="a key of the handler mapping"):
@@ -54,7 +56,7 @@ async def test_bad_kinds_and_handlers_are_refused_with_the_fix(db_url: str) -> N
 
 
 async def test_a_processor_takes_only_the_kinds_it_has_handlers_for(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    any_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     ran: list[tuple[str, str, str]] = []
 
@@ -69,7 +71,7 @@ async def test_a_processor_takes_only_the_kinds_it_has_handlers_for(
         ran.append(("anything", ctx.job.id, ctx.job.kind))
 
     recorder = Recorder()
-    async with database(db_url) as db:
+    async with database(any_url) as db:
         await db.jobs.enqueue_many(
             [
                 jobs.Job("plain"),
@@ -120,8 +122,8 @@ async def test_a_processor_takes_only_the_kinds_it_has_handlers_for(
         assert sorted(ran) == [("anything", "o1", "other"), ("anything", "plain", "default")]
 
 
-async def test_depth_and_list_by_kind(db_url: str) -> None:
-    async with database(db_url) as db:
+async def test_depth_and_list_by_kind(any_url: str) -> None:
+    async with database(any_url) as db:
         assert await db.jobs.depth_by_kind() == {}
         await db.jobs.enqueue_many(
             [
@@ -144,6 +146,7 @@ async def test_depth_and_list_by_kind(db_url: str) -> None:
         assert [r.id for r in await db.jobs.list(kind="index", limit=5)] == ["i1"]
 
 
+# SQL: it drops columns of corral_jobs (a DynamoDB item has no columns to migrate).
 async def test_a_table_made_before_kinds_gets_their_columns(db_url: str) -> None:
     """A queue of the previous version keeps working: its jobs are of kind default."""
 
@@ -175,12 +178,12 @@ async def test_a_table_made_before_kinds_gets_their_columns(db_url: str) -> None
 
 
 async def test_the_log_names_the_kind_of_each_job(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    any_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def handle(ctx: jobs.JobContext) -> None:
         pass
 
-    async with database(db_url) as db:
+    async with database(any_url) as db:
         await db.jobs.enqueue_many([jobs.Job("r1", kind="render"), jobs.Job("plain")])
         processor = jobs.Processor(db, handle, config=config())
         with caplog.at_level(logging.INFO, "corral.jobs"):

@@ -1,6 +1,8 @@
 """Memoized steps, ``ctx.run_step``: a finished step's function is never called again.
 
-Every test runs on SQLite and PostgreSQL (``db_url``) and on asyncio and trio. A
+Every test runs on SQLite, PostgreSQL and DynamoDB (``any_url``) and on asyncio and
+trio (DynamoDB on asyncio only, but with CORRAL_TEST_AWS_TRIO=1); those that run
+SQL on SQLite and PostgreSQL only (``db_url``). A
 step's result is stored with it (JSON) and handed back, without calling its function,
 to every later attempt: a retry, a requeue, a reclaim after the worker was killed
 (a real process, killed with SIGKILL).
@@ -25,7 +27,7 @@ import pytest
 
 import corral
 from corral import jobs
-from jobs_testing import FAST
+from jobs_testing import FAST, set_columns, stored_column
 
 HERE = Path(__file__).parent
 
@@ -59,17 +61,13 @@ async def run_all(db: corral.Database, handler: Any, recorder: Recorder | None =
 
 async def raw_steps(db: corral.Database, job_id: str) -> str:
     """The ``steps`` column of a job, as stored."""
-
-    async def read(conn: Any) -> object:
-        return await conn.fetchval("SELECT steps FROM corral_jobs WHERE id = ?", job_id)
-
-    return str(await db._run(read))
+    return str(await stored_column(db, job_id, "steps"))
 
 
 # -- retries: finished steps are not called, their results come back --------------------------
 
 
-async def test_a_retry_gets_the_stored_results_without_calling_the_steps(db_url: str) -> None:
+async def test_a_retry_gets_the_stored_results_without_calling_the_steps(any_url: str) -> None:
     calls: Counter[str] = Counter()
     seen: dict[int, list[object]] = {}
     threads: set[str] = set()
@@ -104,7 +102,7 @@ async def test_a_retry_gets_the_stored_results_without_calling_the_steps(db_url:
         seen[ctx.attempt].append(text)
 
     recorder = Recorder()
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         await db.jobs.enqueue(jobs.Job("sample-1"))
         await run_all(db, handler, recorder)
         rec = await db.jobs.get("sample-1")
@@ -124,7 +122,7 @@ async def test_a_retry_gets_the_stored_results_without_calling_the_steps(db_url:
     assert failures == [(1, "count"), (2, None)]
 
 
-async def test_concurrent_steps_store_their_own_results(db_url: str) -> None:
+async def test_concurrent_steps_store_their_own_results(any_url: str) -> None:
     """Steps in a task group, known by name: each stores its result, whatever the order
     they finish in; the one that failed is the only one called again."""
     calls: Counter[str] = Counter()
@@ -166,7 +164,7 @@ async def test_concurrent_steps_store_their_own_results(db_url: str) -> None:
         assert results == {"a": {"name": "a"}, "b": {"name": "b"}, "c": "c"}
 
     recorder = Recorder()
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         await db.jobs.enqueue(jobs.Job("fan-out"))
         await run_all(db, handler, recorder)
         rec = await db.jobs.get("fan-out")
@@ -182,7 +180,7 @@ async def test_concurrent_steps_store_their_own_results(db_url: str) -> None:
 # -- what cannot be stored, and misuse ---------------------------------------------------------
 
 
-async def test_a_result_json_cannot_store_fails_the_job_naming_the_step(db_url: str) -> None:
+async def test_a_result_json_cannot_store_fails_the_job_naming_the_step(any_url: str) -> None:
     calls: Counter[str] = Counter()
 
     def tags() -> set[str]:
@@ -202,7 +200,7 @@ async def test_a_result_json_cannot_store_fails_the_job_naming_the_step(db_url: 
         calls["after"] += 1
 
     recorder = Recorder()
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         await db.jobs.enqueue_many([jobs.Job("tags"), jobs.Job("deep")])
         await run_all(db, handler, recorder)
         records = {job_id: await db.jobs.get(job_id) for job_id in ("tags", "deep")}
@@ -221,7 +219,7 @@ async def test_a_result_json_cannot_store_fails_the_job_naming_the_step(db_url: 
     assert "nesting deeper than 500 levels" in messages["deep"]
 
 
-async def test_a_step_name_is_used_once_per_attempt(db_url: str) -> None:
+async def test_a_step_name_is_used_once_per_attempt(any_url: str) -> None:
     problems: list[str] = []
 
     async def handler(ctx: jobs.JobContext) -> None:
@@ -239,7 +237,7 @@ async def test_a_step_name_is_used_once_per_attempt(db_url: str) -> None:
         with pytest.raises(TypeError, match="returned a coroutine"):  # a thread cannot run it
             await ctx.run_step("lambda", lambda: anyio.lowlevel.checkpoint())
 
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         await db.jobs.enqueue(jobs.Job("a"))
         await run_all(db, handler)
         rec = await db.jobs.get("a")
@@ -255,7 +253,7 @@ async def test_a_step_name_is_used_once_per_attempt(db_url: str) -> None:
 # -- what keeps the results: the old stored form, requeue, a lost lease ----------------------
 
 
-async def test_a_job_stored_with_the_old_list_of_steps_keeps_them(db_url: str) -> None:
+async def test_a_job_stored_with_the_old_list_of_steps_keeps_them(any_url: str) -> None:
     """Before steps had results, the column held a JSON list of names: those steps are
     finished, for ``ctx.step`` and ``run_step`` alike (with no result: None)."""
     calls: Counter[str] = Counter()
@@ -273,12 +271,9 @@ async def test_a_job_stored_with_the_old_list_of_steps_keeps_them(db_url: str) -
             calls["two"] += 1
         assert await ctx.run_step("three", work, "three") == "three done"
 
-    async def old_form(conn: Any) -> None:
-        await conn.execute("UPDATE corral_jobs SET steps = ? WHERE id = ?", '["one", "two"]', "old")
-
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         await db.jobs.enqueue(jobs.Job("old"))
-        await db._run(old_form)
+        await set_columns(db, "old", steps='["one", "two"]')
         before = await db.jobs.get("old")
         await run_all(db, handler)
         rec = await db.jobs.get("old")
@@ -290,7 +285,7 @@ async def test_a_job_stored_with_the_old_list_of_steps_keeps_them(db_url: str) -
     assert column == '{"one":null,"two":null,"three":"three done"}'
 
 
-async def test_a_requeued_job_keeps_its_results(db_url: str) -> None:
+async def test_a_requeued_job_keeps_its_results(any_url: str) -> None:
     calls: Counter[str] = Counter()
 
     async def expensive() -> dict[str, int]:
@@ -305,7 +300,7 @@ async def test_a_requeued_job_keeps_its_results(db_url: str) -> None:
             raise jobs.DataError("the upload target is missing")  # failed, not retried
         await ctx.run_step("upload", lambda n: n + 1, result["rows"])
 
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         await db.jobs.enqueue(jobs.Job("r"))
         await run_all(db, handler)
         assert (await db.jobs.get("r")).state is jobs.State.FAILED
@@ -317,7 +312,7 @@ async def test_a_requeued_job_keeps_its_results(db_url: str) -> None:
     assert rec.step_results == {"expensive": {"rows": 41}, "upload": 42}
 
 
-async def test_a_step_whose_lease_was_taken_over_raises_lease_lost(db_url: str) -> None:
+async def test_a_step_whose_lease_was_taken_over_raises_lease_lost(any_url: str) -> None:
     """The step's write is fenced by the lease: refused, the step raises LeaseLostError
     (as ``ctx.step`` does) and the attempt is dropped, its result not stored."""
     after: list[str] = []
@@ -325,13 +320,8 @@ async def test_a_step_whose_lease_was_taken_over_raises_lease_lost(db_url: str) 
 
     async def handler(ctx: jobs.JobContext) -> None:
         async def stolen() -> int:
-            async def steal(conn: Any) -> None:  # what a worker reclaiming the job does
-                await conn.execute(
-                    "UPDATE corral_jobs SET lease_token = 7, lease_owner = 'thief' WHERE id = ?",
-                    ctx.job.id,
-                )
-
-            await db._run(steal)
+            # what a worker reclaiming the job does
+            await set_columns(db, ctx.job.id, lease_token=7, lease_owner="thief")
             return 1
 
         try:
@@ -342,7 +332,7 @@ async def test_a_step_whose_lease_was_taken_over_raises_lease_lost(db_url: str) 
         after.append("ran on")
 
     recorder = Recorder()
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         await db.jobs.enqueue(jobs.Job("job"))
         worker = processor(db, handler, recorder)
         async with anyio.create_task_group() as tg:
@@ -373,14 +363,14 @@ def spawn(url: str, directory: Path, *options: str) -> subprocess.Popen[str]:
 
 
 async def test_a_killed_workers_step_result_reaches_the_worker_that_reclaims_it(
-    db_url: str, tmp_path: Path, anyio_backend: str
+    any_url: str, tmp_path: Path, anyio_backend: str
 ) -> None:
     from jobs_worker import lines
     from steps_worker import memo_handler
 
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         await db.jobs.enqueue(jobs.Job("job-1"))
-        victim = spawn(db_url, tmp_path, "--hang", f"--backend={anyio_backend}")
+        victim = spawn(any_url, tmp_path, "--hang", f"--backend={anyio_backend}")
         try:
             assert victim.stdout is not None
             line = await anyio.to_thread.run_sync(victim.stdout.readline)

@@ -21,8 +21,8 @@ from corral._backends import Connection
 HERE = Path(__file__).parent
 
 
-async def test_a_run_and_its_subtasks_from_start_to_end(db_url: str) -> None:
-    async with corral.connect(db_url) as db:
+async def test_a_run_and_its_subtasks_from_start_to_end(any_url: str) -> None:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "Process Counties")
         sub = await run.start_subtask(1, "Process all counties", items_total=3143)
         other = await run.start_subtask(2, "Summaries")
@@ -52,8 +52,8 @@ async def test_a_run_and_its_subtasks_from_start_to_end(db_url: str) -> None:
         assert (await db.progress.runs())[0].id == run.id
 
 
-async def test_percent_follows_the_counts_when_not_set(db_url: str) -> None:
-    async with corral.connect(db_url) as db:
+async def test_percent_follows_the_counts_when_not_set(any_url: str) -> None:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "percent")
         sub = await run.start_subtask(1, "quarter", items_total=200)
         sub.increment(50)
@@ -64,8 +64,8 @@ async def test_percent_follows_the_counts_when_not_set(db_url: str) -> None:
         assert (await db.progress.get(run.id))[1].status is corral.Status.SKIPPED
 
 
-async def test_counts_are_exact_from_a_thousand_tasks_and_threads(db_url: str) -> None:
-    async with corral.connect(db_url) as db:
+async def test_counts_are_exact_from_a_thousand_tasks_and_threads(any_url: str) -> None:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "exact")
         sub = await run.start_subtask(1, "count", items_total=1_000_000)
 
@@ -90,8 +90,8 @@ async def test_counts_are_exact_from_a_thousand_tasks_and_threads(db_url: str) -
         assert row.percent == 100.0
 
 
-async def test_map_counts_every_completed_item(db_url: str) -> None:
-    async with corral.connect(db_url) as db:
+async def test_map_counts_every_completed_item(any_url: str) -> None:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "map")
         threads = await run.start_subtask(1, "threads", items_total=300)
         processes = await run.start_subtask(2, "processes", items_total=300)
@@ -108,8 +108,8 @@ async def test_map_counts_every_completed_item(db_url: str) -> None:
         assert counts == [300, 300, 300]
 
 
-async def test_a_count_reaches_the_database_within_a_flush_interval(db_url: str) -> None:
-    async with corral.connect(db_url, flush_interval=0.02) as db:
+async def test_a_count_reaches_the_database_within_a_flush_interval(any_url: str) -> None:
+    async with corral.connect(any_url, flush_interval=0.02) as db:
         run = await db.progress.start_run("STATIC", "visible")
         sub = await run.start_subtask(1, "count")
         tracker = db.progress
@@ -129,17 +129,17 @@ async def test_a_count_reaches_the_database_within_a_flush_interval(db_url: str)
             pass
 
         await db._run(nothing)  # queued behind the batch that wrote the count: committed
-        async with corral.connect(db_url) as other:  # another connection sees it
+        async with corral.connect(any_url) as other:  # another connection sees it
             [row] = await other.progress.get(run.id)
         assert row.items_complete == 7
 
 
 @pytest.mark.parametrize("ending", ["normal", "exception", "cancelled"])
-async def test_increments_pending_at_exit_are_committed(db_url: str, ending: str) -> None:
+async def test_increments_pending_at_exit_are_committed(any_url: str, ending: str) -> None:
     run_id = 0
     with anyio.CancelScope() as scope:
         try:
-            async with corral.connect(db_url, flush_interval=3600) as db:
+            async with corral.connect(any_url, flush_interval=3600) as db:
                 run = await db.progress.start_run("STATIC", "exit")
                 run_id = run.id
                 sub = await run.start_subtask(1, "count")
@@ -152,13 +152,13 @@ async def test_increments_pending_at_exit_are_committed(db_url: str, ending: str
                     await anyio.sleep_forever()
         except KeyError:
             assert ending == "exception"
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         [row] = await db.progress.get(run_id)
         assert row.items_complete == 777
 
 
-async def test_a_handle_from_another_connection_adds_to_the_same_count(db_url: str) -> None:
-    async with corral.connect(db_url) as first, corral.connect(db_url) as second:
+async def test_a_handle_from_another_connection_adds_to_the_same_count(any_url: str) -> None:
+    async with corral.connect(any_url) as first, corral.connect(any_url) as second:
         run = await first.progress.start_run("STATIC", "shared")
         mine = await run.start_subtask(1, "shared")
         theirs = await second.progress.subtask(run.id, 1)
@@ -186,8 +186,8 @@ def _count_in_processes(url: str, run_id: int, processes: int, each: int) -> Non
         assert child.wait(timeout=120) == 0
 
 
-async def test_counts_are_exact_across_processes(db_url: str) -> None:
-    async with corral.connect(db_url) as db:
+async def test_counts_are_exact_across_processes(any_url: str) -> None:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "processes")
         sub = await run.start_subtask(1, "shared")
 
@@ -199,7 +199,7 @@ async def test_counts_are_exact_across_processes(db_url: str) -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(here)
-            tg.start_soon(anyio.to_thread.run_sync, _count_in_processes, db_url, run.id, 3, 20_000)
+            tg.start_soon(anyio.to_thread.run_sync, _count_in_processes, any_url, run.id, 3, 20_000)
         [row] = await db.progress.get(run.id)
         assert row.items_complete == 4 * 20_000
 
@@ -216,12 +216,12 @@ def _kill_after_ready(url: str, run_id: int, count: int) -> None:
     assert child.returncode == -signal.SIGKILL
 
 
-async def test_a_killed_process_loses_only_what_it_had_not_written(db_url: str) -> None:
-    async with corral.connect(db_url) as db:
+async def test_a_killed_process_loses_only_what_it_had_not_written(any_url: str) -> None:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "killed")
         sub = await run.start_subtask(1, "shared")
         sub.increment(5)
-        await anyio.to_thread.run_sync(_kill_after_ready, db_url, run.id, 1000)
+        await anyio.to_thread.run_sync(_kill_after_ready, any_url, run.id, 1000)
         sub.increment(5)
         [row] = await db.progress.get(run.id)
         # The child's committed 1,000 are there exactly once; its unwritten 1,000 died
@@ -229,8 +229,8 @@ async def test_a_killed_process_loses_only_what_it_had_not_written(db_url: str) 
         assert row.items_complete == 1000 + 10
 
 
-async def test_restarting_a_subtask_keeps_its_count(db_url: str) -> None:
-    async with corral.connect(db_url) as db:
+async def test_restarting_a_subtask_keeps_its_count(any_url: str) -> None:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "resume")
         sub = await run.start_subtask(1, "first try", items_total=10)
         sub.increment(4)
@@ -242,8 +242,8 @@ async def test_restarting_a_subtask_keeps_its_count(db_url: str) -> None:
         assert row.ended_at is None
 
 
-async def test_bad_input_is_refused_and_loses_nothing(db_url: str) -> None:
-    async with corral.connect(db_url) as db:
+async def test_bad_input_is_refused_and_loses_nothing(any_url: str) -> None:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "bad input")
         sub = await run.start_subtask(1, "count")
         sub.increment(5)
@@ -270,10 +270,10 @@ async def test_bad_input_is_refused_and_loses_nothing(db_url: str) -> None:
         assert row.items_complete == 5
 
 
-async def test_show_progress_draws_every_subtask(db_url: str) -> None:
+async def test_show_progress_draws_every_subtask(any_url: str) -> None:
     out = io.StringIO()
     console = Console(file=out, width=160, force_terminal=False)
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "display")
         sub = await run.start_subtask(1, "Process all counties", items_total=100)
         async with corral.show_progress(run, refresh=0.01, console=console):
@@ -286,12 +286,12 @@ async def test_show_progress_draws_every_subtask(db_url: str) -> None:
     assert "all done" in text
 
 
-async def test_names_and_messages_are_shown_as_written_not_as_markup(db_url: str) -> None:
+async def test_names_and_messages_are_shown_as_written_not_as_markup(any_url: str) -> None:
     from corral._display import runs_table, subtasks_table
 
     out = io.StringIO()
     console = Console(file=out, width=200, force_terminal=False)
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "bad [row] 7")
         sub = await run.start_subtask(1, "[bold]x[/bold]", items_total=2)
         async with corral.show_progress(run, refresh=0.01, console=console):
@@ -305,9 +305,9 @@ async def test_names_and_messages_are_shown_as_written_not_as_markup(db_url: str
     assert text.count("ok [done]") >= 2
 
 
-async def test_show_progress_lets_the_body_exception_through(db_url: str) -> None:
+async def test_show_progress_lets_the_body_exception_through(any_url: str) -> None:
     console = Console(file=io.StringIO(), force_terminal=False)
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "display")
         with pytest.raises(KeyError, match="mine"):
             async with corral.show_progress(run, console=console):
@@ -353,31 +353,31 @@ def _complete(url: str, run_id: int) -> None:
     anyio.run(main)
 
 
-def test_cli_lists_runs_and_shows_one(db_url: str) -> None:
-    run_id = _start(db_url)
-    listing = _cli("--db", db_url)
+def test_cli_lists_runs_and_shows_one(any_url: str) -> None:
+    run_id = _start(any_url)
+    listing = _cli("--db", any_url)
     assert listing.returncode == 0, listing.stderr
     assert "Process Counties" in listing.stdout
     assert "RUNNING" in listing.stdout
-    one = _cli("--db", db_url, str(run_id))
+    one = _cli("--db", any_url, str(run_id))
     assert one.returncode == 0, one.stderr
     assert "Process all counties" in one.stdout
     assert "1,234" in one.stdout
     assert "3,143" in one.stdout
 
 
-def test_cli_watch_follows_a_run_until_it_ends(db_url: str) -> None:
-    run_id = _start(db_url)
+def test_cli_watch_follows_a_run_until_it_ends(any_url: str) -> None:
+    run_id = _start(any_url)
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "corral", "progress", "--db", db_url, "--watch", str(run_id)],
+        [sys.executable, "-m", "corral", "progress", "--db", any_url, "--watch", str(run_id)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
     try:
-        _complete(db_url, run_id)
+        _complete(any_url, run_id)
         out, err = watcher.communicate(timeout=120)
     finally:
         watcher.kill()
@@ -385,7 +385,7 @@ def test_cli_watch_follows_a_run_until_it_ends(db_url: str) -> None:
     assert f"run {run_id} COMPLETED" in out
 
 
-def test_cli_errors_name_the_fix(tmp_path: Path, db_url: str) -> None:
+def test_cli_errors_name_the_fix(tmp_path: Path, any_url: str) -> None:
     missing = _cli("--db", f"sqlite:///{tmp_path / 'nothing.db'}")
     assert missing.returncode != 0
     assert "no database at" in missing.stderr
@@ -394,17 +394,17 @@ def test_cli_errors_name_the_fix(tmp_path: Path, db_url: str) -> None:
     assert bad.returncode != 0
     assert "unsupported database URL scheme 'mysql'" in bad.stderr
     assert "Traceback" not in bad.stderr
-    _start(db_url)  # the database exists, the run does not
-    unknown = _cli("--db", db_url, "999999")
+    _start(any_url)  # the database exists, the run does not
+    unknown = _cli("--db", any_url, "999999")
     assert unknown.returncode != 0
     assert "no run with id 999999" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
 
-async def test_increment_after_the_block_ended_raises_database_closed(db_url: str) -> None:
+async def test_increment_after_the_block_ended_raises_database_closed(any_url: str) -> None:
     # Every other call on a closed database raises DatabaseClosedError; an increment
     # must too, rather than count into a tally that nobody will ever write.
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "closed")
         sub = await run.start_subtask(1, "count")
         sub.increment()
@@ -417,7 +417,7 @@ async def test_increment_after_the_block_ended_raises_database_closed(db_url: st
         await anyio.to_thread.run_sync(sub.increment)
     with pytest.raises(corral.DatabaseClosedError, match="block has ended"):
         sub.increment(0)
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         [row] = await db.progress.get(run.id)
         assert row.items_complete == 3
 
@@ -483,10 +483,10 @@ def test_the_finished_display_keeps_bars_and_counts_at_80_columns(width: int) ->
         assert "COMPLETED 3,143 counties fetched" in fetched
 
 
-async def test_the_run_s_final_message_is_shown_and_a_pipe_gets_plain_lines(db_url: str) -> None:
+async def test_the_run_s_final_message_is_shown_and_a_pipe_gets_plain_lines(any_url: str) -> None:
     out = io.StringIO()
     console = Console(file=out, width=80, force_terminal=False)  # as a pipe is
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         run = await db.progress.start_run("STATIC", "final")
         sub = await run.start_subtask(1, "Count", items_total=4)
         async with corral.show_progress(run, refresh=0.01, console=console):
@@ -571,10 +571,10 @@ def _readline(stream: Any, until: str) -> list[str]:
 
 
 def test_cli_watch_waits_for_a_run_skips_an_abandoned_one_and_prints_plain_lines(
-    db_url: str,
+    any_url: str,
 ) -> None:
     async def abandoned() -> int:
-        async with corral.connect(db_url) as db:
+        async with corral.connect(any_url) as db:
             old = datetime.now(UTC) - timedelta(hours=1)
 
             async def start(conn: Connection) -> int:
@@ -585,7 +585,7 @@ def test_cli_watch_waits_for_a_run_skips_an_abandoned_one_and_prints_plain_lines
 
     dead = anyio.run(abandoned)
     env = {**os.environ, "COLUMNS": "200"}
-    command = [sys.executable, "-m", "corral", "progress", "--db", db_url, "--watch"]
+    command = [sys.executable, "-m", "corral", "progress", "--db", any_url, "--watch"]
     with subprocess.Popen(
         [*command, "--refresh", "0.05"],
         stdout=subprocess.PIPE,
@@ -596,14 +596,14 @@ def test_cli_watch_waits_for_a_run_skips_an_abandoned_one_and_prints_plain_lines
         assert watcher.stdout is not None
         [waiting] = _readline(watcher.stdout, "waiting")
         assert waiting.startswith("waiting for a run to start in ")
-        run_id = _start(db_url)  # 1,234 of 3,143 counted
+        run_id = _start(any_url)  # 1,234 of 3,143 counted
         assert run_id != dead
         seen = _readline(watcher.stdout, "1. Process all counties")
         assert seen == [
             f"run {run_id}: STATIC Process Counties\n",
             "1. Process all counties: 1,234/3,143 39% RUNNING\n",
         ]
-        _complete(db_url, run_id)
+        _complete(any_url, run_id)
         rest = _rest(watcher)
     assert watcher.returncode == 0, rest
     last, final = rest.splitlines()
@@ -614,6 +614,7 @@ def test_cli_watch_waits_for_a_run_skips_an_abandoned_one_and_prints_plain_lines
     assert "died an hour ago" not in text
 
 
+# SQL: it reads the database's catalog to see that no table was made.
 def test_cli_watch_waits_on_an_empty_database_creating_nothing_and_ctrl_c_is_one_line(
     db_url: str,
 ) -> None:

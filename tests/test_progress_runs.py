@@ -1,6 +1,7 @@
 """Runs that end: heartbeats, runs ended by leaving ``connect``, abandoned runs, old tables.
 
-Real SQLite files and a real PostgreSQL server; the programs that die are real processes
+Real SQLite files, a real PostgreSQL server and DynamoDB on moto (``any_url``; the
+test of old tables runs SQL: ``db_url``); the programs that die are real processes
 (they print a line once their run started; the test reads it, then sends the signal).
 """
 
@@ -113,18 +114,18 @@ def rest(child: subprocess.Popen[str]) -> str:
 # -- leaving connect ends the runs it started --------------------------------------------------
 
 
-async def test_leaving_connect_with_an_exception_fails_its_open_runs(db_url: str) -> None:
+async def test_leaving_connect_with_an_exception_fails_its_open_runs(any_url: str) -> None:
     ids: dict[str, int] = {}
 
     async def program() -> None:
-        async with corral.connect(db_url) as db:
+        async with corral.connect(any_url) as db:
             failed = await db.progress.start_run("STATIC", "left open")
             sub = await failed.start_subtask(1, "count", items_total=10)
             sub.increment(4)
             done = await db.progress.start_run("STATIC", "completed here")
             await done.complete(message="fine")
             elsewhere = await db.progress.start_run("STATIC", "completed elsewhere")
-            async with corral.connect(db_url) as other:  # as another process would
+            async with corral.connect(any_url) as other:  # as another process would
                 await (await other.progress.run(elsewhere.id)).complete(message="theirs")
             ids.update(failed=failed.id, done=done.id, elsewhere=elsewhere.id)
             raise KeyError("mine")
@@ -132,7 +133,7 @@ async def test_leaving_connect_with_an_exception_fails_its_open_runs(db_url: str
     with pytest.raises(KeyError, match="mine"):
         await program()
     failed, done, elsewhere = (ids[name] for name in ("failed", "done", "elsewhere"))
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         run = await db.progress.run_progress(failed)
         assert (run.status, run.message) == (Status.FAILED, "KeyError: 'mine'")
         assert run.ended_at is not None
@@ -146,10 +147,10 @@ async def test_leaving_connect_with_an_exception_fails_its_open_runs(db_url: str
 
 
 async def test_cancelled_is_interrupted_a_group_fails_and_a_normal_exit_ends_nothing(
-    db_url: str,
+    any_url: str,
 ) -> None:
     with anyio.CancelScope() as scope:
-        async with corral.connect(db_url) as db:
+        async with corral.connect(any_url) as db:
             cancelled = await db.progress.start_run("STATIC", "cancelled")
             scope.cancel()
             await anyio.lowlevel.checkpoint()
@@ -160,15 +161,15 @@ async def test_cancelled_is_interrupted_a_group_fails_and_a_normal_exit_ends_not
         raise ValueError("a task broke")
 
     async def program() -> None:
-        async with corral.connect(db_url) as db, anyio.create_task_group() as tg:
+        async with corral.connect(any_url) as db, anyio.create_task_group() as tg:
             grouped.append((await db.progress.start_run("STATIC", "in a task group")).id)
             tg.start_soon(fail)
 
     with pytest.raises(ExceptionGroup):
         await program()
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         kept = await db.progress.start_run("STATIC", "left running")
-    async with corral.connect(db_url) as db:
+    async with corral.connect(any_url) as db:
         run = await db.progress.run_progress(cancelled.id)
         assert (run.status, run.message) == (Status.INTERRUPTED, "interrupted: cancelled")
         run = await db.progress.run_progress(grouped[0])
@@ -178,23 +179,23 @@ async def test_cancelled_is_interrupted_a_group_fails_and_a_normal_exit_ends_not
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_ctrl_c_marks_the_run_interrupted(db_url: str, backend: str) -> None:
-    child, run_id = start_child(db_url, backend)
+def test_ctrl_c_marks_the_run_interrupted(any_url: str, backend: str) -> None:
+    child, run_id = start_child(any_url, backend)
     with child:
         child.send_signal(signal.SIGINT)
         out = rest(child)
     assert child.returncode != 0, out
-    run = read_run(db_url, run_id)
+    run = read_run(any_url, run_id)
     assert (run.status, run.message) == (Status.INTERRUPTED, "interrupted: KeyboardInterrupt")
     assert run.ended_at is not None
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_ctrl_c_on_show_progress_prints_one_line_and_no_traceback(
-    db_url: str, backend: str
+    any_url: str, backend: str
 ) -> None:
     before: list[str] = []
-    child, run_id = start_child(db_url, backend, "show", lines=before)
+    child, run_id = start_child(any_url, backend, "show", lines=before)
     with child:
         child.send_signal(signal.SIGINT)
         out = rest(child)
@@ -212,15 +213,15 @@ def test_ctrl_c_on_show_progress_prints_one_line_and_no_traceback(
     assert "3 of 10 items" in line
     assert "kept in " in line
     assert "the counts committed and the run, marked INTERRUPTED" in line
-    run = read_run(db_url, run_id)
+    run = read_run(any_url, run_id)
     assert (run.status, run.message) == (Status.INTERRUPTED, "interrupted: Ctrl-C")
 
 
 # -- heartbeats, and abandoned runs --------------------------------------------------------------
 
 
-async def test_a_run_s_heartbeat_is_its_counts_and_a_periodic_touch(db_url: str) -> None:
-    async with corral.connect(db_url, heartbeat=30) as db:
+async def test_a_run_s_heartbeat_is_its_counts_and_a_periodic_touch(any_url: str) -> None:
+    async with corral.connect(any_url, heartbeat=30) as db:
         clock = FakeClock(T0)
         db.progress._clock = clock
         run = await db.progress.start_run("STATIC", "beating")
@@ -249,10 +250,10 @@ async def test_a_run_s_heartbeat_is_its_counts_and_a_periodic_touch(db_url: str)
         clock.advance(100)
         assert await heartbeat() == ended  # a finished run keeps its end as heartbeat
         with pytest.raises(ValueError, match="heartbeat must be a finite number of seconds > 0"):
-            async with corral.connect(db_url, heartbeat=0):
+            async with corral.connect(any_url, heartbeat=0):
                 pass
         with pytest.raises(TypeError, match="heartbeat must be seconds as a number"):
-            async with corral.connect(db_url, heartbeat="30"):  # type: ignore[arg-type]
+            async with corral.connect(any_url, heartbeat="30"):  # type: ignore[arg-type]
                 pass
 
 
@@ -263,24 +264,24 @@ def _cli(url: str, *args: str) -> Result:
     )
 
 
-def test_a_killed_program_s_run_is_abandoned_once_its_heartbeat_is_old(db_url: str) -> None:
-    child, run_id = start_child(db_url, "asyncio")
+def test_a_killed_program_s_run_is_abandoned_once_its_heartbeat_is_old(any_url: str) -> None:
+    child, run_id = start_child(any_url, "asyncio")
     with child:
         child.kill()  # SIGKILL: nothing ends the run
         rest(child)
-    run = read_run(db_url, run_id)
+    run = read_run(any_url, run_id)
     assert run.status is Status.RUNNING
     assert run.updated_at is not None
     beat = last_update(run)
     assert not is_abandoned(run, now=beat + timedelta(seconds=ABANDONED_AFTER))
     assert is_abandoned(run, now=beat + timedelta(seconds=ABANDONED_AFTER + 1))
     assert is_abandoned(run, after=5, now=beat + timedelta(seconds=6))
-    listing = _cli(db_url, "--abandoned-after", "0")  # any age is too old
+    listing = _cli(any_url, "--abandoned-after", "0")  # any age is too old
     assert listing.exit_code == 0, listing.output
     [row] = [line for line in listing.output.splitlines() if "interrupt me" in line]
     assert "ABANDONED" in row
     assert " ago" in row  # the last update, for people
-    fresh = json.loads(_cli(db_url, "--json").output)[0]
+    fresh = json.loads(_cli(any_url, "--json").output)[0]
     assert (fresh["status"], fresh["abandoned"]) == ("RUNNING", False)
     assert fresh["updated_at"] == beat.isoformat()
 
@@ -306,6 +307,7 @@ def _old_tables(dialect: str) -> list[str]:
     ]
 
 
+# SQL: it makes the tables of the previous version (DynamoDB's store has no older one).
 async def test_tables_of_the_previous_version_are_read_then_brought_up_to_date(
     db_url: str,
 ) -> None:

@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import anyio
+from botocore.exceptions import ClientError
 
-from ..._exceptions import ConnectionLostError, SchemaError
-from ..._ports import Batch, TableSchema
+from ..._exceptions import ConnectError, CorralError, QueryError, SchemaError
+from ..._ports import Batch, TableSchema, redact
 from ._client import Client, open_client, parse, translate
 from ._session import DynamoSession
 from ._tables import MAX_KEY_COLUMNS, create_table, resolve, write_staged
@@ -59,10 +60,30 @@ async def ensure_meta(client: Client, names: Names) -> None:
 
 
 async def open_store(url: str) -> DynamoStore:
-    """Open the ``dynamodb://`` URL's tables (made on first use)."""
+    """Open the ``dynamodb://`` URL's tables (made on first use).
+
+    One ``DescribeTable`` of the meta table checks, creating nothing, that the endpoint
+    answers and takes the credentials: if not, :class:`~corral.ConnectError` says so
+    here, at ``connect``, as the SQL stores fail there (a table not made yet, or a
+    role not allowed to describe it, is fine).
+    """
     target = parse(url)
     client = await open_client(url, target)
-    return DynamoStore(client, Names(target.prefix))
+    names = Names(target.prefix)
+    try:
+        await client.call("describe_table", TableName=names.meta, passing=_PROBE_PASSES)
+    except ClientError:
+        pass  # it answered, and took the credentials
+    except BaseException as exc:
+        await client.close()
+        if isinstance(exc, CorralError):
+            raise ConnectError(f"could not open DynamoDB for {redact(url)!r}: {exc}") from exc
+        raise
+    return DynamoStore(client, names)
+
+
+#: What DynamoDB may answer the probe of :func:`open_store` with: it is there.
+_PROBE_PASSES = frozenset({"ResourceNotFoundException", "AccessDeniedException"})
 
 
 class DynamoStore:
@@ -94,7 +115,7 @@ class DynamoStore:
         await self._ensure_meta()
         try:
             schema = await resolve(self.client, self.names.prefix, self.names.meta, name, key, row)
-        except SchemaError:
+        except CorralError:  # SchemaError, IdentifierError: the row's, already named
             raise
         except Exception as exc:
             raise translate(f"making table {name!r}", exc) from exc
@@ -150,8 +171,10 @@ class DynamoStore:
             if staged.tables:
                 try:
                     await write_staged(self.client, self.names.prefix, staged, batch.failures)
+                except CorralError:  # translated by the client, saying what broke
+                    raise
                 except Exception as exc:
-                    raise ConnectionLostError(
+                    raise QueryError(
                         f"DynamoDB failed while the batch's rows were written (some may be "
                         f"written): {type(exc).__name__}: {exc}"
                     ) from exc

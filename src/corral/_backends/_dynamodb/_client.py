@@ -10,6 +10,14 @@ pins an older aiobotocore: one loop thread is the smaller price.
 Credentials and region come from the usual AWS chain (environment, profile, instance
 role); the URL's ``region`` and ``endpoint_url`` override them. What is missing fails
 at ``connect`` with what to set; a secret is never printed.
+
+**Errors.** A DynamoDB client is the store's boundary: :meth:`Client.send` retries
+throttling with backoff, and translates every other botocore error into corral's
+(:func:`translate`, chained with ``from``), except the outcomes of the request's own
+conditions (``ConditionalCheckFailedException``, ``TransactionCanceledException``) and
+the codes its caller names (``passing``), which the store's code reads. An S3 or SNS
+client (``corral.jobs``) leaves botocore's errors to its caller, which classifies them
+for the job.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    EndpointConnectionError,
+    CredentialRetrievalError,
+    HTTPClientError,
     NoCredentialsError,
     NoRegionError,
+    PartialCredentialsError,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
@@ -41,7 +51,7 @@ from botocore.exceptions import (
 from ..._exceptions import ConnectError, ConnectionLostError, DatabaseURLError, QueryError
 from .._aioloop import Direct, LoopThread
 
-__all__ = ["Client", "DynamoURL", "code", "open_client", "parse"]
+__all__ = ["Client", "DynamoURL", "code", "left_in", "open_client", "parse", "unprocessed"]
 
 T = TypeVar("T")
 
@@ -101,19 +111,144 @@ RETRYABLE = frozenset(
         "ProvisionedThroughputExceededException",
         "ThrottlingException",
         "RequestLimitExceeded",
+        "LimitExceededException",
         "InternalServerError",
         "ServiceUnavailable",
         "TransactionInProgressException",
     }
 )
+#: Tries of a request refused with a code of :data:`RETRYABLE` (each one botocore's
+#: own retries, too), waiting 0.05 s doubled each time up to 2 s between them.
+TRIES = 8
+
+#: Sends of a batch request's unprocessed items (throttled) before it is given up.
+BATCH_TRIES = 10
+
+
+def unprocessed(what: str, attempt: int, left: int) -> float:
+    """Return the wait before sending ``left`` unprocessed items of ``what`` again.
+
+    ``attempt`` counts from 0 the sends so far but the first: jittered, from 0.05 s
+    doubled up to 2 s. Raises :class:`~corral.QueryError` once :data:`BATCH_TRIES` sends
+    left items unprocessed.
+    """
+    if attempt + 1 >= BATCH_TRIES:
+        raise QueryError(
+            f"DynamoDB left {left} items of {what} unprocessed after {BATCH_TRIES} tries "
+            f"with backoff (throttled): raise the table's capacity, or run fewer workers "
+            f"(docs/aws.md: the throughput ceiling)"
+        )
+    return min(0.05 * 2.0**attempt, 2.0) * (0.5 + random.random())
+
+
+def left_in(pending: Mapping[str, Any]) -> int:
+    """Count the keys or write requests of a batch request's unprocessed part."""
+    return sum(len(v["Keys"]) if isinstance(v, Mapping) else len(v) for v in pending.values())
+
+
+#: The outcomes of a request's own conditions: the store reads them, never translated.
+CONDITIONS = frozenset({"ConditionalCheckFailedException", "TransactionCanceledException"})
+
+#: Codes of credentials that AWS does not accept (wrong, expired, missing).
+_CREDENTIALS = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "MissingAuthenticationTokenException",
+        "SignatureDoesNotMatch",
+    }
+)
+
+_SET_CREDENTIALS = (
+    "set valid AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+    "an instance or task role; a temporary session token may have expired)"
+)
+
+
+#: Requests that write nothing (see :func:`translate`).
+_READS = frozenset({"DescribeTable", "GetItem", "BatchGetItem", "Query", "Scan"})
+
+
+def describe(operation: str, kwargs: Mapping[str, Any]) -> str:
+    """Name a request for a message: ``UpdateItem on table 'corral_jobs'``."""
+    name = "".join(part.capitalize() for part in operation.split("_"))
+    tables: set[str] = set()
+    if isinstance(kwargs.get("TableName"), str):
+        tables.add(kwargs["TableName"])
+    requested = kwargs.get("RequestItems")
+    if isinstance(requested, Mapping):
+        tables.update(str(t) for t in requested)
+    for action in kwargs.get("TransactItems") or ():
+        for body in action.values():
+            if isinstance(body, Mapping) and isinstance(body.get("TableName"), str):
+                tables.add(body["TableName"])
+    if not tables:
+        return name
+    listed = ", ".join(repr(t) for t in sorted(tables))
+    return f"{name} on table {listed}" if len(tables) == 1 else f"{name} on tables {listed}"
+
+
+def _message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
 
 
 def translate(what: str, exc: Exception) -> Exception:
-    """Return corral's error for a driver error of call ``what`` (chain it with ``from``)."""
-    if isinstance(exc, EndpointConnectionError | BotoConnectionError):
-        return ConnectionLostError(f"DynamoDB is unreachable ({what}): {exc}")
+    """Return corral's error for botocore's error ``exc`` of request ``what``.
+
+    The caller raises it ``from exc``. An endpoint that does not answer (after
+    botocore's retries) is :class:`~corral.ConnectionLostError`, a write marked as
+    possibly applied (``commit_sent``: DynamoDB may have applied a request whose answer
+    was lost); anything DynamoDB or AWS refused is :class:`~corral.QueryError`, saying
+    what to fix. Credentials are never part of a message.
+    """
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        write = what.split(" ", 1)[0] not in _READS
+        return ConnectionLostError(
+            f"DynamoDB did not answer {what}: {exc}; check the network, the region and "
+            f"endpoint_url" + (" (the request may or may not have been applied)" if write else ""),
+            commit_sent=write,
+        )
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return QueryError(
+            f"no usable AWS credentials for {what} ({type(exc).__name__}): {_SET_CREDENTIALS}"
+        )
     if isinstance(exc, ClientError):
-        return QueryError(f"DynamoDB refused {what}: {code(exc)}: {exc}")
+        error = code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if error in _CREDENTIALS or (status == 403 and error in ("", "403")):
+            # A bare 403: an error body botocore could not read (XML from an emulator
+            # or a proxy). AWS's message may quote the access key id: it is left out.
+            label = error if error in _CREDENTIALS else "HTTP 403"
+            return QueryError(
+                f"AWS refused the credentials of {what} ({label}): {_SET_CREDENTIALS}"
+            )
+        if error == "AccessDeniedException":
+            action = what.split(" ", 1)[0]
+            return QueryError(
+                f"AWS denied {what} (AccessDeniedException: {_message(exc)}): grant these "
+                f"credentials dynamodb:{action} on the table (docs/aws.md lists every "
+                f"permission corral needs)"
+            )
+        if error == "ResourceNotFoundException":
+            return QueryError(
+                f"DynamoDB refused {what}: the table does not exist ({_message(exc)}). It "
+                f"was deleted while corral used it, or the URL's prefix or region names "
+                f"another; corral makes its tables on first use: connect again to have "
+                f"them made"
+            )
+        if error in RETRYABLE:
+            return QueryError(
+                f"DynamoDB kept refusing {what} as over its throughput ({error}, {TRIES} "
+                f"tries with backoff): raise the table's capacity or the account's quotas, "
+                f"or run fewer workers (docs/aws.md: the throughput ceiling)"
+            )
+        if error == "ValidationException":
+            return QueryError(f"DynamoDB refused {what} as invalid: {_message(exc)}")
+        return QueryError(f"DynamoDB refused {what}: {error}: {_message(exc)}")
     return QueryError(f"DynamoDB {what} failed: {type(exc).__name__}: {exc}")
 
 
@@ -121,9 +256,16 @@ class Client:
     """One aioboto3 DynamoDB client, and the loop its calls run on."""
 
     def __init__(
-        self, runner: Direct | LoopThread, client: Any, stack: contextlib.AsyncExitStack
+        self,
+        runner: Direct | LoopThread,
+        client: Any,
+        stack: contextlib.AsyncExitStack,
+        *,
+        translating: bool = True,
     ) -> None:
         self._runner = runner
+        #: Whether botocore's errors are translated (DynamoDB: see the module docstring).
+        self.translating = translating
         #: The aiobotocore client (used on its loop only: through :meth:`call`).
         self.raw = client
         self._stack = stack
@@ -134,22 +276,38 @@ class Client:
         """Run ``fn(*args)`` (a coroutine function of the aiobotocore side) on its loop."""
         return await self._runner.call(fn, *args)
 
-    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """Send one request, retrying throttling; raise ``ClientError`` for the others."""
-        return await self.run(self.send, operation, kwargs)
+    async def call(
+        self, operation: str, *, passing: frozenset[str] = frozenset(), **kwargs: Any
+    ) -> dict[str, Any]:
+        """Send one request from any loop (see :meth:`send`)."""
+        return await self.run(self.send, operation, kwargs, passing)
 
-    async def send(self, operation: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Send one request from the client's own loop (see :meth:`call`)."""
+    async def send(
+        self, operation: str, kwargs: Mapping[str, Any], passing: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """Send one request from the client's own loop, retrying throttling with backoff.
+
+        What it raises is corral's error (:func:`translate`), but a ``ClientError`` of
+        the request's own conditions (:data:`CONDITIONS`) or of a code in ``passing``,
+        which the caller reads; all of botocore's errors if not :attr:`translating`.
+        """
         method = getattr(self.raw, operation)
         delay = 0.05
-        for attempt in range(8):
+        for attempt in range(TRIES):
             self.requests[operation] = self.requests.get(operation, 0) + 1
             try:
                 result: dict[str, Any] = await method(**kwargs)
                 return result
             except ClientError as exc:
-                if code(exc) not in RETRYABLE or attempt == 7:
+                error = code(exc)
+                if error not in RETRYABLE or attempt == TRIES - 1:
+                    if not self.translating or error in CONDITIONS or error in passing:
+                        raise
+                    raise translate(describe(operation, kwargs), exc) from exc
+            except BotoCoreError as exc:
+                if not self.translating:
                     raise
+                raise translate(describe(operation, kwargs), exc) from exc
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -197,7 +355,10 @@ async def _enter(
             "no AWS region: add region=... to the URL (dynamodb://corral?region=us-east-1), "
             "or set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)"
         )
-    config = AioConfig(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+    # botocore's standard retries, at their default of 3 attempts: an endpoint that does
+    # not answer fails in seconds (5 attempts waited some 15 s at connect); throttling
+    # is retried further by Client.send, TRIES times.
+    config = AioConfig(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32)
     plain = (target.endpoint_url or "").lower().startswith("http://")
     stack = contextlib.AsyncExitStack()
     try:
@@ -236,4 +397,4 @@ async def open_client(url: str, target: DynamoURL, service: str = "dynamodb") ->
         if isinstance(exc, NoCredentialsError | NoRegionError | BotoCoreError):
             raise ConnectError(f"could not open {service} for {url!r}: {exc}") from exc
         raise
-    return Client(runner, client, stack)
+    return Client(runner, client, stack, translating=service == "dynamodb")

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from ..._exceptions import QueryError
 from ..._ports._jobs import (
     Claimed,
     ClaimRequest,
@@ -74,7 +75,7 @@ from ..._ports._jobs import (
     merge_step_records,
     requeue_answers,
 )
-from ._client import code
+from ._client import code, left_in, unprocessed
 from ._expr import Expr
 from ._tables import create_table, table_exists
 
@@ -272,13 +273,21 @@ class DynamoJobStore:
         self._undo.append(undo)
 
     async def _gather(self, calls: Iterable[Callable[[], Any]]) -> list[Any]:
-        """Run the coroutine functions ``calls`` at once, on the client's loop."""
+        """Run the coroutine functions ``calls`` at once, on the client's loop.
+
+        Every call has ended when this returns or raises (the first error): none goes
+        on writing after an undo that follows the error.
+        """
         pending = list(calls)
         if not pending:
             return []
 
         async def run() -> list[Any]:
-            return list(await asyncio.gather(*(c() for c in pending)))
+            results = await asyncio.gather(*(c() for c in pending), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return list(results)
 
         return await self._client.run(run)
 
@@ -320,14 +329,14 @@ class DynamoJobStore:
             if projection:
                 spec["ProjectionExpression"] = projection
             pending: dict[str, Any] = {table: spec}
-            delay = 0.02
+            attempt = 0
             while pending:
                 result = await self._client.call("batch_get_item", RequestItems=pending)
                 items.extend(result.get("Responses", {}).get(table, ()))
                 pending = result.get("UnprocessedKeys") or {}
                 if pending:
-                    await _sleep(delay)
-                    delay = min(2 * delay, 1.0)
+                    await _sleep(unprocessed("a BatchGetItem", attempt, left_in(pending)))
+                    attempt += 1
         return items
 
     # -- enqueue and the queue's reads -----------------------------------------------------
@@ -366,16 +375,48 @@ class DynamoJobStore:
         for group in groups:
             items.append([_new_item(job, seq + n, now) for n, job in enumerate(group)])
             seq += len(group)
+        # The undo is logged before anything is sent: an enqueue cancelled while its
+        # transactions are in flight (applied, their answers lost) is undone too. It
+        # deletes only the items this call wrote (their seq), never a job stored before.
+        ours: dict[int, list[tuple[str, str]]] = {}
+
+        async def undo() -> None:
+            await self._delete_ours([job for jobs in ours.values() for job in jobs])
+
+        self._undo.append(undo)
         for members in enqueue_rounds(groups):
             sent = [n for n in members if items[n]]
+            for n in sent:
+                ours[n] = [(item["id"]["S"], item["seq"]["N"]) for item in items[n]]
             stored = await self._gather(functools.partial(self._put_group, items[n]) for n in sent)
             for n, found in zip(sent, stored, strict=True):
-                if found:
+                if found:  # refused whole: nothing of it is stored
                     refused[n] = found
-                else:
-                    for item in items[n]:
-                        self._restore(item["id"]["S"], None)
+                    del ours[n]
         return refused
+
+    async def _delete_ours(self, jobs: builtins.list[tuple[str, str]]) -> None:
+        """Delete the jobs ``(id, seq)`` that an enqueue stored, each only if still its own."""
+        client, table = self._client, self._table
+
+        def one(job_id: str, seq: str) -> Callable[[], Any]:
+            async def call() -> None:
+                request = {
+                    "TableName": table,
+                    "Key": {"id": {"S": job_id}},
+                    "ConditionExpression": "#seq = :seq",
+                    "ExpressionAttributeNames": {"#seq": "seq"},
+                    "ExpressionAttributeValues": {":seq": {"N": seq}},
+                }
+                try:
+                    await client.send("delete_item", request)
+                except ClientError as exc:  # not there, or another job's: not ours to delete
+                    if code(exc) != "ConditionalCheckFailedException":
+                        raise
+
+            return call
+
+        await self._gather(one(job_id, seq) for job_id, seq in jobs)
 
     async def _put_group(self, items: list[dict[str, Any]]) -> list[str]:
         """Put one group's items unless one's id is stored; return those ids (client loop)."""
@@ -404,12 +445,14 @@ class DynamoJobStore:
                     "ProjectionExpression": "id",
                 }
             }
+            attempt = 0
             while pending:
                 result = await self._client.send("batch_get_item", {"RequestItems": pending})
                 found.extend(i["id"]["S"] for i in result.get("Responses", {}).get(self._table, ()))
                 pending = result.get("UnprocessedKeys") or {}
                 if pending:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(unprocessed("a BatchGetItem", attempt, left_in(pending)))
+                    attempt += 1
         return found
 
     async def _delete_all(self, ids: list[str]) -> None:
@@ -417,11 +460,13 @@ class DynamoJobStore:
         pending: dict[str, Any] = {
             self._table: [{"DeleteRequest": {"Key": self._key(i)}} for i in ids]
         }
+        attempt = 0
         while pending:
             result = await self._client.send("batch_write_item", {"RequestItems": pending})
             pending = result.get("UnprocessedItems") or {}
             if pending:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(unprocessed("a BatchWriteItem", attempt, left_in(pending)))
+                attempt += 1
 
     async def _put_new(self, items: list[dict[str, Any]]) -> list[str]:
         """Put ``items`` in one transaction unless one's id is stored; return those ids.
@@ -457,7 +502,11 @@ class DynamoJobStore:
                 delay = min(2 * delay, 1.0)
                 continue
             return []
-        raise ConnectionError("enqueue: transactions kept conflicting; try again")
+        raise QueryError(
+            f"DynamoDB cancelled the enqueue's TransactWriteItems on table {self._table!r} "
+            f"{_ROUNDS} times (conflicts with other writers, or throttling): nothing of it "
+            f"is stored; enqueue it again, or from fewer writers at once"
+        )
 
     async def get(self, job_id: str) -> Mapping[str, Any] | None:
         """Return the row of job ``job_id``, or None."""
@@ -712,6 +761,15 @@ class DynamoJobStore:
         if request.limit <= 0:
             return ClaimResult([], reclaimed, True)
         chosen_all: builtins.list[Claimed] = []
+        # Logged before any transaction is sent: a claim cancelled while one is in
+        # flight (applied, its answer lost) is given back too. The give-back is fenced by
+        # the fresh tokens, so it changes nothing where a transaction did not apply.
+        sent: builtins.list[Claimed] = []
+
+        async def undo() -> None:
+            await self._give_back([(c, 0) for c in sent], uncount=True)
+
+        self._undo.append(undo)
         taken_here: dict[str, int] = {}
         customers_here: dict[str, int] = {}
         skip: set[str] = set()
@@ -728,7 +786,7 @@ class DynamoJobStore:
             if not chosen:
                 limited = limited or room <= 0
                 break
-            outcome = await self._take(request, chosen)
+            outcome = await self._take(request, chosen, sent)
             if outcome is None:  # taken whole
                 chosen_all.extend(chosen)
                 for c in chosen:
@@ -745,13 +803,6 @@ class DynamoJobStore:
             if conflict:
                 await _sleep(delay * (0.5 + random.random()))
                 delay = min(2 * delay, 0.5)
-        if chosen_all:
-            claims = list(chosen_all)
-
-            async def undo() -> None:
-                await self._give_back([(c, 0) for c in claims], uncount=True)
-
-            self._undo.append(undo)
         return ClaimResult(chosen_all, reclaimed, limited)
 
     async def _choose(
@@ -822,9 +873,12 @@ class DynamoJobStore:
         return chosen, room, False
 
     async def _take(
-        self, req: ClaimRequest, chosen: builtins.list[Claimed]
+        self, req: ClaimRequest, chosen: builtins.list[Claimed], sent: builtins.list[Claimed]
     ) -> tuple[set[str], bool] | None:
         """Claim ``chosen`` in transactions; None if every one was taken.
+
+        Each transaction's jobs are added to ``sent`` before it is sent, and taken out
+        of it again if DynamoDB cancels it (then nothing of it was applied).
 
         Otherwise returns the ids found taken by another worker (to leave out) and
         whether the transaction conflicted (to wait a moment before the next round);
@@ -835,11 +889,13 @@ class DynamoJobStore:
         for start in range(0, len(chosen), _PER_TRANSACTION):
             chunk = chosen[start : start + _PER_TRANSACTION]
             actions, owners = self._claim_actions(req, chunk)
+            sent.extend(chunk)
             try:
                 await self._client.call("transact_write_items", TransactItems=actions)
             except ClientError as exc:
                 if code(exc) != "TransactionCanceledException":
                     raise
+                del sent[len(sent) - len(chunk) :]
                 gone: set[str] = set()
                 conflict = False
                 for i, reason in enumerate(_reasons(exc)):

@@ -17,10 +17,11 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from botocore.exceptions import ClientError
 
 from ..._ports._progress import RunProgress, Status, SubtaskProgress
-from ._client import code
+from ._client import code, left_in, unprocessed
 from ._tables import create_table, table_exists
 
 if TYPE_CHECKING:
@@ -428,10 +429,14 @@ class DynamoProgressStore:
     async def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         pending: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        attempt = 0
         while pending:
             result = await self._client.call("batch_get_item", RequestItems=pending)
             items.extend(result.get("Responses", {}).get(self._table, ()))
             pending = result.get("UnprocessedKeys") or {}
+            if pending:  # throttled: sent again with backoff (it was sent again at once)
+                await anyio.sleep(unprocessed("a BatchGetItem", attempt, left_in(pending)))
+                attempt += 1
         return items
 
     async def subtasks(self, run_id: int) -> list[SubtaskProgress]:

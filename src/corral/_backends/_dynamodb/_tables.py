@@ -17,7 +17,6 @@ is retried row by row to find it).
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from ..._exceptions import SchemaError
 from ..._ports import Run, TableSchema
-from ._client import code
+from ._client import code, left_in, unprocessed
 from ._values import KEY_TYPES, column_for, decode, encode, infer_type
 
 if TYPE_CHECKING:
@@ -44,6 +43,11 @@ __all__ = [
 #: A DynamoDB table has a partition key and, at most, a sort key.
 MAX_KEY_COLUMNS = 2
 
+#: The codes the callers below read themselves (see ``Client.send``'s ``passing``).
+_NOT_FOUND = frozenset({"ResourceNotFoundException"})
+_IN_USE = frozenset({"ResourceInUseException"})
+_INVALID = frozenset({"ValidationException"})
+
 #: Rows written at once (concurrent ``UpdateItem`` calls, ``BatchWriteItem`` requests).
 _CONCURRENCY = 16
 
@@ -51,7 +55,7 @@ _CONCURRENCY = 16
 async def table_exists(client: Client, name: str) -> bool:
     """Return whether table ``name`` exists (creating nothing)."""
     try:
-        await client.call("describe_table", TableName=name)
+        await client.call("describe_table", TableName=name, passing=_NOT_FOUND)
     except ClientError as exc:
         if code(exc) == "ResourceNotFoundException":
             return False
@@ -97,7 +101,7 @@ async def create_table(
             for index, pairs in indexes
         ]
     try:
-        await client.call("create_table", **request)
+        await client.call("create_table", passing=_IN_USE, **request)
     except ClientError as exc:
         if code(exc) != "ResourceInUseException":
             raise
@@ -264,7 +268,7 @@ async def _write_all(
     async def update(table: str, schema: TableSchema, values: dict[str, Any], origin: Any) -> None:
         async with limit:
             try:
-                await client.send("update_item", _update_request(table, schema, values))
+                await client.send("update_item", _update_request(table, schema, values), _INVALID)
             except ClientError as exc:
                 if code(exc) != "ValidationException":
                     raise
@@ -315,25 +319,22 @@ async def _batch_write(
         by_table.setdefault(table, []).append({"PutRequest": {"Item": item}})
     try:
         pending: dict[str, Any] = by_table
-        delay = 0.05
-        for _ in range(10):
-            result = await client.send("batch_write_item", {"RequestItems": pending})
+        attempt = 0
+        while True:
+            result = await client.send("batch_write_item", {"RequestItems": pending}, _INVALID)
             pending = result.get("UnprocessedItems") or {}
             if not pending:
                 return
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(2 * delay, 5.0)
-        raise ClientError(
-            {"Error": {"Code": "Unprocessed", "Message": "items left unprocessed after 10 tries"}},
-            "BatchWriteItem",
-        )
+            what = f"a BatchWriteItem on {', '.join(repr(t) for t in sorted(pending))}"
+            await asyncio.sleep(unprocessed(what, attempt, left_in(pending)))
+            attempt += 1
     except ClientError as exc:
         if code(exc) != "ValidationException":
             raise
     # The request was refused as a whole: find the row(s) it refused, one put each.
     for table, item, origin in chunk:
         try:
-            await client.send("put_item", {"TableName": table, "Item": item})
+            await client.send("put_item", {"TableName": table, "Item": item}, _INVALID)
         except ClientError as exc:
             if code(exc) != "ValidationException":
                 raise

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..._exceptions import SchemaError
 from ..._ports import Column
+from .._sql._tables import check_identifier, infer_column_type
 
 __all__ = [
     "COLUMN_TYPES",
@@ -77,10 +78,17 @@ _CONTEXT = decimal.Context(prec=38)
 
 
 def infer_type(column: str, value: object) -> str:
-    """Return the column type to record for ``column``, from its first value."""
-    for python_type, name in _INFERRED:
-        if isinstance(value, python_type):
-            return name
+    """Return the column type to record for ``column``, from its first value.
+
+    Raises :class:`~corral.SchemaError` for a name that is not a plain identifier
+    (:class:`~corral.IdentifierError`, the SQL stores' rule: a table moves between
+    stores), for None (no type to infer: the SQL stores' message) and for a type
+    DynamoDB cannot hold.
+    """
+    check_identifier("column", column)
+    found = infer_column_type(column, value, _INFERRED)
+    if found is not None:
+        return found
     raise SchemaError(
         f"column {column!r}: cannot store a {type(value).__name__} in DynamoDB; use bool, "
         f"int, float, str, bytes, datetime, date, time or Decimal"
