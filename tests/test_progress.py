@@ -606,7 +606,10 @@ def test_cli_watch_waits_for_a_run_skips_an_abandoned_one_and_prints_plain_lines
         _complete(any_url, run_id)
         rest = _rest(watcher)
     assert watcher.returncode == 0, rest
-    last, final = rest.splitlines()
+    *between, last, final = rest.splitlines()
+    # The count and the status are written apart (one item each on DynamoDB): a refresh
+    # in between shows the count first, a line of its own.
+    assert all(line.startswith("1. Process all counties: ") for line in between), rest
     assert last == "1. Process all counties: 3,143/3,143 100% COMPLETED done"
     assert final.startswith(f"run {run_id} COMPLETED")
     text = waiting + "".join(seen) + rest
