@@ -79,13 +79,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # -- the backend contract suite ----------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "dynamodb"])
+@pytest.fixture(params=["sqlite", "postgresql", "dynamodb", "dynamodb-sharded"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a fresh, empty store of every backend: what the contract suite runs on.
 
     ``tests/test_contract_*.py`` test the ports (``corral._ports``) through this fixture
     only, so a new backend runs the whole suite by adding its name to ``params`` and the
-    line that makes a fresh store's URL below.
+    line that makes a fresh store's URL below. ``dynamodb-sharded``: DynamoDB with its
+    waiting index and limit counters spread over 3 shards (``shards=3``).
     """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'contract.db'}"
@@ -93,6 +94,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(request.getfixturevalue("postgres_url"))
     if request.param == "dynamodb":
         return str(request.getfixturevalue("dynamodb_url"))
+    if request.param == "dynamodb-sharded":
+        return f"{request.getfixturevalue('dynamodb_url')}&shards=3"
     raise AssertionError(f"no URL for store {request.param!r}")
 
 
@@ -161,8 +164,9 @@ def dynamodb_url(moto_endpoint: str) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The contract suites run on DynamoDB under asyncio only: on trio the store runs the
-    # same code, on an asyncio loop in a thread, and moto costs about a second a test.
+    # The contract suites run on DynamoDB (both params: dynamodb and dynamodb-sharded)
+    # under asyncio only: on trio the store runs the same code, on an asyncio loop in a
+    # thread, and moto costs about a second a test.
     # tests/test_aws*.py run the DynamoDB store, the notifier and validator on trio too.
     # CORRAL_TEST_AWS_TRIO=1 runs the contract suites on trio as well.
     if not os.environ.get("CORRAL_TEST_AWS_TRIO"):
