@@ -10,7 +10,9 @@ write that adds an item to, or removes it from, the ``waiting`` index; a counter
 (its holders: about 60 bytes each) costs ceil(size / 1 KB). Read units: half a unit per
 4 KB read eventually consistent, one unit consistent (corral reads consistently, but
 for the index), counted per request at one item of under 4 KB (an upper bound for the
-small items here). The formula is printed with the numbers.
+small items here). The formula is printed with the numbers. ``--shards 1,4`` (the
+default) measures the claims with the unsharded layout and with ``shards=4`` (the
+waiting index and each limit's counter over 4 partitions: docs/aws.md).
 
 Against moto by default (started here, serialized); ``--endpoint-url`` for another
 emulator, or none with ``--aws`` for real AWS (it makes and leaves tables named by
@@ -98,7 +100,7 @@ class Meter:
         body = next(iter(action.values()))
         text = json.dumps(body, default=str)
         key = body.get("Key", {}).get("pk", {}).get("S", "")
-        if key == "limit#all" or key.startswith("limit#cluster#"):
+        if key.startswith(("limit#all", "limit#cluster#")):  # limit#all, limit#all#0, ...
             return max(1, math.ceil(self.holders * HOLDER_BYTES / 1024)), 0
         index = 1 if ('"wq"' in text or "#wq" in text) else 0
         return 1, index
@@ -189,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--batches", default="1,10,25")
+    parser.add_argument("--shards", default="1,4", help="numbers of shards to measure")
     parser.add_argument("--endpoint-url", default=None)
     parser.add_argument("--aws", action="store_true", help="real AWS (no endpoint)")
     parser.add_argument("--region", default="us-east-1")
@@ -196,17 +199,21 @@ def main() -> None:
     endpoint = None if args.aws else (args.endpoint_url or moto())
     print(FORMULA)
     print()
-    print(f"{'batch':>5} {'requests/job':>12} {'WCU/job':>8} {'RCU/job':>8}  requests by operation")
-    for batch in (int(b) for b in args.batches.split(",")):
-        prefix = f"bench{uuid.uuid4().hex[:8]}"
-        url = f"dynamodb://{prefix}?region={args.region}"
-        if endpoint:
-            url += f"&endpoint_url={endpoint}"
-        r = anyio.run(measure, url, args.jobs, batch)
-        print(
-            f"{r['batch']:>5} {r['requests_per_job']:>12.2f} {r['wcu_per_job']:>8.2f} "
-            f"{r['rcu_per_job']:>8.2f}  {r['by_operation']}"
-        )
+    print(
+        f"{'shards':>6} {'batch':>5} {'requests/job':>12} {'WCU/job':>8} {'RCU/job':>8}  "
+        f"requests by operation"
+    )
+    for shards in (int(n) for n in args.shards.split(",")):
+        for batch in (int(b) for b in args.batches.split(",")):
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            url = f"dynamodb://{prefix}?region={args.region}&shards={shards}"
+            if endpoint:
+                url += f"&endpoint_url={endpoint}"
+            r = anyio.run(measure, url, args.jobs, batch)
+            print(
+                f"{shards:>6} {r['batch']:>5} {r['requests_per_job']:>12.2f} "
+                f"{r['wcu_per_job']:>8.2f} {r['rcu_per_job']:>8.2f}  {r['by_operation']}"
+            )
     print()
     print("Enqueue by group commit: c callers of one job each, one enqueue_groups call")
     print(f"{'c':>5} {'requests/job':>12} {'WCU/job':>8}  seconds  requests by operation")

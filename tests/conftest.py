@@ -94,13 +94,14 @@ def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # -- the backend contract suite ----------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "dynamodb"])
+@pytest.fixture(params=["sqlite", "postgresql", "dynamodb", "dynamodb-sharded"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a fresh, empty store of every backend: what the contract suite runs on.
 
     ``tests/test_contract_*.py`` test the ports (``corral._ports``) through this fixture
     only, so a new backend runs the whole suite by adding its name to ``params`` and the
-    line that makes a fresh store's URL below.
+    line that makes a fresh store's URL below. ``dynamodb-sharded``: DynamoDB with its
+    waiting index and limit counters spread over 3 shards (``shards=3``).
     """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'contract.db'}"
@@ -108,6 +109,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(request.getfixturevalue("postgres_url"))
     if request.param == "dynamodb":
         return str(request.getfixturevalue("dynamodb_url"))
+    if request.param == "dynamodb-sharded":
+        return f"{request.getfixturevalue('dynamodb_url')}&shards=3"
     raise AssertionError(f"no URL for store {request.param!r}")
 
 
@@ -184,12 +187,14 @@ def _dynamodb_on_trio(item: pytest.Item) -> bool:
     if params.get("any_url") == "dynamodb":
         return True
     module = item.module.__name__ if item.module is not None else ""
-    return params.get("store_url") == "dynamodb" and module.startswith("test_contract_")
+    dynamodb = params.get("store_url") in ("dynamodb", "dynamodb-sharded")
+    return dynamodb and module.startswith("test_contract_")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The contract suites (store_url) and the behaviour tests that run on every store
-    # (any_url) run on DynamoDB under asyncio only: on trio the store runs the same code,
+    # The contract suites (store_url: dynamodb, and dynamodb-sharded with shards=3) and
+    # the behaviour tests that run on every store (any_url) run on DynamoDB under asyncio
+    # only: on trio the store runs the same code,
     # on an asyncio loop in a thread, and moto costs about a second a test.
     # tests/test_aws*.py (dynamodb_url) run the DynamoDB store, the notifier and the
     # validator on trio too. CORRAL_TEST_AWS_TRIO=1 runs every DynamoDB test on trio as

@@ -3,8 +3,9 @@
 Every table is named from the URL's prefix and made on first use, billed on demand:
 
 - ``PREFIX_meta`` (``pk``): counters (job order, run ids), the limits' counter items
-  (``limit#all``, ``limit#cluster#NAME``, ``limit#customer#NAME``: each holds the set of
-  its holders, ``JOB_ID#TOKEN``, whose size is the count) and the catalog of user tables;
+  (``limit#all``, ``limit#cluster#NAME``, ``limit#customer#NAME``, or ``KEY#0`` ...
+  ``KEY#N-1`` with ``shards=N``: each holds the set of its holders, whose size is the
+  count), the layout (``layout``: the number of shards) and the catalog of user tables;
 - ``PREFIX_jobs`` (``id``), with the sparse index ``waiting`` (``wq``, ``wsort``) of the
   jobs ready or retrying, in claim order (see :mod:`._jobs`);
 - ``PREFIX_progress`` (``pk`` run, ``sk`` the run itself or a subtask: :mod:`._progress`);
@@ -37,6 +38,8 @@ class Names:
     """The names of corral's tables under one prefix."""
 
     prefix: str
+    #: Partitions of the waiting index and of each limit's counter (the URL's ``shards``).
+    shards: int = 1
 
     @property
     def meta(self) -> str:
@@ -69,7 +72,7 @@ async def open_store(url: str) -> DynamoStore:
     """
     target = parse(url)
     client = await open_client(url, target)
-    names = Names(target.prefix)
+    names = Names(target.prefix, target.shards)
     try:
         await client.call("describe_table", TableName=names.meta, passing=_PROBE_PASSES)
     except ClientError:

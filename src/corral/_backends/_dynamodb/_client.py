@@ -58,7 +58,12 @@ T = TypeVar("T")
 #: A table prefix: what DynamoDB takes in a table name, less room for corral's suffixes.
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
-_PARAMETERS = "region=REGION and endpoint_url=URL (e.g. dynamodb://corral?region=us-east-1)"
+_PARAMETERS = (
+    "region=REGION, endpoint_url=URL and shards=N (e.g. dynamodb://corral?region=us-east-1)"
+)
+
+#: The most shards a URL may ask for (see docs/aws.md: how to choose N).
+MAX_SHARDS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +76,13 @@ class DynamoURL:
     region: str | None = None
     #: Another endpoint (a local emulator), or None for AWS's.
     endpoint_url: str | None = None
+    #: Over how many partitions the waiting index and each limit's counter are spread
+    #: (``shards=N``; 1, the default, is the unsharded layout: ``w``, ``limit#all``).
+    shards: int = 1
 
 
 def parse(url: str) -> DynamoURL:
-    """Read a ``dynamodb://PREFIX?region=...&endpoint_url=...`` URL; refuse a bad one."""
+    """Read a ``dynamodb://PREFIX?region=...&endpoint_url=...&shards=N`` URL; refuse a bad one."""
     rest = url.partition("://")[2]
     prefix, _, query = rest.partition("?")
     prefix = urllib.parse.unquote(prefix).rstrip("/")
@@ -88,14 +96,24 @@ def parse(url: str) -> DynamoURL:
     for piece in query.split("&") if query else ():
         raw, _, raw_value = piece.partition("=")
         name = urllib.parse.unquote_plus(raw)
-        if name not in ("region", "endpoint_url"):
+        if name not in ("region", "endpoint_url", "shards"):
             raise DatabaseURLError(
                 f"{url!r}: unknown parameter {name!r}; a DynamoDB URL takes {_PARAMETERS}"
             )
         if name in given:
             raise DatabaseURLError(f"{url!r} gives {name!r} twice: give it once")
         given[name] = urllib.parse.unquote_plus(raw_value)
-    return DynamoURL(prefix, given.get("region") or None, given.get("endpoint_url") or None)
+    shards = 1
+    if "shards" in given:
+        text = given["shards"]
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_SHARDS):
+            raise DatabaseURLError(
+                f"{url!r}: shards={text!r} is not a number of shards; give a whole number "
+                f"from 1 to {MAX_SHARDS} (e.g. shards=4), the same in every process that "
+                f"shares the tables"
+            )
+        shards = int(text)
+    return DynamoURL(prefix, given.get("region") or None, given.get("endpoint_url") or None, shards)
 
 
 def code(exc: BaseException) -> str:

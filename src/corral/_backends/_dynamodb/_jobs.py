@@ -28,6 +28,15 @@ number of hosts. Candidates come from the ``waiting`` index, which is eventually
 consistent: the conditions decide, never the index read. A cancelled transaction's
 reasons say which job was taken (left out) or which counter is full (read again).
 
+**Shards** (``shards=N`` in the URL, recorded in the ``layout`` item of
+``PREFIX_meta``): waiting jobs are spread over ``wq = "w#0"`` ... ``"w#N-1"`` (by job
+id), and a claim merges the shards' pages by ``wsort`` (:class:`_Waiting`), so claim
+order is that of one partition. Each counter is N items, ``KEY#0`` ... ``KEY#N-1``, each
+allowing its share of the limit (the shares add up to it); a claim reads them all and
+takes room where it finds it (:class:`_Shares`), recording the shards on the job
+(``ls``) and in its holder, where its release deletes it. ``shards=1`` is the
+unsharded layout above, unchanged.
+
 **Releasing.** Finishing, releasing or reclaiming a job is a conditional write of the
 job (fenced by its lease token), then a ``DELETE`` of its holder from each counter:
 idempotent, and after the job's write, so a counter is never below the jobs in progress
@@ -55,12 +64,14 @@ import json
 import random
 import secrets
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from ..._exceptions import QueryError
+from ..._exceptions import DatabaseURLError, QueryError
 from ..._ports._jobs import (
     Claimed,
     ClaimRequest,
@@ -124,9 +135,11 @@ _TIMES = frozenset(
 )
 _WAITING = (State.READY.value, State.RETRYING.value)
 _FINISHED = frozenset({"completed", "failed", "dead", "cancelled"})
-#: The index of waiting jobs, and its one partition.
+#: The index of waiting jobs, and its one partition (unsharded: ``shards=1``).
 INDEX = "waiting"
 _WQ = "w"
+#: The item of ``PREFIX_meta`` that records the number of shards the tables were made for.
+_LAYOUT = "layout"
 #: A claim reads at most this many waiting jobs it cannot place before it gives up.
 MAX_SCAN = 5_000
 #: Jobs per claim transaction (with their counters, well under the 100 actions).
@@ -172,8 +185,118 @@ def row_of(item: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _holder(job_id: str, token: int, cluster: str, customer: str | None) -> str:
-    return json.dumps([job_id, token, cluster, customer])
+def _holder(
+    job_id: str,
+    token: int,
+    cluster: str,
+    customer: str | None,
+    shards: Sequence[int] | None = None,
+) -> str:
+    if shards is None:
+        return json.dumps([job_id, token, cluster, customer])
+    return json.dumps([job_id, token, cluster, customer, list(shards)])
+
+
+def _share(most: int, shards: int, shard: int) -> int:
+    """Return shard ``shard``'s share of a limit ``most``: the shares add up to ``most``."""
+    return most // shards + (1 if shard < most % shards else 0)
+
+
+class _Shares:
+    """The room a claim found on each shard of the limits, and the shards it takes.
+
+    ``free[key]``: the room left on each shard of the counter ``key`` (absent for a
+    counter with no limit). :meth:`take` fills one shard, chosen at random, before the
+    next, so that a claim touches as few counter items as it can.
+    """
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.free: dict[str, list[int]] = {}
+        self._start: dict[str, int] = {}
+
+    def room(self, key: str) -> int:
+        """The room left on every shard of ``key`` together."""
+        return sum(self.free[key])
+
+    def take(self, key: str) -> int:
+        """Return the shard of ``key`` a job is admitted on (one with room), and take it."""
+        start = self._start.setdefault(key, random.randrange(self.shards))
+        free = self.free.get(key)
+        if free is None:
+            return start
+        for step in range(self.shards):
+            shard = (start + step) % self.shards
+            if free[shard] > 0:
+                free[shard] -= 1
+                self._start[key] = shard
+                return shard
+        return start  # no room found: the transaction's condition refuses it
+
+
+class _Waiting:
+    """The waiting index read in claim order: the pages of its shards, merged by ``wsort``.
+
+    Each shard is one partition of the index, sorted by ``wsort`` (priority, then
+    enqueue order); :meth:`next` returns the next items of all of them in that order,
+    as one partition would (a shard's next page is read before any item that could
+    follow it is returned). Unsharded, this is the one partition's pages.
+    """
+
+    def __init__(self, store: DynamoJobStore, limit: int) -> None:
+        self._store = store
+        self._limit = limit
+        partitions = store._wqs()
+        per = -(-limit // len(partitions))
+        self._requests: list[dict[str, Any]] = [
+            {
+                "TableName": store._table,
+                "IndexName": INDEX,
+                "KeyConditionExpression": "wq = :w",
+                "ExpressionAttributeValues": {":w": {"S": wq}},
+                "Limit": per,
+            }
+            for wq in partitions
+        ]
+        self._buffers: list[deque[dict[str, Any]]] = [deque() for _ in partitions]
+        self._open = [True] * len(partitions)
+
+    @property
+    def done(self) -> bool:
+        """Whether every item of every shard has been returned."""
+        return not any(self._open) and not any(self._buffers)
+
+    async def _fill(self) -> None:
+        """Read the next page of each shard that has more but none buffered."""
+        empty = [i for i, b in enumerate(self._buffers) if not b and self._open[i]]
+
+        def page(i: int) -> Callable[[], Any]:
+            async def call() -> dict[str, Any]:
+                return await self._store._client.send("query", self._requests[i])
+
+            return call
+
+        for i, result in zip(empty, await self._store._gather(page(i) for i in empty), strict=True):
+            request = self._requests[i]
+            self._buffers[i].extend(result.get("Items", ()))
+            if "LastEvaluatedKey" in result:
+                request["ExclusiveStartKey"] = result["LastEvaluatedKey"]
+                request["Limit"] = min(2 * request["Limit"], 1000)
+            else:
+                self._open[i] = False
+
+    async def next(self) -> list[dict[str, Any]]:
+        """Return the next items in claim order: a page (twice as many as the last)."""
+        items: list[dict[str, Any]] = []
+        while len(items) < self._limit:
+            await self._fill()
+            heads = [b for b in self._buffers if b]
+            if not heads:
+                break
+            first = min(heads, key=lambda b: b[0]["wsort"]["S"])
+            items.append(first.popleft())
+        self._limit = min(2 * self._limit, 1000)
+        return items
 
 
 def _counter_keys(cluster: str, customer: str | None) -> list[str]:
@@ -189,7 +312,7 @@ def _reasons(exc: ClientError) -> list[str]:
     return [str(r.get("Code", "None")) for r in reasons]
 
 
-def _new_item(job: NewJob, seq: int, now: str) -> dict[str, Any]:
+def _new_item(job: NewJob, seq: int, now: str, wq: str = _WQ) -> dict[str, Any]:
     """The item of a new job, ready now (and in the index of waiting jobs)."""
     job_id, payload, priority, customer, affinity, region, requires, max_retries, kind = job
     order = _wsort(priority, seq)
@@ -208,7 +331,7 @@ def _new_item(job: NewJob, seq: int, now: str) -> dict[str, Any]:
         "created_at": {"N": now},
         "run_at": {"N": now},
         "updated_at": {"N": now},
-        "wq": {"S": _WQ},
+        "wq": {"S": wq},
         "wsort": {"S": order},
         "order": {"S": order},
     }
@@ -227,6 +350,7 @@ class DynamoJobStore:
         self._table = names.jobs
         self._meta = names.meta
         self._undo = undo_log
+        self._shards = names.shards
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -239,7 +363,51 @@ class DynamoJobStore:
             [("id", "S")],
             [(INDEX, [("wq", "S"), ("wsort", "S")])],
         )
+        await self._check_layout()
         return f"{self._names.prefix}_jobs"
+
+    async def _check_layout(self) -> None:
+        """Record the number of shards in ``PREFIX_meta``, or refuse one that differs.
+
+        The first process to prepare the tables records its ``shards``; every later one
+        compares. Tables made before the layout was recorded are unsharded: a claim of
+        ``seq#job`` (jobs were enqueued) without a ``layout`` item counts as ``shards=1``,
+        checked in the same transaction as the record.
+        """
+        item = {"pk": {"S": _LAYOUT}, "shards": {"N": str(self._shards)}}
+        put: dict[str, Any] = {
+            "TableName": self._meta,
+            "Item": item,
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+        try:
+            if self._shards == 1:
+                await self._client.call("put_item", **put)
+            else:
+                unused = {
+                    "TableName": self._meta,
+                    "Key": {"pk": {"S": "seq#job"}},
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+                await self._client.call(
+                    "transact_write_items",
+                    TransactItems=[{"Put": put}, {"ConditionCheck": unused}],
+                )
+            return
+        except ClientError as exc:
+            if code(exc) not in ("ConditionalCheckFailedException", "TransactionCanceledException"):
+                raise
+        found = await self._client.call(
+            "get_item", TableName=self._meta, Key={"pk": {"S": _LAYOUT}}, ConsistentRead=True
+        )
+        stored = int(found["Item"]["shards"]["N"]) if "Item" in found else 1
+        if stored != self._shards:
+            raise DatabaseURLError(
+                f"the tables under prefix {self._names.prefix!r} were made with shards="
+                f"{stored}, but this URL asks for shards={self._shards}: every process that "
+                f"shares the tables must use the same shards; give shards={stored} in the "
+                f"URL (or use a new prefix for another number of shards)"
+            )
 
     async def exists(self) -> bool:
         """Return whether the jobs table exists."""
@@ -259,6 +427,49 @@ class DynamoJobStore:
 
     def _key(self, job_id: str) -> dict[str, Any]:
         return {"id": {"S": job_id}}
+
+    def _wq(self, job_id: str) -> str:
+        """The partition of job ``job_id`` in the waiting index (stable for a job)."""
+        if self._shards == 1:
+            return _WQ
+        return f"{_WQ}#{zlib.crc32(job_id.encode()) % self._shards}"
+
+    def _wqs(self) -> builtins.list[str]:
+        """Every partition of the waiting index."""
+        if self._shards == 1:
+            return [_WQ]
+        return [f"{_WQ}#{n}" for n in range(self._shards)]
+
+    def _sharded(self, key: str, shard: int) -> str:
+        """The item of shard ``shard`` of counter ``key`` (``key`` itself, unsharded)."""
+        return key if self._shards == 1 else f"{key}#{shard}"
+
+    def _all_shards(self, keys: Iterable[str]) -> builtins.list[str]:
+        """The items of every shard of counters ``keys``."""
+        return [self._sharded(k, n) for k in keys for n in range(self._shards)]
+
+    def _holder_keys(self, element: str, cluster: str, customer: str | None) -> builtins.list[str]:
+        """The counter items holder ``element`` was added to (every shard, if it says none)."""
+        keys = _counter_keys(cluster, customer)
+        if self._shards == 1:
+            return keys
+        parsed = json.loads(element)
+        shards = parsed[4] if len(parsed) > 4 else None
+        if not isinstance(shards, list) or len(shards) != len(keys):
+            return self._all_shards(keys)
+        return [self._sharded(k, int(n)) for k, n in zip(keys, shards, strict=True)]
+
+    def _fill_shares(
+        self, shares: _Shares, key: str, most: int | None, counters: Mapping[str, set[str]]
+    ) -> int:
+        """Note the room on each shard of counter ``key`` (limit ``most``); return it all."""
+        if most is None:
+            return 0
+        shares.free[key] = [
+            max(0, _share(most, self._shards, n) - len(counters[self._sharded(key, n)]))
+            for n in range(self._shards)
+        ]
+        return shares.room(key)
 
     def _restore(self, job_id: str, old: Mapping[str, Any] | None) -> None:
         """Log the undo of a write of job ``job_id``: put ``old`` back, or delete the job."""
@@ -373,7 +584,9 @@ class DynamoJobStore:
         now = repr(_now())
         items: list[list[dict[str, Any]]] = []
         for group in groups:
-            items.append([_new_item(job, seq + n, now) for n, job in enumerate(group)])
+            items.append(
+                [_new_item(job, seq + n, now, self._wq(job[0])) for n, job in enumerate(group)]
+            )
             seq += len(group)
         # The undo is logged before anything is sent: an enqueue cancelled while its
         # transactions are in flight (applied, their answers lost) is undone too. It
@@ -601,7 +814,7 @@ class DynamoJobStore:
         expr = Expr()
         expr.set("state", State.READY.value).set("attempts", 0).set("run_at", now)
         expr.set("updated_at", now).set("cancel_requested", False)
-        expr.set("wq", _WQ).set("wsort", _wsort(row["priority"], row["seq"]))
+        expr.set("wq", self._wq(job_id)).set("wsort", _wsort(row["priority"], row["seq"]))
         expr.remove("finished_at")
         condition = f"{expr.n('state')} = {expr.v(row['state'])}"
         request = expr.request(self._table, self._key(job_id), condition)
@@ -682,20 +895,22 @@ class DynamoJobStore:
         return left
 
     async def _waiting_items(self) -> builtins.list[dict[str, Any]]:
-        """Every item of the waiting index (eventually consistent)."""
-        request: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": INDEX,
-            "KeyConditionExpression": "wq = :w",
-            "ExpressionAttributeValues": {":w": {"S": _WQ}},
-        }
+        """Every item of the waiting index, of every shard (eventually consistent)."""
         items: builtins.list[dict[str, Any]] = []
-        while True:
-            page = await self._client.call("query", **request)
-            items.extend(page.get("Items", ()))
-            if "LastEvaluatedKey" not in page:
-                return items
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        for wq in self._wqs():
+            request: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": INDEX,
+                "KeyConditionExpression": "wq = :w",
+                "ExpressionAttributeValues": {":w": {"S": wq}},
+            }
+            while True:
+                page = await self._client.call("query", **request)
+                items.extend(page.get("Items", ()))
+                if "LastEvaluatedKey" not in page:
+                    break
+                request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return items
 
     async def outlook(
         self,
@@ -740,7 +955,7 @@ class DynamoJobStore:
         """Delete holders ``(element, cluster, customer)`` from their counters (idempotent)."""
         by_counter: dict[str, set[str]] = {}
         for element, cluster, customer in holders:
-            for key in _counter_keys(cluster, customer):
+            for key in self._holder_keys(element, cluster, customer):
                 by_counter.setdefault(key, set()).add(element)
         meta, client = self._meta, self._client
 
@@ -780,13 +995,13 @@ class DynamoJobStore:
             if want <= 0:
                 limited = True
                 break
-            chosen, room, full = await self._choose(request, want, taken_here, skip)
+            chosen, room, full, shares = await self._choose(request, want, taken_here, skip)
             if full:
                 limited = True
             if not chosen:
                 limited = limited or room <= 0
                 break
-            outcome = await self._take(request, chosen, sent)
+            outcome = await self._take(request, chosen, shares, sent)
             if outcome is None:  # taken whole
                 chosen_all.extend(chosen)
                 for c in chosen:
@@ -807,40 +1022,34 @@ class DynamoJobStore:
 
     async def _choose(
         self, req: ClaimRequest, want: int, taken_here: dict[str, int], skip: set[str]
-    ) -> tuple[builtins.list[Claimed], int, bool]:
+    ) -> tuple[builtins.list[Claimed], int, bool, _Shares]:
         """Read the counters and the waiting jobs; choose up to ``want`` within the limits.
 
-        Returns the jobs chosen, the room found under ``max_concurrent``, and whether a
-        limit (not a want of jobs) stopped the choice before it began.
+        Returns the jobs chosen, the room found under ``max_concurrent``, whether a
+        limit (not a want of jobs) stopped the choice before it began, and the room
+        found on each shard of the counters (where the claim will take it).
         """
+        shares = _Shares(self._shards)
         cluster_keys = {name: f"limit#cluster#{name}" for name in req.capacity}
-        counters = await self._counters(["limit#all", *cluster_keys.values()])
-        total = len(counters["limit#all"])
-        room = min(want, req.max_concurrent - total)
+        counters = await self._counters(self._all_shards(["limit#all", *cluster_keys.values()]))
+        room = min(want, self._fill_shares(shares, "limit#all", req.max_concurrent, counters))
         free = {
             name: min(
                 req.local_free.get(name, 0) - taken_here.get(name, 0),
-                cap - len(counters[cluster_keys[name]]),
+                self._fill_shares(shares, cluster_keys[name], cap, counters),
             )
             for name, cap in req.capacity.items()
         }
         if room <= 0 or max(free.values(), default=0) <= 0:
-            return [], room, True
+            return [], room, True, shares
         now = _now()
         by_customer: dict[str, int] = {}
         known: set[str] = set()
         chosen: builtins.list[Claimed] = []
-        request: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": INDEX,
-            "KeyConditionExpression": "wq = :w",
-            "ExpressionAttributeValues": {":w": {"S": _WQ}},
-            "Limit": max(room, 25),
-        }
+        pages = _Waiting(self, max(room, 25))
         scanned = 0
         while len(chosen) < room and scanned < MAX_SCAN:
-            page = await self._client.call("query", **request)
-            items = page.get("Items", ())
+            items = await pages.next()
             scanned += len(items)
             rows = []
             for item in items:
@@ -856,9 +1065,12 @@ class DynamoJobStore:
                 rows.append(row)
             unknown = {r["customer"] for r in rows if r["customer"] is not None} - known
             if unknown and req.per_customer is not None:
-                held = await self._counters(f"limit#customer#{c}" for c in unknown)
-                for customer in unknown:
-                    by_customer[customer] = len(held[f"limit#customer#{customer}"])
+                keys = {c: f"limit#customer#{c}" for c in unknown}
+                held = await self._counters(self._all_shards(keys.values()))
+                for customer, key in keys.items():
+                    # What the shards leave, as the jobs in progress place() compares.
+                    left = self._fill_shares(shares, key, req.per_customer, held)
+                    by_customer[customer] = req.per_customer - left
             known |= unknown
             for row in rows:
                 if len(chosen) >= room:
@@ -866,14 +1078,16 @@ class DynamoJobStore:
                 claimed = req.place(row, free, by_customer, _token)
                 if claimed is not None:
                     chosen.append(claimed)
-            if "LastEvaluatedKey" not in page:
+            if pages.done:
                 break
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-            request["Limit"] = min(2 * request["Limit"], 1000)
-        return chosen, room, False
+        return chosen, room, False, shares
 
     async def _take(
-        self, req: ClaimRequest, chosen: builtins.list[Claimed], sent: builtins.list[Claimed]
+        self,
+        req: ClaimRequest,
+        chosen: builtins.list[Claimed],
+        shares: _Shares,
+        sent: builtins.list[Claimed],
     ) -> tuple[set[str], bool] | None:
         """Claim ``chosen`` in transactions; None if every one was taken.
 
@@ -888,7 +1102,7 @@ class DynamoJobStore:
         done = 0
         for start in range(0, len(chosen), _PER_TRANSACTION):
             chunk = chosen[start : start + _PER_TRANSACTION]
-            actions, owners = self._claim_actions(req, chunk)
+            actions, owners = self._claim_actions(req, chunk, shares)
             sent.extend(chunk)
             try:
                 await self._client.call("transact_write_items", TransactItems=actions)
@@ -910,16 +1124,19 @@ class DynamoJobStore:
         return None
 
     def _claim_actions(
-        self, req: ClaimRequest, chunk: builtins.list[Claimed]
+        self, req: ClaimRequest, chunk: builtins.list[Claimed], shares: _Shares
     ) -> tuple[builtins.list[dict[str, Any]], builtins.list[str | None]]:
         """Return the transaction of one claim: its jobs' and its counters' updates.
 
-        And, for each action, the id of its job (None for a counter's).
+        And, for each action, the id of its job (None for a counter's). Each job takes
+        one shard of each of its counters with room (``shares``), recorded on the job
+        (``ls``, when sharded) and in its holder, for its release. At most 25 jobs and
+        3 counter items a job: never more than the 100 actions of a transaction.
         """
         now = _now()
         actions: builtins.list[dict[str, Any]] = []
         owners: builtins.list[str | None] = []
-        holders: dict[str, set[str]] = {}
+        holders: dict[tuple[str, int], set[str]] = {}
         for c in chunk:
             row = c.row
             expr = Expr()
@@ -929,22 +1146,29 @@ class DynamoJobStore:
             expr.set("lease_expires", now + req.lease_seconds).set("updated_at", now)
             expr.set_expr("started_at", f"if_not_exists({expr.n('started_at')}, {expr.v(now)})")
             expr.remove("wq", "wsort")
+            keys = _counter_keys(c.cluster, row["customer"])
+            shards = [shares.take(key) for key in keys]
+            if self._shards > 1:
+                expr.set("ls", json.dumps(shards))
             condition = (
                 f"attribute_exists({expr.n('wq')}) AND {expr.n('attempts')} = "
                 f"{expr.v(row['attempts'])} AND {expr.n('run_at')} <= {expr.v(now)}"
             )
             actions.append({"Update": expr.request(self._table, self._key(c.id), condition)})
             owners.append(c.id)
-            element = _holder(c.id, c.token, c.cluster, row["customer"])
-            for key in _counter_keys(c.cluster, row["customer"]):
-                holders.setdefault(key, set()).add(element)
-        for key, elements in holders.items():
+            sharded = shards if self._shards > 1 else None
+            element = _holder(c.id, c.token, c.cluster, row["customer"], sharded)
+            for key, shard in zip(keys, shards, strict=True):
+                holders.setdefault((key, shard), set()).add(element)
+        for (key, shard), elements in holders.items():
             if key == "limit#all":
                 most: int | None = req.max_concurrent
             elif key.startswith("limit#cluster#"):
                 most = req.capacity[key.removeprefix("limit#cluster#")]
             else:
                 most = req.per_customer
+            if most is not None:
+                most = _share(most, self._shards, shard)
             expr = Expr().add("hs", elements)
             limit_condition: str | None = None
             if most is not None:
@@ -952,9 +1176,8 @@ class DynamoJobStore:
                 limit_condition = (
                     f"attribute_not_exists({hs}) OR size({hs}) <= {expr.v(most - len(elements))}"
                 )
-            actions.append(
-                {"Update": expr.request(self._meta, {"pk": {"S": key}}, limit_condition)}
-            )
+            item = {"pk": {"S": self._sharded(key, shard)}}
+            actions.append({"Update": expr.request(self._meta, item, limit_condition)})
             owners.append(None)
         return actions, owners
 
@@ -962,10 +1185,12 @@ class DynamoJobStore:
 
     async def _reclaim(self) -> builtins.list[dict[str, Any]]:
         """Take back the expired leases, and delete the holders leaked by dead workers."""
-        holders = (await self._counters(["limit#all"]))["limit#all"]
+        holders: set[str] = set()
+        for held in (await self._counters(self._all_shards(["limit#all"]))).values():
+            holders |= held
         if not holders:
             return []
-        parsed = [(e, *json.loads(e)) for e in holders]
+        parsed = [(e, *json.loads(e)[:4]) for e in holders]
         ids = sorted({job_id for _, job_id, _, _, _ in parsed})
         items = {
             item["id"]["S"]: item
@@ -1004,7 +1229,8 @@ class DynamoJobStore:
                 if dead:
                     expr.set("finished_at", now)
                 else:
-                    expr.set("wq", _WQ).set("wsort", _wsort(row["priority"], row["seq"]))
+                    expr.set("wq", self._wq(row["id"]))
+                    expr.set("wsort", _wsort(row["priority"], row["seq"]))
                 condition = (
                     f"{expr.n('state')} = {expr.v(State.IN_PROGRESS.value)} AND "
                     f"{expr.n('lease_token')} = {expr.v(row['lease_token'])} AND "
@@ -1092,7 +1318,7 @@ class DynamoJobStore:
                 else:
                     expr.remove("finished_at")
                 if o.state.value in _WAITING:  # back in the index, in its place
-                    expr.set("wq", _WQ).set_expr("wsort", expr.n("order"))
+                    expr.set("wq", self._wq(o.id)).set_expr("wsort", expr.n("order"))
                 request = expr.request(self._table, self._key(o.id), self._fence(expr, o.token))
                 request["ReturnValues"] = "ALL_OLD"
                 done = await self._update(request)
@@ -1113,9 +1339,11 @@ class DynamoJobStore:
             token, old = result
             accepted.add(token)
             row = row_of(old)
+            sharded = self._shards > 1 and "ls" in old
+            shards = json.loads(old["ls"]["S"]) if sharded else None
             holders.append(
                 (
-                    _holder(row["id"], token, row["cluster"], row["customer"]),
+                    _holder(row["id"], token, row["cluster"], row["customer"], shards),
                     row["cluster"],
                     row["customer"],
                 )
@@ -1141,7 +1369,8 @@ class DynamoJobStore:
                     expr.set("attempts", claimed.attempt - 1)
                 if progress:
                     expr.add("progress", progress)
-                expr.set("wq", _WQ).set("wsort", _wsort(row["priority"], row["seq"]))
+                expr.set("wq", self._wq(claimed.id))
+                expr.set("wsort", _wsort(row["priority"], row["seq"]))
                 request = expr.request(
                     self._table, self._key(claimed.id), self._fence(expr, claimed.token)
                 )
