@@ -37,6 +37,22 @@ async def count(url: str, table: str) -> int:
     return value
 
 
+def spy_on_commits(db: corral.Database) -> anyio.Event:
+    """Return an event set when the store next commits rows (its ``write`` with commit)."""
+    committed = anyio.Event()
+    backend = db._backend
+    write = backend.write
+
+    async def spy(runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
+        failures = await write(runs, begin=begin, commit=commit)
+        if commit:
+            committed.set()
+        return failures
+
+    backend.write = spy  # type: ignore[method-assign]
+    return committed
+
+
 class Gate:
     """An operation that holds the writer until released: nothing commits meanwhile."""
 
@@ -127,17 +143,7 @@ async def test_a_lone_row_is_committed_within_the_flush_interval(db_url: str) ->
         t = db.table("t", key="k")
         await t.put({"k": 0})
         await db.flush()
-        committed = anyio.Event()
-        backend = db._backend
-        write = backend.write
-
-        async def spy(runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
-            failures = await write(runs, begin=begin, commit=commit)
-            if commit:
-                committed.set()
-            return failures
-
-        backend.write = spy  # type: ignore[method-assign]
+        committed = spy_on_commits(db)
         await t.put({"k": 1})
         with anyio.fail_after(30):  # no flush: the time limit commits it
             await committed.wait()
@@ -151,17 +157,7 @@ async def test_a_batch_worth_its_commit_is_written_without_waiting(db_url: str) 
         t = db.table("t", key="k")
         await t.put({"k": -1})
         await db.flush()
-        committed = anyio.Event()
-        backend = db._backend
-        write = backend.write
-
-        async def spy(runs: Sequence[Run], *, begin: bool, commit: bool) -> list[Failure]:
-            failures = await write(runs, begin=begin, commit=commit)
-            if commit:
-                committed.set()
-            return failures
-
-        backend.write = spy  # type: ignore[method-assign]
+        committed = spy_on_commits(db)
         for k in range(_writer._EAGER_ROWS):
             await t.put({"k": k})
         with anyio.fail_after(30):
