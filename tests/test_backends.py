@@ -32,6 +32,7 @@ from corral._backends import (
     sqlite_options,
     upsert_sql,
 )
+from corral._ports import Run
 
 
 @pytest.mark.parametrize(
@@ -491,6 +492,49 @@ async def test_sqlite_refuses_nan_of_a_float_subclass_and_huge_decimals(tmp_path
             with pytest.raises(corral.SchemaError, match="would not come back as it is"):
                 await t.put({"k": 1, "n": decimal.Decimal(huge)})  # refused at once
         assert db.statistics().accepted == 0
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 1023, 1024, 1025, 2 * 1024 + 777])
+async def test_sqlite_upserts_runs_of_every_size_many_rows_to_a_statement(
+    tmp_path: Path, count: int
+) -> None:
+    # A run is written in statements of up to ROWS_PER_STATEMENT rows, the rest in
+    # falling powers of two: every row lands, and a key given twice (within one
+    # statement, and across two) keeps its last row.
+    backend = await _sqlite.SqliteBackend.open(str(tmp_path / "t.db"))
+    try:
+        schema = await backend.resolve("t", ("k",), {"k": 0, "v": "x"})
+        columns = ("k", "v")
+        rows: list[tuple[object, ...]] = [(i % max(count - 5, 1), f"v{i}") for i in range(count)]
+        failures = await backend.write([Run(schema, columns, rows)], begin=True, commit=True)
+        assert failures == []
+        expected = {k: v for k, v in rows}
+        stored = await backend.call(
+            lambda: dict(backend.conn.execute('SELECT "k", "v" FROM "t"').fetchall())
+        )
+        assert stored == expected
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_a_failing_row_in_a_many_row_statement_is_found(tmp_path: Path) -> None:
+    backend = await _sqlite.SqliteBackend.open(str(tmp_path / "t.db"))
+    try:
+        await backend.call(
+            lambda: backend.conn.execute(
+                'CREATE TABLE "c" ("k" INTEGER PRIMARY KEY, "v" INTEGER CHECK ("v" >= 0))'
+            ).close()
+        )
+        schema = await backend.resolve("c", ("k",), {"k": 0, "v": 0})
+        rows: list[tuple[object, ...]] = [(i, -1 if i in (5, 1500) else i) for i in range(3000)]
+        failures = await backend.write([Run(schema, ("k", "v"), rows)], begin=True, commit=True)
+        assert [(run, index) for run, index, _ in failures] == [(0, 5), (0, 1500)]
+        count = await backend.call(
+            lambda: backend.conn.execute('SELECT count(*) FROM "c"').fetchone()[0]
+        )
+        assert count == 2998
+    finally:
+        await backend.close()
 
 
 async def test_sqlite_too_many_columns_is_a_schema_error(tmp_path: Path) -> None:
