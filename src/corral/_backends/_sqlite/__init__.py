@@ -4,8 +4,9 @@ The connection lives in the writer: every call on it runs in a worker thread thr
 ``anyio.to_thread.run_sync`` with a capacity limiter of one, so calls never overlap,
 and this works the same on asyncio and trio (aiosqlite runs a thread too, but returns
 asyncio futures, which trio cannot await). A batch is one thread call: ``BEGIN
-IMMEDIATE``, an ``executemany`` of ``INSERT ... ON CONFLICT DO UPDATE`` per run, each in
-a savepoint, and ``COMMIT``. The database is in WAL mode with ``synchronous=NORMAL``:
+IMMEDIATE``, the upsert of each run (``INSERT ... VALUES (...), (...) ON CONFLICT DO
+UPDATE``, up to :data:`ROWS_PER_STATEMENT` rows to a statement), each run in a savepoint,
+and ``COMMIT``. The database is in WAL mode with ``synchronous=NORMAL``:
 readers in other processes never block the writer, and a committed batch survives a
 crash of the process (an operating-system crash or power cut may lose the last ones;
 ``?synchronous=full`` in the URL keeps them too, at an fsync per batch).
