@@ -9,7 +9,8 @@ with SIGKILL in the middle of a job has its job reclaimed once its lease has exp
 and finished once.
 
 moto serves about three jobs a second to three polling workers here, so the suite runs 30
-jobs; ``CORRAL_TEST_AWS_JOBS=300`` runs the issue's 300 (about two minutes here).
+jobs; ``CORRAL_TEST_AWS_JOBS=300`` runs the issue's 300 (about two minutes here), which
+CI does too (``.ci/run``, after the suite).
 """
 
 from __future__ import annotations

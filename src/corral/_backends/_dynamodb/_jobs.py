@@ -41,14 +41,21 @@ unsharded layout above, unchanged.
 job (fenced by its lease token), then a ``DELETE`` of its holder from each counter:
 idempotent, and after the job's write, so a counter is never below the jobs in progress
 (never over a limit). A worker that dies between the two leaves a *leaked* holder,
-which the next reclaim finds (a holder whose job is not in progress under that token)
-and deletes.
+which a reclaim finds (a holder whose job is not in progress under that token) and
+deletes from every counter it is on: each claim's reclaim reads ``limit#all`` and its
+own clusters' counters, and once a minute per process (:data:`SWEEP_SECONDS`) every
+counter item, customers' included.
 
 **Leases** are compared with this host's clock: DynamoDB has none to offer. Hosts
 sharing a queue need synchronized clocks (NTP), within a small part of a lease.
 
 **Rollback.** What ``enqueue``, ``requeue``, ``cancel`` and ``purge`` wrote is undone
-if the operation fails (see :mod:`._session`); a claim is given back. Renewals,
+if the operation fails (see :mod:`._session`); a claim is given back. Each undo is
+logged before its request is sent and is a conditional write itself, safe whether or
+not the request applied (cancelled in flight, or its answer lost): the item is put back
+only while it is as the operation's write left it (its state and the ``updated_at`` it
+set; for a purge, while there is no item; for a cancel request to a running job, while
+its ``cancel_mark`` is this request's), never over another host's write. Renewals,
 outcomes, releases, steps and reclaims are final once written: each is fenced by its
 token, so a repeated one changes nothing.
 
@@ -66,7 +73,7 @@ import secrets
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -145,6 +152,9 @@ MAX_SCAN = 5_000
 #: Jobs per claim transaction (with their counters, well under the 100 actions).
 _PER_TRANSACTION = 25
 _ROUNDS = 12
+#: How often (seconds) a process's reclaim reads every counter item, not only those
+#: of ``limit#all`` and of its clusters (see :meth:`DynamoJobStore._reclaim`).
+SWEEP_SECONDS = 60.0
 
 
 def _token() -> int:
@@ -351,6 +361,8 @@ class DynamoJobStore:
         self._meta = names.meta
         self._undo = undo_log
         self._shards = names.shards
+        #: When (``time.monotonic()``) a reclaim last read every counter item, if ever.
+        self._swept_at: float | None = None
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -471,17 +483,71 @@ class DynamoJobStore:
         ]
         return shares.room(key)
 
-    def _restore(self, job_id: str, old: Mapping[str, Any] | None) -> None:
-        """Log the undo of a write of job ``job_id``: put ``old`` back, or delete the job."""
-        client, table, key = self._client, self._table, self._key(job_id)
+    def _put_back(self, old: Mapping[str, Any], if_ours: Callable[[Expr], str]) -> Undo:
+        """Log, before the write it undoes is sent, the undo that puts item ``old`` back.
+
+        ``if_ours(expr)`` is the undo's condition: that the item is as the write left
+        it (its state and the ``updated_at`` the write set, which every write of a job
+        sets anew), or, for a delete, that there is no item. So the undo is safe
+        whether or not the write applied: if it did not (refused, or never sent), or if
+        another host wrote the item since, the condition fails and the undo changes
+        nothing. Returns the undo, for :meth:`_drop_undo` once the write is refused.
+        """
+        client, table = self._client, self._table
+        expr = Expr()
+        request: dict[str, Any] = {
+            "TableName": table,
+            "Item": dict(old),
+            "ConditionExpression": if_ours(expr),
+        }
+        if expr.names:
+            request["ExpressionAttributeNames"] = expr.names
+        if expr.values:
+            request["ExpressionAttributeValues"] = expr.values
 
         async def undo() -> None:
-            if old:
-                await client.call("put_item", TableName=table, Item=dict(old))
-            else:
-                await client.call("delete_item", TableName=table, Key=key)
+            await self._if_still_ours(client.call("put_item", **request))
 
         self._undo.append(undo)
+        return undo
+
+    @staticmethod
+    async def _if_still_ours(write: Awaitable[object]) -> None:
+        """Await an undo's conditional ``write``; a failed condition is no error."""
+        try:
+            await write
+        except ClientError as exc:
+            if code(exc) != "ConditionalCheckFailedException":
+                raise
+
+    def _drop_undo(self, undo: Undo) -> None:
+        """Forget ``undo``: its write was refused (applied nothing)."""
+        self._undo.remove(undo)
+
+    async def _item(self, job_id: str) -> dict[str, Any] | None:
+        """Return the item of job ``job_id`` as stored (a consistent read), or None."""
+        found = await self._client.call(
+            "get_item", TableName=self._table, Key=self._key(job_id), ConsistentRead=True
+        )
+        item: dict[str, Any] | None = found.get("Item")
+        return item
+
+    @staticmethod
+    def _unchanged(expr: Expr, item: Mapping[str, Any]) -> str:
+        """The condition that job ``item`` is still as read: its state and ``updated_at``."""
+        condition = f"{expr.n('state')} = {expr.raw(item['state'])}"
+        if "updated_at" in item:
+            return f"{condition} AND {expr.n('updated_at')} = {expr.raw(item['updated_at'])}"
+        return f"{condition} AND attribute_not_exists({expr.n('updated_at')})"
+
+    @staticmethod
+    def _left_by(state: str, now: float) -> Callable[[Expr], str]:
+        """The condition that a job is as a write left it: in ``state``, updated at ``now``."""
+
+        def condition(expr: Expr) -> str:
+            return f"{expr.n('state')} = {expr.v(state)} AND {expr.n('updated_at')} = {expr.v(now)}"
+
+        return condition
 
     async def _gather(self, calls: Iterable[Callable[[], Any]]) -> list[Any]:
         """Run the coroutine functions ``calls`` at once, on the client's loop.
@@ -512,17 +578,34 @@ class DynamoJobStore:
             raise
 
     async def _scan(
-        self, projection: Sequence[str] | None = None, index: str | None = None
+        self,
+        projection: Sequence[str] | None = None,
+        index: str | None = None,
+        *,
+        filter: tuple[str, Expr] | None = None,
     ) -> list[dict[str, Any]]:
-        """Read every job item (of the index ``index``, if given)."""
+        """Read every job item (of the index ``index``, if given).
+
+        ``filter``: a condition and the :class:`Expr` of its placeholders; only the
+        items it holds for come back (DynamoDB still reads, and bills, every item).
+        """
         request: dict[str, Any] = {"TableName": self._table}
         if index is None:
             request["ConsistentRead"] = True
         else:
             request["IndexName"] = index
+        names: dict[str, str] = {}
         if projection:
             request["ProjectionExpression"] = ", ".join(f"#{p}" for p in projection)
-            request["ExpressionAttributeNames"] = {f"#{p}": p for p in projection}
+            names.update({f"#{p}": p for p in projection})
+        if filter is not None:
+            condition, expr = filter
+            request["FilterExpression"] = condition
+            names.update(expr.names)
+            if expr.values:
+                request["ExpressionAttributeValues"] = expr.values
+        if names:
+            request["ExpressionAttributeNames"] = names
         items: list[dict[str, Any]] = []
         while True:
             page = await self._client.call("scan", **request)
@@ -772,58 +855,70 @@ class DynamoJobStore:
         return rows[:limit]
 
     async def purge(self, states: Sequence[State], older_than: float) -> int:
-        """Delete the jobs in ``states`` finished ``older_than`` seconds ago or more."""
-        wanted = {s.value for s in states}
+        """Delete the jobs in ``states`` finished ``older_than`` seconds ago or more.
+
+        Each job is one ``DeleteItem`` conditioned on the item being as the scan read it
+        (state and ``updated_at``), so that its undo, logged before the delete is sent,
+        puts back exactly what was deleted, and only where nothing has taken its place.
+        """
+        wanted = sorted({s.value for s in states})
+        if not wanted:
+            return 0
         cutoff = _now() - older_than
+        expr = Expr()
+        listed = ", ".join(expr.v(state) for state in wanted)
+        candidates = await self._scan(
+            filter=(
+                f"{expr.n('state')} IN ({listed}) AND {expr.n('finished_at')} <= {expr.v(cutoff)}",
+                expr,
+            )
+        )
         gone = 0
-        for item in await self._scan(("id", "state", "finished_at")):
-            if item["state"]["S"] not in wanted or "finished_at" not in item:
-                continue
-            if float(item["finished_at"]["N"]) > cutoff:
-                continue
+        for item in candidates:
             expr = Expr()
-            condition = f"{expr.n('state')} = {expr.v(item['state']['S'])}"
             request: dict[str, Any] = {
                 "TableName": self._table,
                 "Key": {"id": item["id"]},
-                "ConditionExpression": condition,
+                "ConditionExpression": self._unchanged(expr, item),
                 "ExpressionAttributeNames": expr.names,
                 "ExpressionAttributeValues": expr.values,
-                "ReturnValues": "ALL_OLD",
             }
+            undo = self._put_back(item, lambda e: f"attribute_not_exists({e.n('id')})")
             try:
-                deleted = await self._client.call("delete_item", **request)
+                await self._client.call("delete_item", **request)
             except ClientError as exc:
                 if code(exc) == "ConditionalCheckFailedException":
+                    self._drop_undo(undo)  # changed since the scan: left alone
                     continue
                 raise
-            old = deleted.get("Attributes")
-            if old:
-                self._restore(item["id"]["S"], old)
-                gone += 1
+            gone += 1
         return gone
 
     async def requeue(self, job_id: str) -> str | None:
-        """Put a dead, failed or cancelled job back to ready, its attempts 0."""
-        row = await self.get(job_id)
-        if row is None:
-            return "missing"
-        if row["state"] not in ("dead", "failed", "cancelled"):
-            return str(row["state"])
-        now = _now()
-        expr = Expr()
-        expr.set("state", State.READY.value).set("attempts", 0).set("run_at", now)
-        expr.set("updated_at", now).set("cancel_requested", False)
-        expr.set("wq", self._wq(job_id)).set("wsort", _wsort(row["priority"], row["seq"]))
-        expr.remove("finished_at")
-        condition = f"{expr.n('state')} = {expr.v(row['state'])}"
-        request = expr.request(self._table, self._key(job_id), condition)
-        request["ReturnValues"] = "ALL_OLD"
-        done = await self._client.run(self._update, request)
-        if done is None:  # changed meanwhile: read it again
-            return await self.requeue(job_id)
-        self._restore(job_id, done.get("Attributes"))
-        return None
+        """Put a dead, failed or cancelled job back to ready, its attempts 0.
+
+        A conditional ``UpdateItem`` on the item as read (state and ``updated_at``); its
+        undo is logged before it is sent (see :meth:`_put_back`). Read again and tried
+        again if the job changed in between.
+        """
+        while True:
+            item = await self._item(job_id)
+            if item is None:
+                return "missing"
+            row = row_of(item)
+            if row["state"] not in ("dead", "failed", "cancelled"):
+                return str(row["state"])
+            now = _now()
+            expr = Expr()
+            expr.set("state", State.READY.value).set("attempts", 0).set("run_at", now)
+            expr.set("updated_at", now).set("cancel_requested", False)
+            expr.set("wq", self._wq(job_id)).set("wsort", _wsort(row["priority"], row["seq"]))
+            expr.remove("finished_at")
+            request = expr.request(self._table, self._key(job_id), self._unchanged(expr, item))
+            undo = self._put_back(item, self._left_by(State.READY.value, now))
+            if await self._client.run(self._update, request) is not None:
+                return None
+            self._drop_undo(undo)  # changed meanwhile: read it again
 
     async def requeue_many(self, job_ids: Sequence[str]) -> builtins.list[RequeueAnswer]:
         """Requeue each job, one after another; return, per id, its row or why not.
@@ -844,30 +939,62 @@ class DynamoJobStore:
         return requeue_answers(job_ids, answers)
 
     async def cancel(self, job_id: str) -> str:
-        """Cancel a waiting job, or ask its worker to (in progress); return what was done."""
-        row = await self.get(job_id)
-        if row is None:
-            return "missing"
-        state = str(row["state"])
-        now = _now()
+        """Cancel a waiting job, or ask its worker to (in progress); return what was done.
+
+        Its undo is logged before the write is sent, safe whether or not it applies: a
+        waiting job's item is put back if it is still as the cancel left it (see
+        :meth:`_put_back`); a request to a worker is taken back (``cancel_requested``
+        as it was) if the item still carries this cancel's mark, ``cancel_mark``, which
+        the worker's renewals leave alone.
+        """
+        while True:
+            item = await self._item(job_id)
+            if item is None:
+                return "missing"
+            state = item["state"]["S"]
+            now = _now()
+            expr = Expr()
+            if state in _WAITING:
+                expr.set("state", State.CANCELLED.value).set("finished_at", now)
+                expr.set("updated_at", now).remove("wq", "wsort")
+                condition = self._unchanged(expr, item)
+                undo = self._put_back(item, self._left_by(State.CANCELLED.value, now))
+                done = "cancelled"
+            elif state == State.IN_PROGRESS.value:
+                expr.set("cancel_requested", True).set("updated_at", now)
+                expr.set("cancel_mark", now)
+                condition = f"{expr.n('state')} = {expr.v(state)}"
+                undo = self._take_back_request(job_id, item, now)
+                done = "requested"
+            else:
+                return str(state)
+            request = expr.request(self._table, self._key(job_id), condition)
+            if await self._client.run(self._update, request) is not None:
+                return done
+            self._drop_undo(undo)  # changed meanwhile: read it again
+
+    def _take_back_request(self, job_id: str, item: Mapping[str, Any], mark: float) -> Undo:
+        """Log the undo of a cancel request marked ``mark``, before it is sent.
+
+        As :meth:`_put_back`, but of ``cancel_requested`` and ``cancel_mark`` alone (as
+        they were), leaving the worker's writes, and only while the mark is ``mark``.
+        """
         expr = Expr()
-        if state in _WAITING:
-            expr.set("state", State.CANCELLED.value).set("finished_at", now)
-            expr.set("updated_at", now).remove("wq", "wsort")
-            done = "cancelled"
-        elif state == State.IN_PROGRESS.value:
-            expr.set("cancel_requested", True).set("updated_at", now)
-            done = "requested"
-        else:
-            return state
-        condition = f"{expr.n('state')} = {expr.v(state)}"
-        request = expr.request(self._table, self._key(job_id), condition)
-        request["ReturnValues"] = "ALL_OLD"
-        result = await self._client.run(self._update, request)
-        if result is None:
-            return await self.cancel(job_id)
-        self._restore(job_id, result.get("Attributes"))
-        return done
+        for name in ("cancel_requested", "cancel_mark"):
+            if name in item:
+                expr.set_expr(name, expr.raw(item[name]))
+            else:
+                expr.remove(name)
+        request = expr.request(
+            self._table, self._key(job_id), f"{expr.n('cancel_mark')} = {expr.v(mark)}"
+        )
+        client = self._client
+
+        async def undo() -> None:
+            await self._if_still_ours(client.call("update_item", **request))
+
+        self._undo.append(undo)
+        return undo
 
     async def stranded(
         self,
@@ -951,6 +1078,23 @@ class DynamoJobStore:
             found[item["pk"]["S"]] = set(item.get("hs", {}).get("SS", ()))
         return found
 
+    async def _every_counter(self) -> dict[str, set[str]]:
+        """Read the holders of every counter item (``limit#...``) of ``PREFIX_meta``."""
+        request: dict[str, Any] = {
+            "TableName": self._meta,
+            "ConsistentRead": True,
+            "FilterExpression": "begins_with(pk, :limit)",
+            "ExpressionAttributeValues": {":limit": {"S": "limit#"}},
+        }
+        found: dict[str, set[str]] = {}
+        while True:
+            page = await self._client.call("scan", **request)
+            for item in page.get("Items", ()):
+                found[item["pk"]["S"]] = set(item.get("hs", {}).get("SS", ()))
+            if "LastEvaluatedKey" not in page:
+                return found
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     async def _drop_holders(self, holders: Iterable[tuple[str, str, str | None]]) -> None:
         """Delete holders ``(element, cluster, customer)`` from their counters (idempotent)."""
         by_counter: dict[str, set[str]] = {}
@@ -972,7 +1116,7 @@ class DynamoJobStore:
 
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         """Take back the expired leases, then claim jobs within the limits (see the module)."""
-        reclaimed = await self._reclaim() if request.reclaim else []
+        reclaimed = await self._reclaim(request.capacity) if request.reclaim else []
         if request.limit <= 0:
             return ClaimResult([], reclaimed, True)
         chosen_all: builtins.list[Claimed] = []
@@ -1183,10 +1327,23 @@ class DynamoJobStore:
 
     # -- reclaiming --------------------------------------------------------------------------
 
-    async def _reclaim(self) -> builtins.list[dict[str, Any]]:
-        """Take back the expired leases, and delete the holders leaked by dead workers."""
+    async def _reclaim(self, clusters: Iterable[str]) -> builtins.list[dict[str, Any]]:
+        """Take back the expired leases, and delete the holders leaked by dead workers.
+
+        The holders are read from the counters of ``limit#all`` and of ``clusters``
+        (the claim's), every shard; and, once every :data:`SWEEP_SECONDS` per process,
+        from every counter item there is (a scan of ``PREFIX_meta``): a worker that dies
+        while it deletes its holders from its counters (one request per counter, sent at
+        once) can leave one on a cluster's or a customer's counter alone.
+        """
+        keys = ["limit#all", *(f"limit#cluster#{c}" for c in clusters)]
+        counters = await self._counters(self._all_shards(keys))
+        now_monotonic = time.monotonic()
+        if self._swept_at is None or now_monotonic - self._swept_at >= SWEEP_SECONDS:
+            counters.update(await self._every_counter())
+            self._swept_at = now_monotonic
         holders: set[str] = set()
-        for held in (await self._counters(self._all_shards(["limit#all"]))).values():
+        for held in counters.values():
             holders |= held
         if not holders:
             return []
