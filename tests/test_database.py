@@ -656,7 +656,7 @@ async def _committed_keys(db: corral.Database, table: str) -> set[int]:
 async def test_a_put_in_a_cancelled_scope_either_raised_or_accepted(any_url: str) -> None:
     # trio's rule: an operation that raises Cancelled did not happen. A put that finds
     # room does not check for cancellation, so it accepts its row and returns, every
-    # one of them: the 128th, 256th ... put (which yields) included.
+    # one of them: every _CHECKPOINT_EVERY-th put (which yields) included.
     async with corral.connect(any_url) as db:
         t = db.table("t", key="k")
         await t.put({"k": -1})  # resolves the table
@@ -679,8 +679,8 @@ async def test_a_put_in_a_cancelled_scope_either_raised_or_accepted(any_url: str
 async def test_puts_cancelled_at_random_points_on_a_full_queue(any_url: str) -> None:
     # Producers put into a small queue (so that they wait for room), and are cancelled
     # after a seeded random number of scheduling points: while they wait for room, while
-    # they yield at a 128th put, or in a scope cancelled before their next put. Whatever
-    # raised Cancelled left no row; whatever returned is committed.
+    # they yield at a _CHECKPOINT_EVERY-th put, or in a scope cancelled before their next
+    # put. Whatever raised Cancelled left no row; whatever returned is committed.
     rng = random.Random(20261203)
     async with corral.connect(any_url, max_pending=400, batch_size=100) as db:
         t = db.table("t", key="k")
@@ -897,3 +897,39 @@ async def test_the_body_s_own_error_under_a_stopped_writer_keeps_only_its_own_le
     assert [type(leaf) for leaf in leaves] == [ValueError]
     notes = getattr(info.value, "__notes__", [])
     assert any("also, a write failed: WriteError" in note for note in notes)
+
+
+async def test_rows_put_after_the_first_are_checked_as_fully_as_it_was(any_url: str) -> None:
+    # put() compiles the checks that the first row's types passed (its fast path): every
+    # later row it lets through must be one the full checks let through, and every row
+    # they refuse it refuses, with the same error, before accepting it.
+    nan_refused = not any_url.startswith("postgresql")  # SQLite and DynamoDB refuse NaN
+    async with corral.connect(any_url) as db:
+        t = db.table("fast", key="k")
+        for k in range(3):  # types learned, then the fast path taken
+            await t.put({"k": k, "a": "x", "b": 0.5})
+        with pytest.raises(corral.ColumnTypeError):
+            await t.put({"k": 10, "a": "x", "b": "not a number"})
+        with pytest.raises(corral.MissingKeyError):
+            await t.put({"k": None, "a": "x", "b": 0.5})
+        with pytest.raises(corral.UnknownColumnError):
+            await t.put({"k": 11, "a": "x", "c": 0.5})  # same width, other columns
+        if nan_refused:
+            with pytest.raises(corral.SchemaError, match=r"(?i)nan"):
+                await t.put({"k": 12, "a": "x", "b": float("nan")})
+        await t.put({"k": 13, "b": 1.5, "a": "y"})  # other order: a plan of its own
+        await t.put({"k": 14, "a": None, "b": 2.5})  # NULL: other types, full checks
+        await t.put({"k": 15, "a": "z", "b": 3})  # an int in a float column
+        await t.put({"k": 16, "a": "w", "b": 4.5})  # the fast path again
+        await db.flush()
+        got = {int(str(r["k"])): (r["a"], float(str(r["b"]))) for r in await rows(db, "fast")}
+        assert got == {
+            0: ("x", 0.5),
+            1: ("x", 0.5),
+            2: ("x", 0.5),
+            13: ("y", 1.5),
+            14: (None, 2.5),
+            15: ("z", 3.0),
+            16: ("w", 4.5),
+        }
+        assert db.statistics().accepted == 7

@@ -54,7 +54,7 @@ DEFAULT_URL = "sqlite:///corral.db"
 #: each of those, this many tuples of value types).
 _MAX_PLANS = 64
 #: A producer whose rows always find room yields to the event loop this often.
-_CHECKPOINT_EVERY = 128
+_CHECKPOINT_EVERY = 512
 
 
 def _one_value(column: str) -> Callable[[Mapping[str, object]], tuple[object, ...]]:
@@ -64,6 +64,41 @@ def _one_value(column: str) -> Callable[[Mapping[str, object]], tuple[object, ..
         return (row[column],)
 
     return values
+
+
+def _unknown(row: Mapping[str, object]) -> None:
+    """:attr:`_Plan.fast` before any values passed the checks: none is known good."""
+    return None
+
+
+def _fast_values(
+    plan: _Plan, signature: tuple[type, ...]
+) -> Callable[[Mapping[str, object]], tuple[object, ...] | None]:
+    """Return a function of a row: its values if of types ``signature``, else None.
+
+    What :meth:`Table._checked` does for values of a tuple of types that passed the
+    checks once, compiled for one column order: one comparison per value (``type(v)
+    is T``, and ``v == v`` where NaN is refused), where the general path builds and
+    hashes the tuple of types. Written as source and compiled once per plan (as
+    :func:`collections.namedtuple` and :mod:`dataclasses` do); the code holds only
+    positions, the column names and types are bound as values.
+    """
+    names = [f"a{i}" for i in range(len(signature))]
+    tests = [f"type(a{i}) is T{i}" for i in range(len(signature))]
+    tests += [f"a{i} == a{i}" for i, _ in plan.nan_refused]
+    source = (
+        "def fast(row):\n"
+        "    values = get(row)\n"
+        f"    {', '.join(names)}, = values\n"
+        f"    if {' and '.join(tests)}:\n"
+        "        return values\n"
+        "    return None\n"
+    )
+    namespace: dict[str, Any] = {"get": plan.values}
+    namespace.update({f"T{i}": t for i, t in enumerate(signature)})
+    exec(source, namespace)  # positions only: see the docstring
+    fast: Callable[[Mapping[str, object]], tuple[object, ...] | None] = namespace["fast"]
+    return fast
 
 
 def default_url() -> str:
@@ -100,6 +135,7 @@ class _Plan:
         "checks",
         "columns",
         "converts",
+        "fast",
         "key_index",
         "nan_refused",
         "schema",
@@ -145,6 +181,16 @@ class _Plan:
         self.values: Callable[[Mapping[str, object]], tuple[object, ...]] = (
             operator.itemgetter(*columns) if len(columns) > 1 else _one_value(columns[0])
         )
+        #: A row's values if they are of the first tuple of types that passed the checks
+        #: (and need no conversion); else None, for the full checks (:meth:`learn`).
+        self.fast: Callable[[Mapping[str, object]], tuple[object, ...] | None] = _unknown
+
+    def learn(self, signature: tuple[type, ...]) -> None:
+        """Note that values of types ``signature`` passed :meth:`check`."""
+        if not self.signatures and not self.converts:
+            self.fast = _fast_values(self, signature)
+        if len(self.signatures) < _MAX_PLANS:
+            self.signatures.add(signature)
 
     def check(self, table: Table, values: tuple[object, ...]) -> None:
         """Raise unless ``values`` fit: no NULL key, every value of an accepted type."""
@@ -187,6 +233,7 @@ class Table:
         #: The key columns rows are upserted on.
         self.key = key
         self._db = db
+        self._writer = db._writer
         self._schema: TableSchema | None = None
         self._resolving: anyio.Event | None = None
         self._plans: dict[tuple[str, ...], _Plan] = {}
@@ -234,8 +281,7 @@ class Table:
         """Return a row's ``values`` (in ``plan``'s columns) checked and converted."""
         if tuple(map(type, values)) not in plan.signatures:
             plan.check(self, values)
-            if len(plan.signatures) < _MAX_PLANS:
-                plan.signatures.add(tuple(map(type, values)))
+            plan.learn(tuple(map(type, values)))
         for i, message in plan.nan_refused:
             value = values[i]
             if value != value:  # NaN, the one value unequal to itself
@@ -285,7 +331,7 @@ class Table:
         accepted.
 
         For speed, a row that finds room is accepted without yielding to the event loop
-        and without checking for cancellation, even in a cancelled scope; every 128th
+        and without checking for cancellation, even in a cancelled scope; every 512th
         such ``put`` on a table yields all the same, shielded from cancellation. So
         ``put`` is a cancellation point only while it waits for room (and while the
         first ``put`` on a table reads its columns), and follows trio's rule: a ``put``
@@ -304,6 +350,27 @@ class Table:
             DatabaseClosedError: Once the database is closed.
         """
         plan = self._last
+        values = None
+        if plan is not None and type(row) is dict and len(row) == plan.width:
+            try:  # the common case: the last row's columns, of types known good
+                values = plan.fast(row)
+            except KeyError:  # the row has other columns than the last one
+                values = None
+        if values is None or plan is None:
+            plan, values = await self._values_of(row)
+        writer = self._writer
+        if writer.put_nowait(plan.schema, plan.columns, values):
+            # A row that finds room is accepted without a trip through the event loop;
+            # yield now and then all the same, so that a producer cannot starve it.
+            self._puts += 1
+            if self._puts % _CHECKPOINT_EVERY == 0:
+                await anyio.lowlevel.cancel_shielded_checkpoint()  # accepted: no Cancelled
+            return
+        await writer.put(plan.schema, plan.columns, values)
+
+    async def _values_of(self, row: Mapping[str, object]) -> tuple[_Plan, tuple[object, ...]]:
+        """Return the plan for ``row`` and its values, checked and converted."""
+        plan = self._last
         if plan is None or type(row) is not dict or len(row) != plan.width:
             plan = await self._plan_for(row)
         try:
@@ -311,18 +378,7 @@ class Table:
         except KeyError:  # the row has other columns than the last one
             plan = await self._plan_for(row)
             values = plan.values(row)
-        values = self._checked(plan, values)
-        schema = plan.schema
-        columns = plan.columns
-        writer = self._db._writer
-        if writer.put_nowait(schema, columns, values):
-            # A row that finds room is accepted without a trip through the event loop;
-            # yield now and then all the same, so that a producer cannot starve it.
-            self._puts += 1
-            if self._puts % _CHECKPOINT_EVERY == 0:
-                await anyio.lowlevel.cancel_shielded_checkpoint()  # accepted: no Cancelled
-            return
-        await writer.put(schema, columns, values)
+        return plan, self._checked(plan, values)
 
     async def put_many(self, rows: Iterable[Mapping[str, object]]) -> int:
         """Put every row of ``rows`` in order, as :meth:`put` does; return how many.
