@@ -186,7 +186,7 @@ def test_ctrl_c_marks_the_run_interrupted(any_url: str, backend: str) -> None:
         out = rest(child)
     assert child.returncode != 0, out
     run = read_run(any_url, run_id)
-    assert (run.status, run.message) == (Status.INTERRUPTED, "interrupted: KeyboardInterrupt")
+    assert (run.status, run.message) == (Status.INTERRUPTED, "interrupted: KeyboardInterrupt"), out
     assert run.ended_at is not None
 
 
