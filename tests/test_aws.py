@@ -7,7 +7,6 @@ The contract suites (tests/test_contract_*.py) run on DynamoDB through the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -388,88 +387,6 @@ async def test_a_user_table_deleted_under_the_store_stops_the_writer_saying_so(
     assert isinstance(caught.value.__cause__, corral.QueryError)
     assert f"BatchWriteItem on table '{prefix}_t_rows'" in str(caught.value)
     assert "the table does not exist" in str(caught.value)
-
-
-class _Proxy:
-    """A TCP proxy on loopback to ``port``, which :meth:`cut` closes with every connection."""
-
-    def __init__(self, port: int) -> None:
-        import socket
-        import threading
-
-        self._target = port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # cut
-                return
-            server = socket.create_connection(("127.0.0.1", self._target))
-            with self._lock:
-                self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: Any, sink: Any) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            sink.shutdown(2)
-
-    def cut(self) -> None:
-        """Stop accepting, and close every connection: the endpoint stops answering."""
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(2)  # wakes the accept() (close alone does not)
-        self._listener.close()
-        self._thread.join()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(2)
-                sock.close()
-
-
-async def test_an_endpoint_that_stops_answering_stops_the_writer_saying_so(
-    dynamodb_url: str, moto_endpoint: str
-) -> None:
-    proxy = _Proxy(int(moto_endpoint.rpartition(":")[2]))
-    url = dynamodb_url.replace(moto_endpoint, f"http://127.0.0.1:{proxy.port}")
-    errors: list[BaseException] = []
-
-    async def body() -> None:
-        async with corral.connect(url) as db:
-            await db.jobs.enqueue(jobs.Job("a"))
-            proxy.cut()
-            try:
-                await db.jobs.get("a")
-            except Exception as exc:
-                errors.append(exc)
-                raise
-
-    with pytest.raises(corral.WriteError) as caught:
-        await body()
-    # The writer stops (DynamoDB has no connection to restore), saying why: the caller
-    # of the request and connect both raise it.
-    assert [type(e) for e in errors] == [corral.WriteError]
-    message = str(caught.value)
-    assert message.startswith("the database writer stopped: ConnectionLostError: DynamoDB ")
-    assert "did not answer GetItem on table" in message
-    assert "check the network, the region and endpoint_url" in message
-    assert isinstance(caught.value.__cause__, corral.ConnectionLostError)
 
 
 #: A moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0: every request

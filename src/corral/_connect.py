@@ -75,8 +75,11 @@ async def connect(
             (``postgres://`` too; query parameters such as ``?search_path=...`` go to
             the server, except corral's own timeouts in seconds: ``connect_timeout``
             (10), ``command_timeout`` (60, per statement) and ``reconnect_timeout``
-            (30; 0 never reconnects)). ``None``: :func:`default_url`, the ``CORRAL_DB``
-            environment variable or ``sqlite:///corral.db``.
+            (30; 0 never reconnects)); or ``dynamodb://PREFIX?region=...`` (its
+            parameters: ``region``, ``endpoint_url``, ``shards`` and
+            ``reconnect_timeout``, 30 s as on PostgreSQL; see docs/aws.md). ``None``:
+            :func:`default_url`, the ``CORRAL_DB`` environment variable or
+            ``sqlite:///corral.db``.
         batch_size: The most rows in one transaction.
         flush_interval: The most seconds a row waits for its batch to fill before it is
             committed anyway; also how often registered sources are polled.
@@ -121,6 +124,12 @@ async def connect(
     held nothing else (else they are raised as a ``WriteError``). Since no statement
     waits past ``command_timeout`` and no reconnection past ``reconnect_timeout``, the
     drain at exit cannot hang on a stalled server.
+
+    On DynamoDB an endpoint that stops answering (after botocore's retries) does not
+    stop the writer either: it waits for the endpoint with backoff, for up to
+    ``reconnect_timeout`` seconds, undoes what the batch wrote and writes it again
+    whole. Only a batch whose undo could not complete (an update applied whose answer
+    was lost) fails its operations with :class:`~corral.CommitUnknownError`.
 
     SQLite runs through the standard library's ``sqlite3`` in a worker thread, in WAL
     mode; PostgreSQL through asyncpg (``pip install 'corral[postgres]'``), copying

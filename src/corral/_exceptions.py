@@ -199,10 +199,12 @@ class ConnectionLostError(CorralError, ConnectionError):
     """The connection to the database broke, or its server stopped answering.
 
     The server restarted or was shut down, the backend was terminated, the network
-    dropped the connection, or a statement got no answer within ``command_timeout``
-    (a PostgreSQL URL parameter). The writer reconnects by itself, with backoff, for up
-    to ``reconnect_timeout`` seconds; this error is raised once it has given up. The
-    driver's error is chained as ``__cause__``.
+    dropped the connection, a statement got no answer within ``command_timeout``
+    (a PostgreSQL URL parameter), or a DynamoDB endpoint did not answer (after
+    botocore's retries). The writer reconnects (DynamoDB: waits for the endpoint) by
+    itself, with backoff, for up to ``reconnect_timeout`` seconds (a URL parameter of
+    both); this error is raised once it has given up. The driver's error is chained
+    as ``__cause__``.
 
     Args:
         message: What broke, and what was being done.

@@ -337,8 +337,9 @@ def worker(
     the worker takes only the jobs of those kinds. Ctrl-C or SIGTERM stops it cleanly:
     the jobs still running are cancelled and given back to the queue, ready at once,
     the attempt not counted. Any number of workers
-    may share a database (PostgreSQL: on any number of hosts). On PostgreSQL it
-    outlives a server restart: its writer reconnects, with backoff, for up to
+    may share a database (PostgreSQL, DynamoDB: on any number of hosts). On PostgreSQL
+    it outlives a server restart, on DynamoDB an endpoint that stops answering: its
+    writer reconnects (waits for the endpoint), with backoff, for up to
     ``reconnect_timeout`` seconds (a URL parameter, 30 by default).
     """
     url = url or default_url()

@@ -13,6 +13,17 @@ Every table is named from the URL's prefix and made on first use, billed on dema
 
 A batch has no transaction to live in: see :mod:`._session` for what a rollback is
 here (an undo log), and :mod:`._jobs` for how claims stay exact without one.
+
+**Outages.** An endpoint that stops answering (after botocore's retries) does not stop
+the writer: :meth:`DynamoStore.apply` waits for it to answer again (:mod:`._outage`:
+probes with backoff, for up to the URL's ``reconnect_timeout`` seconds, 30 by default),
+then undoes what the batch wrote. If the undo completes, the batch is raised as lost
+before anything of it was kept (``commit_sent=False``), and the writer writes it again
+whole; if the wait is given up or the undo cannot complete (an update applied whose
+answer, the item as it was, was lost), the batch may be partly applied
+(``commit_sent=True``): its operations get :class:`~corral.CommitUnknownError`.
+Staged rows are upserts, and the job store's renewals, outcomes, releases, steps and
+reclaims are fenced: writing them twice leaves what once would.
 """
 
 from __future__ import annotations
@@ -22,11 +33,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import anyio
-from botocore.exceptions import ClientError
 
-from ..._exceptions import ConnectError, CorralError, QueryError, SchemaError
+from ..._exceptions import ConnectError, ConnectionLostError, CorralError, QueryError, SchemaError
 from ..._ports import Batch, TableSchema, redact
-from ._client import Client, open_client, parse, translate
+from ._client import RECONNECT_TIMEOUT, Client, open_client, parse, translate
+from ._outage import Outage, probe
 from ._session import DynamoSession
 from ._tables import MAX_KEY_COLUMNS, create_table, resolve, write_staged
 
@@ -74,33 +85,31 @@ async def open_store(url: str) -> DynamoStore:
     client = await open_client(url, target)
     names = Names(target.prefix, target.shards)
     try:
-        await client.call("describe_table", TableName=names.meta, passing=_PROBE_PASSES)
-    except ClientError:
-        pass  # it answered, and took the credentials
+        await probe(client, names.meta)
     except BaseException as exc:
         await client.close()
         if isinstance(exc, CorralError):
             raise ConnectError(f"could not open DynamoDB for {redact(url)!r}: {exc}") from exc
         raise
-    return DynamoStore(client, names)
-
-
-#: What DynamoDB may answer the probe of :func:`open_store` with: it is there.
-_PROBE_PASSES = frozenset({"ResourceNotFoundException", "AccessDeniedException"})
+    return DynamoStore(client, names, target.reconnect_timeout)
 
 
 class DynamoStore:
     """corral's tables in DynamoDB, reached through one client: a ``Store``."""
 
     dialect = "dynamodb"
-    #: Every request is its own HTTP call: there is no connection to lose and restore.
-    reconnects = False
+    #: An endpoint that stopped answering is waited for (see :meth:`reconnect`).
+    reconnects = True
     #: Key columns a user table may have (``db.table`` refuses more).
     max_key_columns = MAX_KEY_COLUMNS
 
-    def __init__(self, client: Client, names: Names) -> None:
+    def __init__(
+        self, client: Client, names: Names, reconnect_timeout: float = RECONNECT_TIMEOUT
+    ) -> None:
         self.client = client
         self.names = names
+        #: Whether the endpoint answers, and the wait for it when it does not.
+        self.outage = Outage(client, names.meta, reconnect_timeout)
         #: What operations and sources are given.
         self.session = DynamoSession(self)
         self._meta_ready = False
@@ -144,7 +153,10 @@ class DynamoStore:
         """Write ``batch``: its operations and sources at once, its rows at the end.
 
         See :mod:`._session`: what a failed operation or source wrote is undone; what
-        raises out of here (a lost connection) undoes the whole batch first.
+        raises out of here undoes the whole batch first. An endpoint that stopped
+        answering is waited for first (see :meth:`_lost`): the
+        :class:`~corral.ConnectionLostError` raised says whether the batch was undone
+        (``commit_sent=False``) or may be partly applied (``commit_sent=True``).
         """
         session = self.session
         log = session.undo_log
@@ -166,6 +178,8 @@ class DynamoStore:
                 mark = session.mark()
                 try:
                     await source.write(session)
+                except ConnectionLostError:
+                    raise  # the batch's, not the source's
                 except Exception as exc:
                     await session.rollback_to(mark)
                     batch.source_errors.append((source, exc))
@@ -181,17 +195,71 @@ class DynamoStore:
                         f"DynamoDB failed while the batch's rows were written (some may be "
                         f"written): {type(exc).__name__}: {exc}"
                     ) from exc
+        except ConnectionLostError as exc:
+            with anyio.CancelScope(shield=True):
+                lost = await self._lost(exc)
+            raise lost from exc
         except BaseException:
             # The batch's own error is the one raised; its undo does what it can.
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await session.rollback_to(0)
             raise
+        else:
+            self.outage.over()
         finally:
             log.clear()
             staged.tables.clear()
 
+    async def _lost(self, lost: ConnectionLostError) -> ConnectionLostError:
+        """Wait for the endpoint, undo the batch; return what to raise: whether it is undone.
+
+        The undo is tried again after each loss in it (an undo is safe to repeat), for
+        as long as the outage may last. ``commit_sent=False``: the batch is undone, the
+        writer writes it again whole (:meth:`reconnect` returns at once); ``True``: the
+        wait was given up, or an undo failed otherwise, and the batch may be partly
+        applied. With ``reconnect_timeout=0`` the undo is tried once, at once, and the
+        outage stays (:meth:`reconnect` then gives up).
+        """
+        outage = self.outage
+        outage.begin(lost)
+        while True:
+            if outage.budget:
+                try:
+                    await outage.wait()
+                except ConnectionLostError as exc:
+                    return ConnectionLostError(
+                        f"{exc}; what the batch wrote could not be undone: it may be "
+                        f"partly applied",
+                        commit_sent=True,
+                    )
+            try:
+                await self.session.rollback_to(0)
+            except ConnectionLostError as exc:
+                outage.begin(exc)
+                if outage.budget:
+                    continue
+                why: Exception = exc
+            except Exception as exc:
+                why = exc
+            else:
+                return ConnectionLostError(
+                    f"{lost}; what the batch wrote is undone", commit_sent=False
+                )
+            return ConnectionLostError(
+                f"{lost}; undoing what the batch wrote failed too ({type(why).__name__}: "
+                f"{why}): it may be partly applied",
+                commit_sent=True,
+            )
+
     async def reconnect(self) -> None:
-        """Do nothing (see :attr:`reconnects`)."""
+        """Wait for the endpoint to answer again, with backoff (see :mod:`._outage`).
+
+        Returns at once if it answered since it was lost (:meth:`apply` waits for it
+        to undo its batch). Raises :class:`~corral.ConnectionLostError` once
+        ``reconnect_timeout`` seconds are spent since it stopped answering (at once if
+        it is 0).
+        """
+        await self.outage.wait()
 
     async def close(self) -> None:
         """Close the client and its loop thread; never raises."""

@@ -9,21 +9,27 @@ pins an older aiobotocore: one loop thread is the smaller price.
 
 Credentials and region come from the usual AWS chain (environment, profile, instance
 role); the URL's ``region`` and ``endpoint_url`` override them. What is missing fails
-at ``connect`` with what to set; a secret is never printed.
+at ``connect`` with what to set; a secret is never printed. The URL's other
+parameters are corral's: ``shards=N`` (:mod:`._jobs`) and ``reconnect_timeout=SECONDS``
+(how long the writer waits for an endpoint that stopped answering: :mod:`._outage`).
+botocore retries in its standard mode, 3 attempts unless ``AWS_MAX_ATTEMPTS`` (or a
+profile's ``max_attempts``) says otherwise.
 
 **Errors.** A DynamoDB client is the store's boundary: :meth:`Client.send` retries
 throttling with backoff, and translates every other botocore error into corral's
-(:func:`translate`, chained with ``from``), except the outcomes of the request's own
-conditions (``ConditionalCheckFailedException``, ``TransactionCanceledException``) and
-the codes its caller names (``passing``), which the store's code reads. An S3 or SNS
-client (``corral.jobs``) leaves botocore's errors to its caller, which classifies them
-for the job.
+(:func:`translate`, chained with ``from``; an endpoint that does not answer is
+:class:`~corral.ConnectionLostError`, which the store waits out), except the outcomes
+of the request's own conditions (``ConditionalCheckFailedException``,
+``TransactionCanceledException``) and the codes its caller names (``passing``), which
+the store's code reads. An S3 or SNS client (``corral.jobs``) leaves botocore's errors
+to its caller, which classifies them for the job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import re
 import urllib.parse
@@ -51,7 +57,17 @@ from botocore.exceptions import (
 from ..._exceptions import ConnectError, ConnectionLostError, DatabaseURLError, QueryError
 from .._aioloop import Direct, LoopThread
 
-__all__ = ["Client", "DynamoURL", "code", "left_in", "open_client", "parse", "unprocessed"]
+__all__ = [
+    "RECONNECT_TIMEOUT",
+    "Client",
+    "DynamoURL",
+    "code",
+    "gather",
+    "left_in",
+    "open_client",
+    "parse",
+    "unprocessed",
+]
 
 T = TypeVar("T")
 
@@ -59,8 +75,13 @@ T = TypeVar("T")
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 _PARAMETERS = (
-    "region=REGION, endpoint_url=URL and shards=N (e.g. dynamodb://corral?region=us-east-1)"
+    "region=REGION, endpoint_url=URL, shards=N and reconnect_timeout=SECONDS "
+    "(e.g. dynamodb://corral?region=us-east-1)"
 )
+_NAMES = ("region", "endpoint_url", "shards", "reconnect_timeout")
+
+#: How long the writer waits for an endpoint that stopped answering, by default (s).
+RECONNECT_TIMEOUT = 30.0
 
 #: The most shards a URL may ask for (see docs/aws.md: how to choose N).
 MAX_SHARDS = 100
@@ -79,10 +100,18 @@ class DynamoURL:
     #: Over how many partitions the waiting index and each limit's counter are spread
     #: (``shards=N``; 1, the default, is the unsharded layout: ``w``, ``limit#all``).
     shards: int = 1
+    #: How long the writer waits for the endpoint to answer again after it stopped
+    #: answering, in seconds (``reconnect_timeout=SECONDS``, as on PostgreSQL; 0: it
+    #: does not wait, the first lost connection is fatal).
+    reconnect_timeout: float = RECONNECT_TIMEOUT
 
 
 def parse(url: str) -> DynamoURL:
-    """Read a ``dynamodb://PREFIX?region=...&endpoint_url=...&shards=N`` URL; refuse a bad one."""
+    """Read a ``dynamodb://PREFIX?region=...&endpoint_url=...&shards=N`` URL; refuse a bad one.
+
+    Its parameters: ``region``, ``endpoint_url``, ``shards`` and ``reconnect_timeout``
+    (seconds, >= 0: see :class:`DynamoURL`).
+    """
     rest = url.partition("://")[2]
     prefix, _, query = rest.partition("?")
     prefix = urllib.parse.unquote(prefix).rstrip("/")
@@ -96,7 +125,7 @@ def parse(url: str) -> DynamoURL:
     for piece in query.split("&") if query else ():
         raw, _, raw_value = piece.partition("=")
         name = urllib.parse.unquote_plus(raw)
-        if name not in ("region", "endpoint_url", "shards"):
+        if name not in _NAMES:
             raise DatabaseURLError(
                 f"{url!r}: unknown parameter {name!r}; a DynamoDB URL takes {_PARAMETERS}"
             )
@@ -113,7 +142,26 @@ def parse(url: str) -> DynamoURL:
                 f"shares the tables"
             )
         shards = int(text)
-    return DynamoURL(prefix, given.get("region") or None, given.get("endpoint_url") or None, shards)
+    reconnect_timeout = RECONNECT_TIMEOUT
+    if "reconnect_timeout" in given:
+        text = given["reconnect_timeout"]
+        try:
+            reconnect_timeout = float(text)
+        except ValueError:
+            reconnect_timeout = math.nan
+        if not (math.isfinite(reconnect_timeout) and reconnect_timeout >= 0):
+            raise DatabaseURLError(
+                f"reconnect_timeout={text!r} in {url!r} is not a finite number of seconds "
+                f">= 0; write it like ?reconnect_timeout={RECONNECT_TIMEOUT:g} (how long to "
+                f"wait for DynamoDB to answer again; 0: never wait)"
+            )
+    return DynamoURL(
+        prefix,
+        given.get("region") or None,
+        given.get("endpoint_url") or None,
+        shards,
+        reconnect_timeout,
+    )
 
 
 def code(exc: BaseException) -> str:
@@ -157,6 +205,20 @@ def unprocessed(what: str, attempt: int, left: int) -> float:
             f"(docs/aws.md: the throughput ceiling)"
         )
     return min(0.05 * 2.0**attempt, 2.0) * (0.5 + random.random())
+
+
+async def gather(*aws: Awaitable[T]) -> list[T]:
+    """Await ``aws`` at once, on the client's loop; return their results in order.
+
+    Unlike a bare ``asyncio.gather``, it raises (the first error) only once every one
+    of them has ended: none goes on writing after the error, behind an undo that
+    follows it.
+    """
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
 
 
 def left_in(pending: Mapping[str, Any]) -> int:
@@ -220,8 +282,10 @@ def translate(what: str, exc: Exception) -> Exception:
     The caller raises it ``from exc``. An endpoint that does not answer (after
     botocore's retries) is :class:`~corral.ConnectionLostError`, a write marked as
     possibly applied (``commit_sent``: DynamoDB may have applied a request whose answer
-    was lost); anything DynamoDB or AWS refused is :class:`~corral.QueryError`, saying
-    what to fix. Credentials are never part of a message.
+    was lost; what a whole batch raises says whether the batch was undone, see
+    ``DynamoStore.apply``); anything DynamoDB or AWS refused is
+    :class:`~corral.QueryError`, saying what to fix. Credentials are never part of a
+    message.
     """
     if isinstance(exc, BotoConnectionError | HTTPClientError):
         write = what.split(" ", 1)[0] not in _READS
@@ -373,10 +437,12 @@ async def _enter(
             "no AWS region: add region=... to the URL (dynamodb://corral?region=us-east-1), "
             "or set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)"
         )
-    # botocore's standard retries, at their default of 3 attempts: an endpoint that does
-    # not answer fails in seconds (5 attempts waited some 15 s at connect); throttling
-    # is retried further by Client.send, TRIES times.
-    config = AioConfig(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32)
+    # botocore's standard retries, at their default of 3 attempts (or AWS_MAX_ATTEMPTS,
+    # or a profile's max_attempts): an endpoint that does not answer fails in seconds
+    # (5 attempts waited some 15 s at connect), and the writer waits for it to answer
+    # again (the store's reconnect_timeout); throttling is retried further by
+    # Client.send, TRIES times.
+    config = AioConfig(retries={"mode": "standard"}, max_pool_connections=32)
     plain = (target.endpoint_url or "").lower().startswith("http://")
     stack = contextlib.AsyncExitStack()
     try:

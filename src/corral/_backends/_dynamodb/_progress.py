@@ -8,11 +8,29 @@ on the subtask existing: exact and atomic on DynamoDB's side, from any number of
 A flush of counts is one ``UpdateItem`` per subtask, sent concurrently (DynamoDB has no
 batch of updates short of a transaction, which would cost twice and fail whole).
 Times are ISO-8601 text in UTC.
+
+**Undo** (see :mod:`._session`). Each write logs its undo before it is sent, and the
+undo is right whether or not the write applied: its answer may be lost (the endpoint
+stopped answering), and botocore may have sent it more than once. So every write but a
+new run's (whose undo, a delete of an item nobody else has, is right either way) also
+sets this store's *mark*, an attribute ``w#ID`` (one ID per open store, that is per
+``Database``) holding a number new to the write:
+
+- an ``ADD`` of a count is conditioned on the mark not holding its number (a second
+  delivery adds nothing), and its undo subtracts the count only where the mark holds
+  it, removing the mark (an ``ADD`` that never applied is not subtracted);
+- an update's undo puts back the item as it was (from the answer, ``ALL_OLD``); with
+  no answer, it reads the item: without the mark's number, the update never applied
+  and there is nothing to undo; with it, the update applied and what it replaced is
+  unknown: the undo fails, and the batch is reported as possibly applied.
+
+A mark stays on the item (a few bytes per ``Database`` that wrote to it).
 """
 
 from __future__ import annotations
 
-import asyncio
+import itertools
+import secrets
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -20,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from botocore.exceptions import ClientError
 
+from ..._exceptions import QueryError
 from ..._ports._progress import RunProgress, Status, SubtaskProgress
-from ._client import code, left_in, unprocessed
+from ._client import code, gather, left_in, unprocessed
 from ._tables import create_table, table_exists
 
 if TYPE_CHECKING:
@@ -54,6 +73,24 @@ def _sub_key(run_id: int, number: int) -> dict[str, Any]:
     return {"pk": {"S": f"run#{run_id}"}, "sk": {"S": f"sub#{number}"}}
 
 
+#: What an update's undo knows of the item it wrote: nothing yet (no answer) ...
+_UNKNOWN: Any = object()
+#: ... or that the update did not apply (its condition failed): nothing to undo.
+_NOT_APPLIED: Any = object()
+
+
+class _Before:
+    """The item an update replaced, as its answer says (``ALL_OLD``): its undo's input.
+
+    :data:`_UNKNOWN` until the answer comes; None for an item the update made.
+    """
+
+    __slots__ = ("item",)
+
+    def __init__(self) -> None:
+        self.item: Any = _UNKNOWN
+
+
 class DynamoProgressStore:
     """:class:`~corral._ports._progress.ProgressStore` on DynamoDB."""
 
@@ -62,20 +99,54 @@ class DynamoProgressStore:
         self._names = names
         self._table = names.progress
         self._undo = undo_log
+        #: This store's mark (see the module docstring), and the numbers of its writes.
+        self._mark = f"w#{secrets.token_hex(6)}"
+        self._numbers = itertools.count(1)
 
     # -- undo --------------------------------------------------------------------------
 
-    def _restore(self, key: dict[str, Any], old: Mapping[str, Any] | None) -> None:
-        """Log the undo of a write of the item at ``key``: put ``old`` back, or delete it."""
+    def _number(self) -> dict[str, str]:
+        """A number for the mark new to this write."""
+        return {"N": str(next(self._numbers))}
+
+    def _log_delete(self, key: dict[str, Any]) -> None:
+        """Log the undo of a put of a new item at ``key``: delete it (if it is there)."""
         client, table = self._client, self._table
 
         async def undo() -> None:
+            await client.call("delete_item", TableName=table, Key=key)
+
+        self._undo.append(undo)
+
+    def _log_restore(self, key: dict[str, Any], number: dict[str, str]) -> _Before:
+        """Log the undo of an update of the item at ``key`` marked with ``number``.
+
+        Logged before the update is sent; the caller fills in what the answer says.
+        The undo puts back the item as it was (or deletes one the update made); with
+        no answer, it reads the item's mark to learn whether the update applied.
+        """
+        client, table, mark = self._client, self._table, self._mark
+        before = _Before()
+
+        async def undo() -> None:
+            old = before.item
+            if old is _NOT_APPLIED:
+                return
+            if old is _UNKNOWN:
+                found = await client.call("get_item", TableName=table, Key=key, ConsistentRead=True)
+                if found.get("Item", {}).get(mark) != number:
+                    return  # it never applied
+                raise QueryError(
+                    f"cannot undo an UpdateItem on table {table!r}: it was applied, but "
+                    f"its answer (the item as it was before) was lost"
+                )
             if old:
                 await client.call("put_item", TableName=table, Item=dict(old))
             else:
                 await client.call("delete_item", TableName=table, Key=key)
 
         self._undo.append(undo)
+        return before
 
     # -- schema ------------------------------------------------------------------------
 
@@ -102,6 +173,7 @@ class DynamoProgressStore:
         )
         run_id = int(counted["Attributes"]["v"]["N"])
         key = _run_key(run_id)
+        self._log_delete(key)  # a new id: nobody else writes this item
         await self._client.call(
             "put_item",
             TableName=self._table,
@@ -115,7 +187,6 @@ class DynamoProgressStore:
                 "updated_at": _t(started_at),
             },
         )
-        self._restore(key, None)
         return run_id
 
     async def finish_run(
@@ -123,18 +194,12 @@ class DynamoProgressStore:
     ) -> None:
         """Set a run's status, end time, heartbeat and (if given) message; unknown: skipped."""
         request = self._end_request(run_id, status, message, ended_at)
-        try:
-            result = await self._client.call("update_item", **request)
-        except ClientError as exc:
-            if code(exc) == "ConditionalCheckFailedException":
-                return
-            raise
-        self._restore(request["Key"], result.get("Attributes"))
+        await self._send_logged(request)
 
     def _end_request(
         self, run_id: int, status: Status, message: str | None, ended_at: datetime
     ) -> dict[str, Any]:
-        """The ``UpdateItem`` that ends one run (see :meth:`finish_run`), unconditioned."""
+        """The ``UpdateItem`` that ends one run (see :meth:`finish_run`), unmarked."""
         values: dict[str, Any] = {":s": {"S": status.value}, ":e": _t(ended_at)}
         names = {"#s": "status"}
         expression = "SET #s = :s, ended_at = :e, updated_at = :e"
@@ -168,30 +233,20 @@ class DynamoProgressStore:
         ids = sorted(set(run_ids))
         if not ids:
             return []
-        client = self._client
-        ended: dict[int, Mapping[str, Any]] = {}
-
-        async def one(run_id: int) -> None:
+        requests = []
+        for run_id in ids:
             request = self._end_request(run_id, status, message, ended_at)
             request["ConditionExpression"] += " AND #s = :running"
             request["ExpressionAttributeValues"][":running"] = {"S": Status.RUNNING.value}
-            try:
-                result = await client.send("update_item", request)
-            except ClientError as exc:
-                if code(exc) == "ConditionalCheckFailedException":
-                    return
-                raise
-            ended[run_id] = result.get("Attributes", {})
+            requests.append(request)
 
-        async def all_of() -> None:
-            await asyncio.gather(*(one(i) for i in ids))
+        marked = self._marked(requests)  # the undos logged first, here
 
-        try:
-            await client.run(all_of)
-        finally:
-            for run_id in sorted(ended):
-                self._restore(_run_key(run_id), ended[run_id])
-        return sorted(ended)
+        async def all_of() -> list[bool]:
+            return await gather(*(self._send_marked(m) for m in marked))
+
+        applied = await self._client.run(all_of)
+        return [run_id for run_id, done in zip(ids, applied, strict=True) if done]
 
     async def touch_runs(self, run_ids: Collection[int], updated_at: datetime) -> None:
         """Set the heartbeat of those of ``run_ids`` still RUNNING (updates sent at once).
@@ -222,9 +277,53 @@ class DynamoProgressStore:
                     raise
 
         async def all_of() -> None:
-            await asyncio.gather(*(one(i) for i in ids))
+            await gather(*(one(i) for i in ids))
 
         await client.run(all_of)
+
+    def _marked(self, requests: list[dict[str, Any]]) -> list[tuple[dict[str, Any], _Before]]:
+        """Mark each ``UpdateItem`` (``ReturnValues=ALL_OLD``) and log its undo, in order."""
+        marked = []
+        for request in requests:
+            number = self._number()
+            expression: str = request["UpdateExpression"]
+            assert expression.startswith("SET "), expression
+            request["UpdateExpression"] = f"SET #w = :w, {expression[4:]}"
+            request.setdefault("ExpressionAttributeNames", {})["#w"] = self._mark
+            request.setdefault("ExpressionAttributeValues", {})[":w"] = number
+            request["ReturnValues"] = "ALL_OLD"
+            if "ConditionExpression" in request:
+                request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+            marked.append((request, self._log_restore(request["Key"], number)))
+        return marked
+
+    async def _send_marked(self, marked: tuple[dict[str, Any], _Before]) -> bool:
+        """Send one marked update (from the client's loop); False if its condition failed.
+
+        An item that holds the update's own mark already was written by an earlier
+        delivery of it (botocore sent it again): it applied, and what it replaced is
+        unknown (its undo then reads the mark, and fails).
+        """
+        request, before = marked
+        mark, number = self._mark, request["ExpressionAttributeValues"][":w"]
+        try:
+            result = await self._client.send("update_item", request)
+        except ClientError as exc:
+            if code(exc) != "ConditionalCheckFailedException":
+                raise
+            if exc.response.get("Item", {}).get(mark) == number:
+                return True  # applied by an earlier delivery; before.item stays unknown
+            before.item = _NOT_APPLIED
+            return False
+        old = result.get("Attributes")
+        if old is None or old.get(mark) != number:
+            before.item = old
+        return True
+
+    async def _send_logged(self, request: dict[str, Any]) -> bool:
+        """Mark one update, log its undo and send it; False if its condition failed."""
+        [marked] = self._marked([request])
+        return await self._client.run(self._send_marked, marked)
 
     async def _update(
         self,
@@ -234,27 +333,17 @@ class DynamoProgressStore:
         values: dict[str, Any],
         condition: str | None,
     ) -> bool:
-        """Update one item, logging its undo; False if ``condition`` failed."""
+        """Update one item, logging its undo first; False if ``condition`` failed."""
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": key,
             "UpdateExpression": expression,
-            "ReturnValues": "ALL_OLD",
+            "ExpressionAttributeNames": dict(names),
+            "ExpressionAttributeValues": dict(values),
         }
-        if names:
-            request["ExpressionAttributeNames"] = names
-        if values:
-            request["ExpressionAttributeValues"] = values
         if condition is not None:
             request["ConditionExpression"] = condition
-        try:
-            result = await self._client.call("update_item", **request)
-        except ClientError as exc:
-            if code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
-        self._restore(key, result.get("Attributes"))
-        return True
+        return await self._send_logged(request)
 
     # -- subtasks ----------------------------------------------------------------------
 
@@ -330,58 +419,87 @@ class DynamoProgressStore:
         )
 
     async def add(self, counts: Mapping[tuple[int, int], int], updated_at: datetime) -> None:
-        """Add each count to its subtask (``ADD``, exact); unknown subtasks are skipped."""
-        client, table = self._client, self._table
-        stamp = _t(updated_at)
-        done: list[tuple[dict[str, Any], int, Any]] = []
+        """Add each count to its subtask (``ADD``, exact); unknown subtasks are skipped.
 
-        async def one(key: dict[str, Any], n: int) -> None:
+        Each ``ADD`` is marked and conditioned on its mark (see the module docstring):
+        delivered twice, it adds once; its undo, logged before it is sent, subtracts it
+        only where it applied.
+        """
+        client, table, mark = self._client, self._table, self._mark
+        stamp = _t(updated_at)
+        sends = []
+        for (run_id, number), n in counts.items():
+            key = _sub_key(run_id, number)
+            token = self._number()
+            before = _Before()
+            self._undo.append(self._subtract(key, n, token, before))
+            sends.append((key, n, token, before))
+
+        async def one(key: dict[str, Any], n: int, token: dict[str, str], before: _Before) -> None:
             try:
                 result = await client.send(
                     "update_item",
                     {
                         "TableName": table,
                         "Key": key,
-                        "UpdateExpression": "ADD items_complete :n SET updated_at = :u",
-                        "ConditionExpression": "attribute_exists(pk)",
-                        "ExpressionAttributeValues": {":n": {"N": str(n)}, ":u": stamp},
+                        "UpdateExpression": "ADD items_complete :n SET updated_at = :u, #w = :w",
+                        "ConditionExpression": (
+                            "attribute_exists(pk) AND (attribute_not_exists(#w) OR #w <> :w)"
+                        ),
+                        "ExpressionAttributeNames": {"#w": mark},
+                        "ExpressionAttributeValues": {
+                            ":n": {"N": str(n)},
+                            ":u": stamp,
+                            ":w": token,
+                        },
                         "ReturnValues": "UPDATED_OLD",
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     },
                 )
             except ClientError as exc:
                 if code(exc) == "ConditionalCheckFailedException":
+                    # A subtask that does not exist is skipped; one whose mark holds
+                    # this number got the ADD already (botocore sent it again).
                     return
                 raise
-            done.append((key, n, result.get("Attributes", {}).get("updated_at")))
+            before.item = result.get("Attributes", {}).get("updated_at")
 
         async def all_of() -> None:
-            await asyncio.gather(
-                *(one(_sub_key(run_id, number), n) for (run_id, number), n in counts.items())
-            )
+            await gather(*(one(*send) for send in sends))
 
-        try:
-            await client.run(all_of)
-        finally:
-            for key, n, before in done:
-                self._undo.append(self._subtract(key, n, before))
+        await client.run(all_of)
 
-    def _subtract(self, key: dict[str, Any], n: int, before: Any) -> Undo:
-        """Return the undo of an addition: subtract it (other hosts' counts are kept)."""
-        client, table = self._client, self._table
+    def _subtract(
+        self, key: dict[str, Any], n: int, token: dict[str, str], before: _Before
+    ) -> Undo:
+        """Return the undo of a marked addition: subtract it where it applied.
+
+        Conditioned on the mark holding ``token``: an ``ADD`` that never applied is not
+        subtracted, nor one undone already; other hosts' counts are kept. The heartbeat
+        is put back too when the answer said what it was.
+        """
+        client, table, mark = self._client, self._table, self._mark
 
         async def undo() -> None:
-            expression = "ADD items_complete :n"
-            values: dict[str, Any] = {":n": {"N": str(-n)}}
-            if before is not None:
+            expression = "ADD items_complete :n REMOVE #w"
+            values: dict[str, Any] = {":n": {"N": str(-n)}, ":w": token}
+            stamp = before.item
+            if stamp is not _UNKNOWN and stamp is not None:
                 expression += " SET updated_at = :u"
-                values[":u"] = before
-            await client.call(
-                "update_item",
-                TableName=table,
-                Key=key,
-                UpdateExpression=expression,
-                ExpressionAttributeValues=values,
-            )
+                values[":u"] = stamp
+            try:
+                await client.call(
+                    "update_item",
+                    TableName=table,
+                    Key=key,
+                    UpdateExpression=expression,
+                    ConditionExpression="#w = :w",
+                    ExpressionAttributeNames={"#w": mark},
+                    ExpressionAttributeValues=values,
+                )
+            except ClientError as exc:
+                if code(exc) != "ConditionalCheckFailedException":
+                    raise
 
         return undo
 

@@ -8,6 +8,14 @@ that fails is undone from the log (a savepoint, rolled back); a batch that fails
 undone whole. Rows of user tables are staged in memory and written once the batch's
 operations and sources are done, so that a failed batch writes none.
 
+Every undo is logged before its write is sent, and is right whether or not the write
+applied: a write's answer may be lost (the endpoint stopped answering: see
+:mod:`._outage`), or botocore may have sent it twice. An undo is safe to repeat too:
+one that fails stays in the log, and the rollback tries it again once the endpoint
+answers. Only an undo that cannot be right (an update applied whose answer, the item
+as it was, was lost) fails for good: the batch is then reported as possibly applied
+(``commit_sent=True``: :class:`~corral.CommitUnknownError` for its operations).
+
 What this cannot give that SQL gives: isolation. Another host may read a write that is
 undone a moment later, and an undo that puts an item back may overwrite what another
 host wrote to that item meanwhile (counts excepted: they are subtracted, never put
@@ -72,11 +80,15 @@ class DynamoSession:
         return len(self.undo_log)
 
     async def rollback_to(self, mark: int) -> None:
-        """Undo what was written since ``mark``, newest first."""
+        """Undo what was written since ``mark``, newest first.
+
+        An undo that raises stays in the log, so that a later rollback (once the
+        endpoint answers again) tries it again: every undo is safe to repeat.
+        """
         log = self.undo_log
         while len(log) > mark:
-            undo = log.pop()
-            await undo()
+            await log[-1]()
+            log.pop()
 
     async def scan_table(self, table: str) -> list[dict[str, Any]]:
         """Return every row of user table ``table``, with this batch's staged rows.

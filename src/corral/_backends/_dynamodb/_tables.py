@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from ..._exceptions import SchemaError
 from ..._ports import Run, TableSchema
-from ._client import code, left_in, unprocessed
+from ._client import code, gather, left_in, unprocessed
 from ._values import KEY_TYPES, column_for, decode, encode, infer_type
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ async def _write_all(
 
     jobs = [batch(puts[i : i + 25]) for i in range(0, len(puts), 25)]
     jobs += [update(*u) for u in updates]
-    await asyncio.gather(*jobs)
+    await gather(*jobs)  # every one ended before an error is raised
 
 
 def _update_request(table: str, schema: TableSchema, values: dict[str, Any]) -> dict[str, Any]:
