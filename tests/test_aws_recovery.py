@@ -198,6 +198,18 @@ async def _holders(db: corral.Database) -> dict[str, set[str]]:
     }
 
 
+async def _completed_behind_its_slots(db: corral.Database, job_id: str) -> None:
+    """Write job ``job_id`` completed, as its worker would, leaving its holders."""
+    await db._backend.client.call(  # type: ignore[attr-defined]
+        "update_item",
+        TableName=db._backend.names.jobs,  # type: ignore[attr-defined]
+        Key={"id": {"S": job_id}},
+        UpdateExpression="SET #s = :c REMOVE lease_token",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":c": {"S": "completed"}},
+    )
+
+
 @pytest.mark.parametrize("shards", [1, 3])
 async def test_a_slot_leaked_on_a_cluster_or_customer_counter_is_released(
     dynamodb_url: str, shards: int
@@ -216,14 +228,7 @@ async def test_a_slot_leaked_on_a_cluster_or_customer_counter_is_released(
         [x0] = (await db._run(lambda s: s.jobs.claim(request))).claimed
         client = db._backend.client  # type: ignore[attr-defined]
         names = db._backend.names  # type: ignore[attr-defined]
-        await client.call(
-            "update_item",
-            TableName=names.jobs,
-            Key={"id": {"S": "x0"}},
-            UpdateExpression="SET #s = :c REMOVE lease_token",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={":c": {"S": "completed"}},
-        )
+        await _completed_behind_its_slots(db, "x0")
         held = await _holders(db)
         for key, elements in held.items():
             if key.startswith("limit#all"):
@@ -263,14 +268,7 @@ async def test_a_slot_leaked_on_its_cluster_counter_is_released_by_the_next_clai
         [x0] = (await db._run(lambda s: s.jobs.claim(request))).claimed
         client = db._backend.client  # type: ignore[attr-defined]
         names = db._backend.names  # type: ignore[attr-defined]
-        await client.call(
-            "update_item",
-            TableName=names.jobs,
-            Key={"id": {"S": "x0"}},
-            UpdateExpression="SET #s = :c REMOVE lease_token",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={":c": {"S": "completed"}},
-        )
+        await _completed_behind_its_slots(db, "x0")
         element = json.dumps(["x0", x0.token, "a", None])
         await client.call(
             "update_item",
