@@ -16,14 +16,13 @@ transaction) is in :mod:`._sql`.
 from __future__ import annotations
 
 import importlib
-import math
 import os.path
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .._exceptions import DatabaseURLError, MissingDriverError
-from .._ports import Column, Failure, Run, Store, TableSchema, redact, scrub
+from .._ports import Column, Failure, Run, Store, TableSchema, redact, scrub, seconds
 from ._sql._connection import Connection
 from ._sql._tables import (
     BYTES_TYPES,
@@ -136,15 +135,13 @@ def sqlite_options(url: str) -> SqliteOptions:
         )
     timeout = 30.0
     if "timeout" in given:
-        try:
-            timeout = float(given["timeout"])
-        except ValueError:
-            timeout = math.nan
-        if not (math.isfinite(timeout) and timeout >= 0):
+        parsed = seconds(given["timeout"])
+        if parsed is None:
             raise DatabaseURLError(
                 f"{url!r}: timeout={given['timeout']!r} is not a number of seconds >= 0; "
                 f"write e.g. timeout=30 (how long a statement waits for another's lock)"
             )
+        timeout = parsed
     return SqliteOptions(mode, synchronous, timeout)
 
 

@@ -10,7 +10,8 @@ corral but :mod:`corral._exceptions`.
 - :mod:`._session`: :class:`Session`, what a writer operation is given.
 - :mod:`._jobs`: :class:`JobStore`, the job queue's storage.
 - :mod:`._progress`: :class:`ProgressStore`, runs and subtasks.
-- :mod:`._urls`: :func:`redact` and :func:`scrub`, which hide a URL's secrets.
+- :mod:`._urls`: :func:`redact` and :func:`scrub`, which hide a URL's secrets, and
+  :func:`seconds`, which reads a URL parameter's number of seconds.
 """
 
 from ._jobs import JobStore as JobStore
@@ -27,6 +28,7 @@ from ._store import Store as Store
 from ._store import TableSchema as TableSchema
 from ._urls import redact as redact
 from ._urls import scrub as scrub
+from ._urls import seconds as seconds
 
 __all__ = (
     "Batch",
@@ -42,5 +44,6 @@ __all__ = (
     "Store",
     "TableSchema",
     "redact",
+    "seconds",
     "scrub",
 )

@@ -1,18 +1,32 @@
-"""URL helpers: hide the secrets of a database URL (a password) in what corral shows.
+"""URL helpers: hide a database URL's secrets; read a parameter's number of seconds.
 
-Plain functions on URL strings, used wherever a URL or a driver's message may be shown:
-a ``repr``, an error, the command line's output.
+Plain functions on URL strings, used wherever a URL or a driver's message may be shown
+(a ``repr``, an error, the command line's output), and by the stores' URL parsers.
 """
 
 from __future__ import annotations
 
+import math
 import urllib.parse
 
-__all__ = ["redact", "scrub"]
+__all__ = ["redact", "scrub", "seconds"]
 
 
 #: Query parameters whose value is a secret: asyncpg's (and libpq's) names for them.
 _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def seconds(text: str, least: float = 0.0) -> float | None:
+    """Return a URL parameter's value ``text`` as seconds, or None if it is not such.
+
+    Seconds: a finite number at least ``least`` (``float`` syntax). The caller refuses
+    a None with its own message, naming the parameter and the fix.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= least else None
 
 
 def redact(url: str) -> str:

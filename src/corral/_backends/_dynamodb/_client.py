@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import re
 import urllib.parse
@@ -55,6 +54,7 @@ from botocore.exceptions import (
 )
 
 from ..._exceptions import ConnectError, ConnectionLostError, DatabaseURLError, QueryError
+from ..._ports import seconds
 from .._aioloop import Direct, LoopThread
 
 __all__ = [
@@ -145,16 +145,14 @@ def parse(url: str) -> DynamoURL:
     reconnect_timeout = RECONNECT_TIMEOUT
     if "reconnect_timeout" in given:
         text = given["reconnect_timeout"]
-        try:
-            reconnect_timeout = float(text)
-        except ValueError:
-            reconnect_timeout = math.nan
-        if not (math.isfinite(reconnect_timeout) and reconnect_timeout >= 0):
+        parsed = seconds(text)
+        if parsed is None:
             raise DatabaseURLError(
                 f"reconnect_timeout={text!r} in {url!r} is not a finite number of seconds "
                 f">= 0; write it like ?reconnect_timeout={RECONNECT_TIMEOUT:g} (how long to "
                 f"wait for DynamoDB to answer again; 0: never wait)"
             )
+        reconnect_timeout = parsed
     return DynamoURL(
         prefix,
         given.get("region") or None,

@@ -7,7 +7,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from ..._exceptions import DatabaseURLError
-from ..._ports import redact
+from ..._ports import redact, seconds
 
 __all__ = ["SETTINGS", "Settings", "split_settings"]
 
@@ -47,12 +47,9 @@ def split_settings(dsn: str) -> tuple[str, Settings]:
         if name not in SETTINGS:
             kept.append((name, text))
             continue
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
         least = 0.0 if name == "reconnect_timeout" else math.ulp(0.0)
-        if not (math.isfinite(value) and value >= least):
+        value = seconds(text, least)
+        if value is None:
             bound = ">= 0" if least == 0 else "> 0"
             raise DatabaseURLError(
                 f"{name}={text!r} in {redact(dsn)!r} is not a finite number of seconds "
