@@ -1336,12 +1336,13 @@ class DynamoJobStore:
         while it deletes its holders from its counters (one request per counter, sent at
         once) can leave one on a cluster's or a customer's counter alone.
         """
-        keys = ["limit#all", *(f"limit#cluster#{c}" for c in clusters)]
-        counters = await self._counters(self._all_shards(keys))
         now_monotonic = time.monotonic()
         if self._swept_at is None or now_monotonic - self._swept_at >= SWEEP_SECONDS:
-            counters.update(await self._every_counter())
+            counters = await self._every_counter()  # those below among them
             self._swept_at = now_monotonic
+        else:
+            keys = ["limit#all", *(f"limit#cluster#{c}" for c in clusters)]
+            counters = await self._counters(self._all_shards(keys))
         holders: set[str] = set()
         for held in counters.values():
             holders |= held
